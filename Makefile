@@ -1,0 +1,43 @@
+# Works on a fresh machine with only python3 and make: uv comes from PyPI into .tools/ when absent.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv
+RUN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-quick lint fmt bench clean
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra sandbox --group dev
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(RUN)/xraylake demo
+
+test: install
+	$(RUN)/pytest $(PYTEST_ARGS)
+
+test-quick: install
+	$(RUN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(RUN)/ruff check .
+	$(RUN)/ruff format --check .
+	$(RUN)/mypy
+
+fmt: install
+	$(RUN)/ruff format .
+	$(RUN)/ruff check --fix .
+
+bench: install
+	for script in bench/bench_*.py; do $(RUN)/python $$script $(BENCH_ARGS) || exit 1; done
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache .mypy_cache

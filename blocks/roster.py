@@ -1,0 +1,58 @@
+"""The member accounts xraylake collects from."""
+
+from __future__ import annotations
+
+import re
+
+from prefect.blocks.core import Block
+from pydantic import BaseModel, Field, SecretStr, field_validator
+
+ACCOUNT_ID = re.compile(r"^\d{12}$")
+
+
+class MemberAccount(BaseModel):
+    """One member account. Ids stay strings: they may start with 0."""
+
+    account_id: str
+    name: str
+    environment: str = "unknown"
+    regions: list[str] = Field(default_factory=lambda: ["us-east-1"])
+
+    @field_validator("account_id", mode="before")
+    @classmethod
+    def _twelve_digits(cls, value: object) -> str:
+        text = str(value)
+        if not ACCOUNT_ID.match(text):
+            raise ValueError(f"account id must be 12 digits (keep leading zeros), got {value!r}")
+        return text
+
+
+class Roster(Block):
+    """Member accounts plus how to reach them (role name, ExternalId)."""
+
+    _block_type_name = "xraylake Roster"
+
+    accounts: list[MemberAccount] = Field(default_factory=list)
+    role_name: str = "xraylake-reader"
+    external_id: SecretStr = Field(default=SecretStr(""), description="ExternalId the member roles require.")
+    session_duration_seconds: int = 3600
+
+    def get(self, account_id: str) -> MemberAccount:
+        for account in self.accounts:
+            if account.account_id == account_id:
+                return account
+        known = ", ".join(a.account_id for a in self.accounts) or "none"
+        raise UnknownAccountError(f"account {account_id!r} is not in the roster (known: {known})")
+
+    def select(self, account_ids: list[str] | None) -> list[MemberAccount]:
+        """The roster accounts named (all when None); unknown ids raise before any work."""
+        if not account_ids:
+            return list(self.accounts)
+        return [self.get(str(a)) for a in account_ids]
+
+    def role_arn(self, account_id: str) -> str:
+        return f"arn:aws:iam::{account_id}:role/{self.role_name}"
+
+
+class UnknownAccountError(ValueError):
+    """An account id outside the roster."""

@@ -1,0 +1,47 @@
+"""Where traces go: the org queue, the S3 archive and the OpenSearch cluster."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+
+class TraceQueue(Block):
+    """The organization's SQS queue and its dead-letter queue (in the log account)."""
+
+    _block_type_name = "xraylake Trace Queue"
+
+    queue_url: str
+    dlq_url: str
+    region: str = "us-east-1"
+
+
+class ArchiveStore(Block):
+    """The S3 archive: raw envelopes, Parquet tables, claim-check payloads and run state."""
+
+    _block_type_name = "xraylake Archive Store"
+
+    bucket: str
+    region: str = "us-east-1"
+    raw_prefix: str = "raw"
+    parquet_prefix: str = "parquet"
+    payload_prefix: str = "payloads"
+    state_prefix: str = "state"
+
+
+class OpenSearchTarget(Block):
+    """An OpenSearch cluster: the in-memory sandbox server, a self-managed cluster or Amazon OpenSearch."""
+
+    _block_type_name = "xraylake OpenSearch Target"
+
+    hosts: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:9200"])
+    auth: Literal["none", "basic", "sigv4"] = "none"
+    username: str | None = None
+    password: SecretStr | None = None
+    sigv4_region: str | None = None
+    sigv4_service: Literal["es", "aoss"] = "es"
+    verify_certs: bool = True
+    index_prefix: str = "xray"
+    timeout_seconds: float = 30.0

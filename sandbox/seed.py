@@ -1,0 +1,199 @@
+"""Seed the moto server with what a real deployment has: an organization, member accounts with
+the reader role, and the log account's queue, dead-letter queue and archive bucket.
+
+Runs inside the sandbox process (it patches moto's account-id generator so that member
+accounts get the fixed ids below, one of them starting with 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+
+import boto3
+
+from blocks import ArchiveStore, MemberAccount, Roster, TraceQueue
+
+LOG_ACCOUNT_ID = "123456789012"  # moto's account for the default "testing" keys
+EXTERNAL_ID = "xraylake-sandbox-external-id"
+READER_ROLE = "xraylake-reader"
+COLLECTOR_ROLE = "xraylake-collector"
+QUEUE_NAME = "xraylake-traces"
+DLQ_NAME = "xraylake-traces-dlq"
+BUCKET = "xraylake-archive-123456789012"
+MAX_RECEIVE_COUNT = 5
+
+MEMBERS = [
+    MemberAccount(account_id="012345678901", name="dev", environment="dev", regions=["us-east-1"]),
+    MemberAccount(account_id="234567890123", name="qa", environment="qa", regions=["us-east-1"]),
+    MemberAccount(
+        account_id="345678901234", name="prod", environment="prod", regions=["us-east-1", "eu-west-1"]
+    ),
+]
+
+READER_ACTIONS = ["xray:GetTraceSummaries", "xray:BatchGetTraces", "states:DescribeExecution"]
+
+
+@contextlib.contextmanager
+def _fixed_account_ids(ids: list[str]) -> Iterator[None]:
+    """moto draws member account ids at random; hand it ours, in order."""
+    import moto.organizations.models as org_models
+
+    pending = iter(ids)
+    original = org_models.utils.make_random_account_id
+    org_models.utils.make_random_account_id = lambda: next(pending)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        org_models.utils.make_random_account_id = original  # type: ignore[assignment]
+
+
+def reader_trust_policy(log_account_id: str, external_id: str) -> dict[str, object]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{log_account_id}:role/{COLLECTOR_ROLE}"},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"sts:ExternalId": external_id}},
+            }
+        ],
+    }
+
+
+def seed_organization(session: boto3.Session, members: list[MemberAccount] = MEMBERS) -> str:
+    org = session.client("organizations")
+    org_id: str = org.create_organization(FeatureSet="ALL")["Organization"]["Id"]
+    with _fixed_account_ids([m.account_id for m in members]):
+        for member in members:
+            org.create_account(
+                Email=f"{member.name}@example.com",
+                AccountName=member.name,
+                Tags=[{"Key": "environment", "Value": member.environment}],
+            )
+    return org_id
+
+
+def seed_member_role(account_id: str, log_account_id: str, external_id: str) -> None:
+    """The read-only role in one member account (moto assumes it without checking the trust)."""
+    member = boto3.Session().client("sts").assume_role(
+        RoleArn=f"arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole",
+        RoleSessionName="xraylake-seed",
+    )["Credentials"]
+    iam = boto3.Session(
+        aws_access_key_id=member["AccessKeyId"],
+        aws_secret_access_key=member["SecretAccessKey"],
+        aws_session_token=member["SessionToken"],
+    ).client("iam")
+    iam.create_role(
+        RoleName=READER_ROLE,
+        AssumeRolePolicyDocument=json.dumps(reader_trust_policy(log_account_id, external_id)),
+        Tags=[{"Key": "app", "Value": "xraylake"}],
+    )
+    iam.put_role_policy(
+        RoleName=READER_ROLE,
+        PolicyName="xraylake-read",
+        PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": READER_ACTIONS, "Resource": "*"}]}
+        ),
+    )
+
+
+def seed_queue(session: boto3.Session, org_id: str, name: str = QUEUE_NAME) -> TraceQueue:
+    sqs = session.client("sqs")
+    dlq_url = sqs.create_queue(
+        QueueName=f"{name}-dlq",
+        Attributes={"MessageRetentionPeriod": str(14 * 24 * 3600), "SqsManagedSseEnabled": "true"},
+    )["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    queue_arn = dlq_arn.removesuffix("-dlq")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "OrgMembersSend",
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"StringEquals": {"aws:PrincipalOrgID": org_id}},
+            }
+        ],
+    }
+    queue_url = sqs.create_queue(
+        QueueName=name,
+        Attributes={
+            "VisibilityTimeout": "120",
+            "MessageRetentionPeriod": str(4 * 24 * 3600),
+            "ReceiveMessageWaitTimeSeconds": "20",
+            "SqsManagedSseEnabled": "true",
+            "Policy": json.dumps(policy),
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}
+            ),
+        },
+    )["QueueUrl"]
+    return TraceQueue(queue_url=queue_url, dlq_url=dlq_url, region=session.region_name or "us-east-1")
+
+
+def seed_bucket(session: boto3.Session, bucket: str = BUCKET) -> ArchiveStore:
+    s3 = session.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_encryption(
+        Bucket=bucket,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+        },
+    )
+    s3.put_public_access_block(
+        Bucket=bucket,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
+    s3.put_bucket_policy(
+        Bucket=bucket,
+        Policy=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Sid": "DenyInsecureTransport",
+                        "Effect": "Deny",
+                        "Principal": "*",
+                        "Action": "s3:*",
+                        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+                        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                    }
+                ],
+            }
+        ),
+    )
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=bucket,
+        LifecycleConfiguration={
+            "Rules": [
+                {
+                    "ID": "expire-claim-check-payloads",
+                    "Status": "Enabled",
+                    "Filter": {"Prefix": "payloads/"},
+                    "Expiration": {"Days": 14},
+                }
+            ]
+        },
+    )
+    return ArchiveStore(bucket=bucket, region=session.region_name or "us-east-1")
+
+
+def seed_all(region: str = "us-east-1") -> tuple[Roster, TraceQueue, ArchiveStore]:
+    session = boto3.Session(region_name=region)
+    org_id = seed_organization(session)
+    for member in MEMBERS:
+        seed_member_role(member.account_id, LOG_ACCOUNT_ID, EXTERNAL_ID)
+    roster = Roster(accounts=list(MEMBERS), role_name=READER_ROLE, external_id=EXTERNAL_ID)  # type: ignore[arg-type]
+    return roster, seed_queue(session, org_id), seed_bucket(session)

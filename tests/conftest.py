@@ -1,0 +1,62 @@
+"""Shared fixtures: one real sandbox stack per test session (moto server over HTTP + in-memory
+OpenSearch), and per-test isolation on top of it (fresh member accounts, queue, bucket, index clone).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Iterator
+
+import boto3
+import pytest
+
+from blocks import MemberAccount, OpenSearchTarget, Roster
+from sandbox import seed
+from sandbox.stack import SandboxStack
+from xraylake.config import Config
+
+_account_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[SandboxStack]:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    with SandboxStack.start(strict_xray=False) as running:
+        yield running
+
+
+def new_account_id() -> str:
+    """A 12-digit id no other test uses (moto assumes roles into any account id); leading zero kept."""
+    return f"0{os.getpid() % 100000:05d}{next(_account_numbers):06d}"
+
+
+@pytest.fixture
+def fresh_roster(stack: SandboxStack) -> Roster:
+    """Three member accounts of their own, so X-Ray data of other tests never shows up."""
+    accounts = [
+        MemberAccount(account_id=new_account_id(), name=name, environment=name, regions=["us-east-1"])
+        for name in ("dev", "qa", "prod")
+    ]
+    return Roster(accounts=accounts, role_name=seed.READER_ROLE, external_id=seed.EXTERNAL_ID)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def fresh_config(stack: SandboxStack, fresh_roster: Roster) -> Iterator[Config]:
+    """The sandbox config with this test's own accounts, queue + DLQ, bucket and OpenSearch clone."""
+    suffix = uuid.uuid4().hex[:10]
+    session = boto3.Session(region_name=stack.config.region)
+    queue = seed.seed_queue(session, "o-sandbox", name=f"xraylake-{suffix}")
+    archive = seed.seed_bucket(session, bucket=f"xraylake-{suffix}")
+    clone = stack.opensearch.clone()
+    config = stack.config.model_copy(
+        update={
+            "roster": fresh_roster,
+            "queue": queue,
+            "archive": archive,
+            "opensearch": OpenSearchTarget(hosts=[clone.url], verify_certs=False),
+        }
+    )
+    yield config
+    clone.close()

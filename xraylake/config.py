@@ -1,0 +1,84 @@
+"""One object that says where everything is: from the sandbox state file or a config file.
+
+`xraylake <command>` with no configuration runs against the sandbox (`xraylake sandbox up`
+writes `$XRAYLAKE_HOME/sandbox.json`); `XRAYLAKE_CONFIG=path.json` points the same commands at
+real AWS and a real OpenSearch cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+from pydantic import BaseModel, Field, SecretStr
+
+from blocks import ArchiveStore, OpenSearchTarget, Roster, TraceQueue
+
+
+class ConfigError(RuntimeError):
+    """No usable configuration (no sandbox running and no config file)."""
+
+
+class Config(BaseModel):
+    region: str = "us-east-1"
+    log_account_id: str
+    aws_endpoint_url: str | None = Field(
+        default=None, description="Set for the sandbox; None means the real AWS endpoints."
+    )
+    service_endpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per-service overrides, e.g. {'xray': <strict X-Ray front>} in the sandbox.",
+    )
+    roster: Roster
+    queue: TraceQueue
+    archive: ArchiveStore
+    opensearch: OpenSearchTarget
+    signing_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="HMAC keys; the first signs, all verify (rotation overlap).",
+    )
+
+    def apply_environment(self) -> None:
+        """Point every boto3 client (prefect-aws' assume-role STS call included) at the endpoint.
+
+        prefect-aws 0.7.12 ignores `aws_client_parameters.endpoint_url` for its STS call, while
+        the standard AWS_ENDPOINT_URL setting reaches every client, so the sandbox sets that.
+        """
+        os.environ.setdefault("AWS_DEFAULT_REGION", self.region)
+        if self.aws_endpoint_url:
+            os.environ["AWS_ENDPOINT_URL"] = self.aws_endpoint_url
+            os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+            os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+        for service, url in self.service_endpoints.items():
+            os.environ[f"AWS_ENDPOINT_URL_{service.upper()}"] = url
+
+    def to_json(self) -> bytes:
+        data = self.model_dump(mode="json")
+        # Secrets are written only to the sandbox state file (0600), never logged.
+        data["roster"]["external_id"] = self.roster.external_id.get_secret_value()
+        data["signing_keys"] = [k.get_secret_value() for k in self.signing_keys]
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2)
+
+
+def xraylake_home() -> Path:
+    return Path(os.environ.get("XRAYLAKE_HOME", Path.home() / ".xraylake"))
+
+
+def sandbox_state_path(home: Path | None = None) -> Path:
+    return (home or xraylake_home()) / "sandbox.json"
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Explicit path, else $XRAYLAKE_CONFIG, else the running sandbox's state file."""
+    candidate = path or os.environ.get("XRAYLAKE_CONFIG")
+    source = Path(candidate) if candidate else sandbox_state_path()
+    if not source.exists():
+        raise ConfigError(
+            f"no configuration at {source}: run `xraylake sandbox up` for the local stack, "
+            "or set XRAYLAKE_CONFIG to a config file for real AWS"
+        )
+    data = orjson.loads(source.read_bytes())
+    config = Config.model_validate(data.get("config", data))
+    config.apply_environment()
+    return config

@@ -1,0 +1,80 @@
+"""Exceptions split by retryability; third-party errors are translated where they enter our code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
+
+
+class XraylakeError(Exception):
+    """Base class."""
+
+
+class TransientError(XraylakeError):
+    """Worth retrying: throttling, timeouts, 5xx, expired credentials."""
+
+
+class TerminalError(XraylakeError):
+    """Retrying cannot help: bad input, access denied, missing resources."""
+
+
+class AccountAccessError(TerminalError):
+    """The member role could not be assumed or used (AccessDenied, broken trust)."""
+
+
+TRANSIENT_AWS_CODES = frozenset(
+    {
+        "ThrottledException",
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalFailure",
+        "InternalError",
+        "RequestTimeout",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "RequestExpired",
+    }
+)
+ACCESS_CODES = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "InvalidClientTokenId"})
+
+
+def aws_error_code(error: BaseException) -> str:
+    if isinstance(error, ClientError):
+        return str(error.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def classify_aws_error(error: BaseException, context: str = "") -> XraylakeError:
+    """Translate a botocore error into Transient/Terminal (AccountAccessError for denials)."""
+    prefix = f"{context}: " if context else ""
+    if isinstance(error, ClientError):
+        code = aws_error_code(error)
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        message = error.response.get("Error", {}).get("Message", "")
+        text = f"{prefix}{code}: {message}"
+        if code in ACCESS_CODES:
+            return AccountAccessError(text)
+        if code in TRANSIENT_AWS_CODES or status == 429 or status >= 500:
+            return TransientError(text)
+        return TerminalError(text)
+    if isinstance(error, (BotoConnectionError, BotoCoreError, TimeoutError, ConnectionError)):
+        return TransientError(f"{prefix}{type(error).__name__}: {error}")
+    return TerminalError(f"{prefix}{type(error).__name__}: {error}")
+
+
+def is_transient(_task: Any, _run: Any, state: Any) -> bool:
+    """Prefect `retry_condition_fn`: retry only TransientError (and untranslated network errors)."""
+    try:
+        state.result()
+    except TransientError:
+        return True
+    except (BotoConnectionError, TimeoutError, ConnectionError):
+        return True
+    except Exception:
+        return False
+    return False
