@@ -78,10 +78,14 @@ def seed_organization(session: boto3.Session, members: list[MemberAccount] = MEM
 
 def seed_member_role(account_id: str, log_account_id: str, external_id: str) -> None:
     """The read-only role in one member account (moto assumes it without checking the trust)."""
-    member = boto3.Session().client("sts").assume_role(
-        RoleArn=f"arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole",
-        RoleSessionName="xraylake-seed",
-    )["Credentials"]
+    member = (
+        boto3.Session()
+        .client("sts")
+        .assume_role(
+            RoleArn=f"arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole",
+            RoleSessionName="xraylake-seed",
+        )["Credentials"]
+    )
     iam = boto3.Session(
         aws_access_key_id=member["AccessKeyId"],
         aws_secret_access_key=member["SecretAccessKey"],
@@ -96,7 +100,10 @@ def seed_member_role(account_id: str, log_account_id: str, external_id: str) -> 
         RoleName=READER_ROLE,
         PolicyName="xraylake-read",
         PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": READER_ACTIONS, "Resource": "*"}]}
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": READER_ACTIONS, "Resource": "*"}],
+            }
         ),
     )
 
@@ -107,7 +114,9 @@ def seed_queue(session: boto3.Session, org_id: str, name: str = QUEUE_NAME) -> T
         QueueName=f"{name}-dlq",
         Attributes={"MessageRetentionPeriod": str(14 * 24 * 3600), "SqsManagedSseEnabled": "true"},
     )["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
     queue_arn = dlq_arn.removesuffix("-dlq")
     policy = {
         "Version": "2012-10-17",
@@ -138,7 +147,12 @@ def seed_queue(session: boto3.Session, org_id: str, name: str = QUEUE_NAME) -> T
     return TraceQueue(queue_url=queue_url, dlq_url=dlq_url, region=session.region_name or "us-east-1")
 
 
-def seed_bucket(session: boto3.Session, bucket: str = BUCKET) -> ArchiveStore:
+def seed_bucket(session: boto3.Session, bucket: str = BUCKET, tls_only: bool = False) -> ArchiveStore:
+    """The archive bucket: SSE, public access blocked, lifecycle for claim-check payloads.
+
+    `tls_only` adds the deny-non-TLS policy a real deployment has (infra/log-account.yaml). The
+    sandbox speaks plain HTTP and moto evaluates that Deny (every call gets 403), so it is off here.
+    """
     s3 = session.client("s3")
     s3.create_bucket(Bucket=bucket)
     s3.put_bucket_encryption(
@@ -156,24 +170,25 @@ def seed_bucket(session: boto3.Session, bucket: str = BUCKET) -> ArchiveStore:
             "RestrictPublicBuckets": True,
         },
     )
-    s3.put_bucket_policy(
-        Bucket=bucket,
-        Policy=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Sid": "DenyInsecureTransport",
-                        "Effect": "Deny",
-                        "Principal": "*",
-                        "Action": "s3:*",
-                        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
-                        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-                    }
-                ],
-            }
-        ),
-    )
+    if tls_only:
+        s3.put_bucket_policy(
+            Bucket=bucket,
+            Policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Sid": "DenyInsecureTransport",
+                            "Effect": "Deny",
+                            "Principal": "*",
+                            "Action": "s3:*",
+                            "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+                            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                        }
+                    ],
+                }
+            ),
+        )
     s3.put_bucket_lifecycle_configuration(
         Bucket=bucket,
         LifecycleConfiguration={

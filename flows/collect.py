@@ -1,0 +1,93 @@
+"""Collect one Step Functions execution: the classic per-execution trigger path.
+
+Given an execution ARN (account and region come from it): DescribeExecution through the member
+role, list that window's traces (filtered by state machine; filtered again client side on the
+execution ARN, since endpoints may ignore filter expressions), and send one `source=collect`
+envelope per start hour carrying the execution details. Works for running executions; collecting
+again later updates the documents (newer collected_at wins in the index).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from prefect import flow, get_run_logger
+from prefect.states import Completed, Failed, State
+
+from tasks import collector as col
+from tasks import stepfunctions as sfn
+from tasks import xray
+from tasks.aws import DEFAULT_BOTO_CONFIG
+from tasks.envelope import TimeWindow
+from xraylake.config import load_config
+from xraylake.observe import emit, summary_artifact
+
+
+@flow(name="collect")
+def collect(execution_arn: str, padding_seconds: int = 60, config_path: str | None = None) -> State:
+    """Collect the X-Ray traces of one Step Functions execution and send them to the org queue."""
+    parsed = sfn.parse_execution_arn(execution_arn)
+    config = load_config(config_path)
+    account = config.roster.get(parsed.account_id)
+    if parsed.region not in account.regions:
+        raise ValueError(
+            f"region {parsed.region} is not enabled for account {account.account_id} ({account.name}); "
+            f"enabled: {', '.join(account.regions)}"
+        )
+    collector = col.Collector.from_config(config)
+    result = col.AccountResult(account.account_id, account.name, parsed.region)
+    logger = get_run_logger()
+    execution: dict[str, object] = {}
+    try:
+        states = collector.sessions.client(account.account_id, parsed.region, "stepfunctions", DEFAULT_BOTO_CONFIG)
+        execution = sfn.describe_execution(states, parsed.arn)
+        started = datetime.fromisoformat(str(execution["startDate"]))
+        stop_date = execution.get("stopDate")
+        stopped = datetime.fromisoformat(str(stop_date)) if stop_date else datetime.now(UTC)
+        pad = timedelta(seconds=padding_seconds)
+        client = collector.xray_client(account.account_id, parsed.region)
+        limiter = collector.limiters.get(account.account_id, parsed.region)
+        stats = xray.XRayStats()
+        trace_ids: list[str] = []
+        for window in xray.plan_windows(started - pad, stopped + pad):
+            listing = xray.list_trace_ids(
+                client, window, "Event", sfn.state_machine_filter(parsed.state_machine),
+                account_id=account.account_id, limiter=limiter, stats=stats,
+            )
+            trace_ids += listing.trace_ids
+            result.summaries += len(listing.summaries)
+            result.windows += 1
+        batch = xray.batch_get_traces(client, trace_ids, account_id=account.account_id, limiter=limiter, stats=stats)
+        traces = [t for t in batch.traces if sfn.trace_mentions(t, parsed.arn)]
+        envelopes = col.envelopes_for(
+            traces,
+            source="collect",
+            account_id=account.account_id,
+            region=parsed.region,
+            window=TimeWindow(start=started - pad, end=stopped + pad),
+            execution=execution,
+        )
+        _, report = col.send_envelopes(collector, envelopes)
+        result.traces = len(traces)
+        result.trace_ids = [t["Id"] for t in traces]
+        result.envelopes = report.sent
+        result.envelope_ids = [e.envelope_id for e in envelopes]
+        result.bytes = report.bytes
+        result.throttles = int(stats.throttles)
+        if not traces:
+            logger.warning("no X-Ray trace mentions %s yet (sampling, or not yet indexed by X-Ray)", parsed.arn)
+    except Exception as error:
+        result.status = "failed"
+        result.error = str(error)[:500]
+        result.error_kind = type(error).__name__
+        emit("xraylake.collect.failed", f"aws.stepfunctions.execution.{parsed.arn}", {"error": result.error})
+    summary_artifact(
+        "xraylake-collect",
+        f"collect {parsed.name}: {result.traces} traces, execution status {execution.get('status', 'unknown')}",
+        [result.summary()],
+    )
+    data = {"execution_arn": parsed.arn, "result": result, "account": result.summary()}
+    if result.status == "failed":
+        return Failed(message=result.error or "collect failed", data=data)
+    data["execution_status"] = execution.get("status")
+    return Completed(message=f"{result.traces} traces sent", data=data)

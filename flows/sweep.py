@@ -1,0 +1,130 @@
+"""Scheduled incremental sweep: every roster account and region, from its watermark to now - lag.
+
+Final state: Completed when every (account, region) succeeded or was idle. When some failed, the
+others still complete and advance their watermarks; the run then ends Failed (so automations and
+the UI show it) unless `fail_on_account_errors=False`. Each failure is also an
+`xraylake.account.failed` event.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from blocks import MemberAccount
+from tasks import collector as col
+from tasks import xray
+from xraylake.config import Config, load_config
+from xraylake.observe import emit, summary_artifact
+
+
+def select_targets(config: Config, accounts: list[str] | None, regions: list[str] | None) -> list[tuple[MemberAccount, str]]:
+    """(account, region) pairs to work on; unknown accounts or regions fail before any work."""
+    chosen = config.roster.select(accounts)
+    pairs: list[tuple[MemberAccount, str]] = []
+    for account in chosen:
+        wanted = regions or account.regions
+        not_enabled = [r for r in wanted if r not in account.regions]
+        if not_enabled and accounts:
+            raise ValueError(
+                f"region(s) {', '.join(not_enabled)} not enabled for account {account.account_id} "
+                f"({account.name}); enabled: {', '.join(account.regions)}"
+            )
+        pairs += [(account, r) for r in wanted if r in account.regions]
+    if not pairs:
+        raise ValueError(f"no account is enabled in region(s) {', '.join(regions or [])}")
+    return pairs
+
+
+@task(name="sweep-account", timeout_seconds=1800, cache_policy=NO_CACHE)
+def sweep_account_task(
+    collector: col.Collector, account: MemberAccount, region: str, now: datetime, options: dict[str, Any]
+) -> col.AccountResult:
+    result = col.sweep_account(collector, account, region, now=now, **options)
+    if result.status == "failed":
+        get_run_logger().error(
+            "account %s (%s) region %s failed: %s", account.account_id, account.name, region, result.error
+        )
+    return result
+
+
+def finish(
+    kind: str, results: list[col.AccountResult], fail_on_account_errors: bool, extra: dict[str, Any] | None = None
+) -> State:
+    """Artifact, events, and the run's final state from per-account results."""
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        emit(
+            "xraylake.account.failed",
+            f"aws.account.{r.account_id}",
+            {"flow": kind, "region": r.region, "error": r.error, "error_kind": r.error_kind},
+            **{"xraylake.account.name": r.account_name, "xraylake.region": r.region},
+        )
+    totals = {
+        "accounts": len({r.account_id for r in results}),
+        "failed": len(failed),
+        "traces": sum(r.traces for r in results),
+        "envelopes": sum(r.envelopes for r in results),
+        "bytes": sum(r.bytes for r in results),
+        "throttles": sum(r.throttles for r in results),
+    }
+    summary_artifact(
+        f"xraylake-{kind}",
+        f"{kind}: {totals['traces']} traces in {totals['envelopes']} envelopes from {totals['accounts']} accounts",
+        [r.summary() for r in results],
+        notes=[f"{r.account_id}/{r.region}: {r.error}" for r in failed],
+    )
+    data = {"totals": totals | (extra or {}), "accounts": [r.summary() for r in results]}
+    data["results"] = results
+    if failed and fail_on_account_errors:
+        names = ", ".join(f"{r.account_id}/{r.region}" for r in failed)
+        return Failed(message=f"{len(failed)} of {len(results)} account/regions failed: {names}", data=data)
+    return Completed(message=f"{totals['traces']} traces sent", data=data)
+
+
+@flow(name="sweep", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]
+def sweep(
+    accounts: list[str] | None = None,
+    regions: list[str] | None = None,
+    lag_seconds: int = 120,
+    overlap_seconds: int = 300,
+    max_window_minutes: int = 60,
+    first_lookback_minutes: int = 60,
+    time_range_type: xray.TimeRangeType = "Event",
+    concurrency: int = 8,
+    xray_rate_per_second: float | None = None,
+    fail_on_account_errors: bool = True,
+    config_path: str | None = None,
+) -> State:
+    """Collect new traces of every roster account (or `accounts`) and send them to the org queue."""
+    if not 1 <= max_window_minutes <= 60:
+        raise ValueError("max_window_minutes must be between 1 and 60 (X-Ray windows stay ≤ 1 h)")
+    config = load_config(config_path)
+    targets = select_targets(config, accounts, regions)
+    limiters = xray.LimiterRegistry(rate=xray_rate_per_second) if xray_rate_per_second else None
+    collector = col.Collector.from_config(config, limiters)
+    now = datetime.now(UTC)
+    options = {
+        "lag": timedelta(seconds=lag_seconds),
+        "overlap": timedelta(seconds=overlap_seconds),
+        "max_window": timedelta(minutes=max_window_minutes),
+        "first_lookback": timedelta(minutes=first_lookback_minutes),
+        "time_range_type": time_range_type,
+        "run_id": str(flow_run.get_id() or ""),
+    }
+    results: list[col.AccountResult] = []
+    for start in range(0, len(targets), max(1, concurrency)):
+        futures = [
+            sweep_account_task.with_options(task_run_name=f"sweep-{account.account_id}-{region}").submit(
+                collector, account, region, now, options
+            )
+            for account, region in targets[start : start + max(1, concurrency)]
+        ]
+        results += [f.result() for f in futures]
+    return finish("sweep", results, fail_on_account_errors)

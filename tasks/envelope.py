@@ -1,0 +1,344 @@
+"""Envelope v1: the one message format between collectors and the consumer.
+
+Pure logic (no I/O): the model, the deterministic id, packing traces by size, signing, and the
+wire encoding (plain JSON → gzip+base64 when smaller → claim-check pointer when still too big).
+The claim-check upload itself lives in `tasks/archive.py`; here we only build and check pointers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import hashlib
+import hmac
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SCHEMA_V1 = "xraylake.envelope.v1"
+Source = Literal["sweep", "collect", "backfill", "replay", "import"]
+
+# SQS: a message and a whole batch must stay under 1 MiB (1,048,576 bytes) including attributes.
+SQS_MAX_MESSAGE_BYTES = 1_048_576
+CLAIM_CHECK_THRESHOLD = 900 * 1024  # inline limit after compression; above it the payload goes to S3
+PACK_TARGET_BYTES = 512 * 1024  # raw JSON per envelope: compresses to ~50-100 KB, many fit a batch
+MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024  # gzip-bomb cap for one envelope
+
+
+class EnvelopeError(ValueError):
+    """An envelope that can never be processed; `reason` is the DLQ reason attribute."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class TimeWindow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    start: datetime
+    end: datetime
+
+
+class PayloadRef(BaseModel):
+    """Claim-check pointer: the envelope JSON is in S3 at bucket/key."""
+
+    bucket: str
+    key: str
+    sha256: str
+    bytes: int
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    schema_: Literal["xraylake.envelope.v1"] = Field(default=SCHEMA_V1, alias="schema")
+    envelope_id: str
+    source: Source
+    account_id: str
+    region: str
+    collected_at: datetime
+    window: TimeWindow | None = None
+    execution: dict[str, Any] | None = Field(
+        default=None, description="Step Functions DescribeExecution details (collect)."
+    )
+    traces: list[dict[str, Any]]
+
+    @field_validator("account_id")
+    @classmethod
+    def _account_id(cls, value: str) -> str:
+        if len(value) != 12 or not value.isdigit():
+            raise ValueError(f"account_id must be 12 digits, got {value!r}")
+        return value
+
+    @field_validator("collected_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("collected_at must carry a time zone (RFC 3339 UTC)")
+        return value.astimezone(UTC)
+
+    def to_json(self) -> bytes:
+        """Canonical bytes: what is signed, archived raw and replayed."""
+        return orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+    @property
+    def collected_at_ms(self) -> int:
+        return int(self.collected_at.timestamp() * 1000)
+
+
+def envelope_id_for(account_id: str, region: str, traces: Sequence[dict[str, Any]]) -> str:
+    """Same account, region and trace contents ⇒ same id (so duplicates are recognisable)."""
+    digest = hashlib.sha256()
+    digest.update(f"{account_id}\x00{region}\x00".encode())
+    for trace in traces:
+        digest.update(orjson.dumps(trace, option=orjson.OPT_SORT_KEYS))
+        digest.update(b"\x00")
+    return digest.hexdigest()[:32]
+
+
+def build_envelope(
+    *,
+    source: Source,
+    account_id: str,
+    region: str,
+    traces: Sequence[dict[str, Any]],
+    collected_at: datetime | None = None,
+    window: TimeWindow | None = None,
+    execution: dict[str, Any] | None = None,
+) -> Envelope:
+    clean = [_strip_response_metadata(t) for t in traces]
+    return Envelope(
+        envelope_id=envelope_id_for(account_id, region, clean),
+        source=source,
+        account_id=account_id,
+        region=region,
+        collected_at=collected_at or datetime.now(UTC),
+        window=window,
+        execution=execution,
+        traces=clean,
+    )
+
+
+def _strip_response_metadata(trace: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in trace.items() if k != "ResponseMetadata"}
+
+
+# ------------------------------------------------------------------ trace time
+
+
+def trace_epoch(trace_id: str) -> int | None:
+    """Start second encoded in an X-Ray trace id `1-<8 hex epoch>-<24 hex>`."""
+    parts = trace_id.split("-")
+    if len(parts) != 3 or len(parts[1]) != 8:
+        return None
+    try:
+        return int(parts[1], 16)
+    except ValueError:
+        return None
+
+
+def trace_hour(trace: dict[str, Any]) -> datetime:
+    """The partition hour of a trace: its start hour (from the id), UTC."""
+    epoch = trace_epoch(str(trace.get("Id", ""))) or 0
+    return datetime.fromtimestamp(epoch - epoch % 3600, UTC)
+
+
+# ------------------------------------------------------------------ packing
+
+
+def pack_traces(
+    traces: Iterable[dict[str, Any]], target_bytes: int = PACK_TARGET_BYTES
+) -> Iterator[list[dict[str, Any]]]:
+    """Group traces by start hour, then fill groups up to `target_bytes` of JSON.
+
+    Many small traces share an envelope; a trace larger than the target travels alone (and the
+    encoder sends it through the claim-check when it is still too big after compression).
+    """
+    by_hour: dict[datetime, list[dict[str, Any]]] = {}
+    for trace in traces:
+        by_hour.setdefault(trace_hour(trace), []).append(trace)
+    for hour in sorted(by_hour):
+        group: list[dict[str, Any]] = []
+        size = 0
+        for trace in by_hour[hour]:
+            trace_size = len(orjson.dumps(trace))
+            if group and size + trace_size > target_bytes:
+                yield group
+                group, size = [], 0
+            group.append(trace)
+            size += trace_size
+        if group:
+            yield group
+
+
+# ------------------------------------------------------------------ signing
+
+
+def sign(payload: bytes, key: str) -> str:
+    """`v1=<hex hmac-sha256>` over the canonical envelope bytes."""
+    return "v1=" + hmac.new(key.encode(), payload, hashlib.sha256).hexdigest()
+
+
+def verify(payload: bytes, signature: str | None, keys: Sequence[str]) -> None:
+    """Accept a signature made with any of `keys` (current first, previous during rotation)."""
+    if not keys:
+        return
+    if not signature:
+        raise EnvelopeError("signature", "envelope is not signed")
+    for key in keys:
+        if hmac.compare_digest(sign(payload, key), signature):
+            return
+    raise EnvelopeError("signature", "signature does not match any accepted key")
+
+
+# ------------------------------------------------------------------ wire encoding
+
+ENCODING_JSON = "json"
+ENCODING_GZIP = "gzip+base64"
+ENCODING_CLAIM_CHECK = "s3-claim-check"
+
+
+@dataclass(frozen=True)
+class WireMessage:
+    """One SQS message: body + attributes. `claim_check` holds bytes still to upload to S3."""
+
+    envelope_id: str
+    body: str
+    encoding: str
+    attributes: dict[str, str]
+    claim_check: tuple[PayloadRef, bytes] | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes SQS counts: body plus attribute names, types and values."""
+        attribute_bytes = sum(len(k) + len("String") + len(v) for k, v in self.attributes.items())
+        return len(self.body.encode()) + attribute_bytes
+
+
+def payload_key(prefix: str, envelope: Envelope) -> str:
+    hour = trace_hour(envelope.traces[0]) if envelope.traces else envelope.collected_at
+    return (
+        f"{prefix}/account_id={envelope.account_id}/region={envelope.region}/"
+        f"dt={hour:%Y-%m-%d}/{envelope.envelope_id}.json.gz"
+    )
+
+
+def encode(
+    envelope: Envelope,
+    signing_key: str | None,
+    claim_check_bucket: str,
+    claim_check_prefix: str = "payloads",
+    threshold: int = CLAIM_CHECK_THRESHOLD,
+) -> WireMessage:
+    raw = envelope.to_json()
+    attributes = {
+        "schema": SCHEMA_V1,
+        "envelope_id": envelope.envelope_id,
+        "account_id": envelope.account_id,
+        "region": envelope.region,
+        "source": envelope.source,
+    }
+    if signing_key:
+        attributes["signature"] = sign(raw, signing_key)
+    compressed = gzip.compress(raw, compresslevel=6, mtime=0)
+    encoded = base64.b64encode(compressed).decode()
+    if len(raw) <= len(encoded) and len(raw) <= threshold:
+        return WireMessage(envelope.envelope_id, raw.decode(), ENCODING_JSON, attributes | {"encoding": ENCODING_JSON})
+    if len(encoded) <= threshold:
+        return WireMessage(envelope.envelope_id, encoded, ENCODING_GZIP, attributes | {"encoding": ENCODING_GZIP})
+    ref = PayloadRef(
+        bucket=claim_check_bucket,
+        key=payload_key(claim_check_prefix, envelope),
+        sha256=hashlib.sha256(compressed).hexdigest(),
+        bytes=len(compressed),
+    )
+    pointer = orjson.dumps(
+        {
+            "schema": SCHEMA_V1,
+            "envelope_id": envelope.envelope_id,
+            "account_id": envelope.account_id,
+            "region": envelope.region,
+            "payload_ref": ref.model_dump(),
+        }
+    ).decode()
+    return WireMessage(
+        envelope.envelope_id,
+        pointer,
+        ENCODING_CLAIM_CHECK,
+        attributes | {"encoding": ENCODING_CLAIM_CHECK},
+        claim_check=(ref, compressed),
+    )
+
+
+def gunzip_capped(data: bytes, cap: int = MAX_DECOMPRESSED_BYTES) -> bytes:
+    """Decompress gzip, refusing to produce more than `cap` bytes (gzip bombs)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, cap + 1)
+    except zlib.error as error:
+        raise EnvelopeError("bad-gzip", str(error)) from None
+    if len(out) > cap or inflater.unconsumed_tail:
+        raise EnvelopeError("decompressed-too-large", f"payload inflates past {cap} bytes")
+    if not inflater.eof:
+        raise EnvelopeError("bad-gzip", "truncated gzip stream")
+    return out
+
+
+def parse_pointer(body: str) -> PayloadRef | None:
+    """The claim-check pointer of a message body, or None for an inline envelope."""
+    if not body.startswith("{") or '"payload_ref"' not in body[:4096]:
+        return None
+    try:
+        data = orjson.loads(body)
+        return PayloadRef.model_validate(data["payload_ref"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError) as error:
+        raise EnvelopeError("bad-pointer", f"claim-check pointer unreadable: {error}") from None
+
+
+def check_payload(ref: PayloadRef, compressed: bytes) -> None:
+    if len(compressed) != ref.bytes or hashlib.sha256(compressed).hexdigest() != ref.sha256:
+        raise EnvelopeError("claim-check-mismatch", f"s3://{ref.bucket}/{ref.key} does not match its sha256")
+
+
+def body_to_raw(body: str, cap: int = MAX_DECOMPRESSED_BYTES) -> bytes:
+    """An inline body (plain JSON or gzip+base64) to the envelope's canonical JSON bytes."""
+    if body.startswith("{"):
+        raw = body.encode()
+        if len(raw) > cap:
+            raise EnvelopeError("oversize", f"envelope of {len(raw)} bytes exceeds {cap}")
+        return raw
+    try:
+        compressed = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise EnvelopeError("bad-base64", str(error)) from None
+    return gunzip_capped(compressed, cap)
+
+
+def parse_envelope(raw: bytes) -> Envelope:
+    """Canonical bytes → validated Envelope (schema version, account id, trace shape)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise EnvelopeError("bad-json", str(error)) from None
+    if not isinstance(data, dict):
+        raise EnvelopeError("bad-json", "envelope is not a JSON object")
+    schema = data.get("schema")
+    if schema != SCHEMA_V1:
+        raise EnvelopeError("unknown-schema", f"schema {schema!r} is not {SCHEMA_V1!r}")
+    try:
+        envelope = Envelope.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise EnvelopeError("invalid-envelope", f"{where}: {first['msg']}") from None
+    for index, trace in enumerate(envelope.traces):
+        if not isinstance(trace.get("Id"), str) or not isinstance(trace.get("Segments", []), list):
+            raise EnvelopeError("invalid-envelope", f"traces[{index}] lacks Id or Segments")
+    return envelope

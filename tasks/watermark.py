@@ -1,0 +1,95 @@
+"""Sweep watermarks per (account, region), kept in S3 next to the archive.
+
+A watermark only moves forward and only after every envelope of its windows was accepted by SQS.
+Two sweeps at once cannot move it backwards: the update is a conditional write (If-Match on the
+ETag read, If-None-Match for the first one), supported by S3 since 2024 and by the moto server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from blocks import ArchiveStore
+from xraylake.errors import TransientError, aws_error_code, classify_aws_error
+
+DEFAULT_LAG = timedelta(minutes=2)
+DEFAULT_OVERLAP = timedelta(minutes=5)
+DEFAULT_FIRST_LOOKBACK = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Watermark:
+    account_id: str
+    region: str
+    high_water: datetime | None
+    etag: str | None = None
+
+
+def watermark_key(store: ArchiveStore, account_id: str, region: str) -> str:
+    return f"{store.state_prefix}/watermarks/account_id={account_id}/region={region}.json"
+
+
+def sweep_range(
+    high_water: datetime | None,
+    now: datetime,
+    lag: timedelta = DEFAULT_LAG,
+    overlap: timedelta = DEFAULT_OVERLAP,
+    first_lookback: timedelta = DEFAULT_FIRST_LOOKBACK,
+) -> tuple[datetime, datetime] | None:
+    """The [start, end) a sweep covers: from the watermark minus overlap to now minus lag.
+
+    Ending `lag` before now and overlapping the previous range picks up late and in-progress
+    traces again; idempotent ids make the overlap free. None when there is nothing to do yet.
+    """
+    if lag < timedelta(0) or overlap < timedelta(0):
+        raise ValueError("lag and overlap must not be negative")
+    end = now - lag
+    start = (high_water - overlap) if high_water else (end - first_lookback)
+    if start >= end:
+        return None
+    return start, end
+
+
+def read(s3: Any, store: ArchiveStore, account_id: str, region: str) -> Watermark:
+    key = watermark_key(store, account_id, region)
+    try:
+        obj = s3.get_object(Bucket=store.bucket, Key=key)
+    except Exception as error:
+        if aws_error_code(error) in {"NoSuchKey", "404"}:
+            return Watermark(account_id, region, None, None)
+        raise classify_aws_error(error, f"read watermark {key}") from error
+    data = orjson.loads(obj["Body"].read())
+    return Watermark(account_id, region, datetime.fromisoformat(data["high_water"]), obj["ETag"])
+
+
+def advance(
+    s3: Any, store: ArchiveStore, current: Watermark, new_high_water: datetime, run_id: str = "", attempts: int = 5
+) -> Watermark:
+    """Move the watermark to `new_high_water` unless someone already moved it further."""
+    key = watermark_key(store, current.account_id, current.region)
+    for _ in range(attempts):
+        if current.high_water and current.high_water >= new_high_water:
+            return current  # never backwards
+        body = orjson.dumps(
+            {
+                "account_id": current.account_id,
+                "region": current.region,
+                "high_water": new_high_water.astimezone(UTC).isoformat(),
+                "updated_at": datetime.now(UTC).isoformat(),
+                "run_id": run_id,
+            }
+        )
+        condition = {"IfMatch": current.etag} if current.etag else {"IfNoneMatch": "*"}
+        try:
+            response = s3.put_object(Bucket=store.bucket, Key=key, Body=body, ContentType="application/json", **condition)
+        except Exception as error:
+            if aws_error_code(error) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+                current = read(s3, store, current.account_id, current.region)
+                continue
+            raise classify_aws_error(error, f"write watermark {key}") from error
+        return Watermark(current.account_id, current.region, new_high_water, response["ETag"])
+    raise TransientError(f"watermark {key} kept changing under us ({attempts} attempts)")

@@ -1,0 +1,144 @@
+"""Envelope v1: ids, packing, signing, wire encoding and the decode limits (pure, no servers)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import os
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from tasks import envelope as env
+
+NOW = datetime(2026, 11, 26, 10, 30, tzinfo=UTC)
+
+
+def make_trace(epoch: int, suffix: str, payload_bytes: int = 100) -> dict[str, object]:
+    trace_id = f"1-{epoch:08x}-{suffix:0>24}"
+    doc = {"id": suffix[-16:].rjust(16, "0"), "name": "svc", "trace_id": trace_id, "start_time": epoch,
+           "end_time": epoch + 1, "metadata": {"pad": "x" * payload_bytes}}
+    return {"Id": trace_id, "Duration": 1.0, "LimitExceeded": False,
+            "Segments": [{"Id": doc["id"], "Document": orjson.dumps(doc).decode()}]}
+
+
+def test_envelope_id_is_deterministic_and_content_addressed() -> None:
+    traces = [make_trace(1_795_600_000, "a1"), make_trace(1_795_600_100, "b2")]
+    first = env.build_envelope(source="sweep", account_id="012345678901", region="us-east-1", traces=traces,
+                               collected_at=NOW)
+    again = env.build_envelope(source="replay", account_id="012345678901", region="us-east-1", traces=traces)
+    other_account = env.build_envelope(source="sweep", account_id="112345678901", region="us-east-1", traces=traces)
+    assert first.envelope_id == again.envelope_id
+    assert first.envelope_id != other_account.envelope_id
+    assert len(first.envelope_id) == 32
+
+
+def test_to_json_round_trips_and_keeps_documents_as_strings() -> None:
+    trace = make_trace(1_795_600_000, "c3")
+    envelope = env.build_envelope(source="sweep", account_id="012345678901", region="us-east-1", traces=[trace],
+                                  collected_at=NOW)
+    raw = envelope.to_json()
+    parsed = env.parse_envelope(raw)
+    assert parsed == envelope
+    assert parsed.to_json() == raw
+    assert parsed.traces[0]["Segments"][0]["Document"] == trace["Segments"][0]["Document"]  # type: ignore[index]
+    assert orjson.loads(raw)["schema"] == "xraylake.envelope.v1"
+    assert orjson.loads(raw)["collected_at"].endswith("Z")
+
+
+def test_pack_groups_by_start_hour_and_size() -> None:
+    hour = 1_795_600_800  # 2026-11-26T09:xx
+    base = hour - hour % 3600
+    small = [make_trace(base + i, f"s{i}", 1000) for i in range(50)]
+    next_hour = [make_trace(base + 3600 + i, f"n{i}", 1000) for i in range(3)]
+    huge = make_trace(base + 10, "huge", 2_000_000)
+    groups = list(env.pack_traces([*small, huge, *next_hour], target_bytes=20_000))
+    assert sum(len(g) for g in groups) == 54
+    assert [g for g in groups if huge in g] == [[huge]]
+    for group in groups:
+        assert len({env.trace_hour(t) for t in group}) == 1
+        if len(group) > 1:
+            assert sum(len(orjson.dumps(t)) for t in group) <= 20_000
+
+
+def test_encode_picks_plain_gzip_or_claim_check() -> None:
+    tiny = env.build_envelope(source="sweep", account_id="012345678901", region="us-east-1", traces=[],
+                              collected_at=NOW)
+    plain = env.encode(tiny, "k", "bucket")
+    assert plain.encoding == env.ENCODING_JSON
+    assert env.body_to_raw(plain.body) == tiny.to_json()
+
+    repetitive = env.build_envelope(source="sweep", account_id="012345678901", region="us-east-1",
+                                    traces=[make_trace(1_795_600_000, "r1", 50_000)], collected_at=NOW)
+    packed = env.encode(repetitive, "k", "bucket")
+    assert packed.encoding == env.ENCODING_GZIP
+    assert env.body_to_raw(packed.body) == repetitive.to_json()
+
+    random_doc = base64.b64encode(os.urandom(1_200_000)).decode()
+    big = env.build_envelope(source="sweep", account_id="012345678901", region="us-east-1", collected_at=NOW,
+                             traces=[{"Id": "1-6b000000-000000000000000000000001", "Segments": [
+                                 {"Id": "1", "Document": random_doc}]}])
+    pointer = env.encode(big, "k", "bucket", "payloads")
+    assert pointer.encoding == env.ENCODING_CLAIM_CHECK
+    assert pointer.claim_check is not None
+    ref, payload = pointer.claim_check
+    assert env.parse_pointer(pointer.body) == ref
+    assert ref.key.startswith("payloads/account_id=012345678901/region=us-east-1/")
+    env.check_payload(ref, payload)
+    assert env.gunzip_capped(payload) == big.to_json()
+    assert pointer.size < 4096
+
+
+def test_signature_verifies_with_current_or_previous_key() -> None:
+    raw = b'{"schema":"xraylake.envelope.v1"}'
+    signature = env.sign(raw, "old-key")
+    env.verify(raw, signature, ["new-key", "old-key"])
+    with pytest.raises(env.EnvelopeError) as forged:
+        env.verify(raw + b" ", signature, ["new-key", "old-key"])
+    assert forged.value.reason == "signature"
+    with pytest.raises(env.EnvelopeError) as missing:
+        env.verify(raw, None, ["new-key"])
+    assert missing.value.reason == "signature"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("{not json", "bad-json"),
+        ("!!!not-base64!!!", "bad-base64"),
+        (base64.b64encode(b"not gzip at all").decode(), "bad-gzip"),
+        (base64.b64encode(gzip.compress(b"{}")[:-6]).decode(), "bad-gzip"),
+    ],
+)
+def test_bad_bodies_name_their_reason(body: str, reason: str) -> None:
+    with pytest.raises(env.EnvelopeError) as error:
+        env.parse_envelope(env.body_to_raw(body))
+    assert error.value.reason == reason
+
+
+def test_gzip_bomb_is_refused_before_it_inflates() -> None:
+    bomb = base64.b64encode(gzip.compress(b"\0" * (10 * 1024 * 1024))).decode()
+    with pytest.raises(env.EnvelopeError) as error:
+        env.body_to_raw(bomb, cap=1024 * 1024)
+    assert error.value.reason == "decompressed-too-large"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda d: d.update(schema="xraylake.envelope.v0"), "unknown-schema"),
+        (lambda d: d.update(account_id="12345"), "invalid-envelope"),
+        (lambda d: d.update(collected_at="2026-11-26T10:00:00"), "invalid-envelope"),
+        (lambda d: d.update(traces=[{"Segments": []}]), "invalid-envelope"),
+        (lambda d: d.update(extra_field=1), "invalid-envelope"),
+    ],
+)
+def test_invalid_envelopes_name_their_reason(mutate, reason: str) -> None:  # type: ignore[no-untyped-def]
+    good = env.build_envelope(source="sweep", account_id="012345678901", region="us-east-1",
+                              traces=[make_trace(1_795_600_000, "v1")], collected_at=NOW)
+    data = orjson.loads(good.to_json())
+    mutate(data)
+    with pytest.raises(env.EnvelopeError) as error:
+        env.parse_envelope(orjson.dumps(data))
+    assert error.value.reason == reason
