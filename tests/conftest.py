@@ -60,3 +60,20 @@ def fresh_config(stack: SandboxStack, fresh_roster: Roster) -> Iterator[Config]:
     )
     yield config
     clone.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """A real temporary Prefect server for the session (flows, tasks, artifacts, events)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def config_file(fresh_config: Config, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """`fresh_config` written where flows' `config_path` parameter can read it."""
+    path = tmp_path / "xraylake-config.json"
+    path.write_bytes(fresh_config.to_json())
+    return str(path)

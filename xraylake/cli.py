@@ -111,3 +111,158 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ---------------------------------------------------------------------------- pipeline commands
+
+ConfigOption = Annotated[
+    str | None, typer.Option("--config", help="Config file for real AWS (default: $XRAYLAKE_CONFIG, else the sandbox).")
+]
+AccountsOption = Annotated[list[str] | None, typer.Option("--account", "-a", help="Roster account id (repeatable).")]
+RegionsOption = Annotated[list[str] | None, typer.Option("--region", "-r", help="Region (repeatable).")]
+
+
+def _run_flow(flow_fn, **parameters):  # type: ignore[no-untyped-def]
+    """Run a flow, returning (state, data); a parameter error is printed without a traceback."""
+    from prefect.states import State
+
+    try:
+        state: State = flow_fn(return_state=True, **parameters)
+    except (ValueError, LookupError) as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, BaseException):
+        err_console.print(f"[red]error:[/red] {data}")
+        raise typer.Exit(2 if isinstance(data, (ValueError, LookupError)) else 1)
+    return state, data
+
+
+def _account_table(title: str, accounts: list[dict[str, object]]) -> None:
+    columns = ["account_id", "account_name", "region", "status", "windows", "traces", "envelopes", "bytes",
+               "throttles", "watermark_lag_seconds", "error"]
+    console.print(table(title, columns, [[a.get(c) for c in columns] for a in accounts]))
+
+
+def _finish(state, data, json: bool, title: str) -> None:  # type: ignore[no-untyped-def]
+    public = {k: v for k, v in data.items() if k != "results"} if isinstance(data, dict) else data
+    if json:
+        print_json({"state": state.type.value, "message": state.message} | (public or {}))
+    else:
+        if isinstance(public, dict) and "accounts" in public:
+            _account_table(title, public["accounts"])
+        console.print(f"{state.type.value}: {state.message}")
+    if not state.is_completed():
+        raise typer.Exit(1)
+
+
+@app.command()
+def sweep(
+    accounts: AccountsOption = None,
+    regions: RegionsOption = None,
+    lag_seconds: int = 120,
+    overlap_seconds: int = 300,
+    first_lookback_minutes: int = 60,
+    concurrency: int = 8,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Incremental sweep: new traces of every account since its watermark → the org queue."""
+    from flows.sweep import sweep as sweep_flow
+
+    state, data = _run_flow(
+        sweep_flow, accounts=accounts, regions=regions, lag_seconds=lag_seconds, overlap_seconds=overlap_seconds,
+        first_lookback_minutes=first_lookback_minutes, concurrency=concurrency, config_path=config,
+    )
+    _finish(state, data, json, "sweep")
+
+
+@app.command()
+def collect(
+    execution_arn: Annotated[str, typer.Argument(help="Step Functions execution ARN")],
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Collect the traces of one Step Functions execution (the per-execution trigger path)."""
+    from flows.collect import collect as collect_flow
+
+    state, data = _run_flow(collect_flow, execution_arn=execution_arn, config_path=config)
+    public = {k: v for k, v in data.items() if k != "result"}
+    if json:
+        print_json({"state": state.type.value, "message": state.message} | public)
+    else:
+        _account_table(f"collect {execution_arn}", [public["account"]])
+        console.print(f"{state.type.value}: {state.message} (execution status {public.get('execution_status')})")
+    if not state.is_completed():
+        raise typer.Exit(1)
+
+
+@app.command()
+def backfill(
+    start: Annotated[str, typer.Option(help="RFC 3339 start, e.g. 2026-11-20T00:00:00Z")],
+    end: Annotated[str, typer.Option(help="RFC 3339 end")],
+    accounts: AccountsOption = None,
+    regions: RegionsOption = None,
+    chunk_minutes: int = 60,
+    max_chunks: int | None = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Collect a past range (≤ 30 days back), chunked; the same backfill again resumes."""
+    from datetime import datetime
+
+    from flows.backfill import backfill as backfill_flow
+
+    try:
+        start_at, end_at = datetime.fromisoformat(start), datetime.fromisoformat(end)
+    except ValueError as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    state, data = _run_flow(
+        backfill_flow, start=start_at, end=end_at, accounts=accounts, regions=regions,
+        chunk_minutes=chunk_minutes, max_chunks=max_chunks, config_path=config,
+    )
+    _finish(state, data, json, "backfill")
+
+
+@app.command()
+def consume(
+    until_empty: Annotated[bool, typer.Option(help="Stop after an empty poll.")] = True,
+    max_messages: int | None = None,
+    max_seconds: float | None = None,
+    wait_seconds: int = 20,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Drain the org queue into the archive (raw JSON + Parquet) and OpenSearch."""
+    from flows.consume import consume as consume_flow
+
+    state, data = _run_flow(
+        consume_flow, until_empty=until_empty, max_messages=max_messages, max_seconds=max_seconds,
+        wait_seconds=wait_seconds, config_path=config,
+    )
+    if json:
+        print_json({"state": state.type.value} | data)
+    else:
+        rows = [(k, v) for k, v in data.items() if k not in {"errors"}]
+        console.print(table("consume", ["metric", "value"], rows))
+        for error in data.get("errors", [])[:5]:
+            err_console.print(f"[yellow]{error}[/yellow]")
+
+
+@app.command()
+def setup(config: ConfigOption = None, json: JsonOption = False) -> None:
+    """Create the index templates (idempotent) and report cluster capabilities."""
+    from tasks.index import capabilities, client_for, ensure_templates
+    from tasks.mappings import index_templates
+    from xraylake.config import load_config
+
+    cfg = load_config(config)
+    client = client_for(cfg.opensearch)
+    names = ensure_templates(client, index_templates(cfg.opensearch.index_prefix))
+    caps = capabilities(client)
+    if json:
+        print_json({"templates": names, "capabilities": caps})
+    else:
+        console.print(table("index templates", ["template"], [[n] for n in names]))
+        console.print(f"capabilities: {caps}")

@@ -1,0 +1,116 @@
+"""Consume the org queue: long-poll, process batches, delete only what every sink accepted.
+
+Modes: `until_empty` (stop after an empty poll — the scheduled deployment), `max_messages`,
+`max_seconds` (the long-running variant runs with until_empty=False and a large max_seconds).
+Several consumers at once are safe: SQS hands each message to one of them at a time, and every
+sink is idempotent (deterministic keys and ids, versioned index writes).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, State
+
+from tasks import queue
+from tasks.aws import log_client
+from tasks.consumer import BatchStats, Consumer
+from xraylake.config import Config, load_config
+from xraylake.observe import emit, summary_artifact
+
+
+@task(name="consume-batch", timeout_seconds=900, cache_policy=NO_CACHE)
+def consume_batch(consumer: Consumer, messages: list[queue.ReceivedMessage], visibility_timeout: int) -> BatchStats:
+    sqs, url = consumer.sqs, consumer.config.queue.queue_url
+    with queue.VisibilityHeartbeat(sqs, url, messages, timeout_seconds=visibility_timeout,
+                                   every_seconds=max(5.0, visibility_timeout / 3)):
+        return consumer.process(messages)
+
+
+def receive_batch(consumer: Consumer, batch_messages: int, wait_seconds: int, visibility_timeout: int) -> list[queue.ReceivedMessage]:
+    """Several receive calls (≤ 10 messages each) until the batch is full or the queue runs dry."""
+    messages: list[queue.ReceivedMessage] = []
+    while len(messages) < batch_messages:
+        got = queue.receive(consumer.sqs, consumer.config.queue.queue_url, min(10, batch_messages - len(messages)),
+                            wait_seconds if not messages else 0, visibility_timeout)
+        messages += got
+        if len(got) < 10:
+            break
+    return messages
+
+
+def run_consumer(
+    config: Config,
+    *,
+    until_empty: bool = True,
+    max_messages: int | None = None,
+    max_seconds: float | None = None,
+    batch_messages: int = 100,
+    wait_seconds: int = 20,
+    visibility_timeout: int = 300,
+    index_prefix: str | None = None,
+    use_tasks: bool = True,
+) -> BatchStats:
+    consumer = Consumer(config, log_client("s3", config.archive.region), log_client("sqs", config.queue.region),
+                        index_prefix=index_prefix)
+    total = BatchStats()
+    started = time.monotonic()
+    while True:
+        budget = batch_messages if max_messages is None else min(batch_messages, max_messages - total.received)
+        if budget <= 0:
+            break
+        if max_seconds is not None and time.monotonic() - started >= max_seconds:
+            break
+        messages = receive_batch(consumer, budget, wait_seconds, visibility_timeout)
+        if not messages:
+            if until_empty:
+                break
+            continue
+        if use_tasks:
+            stats = consume_batch.with_options(task_run_name=f"consume-batch-{len(messages)}")(
+                consumer, messages, visibility_timeout
+            )
+        else:
+            stats = consume_batch.fn(consumer, messages, visibility_timeout)
+        total.merge(stats)
+    total.stage_seconds["wall"] = time.monotonic() - started
+    return total
+
+
+@flow(name="consume")
+def consume(
+    until_empty: bool = True,
+    max_messages: int | None = None,
+    max_seconds: float | None = None,
+    batch_messages: int = 100,
+    wait_seconds: int = 20,
+    visibility_timeout: int = 300,
+    config_path: str | None = None,
+) -> State:
+    """Drain the org queue into the archive (raw + Parquet) and OpenSearch."""
+    if not 1 <= batch_messages <= 1000:
+        raise ValueError("batch_messages must be between 1 and 1000")
+    if not 0 <= wait_seconds <= 20:
+        raise ValueError("wait_seconds must be between 0 and 20 (the SQS long-poll maximum)")
+    config = load_config(config_path)
+    stats = run_consumer(
+        config, until_empty=until_empty, max_messages=max_messages, max_seconds=max_seconds,
+        batch_messages=batch_messages, wait_seconds=wait_seconds, visibility_timeout=visibility_timeout,
+    )
+    data: dict[str, Any] = stats.as_dict()
+    for reason, count in stats.dead_lettered.items():
+        emit("xraylake.message.dead-lettered", f"aws.sqs.{config.queue.dlq_url}", {"reason": reason, "count": count},
+             **{"xraylake.reason": reason})
+    if stats.errors:
+        get_run_logger().warning("consume errors (first %d): %s", len(stats.errors), "; ".join(stats.errors[:5]))
+    summary_artifact(
+        "xraylake-consume",
+        f"consume: {stats.deleted} messages done, {stats.traces} traces, {stats.segments} segments, "
+        f"{sum(stats.dead_lettered.values())} dead-lettered",
+        [{"metric": k, "value": v} for k, v in data.items() if not isinstance(v, (dict, list))],
+        notes=[f"dead-lettered {r}: {c}" for r, c in stats.dead_lettered.items()],
+    )
+    return Completed(message=f"{stats.deleted} messages consumed", data=data)

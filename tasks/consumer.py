@@ -1,0 +1,254 @@
+"""Consuming one batch of queue messages: decode → validate → transform → sinks → delete.
+
+Sinks run in order — raw archive, Parquet, OpenSearch — and a message is deleted only when every
+sink succeeded for everything it carried. A message that can never succeed goes to the DLQ at
+once with its reason; a transient failure leaves it to become visible again (the queue's redrive
+policy moves it to the DLQ after maxReceiveCount). One bad message never fails its batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from tasks import archive, queue
+from tasks.documents import EnvelopeDocuments, transform_envelope
+from tasks.envelope import (
+    MAX_DECOMPRESSED_BYTES,
+    Envelope,
+    EnvelopeError,
+    body_to_raw,
+    gunzip_capped,
+    parse_envelope,
+    parse_pointer,
+    verify,
+)
+from tasks.index import BulkReport, IndexAction, bulk_index, client_for
+from tasks.redact import RedactionPolicy
+from xraylake.config import Config
+from xraylake.errors import TransientError
+
+MAX_BODY_BYTES = 1_048_576
+
+
+@dataclass
+class Decoded:
+    message: queue.ReceivedMessage
+    envelope: Envelope
+    raw: bytes
+
+
+@dataclass
+class BatchStats:
+    received: int = 0
+    deleted: int = 0
+    duplicates: int = 0
+    dead_lettered: Counter[str] = field(default_factory=Counter)
+    left_for_retry: int = 0
+    envelopes: int = 0
+    traces: int = 0
+    segments: int = 0
+    spans: int = 0
+    documents_indexed: int = 0
+    documents_stale: int = 0
+    documents_failed: int = 0
+    raw_objects: int = 0
+    parquet_files: int = 0
+    parquet_bytes: int = 0
+    transform_problems: int = 0
+    stage_seconds: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    def merge(self, other: BatchStats) -> None:
+        for name, value in vars(other).items():
+            if isinstance(value, Counter):
+                getattr(self, name).update(value)
+            elif isinstance(value, list):
+                getattr(self, name).extend(value[: max(0, 20 - len(getattr(self, name)))])
+            else:
+                setattr(self, name, getattr(self, name) + value)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, value in vars(self).items():
+            if name == "stage_seconds":
+                out[name] = {k: round(v, 3) for k, v in value.items()}
+            else:
+                out[name] = dict(value) if isinstance(value, Counter) else value
+        out["dead_lettered_total"] = sum(self.dead_lettered.values())
+        return out
+
+
+class Consumer:
+    """Holds the clients; `process(messages)` handles one batch."""
+
+    def __init__(
+        self, config: Config, s3: Any, sqs: Any, redaction: RedactionPolicy | None = None,
+        max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES, index_prefix: str | None = None,
+    ) -> None:
+        self.config = config
+        self.s3 = s3
+        self.sqs = sqs
+        self.opensearch = client_for(config.opensearch)
+        self.redaction = redaction or RedactionPolicy()
+        self.max_decompressed_bytes = max_decompressed_bytes
+        self.index_prefix = index_prefix or config.opensearch.index_prefix
+        self.keys = [k.get_secret_value() for k in config.signing_keys]
+        self.accounts = {a.account_id: a for a in config.roster.accounts}
+
+    # ------------------------------------------------------------ decode + validate
+
+    def decode(self, message: queue.ReceivedMessage) -> Decoded:
+        """Raises EnvelopeError (poison, DLQ at once) or TransientError (leave for retry)."""
+        body = message.body
+        if len(body.encode()) > MAX_BODY_BYTES:
+            raise EnvelopeError("oversize", f"message body of {len(body)} bytes exceeds the SQS limit")
+        pointer = parse_pointer(body)
+        if pointer is not None:
+            if pointer.bytes > self.max_decompressed_bytes:
+                raise EnvelopeError("oversize", f"claim-check payload of {pointer.bytes} bytes exceeds the cap")
+            compressed = archive.fetch_claim_check(self.s3, pointer)
+            raw = gunzip_capped(compressed, self.max_decompressed_bytes)
+        else:
+            raw = body_to_raw(body, self.max_decompressed_bytes)
+        verify(raw, message.attributes.get("signature"), self.keys)
+        envelope = parse_envelope(raw)
+        if envelope.account_id not in self.accounts:
+            raise EnvelopeError("unknown-account", f"account {envelope.account_id} is not in the roster")
+        self._check_sender(message, envelope)
+        return Decoded(message, envelope, raw)
+
+    def _check_sender(self, message: queue.ReceivedMessage, envelope: Envelope) -> None:
+        """The message's claimed account must match the envelope; a SenderId that is an account
+        id must be the log account or the envelope's (assumed-role ids cannot be mapped)."""
+        claimed = message.attributes.get("account_id")
+        if claimed and claimed != envelope.account_id:
+            raise EnvelopeError(
+                "spoofed-sender", f"message says account {claimed}, envelope says {envelope.account_id}"
+            )
+        sender = message.system.get("SenderId", "")
+        if sender.isdigit() and len(sender) == 12 and sender not in {self.config.log_account_id, envelope.account_id}:
+            raise EnvelopeError("spoofed-sender", f"sender {sender} may not send for account {envelope.account_id}")
+
+    # ------------------------------------------------------------ the batch
+
+    def process(self, messages: Sequence[queue.ReceivedMessage]) -> BatchStats:
+        stats = BatchStats(received=len(messages))
+        tick = time.perf_counter()
+        decoded: list[Decoded] = []
+        for message in messages:
+            try:
+                decoded.append(self.decode(message))
+            except EnvelopeError as error:
+                self._dead_letter(message, error.reason, error.detail, stats)
+            except TransientError as error:
+                stats.left_for_retry += 1
+                stats.errors.append(f"{message.message_id}: {error}")
+        stats.stage_seconds["decode"] += time.perf_counter() - tick
+
+        # Duplicate deliveries inside one batch: process each envelope once, delete every copy.
+        unique: dict[str, list[Decoded]] = {}
+        for item in decoded:
+            unique.setdefault(item.envelope.envelope_id, []).append(item)
+        stats.duplicates += len(decoded) - len(unique)
+        stats.envelopes = len(unique)
+        failed: set[str] = set()  # envelope ids that must not be deleted
+
+        tick = time.perf_counter()
+        results = {eid: self._transform(copies[0].envelope, stats) for eid, copies in unique.items()}
+        stats.stage_seconds["transform"] += time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        for eid, copies in unique.items():
+            try:
+                archive.put_raw(self.s3, self.config.archive, copies[0].envelope, copies[0].raw)
+                stats.raw_objects += 1
+            except Exception as error:
+                failed.add(eid)
+                stats.errors.append(f"raw archive {eid}: {error}")
+        stats.stage_seconds["raw"] += time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        failed |= self._write_parquet({eid: r for eid, r in results.items() if eid not in failed}, stats)
+        stats.stage_seconds["parquet"] += time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        failed |= self._index({eid: r for eid, r in results.items() if eid not in failed}, unique, stats)
+        stats.stage_seconds["index"] += time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        done = [item.message for eid, copies in unique.items() if eid not in failed for item in copies]
+        stats.left_for_retry += sum(len(unique[eid]) for eid in failed)
+        not_deleted = queue.delete(self.sqs, self.config.queue.queue_url, done)
+        stats.deleted += len(done) - len(not_deleted)
+        stats.stage_seconds["delete"] += time.perf_counter() - tick
+        return stats
+
+    def _dead_letter(self, message: queue.ReceivedMessage, reason: str, detail: str, stats: BatchStats) -> None:
+        try:
+            queue.dead_letter(self.sqs, self.config.queue.dlq_url, message, reason, detail)
+            queue.delete(self.sqs, self.config.queue.queue_url, [message])
+            stats.dead_lettered[reason] += 1
+        except Exception as error:  # the redrive policy still moves it eventually
+            stats.left_for_retry += 1
+            stats.errors.append(f"dead-letter {message.message_id}: {error}")
+
+    def _transform(self, envelope: Envelope, stats: BatchStats) -> EnvelopeDocuments:
+        result = transform_envelope(envelope, self.accounts[envelope.account_id], self.redaction)
+        stats.traces += len(result.traces)
+        stats.segments += len(result.segments)
+        stats.spans += len(result.spans)
+        stats.transform_problems += len(result.problems)
+        return result
+
+    def _write_parquet(self, results: dict[str, EnvelopeDocuments], stats: BatchStats) -> set[str]:
+        """One file per partition and table for the batch; a failed file keeps its envelopes."""
+        failed: set[str] = set()
+        for table_name in ("traces", "segments"):
+            tables = [t for t in (r.arrow(table_name) for r in results.values()) if t.num_rows]
+            if not tables:
+                continue
+            combined = pa.concat_tables(tables)
+            for part in archive.split_by_partition(combined):
+                members = sorted(set(part.table.column("envelope_id").to_pylist()))
+                key = archive.parquet_key(
+                    self.config.archive, table_name, part.account_id, part.region, part.dt, part.hour,
+                    archive.batch_id(members),
+                )
+                try:
+                    stats.parquet_bytes += archive.write_parquet(self.s3, key, self.config.archive.bucket, part.table)
+                    stats.parquet_files += 1
+                except Exception as error:
+                    failed.update(members)
+                    stats.errors.append(f"parquet {key}: {error}")
+        return failed
+
+    def _index(
+        self, results: dict[str, EnvelopeDocuments], unique: dict[str, list[Decoded]], stats: BatchStats
+    ) -> set[str]:
+        actions: list[IndexAction] = []
+        owner: dict[str, str] = {}
+        for eid, result in results.items():
+            version = unique[eid][0].envelope.collected_at_ms
+            for action in result.index_actions(version, self.index_prefix):
+                actions.append(action)
+                owner[action.doc_id] = eid
+        if not actions:
+            return set()
+        try:
+            report: BulkReport = bulk_index(self.opensearch, actions)
+        except Exception as error:  # cluster down: nothing of this batch is deleted
+            stats.errors.append(f"bulk: {error}")
+            stats.documents_failed += len(actions)
+            return set(results)
+        stats.documents_indexed += report.indexed
+        stats.documents_stale += report.stale
+        stats.documents_failed += report.failed
+        stats.errors += [str(e) for e in report.errors[:5]]
+        return {owner[doc_id] for doc_id in report.failed_ids if doc_id in owner}
+
