@@ -18,6 +18,8 @@ from prefect.states import Completed, State
 from tasks import queue
 from tasks.aws import log_client
 from tasks.consumer import BatchStats, Consumer
+from tasks.index import ensure_templates
+from tasks.mappings import index_templates
 from xraylake.config import Config, load_config
 from xraylake.observe import emit, summary_artifact
 
@@ -56,6 +58,8 @@ def run_consumer(
 ) -> BatchStats:
     consumer = Consumer(config, log_client("s3", config.archive.region), log_client("sqs", config.queue.region),
                         index_prefix=index_prefix)
+    # Templates first: an index created by dynamic mapping would type fields wrongly for good.
+    ensure_templates(consumer.opensearch, index_templates(consumer.index_prefix))
     total = BatchStats()
     started = time.monotonic()
     while True:

@@ -32,7 +32,12 @@ MEMBERS = [
     ),
 ]
 
-READER_ACTIONS = ["xray:GetTraceSummaries", "xray:BatchGetTraces", "states:DescribeExecution"]
+READER_ACTIONS = [
+    "xray:GetTraceSummaries",
+    "xray:BatchGetTraces",
+    "xray:GetTraceSegmentDestination",
+    "states:DescribeExecution",
+]
 
 
 @contextlib.contextmanager
