@@ -34,6 +34,7 @@ from xraylake.config import Config
 from xraylake.errors import TransientError
 
 MAX_BODY_BYTES = 1_048_576
+ALL_SINKS = frozenset({"raw", "parquet", "index"})
 
 
 @dataclass
@@ -156,30 +157,7 @@ class Consumer:
         for item in decoded:
             unique.setdefault(item.envelope.envelope_id, []).append(item)
         stats.duplicates += len(decoded) - len(unique)
-        stats.envelopes = len(unique)
-        failed: set[str] = set()  # envelope ids that must not be deleted
-
-        tick = time.perf_counter()
-        results = {eid: self._transform(copies[0].envelope, stats) for eid, copies in unique.items()}
-        stats.stage_seconds["transform"] += time.perf_counter() - tick
-
-        tick = time.perf_counter()
-        for eid, copies in unique.items():
-            try:
-                archive.put_raw(self.s3, self.config.archive, copies[0].envelope, copies[0].raw)
-                stats.raw_objects += 1
-            except Exception as error:
-                failed.add(eid)
-                stats.errors.append(f"raw archive {eid}: {error}")
-        stats.stage_seconds["raw"] += time.perf_counter() - tick
-
-        tick = time.perf_counter()
-        failed |= self._write_parquet({eid: r for eid, r in results.items() if eid not in failed}, stats)
-        stats.stage_seconds["parquet"] += time.perf_counter() - tick
-
-        tick = time.perf_counter()
-        failed |= self._index({eid: r for eid, r in results.items() if eid not in failed}, unique, stats)
-        stats.stage_seconds["index"] += time.perf_counter() - tick
+        failed = self.ingest([(copies[0].envelope, copies[0].raw) for copies in unique.values()], stats)
 
         tick = time.perf_counter()
         done = [item.message for eid, copies in unique.items() if eid not in failed for item in copies]
@@ -188,6 +166,42 @@ class Consumer:
         stats.deleted += len(done) - len(not_deleted)
         stats.stage_seconds["delete"] += time.perf_counter() - tick
         return stats
+
+    def ingest(
+        self, items: Sequence[tuple[Envelope, bytes]], stats: BatchStats, sinks: frozenset[str] = ALL_SINKS
+    ) -> set[str]:
+        """Transform decoded envelopes and write them to `sinks` (raw, parquet, index), in that
+        order; returns the envelope ids that some sink did not take (not to be deleted)."""
+        envelopes = {envelope.envelope_id: (envelope, raw) for envelope, raw in items}
+        stats.envelopes += len(envelopes)
+        failed: set[str] = set()
+
+        tick = time.perf_counter()
+        results = {eid: self._transform(envelope, stats) for eid, (envelope, _) in envelopes.items()}
+        stats.stage_seconds["transform"] += time.perf_counter() - tick
+
+        if "raw" in sinks:
+            tick = time.perf_counter()
+            for eid, (envelope, raw) in envelopes.items():
+                try:
+                    archive.put_raw(self.s3, self.config.archive, envelope, raw)
+                    stats.raw_objects += 1
+                except Exception as error:
+                    failed.add(eid)
+                    stats.errors.append(f"raw archive {eid}: {error}")
+            stats.stage_seconds["raw"] += time.perf_counter() - tick
+
+        if "parquet" in sinks:
+            tick = time.perf_counter()
+            failed |= self._write_parquet({eid: r for eid, r in results.items() if eid not in failed}, stats)
+            stats.stage_seconds["parquet"] += time.perf_counter() - tick
+
+        if "index" in sinks:
+            tick = time.perf_counter()
+            versions = {eid: envelope.collected_at_ms for eid, (envelope, _) in envelopes.items()}
+            failed |= self._index({eid: r for eid, r in results.items() if eid not in failed}, versions, stats)
+            stats.stage_seconds["index"] += time.perf_counter() - tick
+        return failed
 
     def _dead_letter(self, message: queue.ReceivedMessage, reason: str, detail: str, stats: BatchStats) -> None:
         try:
@@ -229,12 +243,12 @@ class Consumer:
         return failed
 
     def _index(
-        self, results: dict[str, EnvelopeDocuments], unique: dict[str, list[Decoded]], stats: BatchStats
+        self, results: dict[str, EnvelopeDocuments], versions: dict[str, int], stats: BatchStats
     ) -> set[str]:
         actions: list[IndexAction] = []
         owner: dict[str, str] = {}
         for eid, result in results.items():
-            version = unique[eid][0].envelope.collected_at_ms
+            version = versions[eid]
             for action in result.index_actions(version, self.index_prefix):
                 actions.append(action)
                 owner[action.doc_id] = eid
