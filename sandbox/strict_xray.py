@@ -9,7 +9,11 @@ reaches it through `AWS_ENDPOINT_URL_XRAY`) and adds what real X-Ray does:
 * a token bucket per (account, region) for the read APIs; past it HTTP 429 `ThrottledException`;
 * GetTraceSummaries paged (`page_size` per page, newest first) with an opaque NextToken over a
   snapshot of the result set, so traces arriving between pages neither show up nor shift pages;
-  `TimeRangeType=TraceId` is honoured (moto ignores it and always filters by segment times);
+  `TimeRangeType=TraceId` is honoured (moto ignores it and always filters by segment times), and so
+  is `Event` (the default: the trace's update time). moto only returns traces whose segments lie
+  wholly inside the window, so a trace crossing a window boundary would be in no window at all;
+  the front records, from every PutTraceSegments it forwards, each trace's latest event (the
+  newest end_time, or start_time while in progress) and matches each trace to exactly one window;
 * FilterExpression stripped (and recorded) before forwarding, or rejected (`filter_mode`);
 * BatchGetTraces with more than 5 ids → HTTP 400 `InvalidRequestException`; optional
   deterministic `UnprocessedTraceIds` injection; `LimitExceeded` always present, and set (with the
@@ -263,6 +267,9 @@ class StrictXRayFront:
         self._totals = _Counters()
         self._accounts: dict[str, _Counters] = defaultdict(_Counters)
         self._filters: list[str] = []
+        # (account, region, trace id) → latest segment event seen in PutTraceSegments (epoch s)
+        self._updated: dict[tuple[str, str, str], float] = {}
+        self.event_lookaround_seconds = 31 * 86400.0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -428,6 +435,11 @@ class StrictXRayFront:
                 self._count(account, throttled=1)
                 return _error(429, "ThrottledException", "Rate exceeded")
 
+        if method == "POST" and operation == "PutTraceSegments":
+            answer = self._forward(account, method, path, headers, body)
+            if answer.status == 200:
+                self._record_updates(account, region, body)
+            return answer
         if method == "POST" and operation == "GetTraceSummaries":
             return self._trace_summaries(account, region, method, path, headers, body)
         if method == "POST" and operation == "BatchGetTraces":
@@ -444,6 +456,37 @@ class StrictXRayFront:
             self.set_segment_destination(account, region, wanted)
             return _json(200, {"Destination": wanted, "Status": "ACTIVE"})
         return self._forward(account, method, path, headers, body)
+
+    def _record_updates(self, account: str, region: str, body: bytes) -> None:
+        """Remember each trace's latest event time (X-Ray's `Event` time range: trace update time)."""
+        request = _parse(body) or {}
+        updates: dict[str, float] = {}
+        for text in request.get("TraceSegmentDocuments") or []:
+            document = _parse(text.encode() if isinstance(text, str) else b"")
+            if not isinstance(document, dict) or not isinstance(document.get("trace_id"), str):
+                continue
+            when = _number(document.get("end_time"))
+            if when is None:
+                when = _number(document.get("start_time"))
+            if when is not None:
+                trace_id = document["trace_id"]
+                updates[trace_id] = max(updates.get(trace_id, when), when)
+        with self._lock:
+            for trace_id, when in updates.items():
+                key = (account, region, trace_id)
+                self._updated[key] = max(self._updated.get(key, when), when)
+
+    def _updated_between(self, account: str, region: str, start: float, end: float) -> list[str]:
+        with self._lock:
+            return [
+                trace_id
+                for (acct, reg, trace_id), when in self._updated.items()
+                if acct == account and reg == region and start <= when < end
+            ]
+
+    def _updated_at(self, account: str, region: str, trace_id: str) -> float | None:
+        with self._lock:
+            return self._updated.get((account, region, trace_id))
 
     def _destination(self, account: str, region: str) -> str:
         with self._lock:
@@ -481,7 +524,7 @@ class StrictXRayFront:
                 return _error(400, "InvalidRequestException", "Invalid NextToken for this request")
             snapshot = self._snapshot(snapshot_id)
             if snapshot is None:  # expired: re-query and slice (no longer a snapshot)
-                fetched = self._fetch_summaries(account, method, path, headers, request)
+                fetched = self._fetch_summaries(account, region, method, path, headers, request)
                 if isinstance(fetched, _Answer):
                     return fetched
                 snapshot = fetched
@@ -491,7 +534,7 @@ class StrictXRayFront:
                 return _json(
                     200, {"TraceSummaries": [], "ApproximateTime": time.time(), "TracesProcessedCount": 0}
                 )
-            fetched = self._fetch_summaries(account, method, path, headers, request)
+            fetched = self._fetch_summaries(account, region, method, path, headers, request)
             if isinstance(fetched, _Answer):
                 return fetched
             snapshot = fetched
@@ -515,16 +558,21 @@ class StrictXRayFront:
         return _json(200, answer)
 
     def _fetch_summaries(
-        self, account: str, method: str, path: str, headers: list[tuple[str, str]], request: dict[str, Any]
+        self, account: str, region: str, method: str, path: str, headers: list[tuple[str, str]], request: dict[str, Any]
     ) -> _Snapshot | _Answer:
         upstream_request = dict(request)
         by_trace_id = request.get("TimeRangeType") == "TraceId"
+        by_event = request.get("TimeRangeType", "Event") == "Event"
         start = _number(request.get("StartTime"))
         end = _number(request.get("EndTime"))
         if by_trace_id and start is not None and end is not None:
             # moto filters by segment times (start > StartTime, end < EndTime): widen, then filter by id
             upstream_request["StartTime"] = start - 1
             upstream_request["EndTime"] = end + self.trace_id_lookahead_seconds
+        if by_event and start is not None and end is not None:
+            # widen, then keep the traces whose latest event (update time) falls in [start, end)
+            upstream_request["StartTime"] = start - self.event_lookaround_seconds
+            upstream_request["EndTime"] = end + self.event_lookaround_seconds
         answer = self._forward(account, method, path, headers, json.dumps(upstream_request).encode())
         if answer.status != 200:
             return answer
@@ -532,12 +580,27 @@ class StrictXRayFront:
         summaries: list[dict[str, Any]] = list(data.get("TraceSummaries") or [])
         if by_trace_id and start is not None and end is not None:
             summaries = [s for s in summaries if start // 1 <= _trace_epoch(s.get("Id")) < end]
+        if by_event and start is not None and end is not None:
+            kept = []
+            for summary in summaries:
+                updated = self._updated_at(account, region, str(summary.get("Id")))
+                if updated is None:  # put before the front existed: moto's own window semantics
+                    updated = start
+                if start <= updated < end:
+                    kept.append(summary)
+            # moto leaves out traces still in progress; X-Ray lists them (IsPartial until complete).
+            listed = {str(s.get("Id")) for s in kept}
+            for trace_id in self._updated_between(account, region, start, end):
+                if trace_id not in listed:
+                    kept.append({"Id": trace_id, "IsPartial": True, "HasError": False, "HasFault": False,
+                                 "HasThrottle": False, "Annotations": {}, "ServiceIds": [], "Users": []})
+            summaries = kept
         for summary in summaries:  # moto spells it IsParital; AWS always sends IsPartial
             if "IsPartial" not in summary:
                 summary["IsPartial"] = bool(summary.pop("IsParital", False))
         summaries.sort(key=lambda s: (_trace_epoch(s.get("Id")), str(s.get("Id"))), reverse=True)
         processed = data.get("TracesProcessedCount", len(summaries))
-        if by_trace_id:
+        if by_trace_id or by_event:
             processed = len(summaries)
         return _Snapshot(
             query="",
@@ -598,6 +661,7 @@ class StrictXRayFront:
         traces: list[dict[str, Any]] = list(result.get("Traces") or [])
         cut = 0
         for trace in traces:
+            trace["Segments"] = _latest_versions(trace.get("Segments") or [])
             if self._limit_trace(trace):
                 cut += 1
         result["Traces"] = traces
@@ -709,6 +773,23 @@ def _error(status: int, code: str, message: str) -> _Answer:
     answer = _json(status, {"__type": code, "message": message})
     answer.headers.append(("x-amzn-ErrorType", code))
     return answer
+
+
+def _latest_versions(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One version per segment id, as X-Ray returns it: moto keeps every put (an in-progress
+    version and its completion); keep the completed one, else the last put."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for segment in segments:
+        segment_id = str(segment.get("Id"))
+        previous = chosen.get(segment_id)
+        if previous is None or _completed(segment) or not _completed(previous):
+            chosen[segment_id] = segment
+    return list(chosen.values())
+
+
+def _completed(segment: dict[str, Any]) -> bool:
+    document = _parse(str(segment.get("Document", "")).encode()) or {}
+    return "end_time" in document and not document.get("in_progress")
 
 
 def _parse(body: bytes) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ from xraylake.errors import AccountAccessError, classify_aws_error
 
 # Retries are ours (token bucket + backoff in tasks/xray.py); botocore's own stay small and explicit.
 DEFAULT_BOTO_CONFIG = BotoConfig(
-    retries={"mode": "standard", "max_attempts": 3},
+    retries={"mode": "standard", "total_max_attempts": 3},
     connect_timeout=5,
     read_timeout=30,
     max_pool_connections=32,

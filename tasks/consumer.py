@@ -24,8 +24,9 @@ from tasks.envelope import (
     EnvelopeError,
     body_to_raw,
     gunzip_capped,
-    parse_envelope,
+    load_json,
     parse_pointer,
+    validate_envelope,
     verify,
 )
 from tasks.index import BulkReport, IndexAction, bulk_index, client_for
@@ -117,8 +118,9 @@ class Consumer:
             raw = gunzip_capped(compressed, self.max_decompressed_bytes)
         else:
             raw = body_to_raw(body, self.max_decompressed_bytes)
+        data = load_json(raw)
         verify(raw, message.attributes.get("signature"), self.keys)
-        envelope = parse_envelope(raw)
+        envelope = validate_envelope(data)
         if envelope.account_id not in self.accounts:
             raise EnvelopeError("unknown-account", f"account {envelope.account_id} is not in the roster")
         self._check_sender(message, envelope)

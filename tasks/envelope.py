@@ -321,14 +321,18 @@ def body_to_raw(body: str, cap: int = MAX_DECOMPRESSED_BYTES) -> bytes:
     return gunzip_capped(compressed, cap)
 
 
-def parse_envelope(raw: bytes) -> Envelope:
-    """Canonical bytes → validated Envelope (schema version, account id, trace shape)."""
+def load_json(raw: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise EnvelopeError("bad-json", str(error)) from None
     if not isinstance(data, dict):
         raise EnvelopeError("bad-json", "envelope is not a JSON object")
+    return data
+
+
+def validate_envelope(data: dict[str, Any]) -> Envelope:
+    """A parsed JSON object → validated Envelope (schema version, account id, trace shape)."""
     schema = data.get("schema")
     if schema != SCHEMA_V1:
         raise EnvelopeError("unknown-schema", f"schema {schema!r} is not {SCHEMA_V1!r}")
@@ -342,3 +346,8 @@ def parse_envelope(raw: bytes) -> Envelope:
         if not isinstance(trace.get("Id"), str) or not isinstance(trace.get("Segments", []), list):
             raise EnvelopeError("invalid-envelope", f"traces[{index}] lacks Id or Segments")
     return envelope
+
+
+def parse_envelope(raw: bytes) -> Envelope:
+    """Canonical bytes → validated Envelope."""
+    return validate_envelope(load_json(raw))

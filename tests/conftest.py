@@ -23,7 +23,8 @@ _account_numbers = itertools.count(1)
 @pytest.fixture(scope="session")
 def stack() -> Iterator[SandboxStack]:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    with SandboxStack.start(strict_xray=False) as running:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    with SandboxStack.start(strict_xray=True) as running:
         yield running
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import UTC, datetime
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +27,7 @@ from sandbox.traffic import (
     generate_traffic,
     write_traffic,
 )
+from tasks import xray as xray_tasks
 from tasks.aws import MemberSessions
 
 NOW = 1_780_000_000.0  # fixed clock for the pure tests
@@ -241,8 +243,9 @@ def test_generating_a_thousand_traces_is_fast() -> None:
 
 
 def _summaries(client: Any, start: float, end: float) -> set[str]:
-    response = client.get_trace_summaries(StartTime=start, EndTime=end, Sampling=False)
-    return {s["Id"] for s in response["TraceSummaries"]}
+    """Every trace id in [start, end) through the strict X-Ray front (pages, ≤ 1 h windows)."""
+    windows = xray_tasks.plan_windows(datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC))
+    return {i for w in windows for i in xray_tasks.list_trace_ids(client, w).trace_ids}
 
 
 def test_write_traffic_into_member_accounts(stack: Any, fresh_roster: Roster) -> None:
@@ -263,10 +266,10 @@ def test_write_traffic_into_member_accounts(stack: Any, fresh_roster: Roster) ->
         xray = sessions.client(region.account_id, region.region, "xray")
         ids = _summaries(xray, *window)
         assert ids == set(region.trace_ids), region.account_id
-        traces = xray.batch_get_traces(TraceIds=sorted(ids))
-        assert not traces["UnprocessedTraceIds"]
-        assert {t["Id"] for t in traces["Traces"]} == ids
-        segment_ids = {s["Id"] for t in traces["Traces"] for s in t["Segments"]}
+        batch = xray_tasks.batch_get_traces(xray, sorted(ids))
+        assert batch.complete
+        assert {t["Id"] for t in batch.traces} == ids
+        segment_ids = {s["Id"] for t in batch.traces for s in t["Segments"]}
         assert len(segment_ids) == region.segments
         seen[region.account_id] = ids
     cross = report.cross_account_trace_id

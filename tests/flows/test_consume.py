@@ -1,0 +1,138 @@
+"""Consumer behaviour on the sandbox: poison messages, duplicates, stale replays, OpenSearch outages."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import time
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import orjson
+import pytest
+
+from blocks import OpenSearchTarget
+from flows.consume import run_consumer
+from tasks import dlq
+from tasks import envelope as env
+from tasks.index import client_for
+from xraylake.config import Config
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def make_trace(seed: str, in_progress: bool = False, start: float | None = None) -> dict[str, object]:
+    start = start or time.time() - 3600
+    digest = hashlib.sha256(seed.encode()).hexdigest()
+    trace_id = f"1-{int(start):08x}-{digest[:24]}"
+    doc: dict[str, object] = {"name": f"svc-{seed}", "id": digest[24:40], "trace_id": trace_id, "start_time": start}
+    if in_progress:
+        doc["in_progress"] = True
+    else:
+        doc["end_time"] = start + 0.25
+    return {"Id": trace_id, "Duration": 0.25, "LimitExceeded": False,
+            "Segments": [{"Id": doc["id"], "Document": orjson.dumps(doc).decode()}]}
+
+
+def envelope_for(config: Config, traces: list[dict[str, object]], account: int = 0,
+                 collected_at: datetime | None = None) -> env.Envelope:
+    return env.build_envelope(source="sweep", account_id=config.roster.accounts[account].account_id,
+                              region="us-east-1", traces=traces, collected_at=collected_at)
+
+
+def send(config: Config, body: str, attributes: dict[str, str] | None = None) -> None:
+    attrs = {k: {"DataType": "String", "StringValue": v} for k, v in (attributes or {}).items()}
+    boto3.client("sqs").send_message(QueueUrl=config.queue.queue_url, MessageBody=body, MessageAttributes=attrs)
+
+
+def send_envelope(config: Config, envelope: env.Envelope, key: str | None = "default") -> None:
+    signing_key = config.signing_keys[0].get_secret_value() if key == "default" else key
+    message = env.encode(envelope, signing_key, config.archive.bucket)
+    if message.claim_check:
+        ref, payload = message.claim_check
+        boto3.client("s3").put_object(Bucket=ref.bucket, Key=ref.key, Body=payload)
+    send(config, message.body, message.attributes)
+
+
+def signed_raw(config: Config, data: dict[str, object]) -> tuple[str, dict[str, str]]:
+    raw = orjson.dumps(data)
+    return raw.decode(), {"signature": env.sign(raw, config.signing_keys[0].get_secret_value())}
+
+
+def indexed_trace_ids(config: Config) -> set[str]:
+    client = client_for(config.opensearch)
+    client.indices.refresh(index="xray-*")
+    hits = client.search(index="xray-traces", body={"size": 1000})["hits"]["hits"]
+    return {h["_source"]["trace_id"] for h in hits}
+
+
+def test_poison_messages_go_to_the_dlq_with_reasons_and_the_rest_is_indexed(fresh_config: Config) -> None:
+    good = [make_trace(f"good-{i}") for i in range(3)]
+    send_envelope(fresh_config, envelope_for(fresh_config, good))
+    send(fresh_config, "{not json")
+    send(fresh_config, "!!!not-base64!!!")
+    send(fresh_config, base64.b64encode(b"not gzip").decode())
+    send(fresh_config, base64.b64encode(gzip.compress(b"\0" * (80 * 1024 * 1024))).decode())  # 80 MiB bomb
+    valid = orjson.loads(envelope_for(fresh_config, [make_trace("x")]).to_json())
+    send(fresh_config, *signed_raw(fresh_config, valid | {"schema": "xraylake.envelope.v0"}))
+    send(fresh_config, *signed_raw(fresh_config, valid | {"account_id": "999999999999"}))
+    spoof_body, spoof_attrs = signed_raw(fresh_config, valid)
+    send(fresh_config, spoof_body, spoof_attrs | {"account_id": fresh_config.roster.accounts[1].account_id})
+    send_envelope(fresh_config, envelope_for(fresh_config, [make_trace("forged")]), key="not-the-key")
+    send_envelope(fresh_config, envelope_for(fresh_config, [make_trace("unsigned")]), key=None)
+    pointer = {"schema": env.SCHEMA_V1, "envelope_id": "e", "account_id": valid["account_id"], "region": "us-east-1"}
+    ref = {"bucket": fresh_config.archive.bucket, "key": "payloads/missing.json.gz", "sha256": "0" * 64, "bytes": 10}
+    send(fresh_config, orjson.dumps(pointer | {"payload_ref": ref}).decode())
+    boto3.client("s3").put_object(Bucket=fresh_config.archive.bucket, Key="payloads/tampered.json.gz", Body=b"x" * 10)
+    send(fresh_config, orjson.dumps(pointer | {"payload_ref": ref | {"key": "payloads/tampered.json.gz"}}).decode())
+    send(fresh_config, orjson.dumps(pointer | {"payload_ref": ref | {"bytes": 10**12}}).decode())
+
+    stats = run_consumer(fresh_config, wait_seconds=1, use_tasks=False)
+
+    assert stats.traces == 3
+    assert indexed_trace_ids(fresh_config) == {t["Id"] for t in good}
+    assert dict(stats.dead_lettered) == {
+        "bad-json": 1, "bad-base64": 1, "bad-gzip": 1, "decompressed-too-large": 1, "unknown-schema": 1,
+        "unknown-account": 1, "spoofed-sender": 1, "signature": 2, "claim-check-missing": 1,
+        "claim-check-mismatch": 1, "oversize": 1,
+    }
+    sqs = boto3.client("sqs")
+    entries = [e for e, _ in dlq.peek(sqs, fresh_config.queue.dlq_url)]
+    assert dlq.summarize(entries) == dict(stats.dead_lettered)
+    depth = sqs.get_queue_attributes(QueueUrl=fresh_config.queue.queue_url, AttributeNames=["All"])["Attributes"]
+    assert depth["ApproximateNumberOfMessages"] == "0"
+    assert depth["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+
+def test_duplicate_delivery_and_stale_replay_keep_one_newest_document(fresh_config: Config) -> None:
+    completed = make_trace("evolving")
+    in_progress = make_trace("evolving", in_progress=True)
+    old = envelope_for(fresh_config, [in_progress], collected_at=datetime.now(UTC) - timedelta(minutes=10))
+    new = envelope_for(fresh_config, [completed], collected_at=datetime.now(UTC))
+    send_envelope(fresh_config, new)
+    send_envelope(fresh_config, new)  # duplicate delivery
+    run_consumer(fresh_config, wait_seconds=1, use_tasks=False)
+    send_envelope(fresh_config, old)  # an older collection replayed after the newer one
+    stats = run_consumer(fresh_config, wait_seconds=1, use_tasks=False)
+    assert stats.documents_stale >= 1 and stats.documents_failed == 0
+    client = client_for(fresh_config.opensearch)
+    client.indices.refresh(index="xray-*")
+    hits = client.search(index="xray-traces", body={"size": 10})["hits"]["hits"]
+    assert len(hits) == 1
+    assert hits[0]["_source"]["in_progress"] is False
+    assert client.count(index="xray-segments")["count"] == 1
+
+
+def test_opensearch_down_deletes_nothing_and_loses_nothing(fresh_config: Config) -> None:
+    traces = [make_trace(f"outage-{i}") for i in range(4)]
+    send_envelope(fresh_config, envelope_for(fresh_config, traces[:2]))
+    send_envelope(fresh_config, envelope_for(fresh_config, traces[2:]))
+    dead = fresh_config.model_copy(update={"opensearch": OpenSearchTarget(hosts=["http://127.0.0.1:9"],
+                                                                          timeout_seconds=1)})
+    with pytest.raises(Exception, match="(?i)connection"):
+        run_consumer(dead, wait_seconds=1, visibility_timeout=1, use_tasks=False)  # cannot even put templates
+    time.sleep(1.5)
+    stats = run_consumer(fresh_config, wait_seconds=1, use_tasks=False)
+    assert stats.deleted == 2
+    assert indexed_trace_ids(fresh_config) == {t["Id"] for t in traces}
