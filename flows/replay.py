@@ -1,0 +1,168 @@
+"""Replay archived envelopes: back to the org queue (same envelope ids) or straight into the sinks.
+
+`target="queue"` re-sends the raw archive for the consumer; `target="direct"` transforms in-process
+and writes the chosen sinks — also the way to re-index into a new index prefix after a mapping
+change. `dry_run` only counts. Resumable: each finished partition leaves a checkpoint under
+`state/replay/<replay_id>/`, and the same replay run again skips it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.states import Completed, Failed, State
+from pydantic import BaseModel, Field
+
+from tasks import archive, queue
+from tasks import replay as replay_tasks
+from tasks.aws import log_client
+from tasks.consumer import BatchStats, Consumer
+from tasks.envelope import encode, parse_envelope
+from tasks.index import client_for, ensure_templates
+from tasks.mappings import index_templates
+from xraylake.config import Config, load_config
+from xraylake.observe import summary_artifact
+
+
+class ReplayParameters(BaseModel):
+    """What to replay (the Prefect UI renders this as the run form)."""
+
+    start: datetime = Field(description="Trace start time, from (UTC).")
+    end: datetime = Field(description="Trace start time, until (exclusive).")
+    accounts: list[str] | None = Field(default=None, description="Roster account ids; empty = all.")
+    regions: list[str] | None = Field(default=None, description="Regions; empty = each account's regions.")
+    target: Literal["queue", "direct"] = Field(
+        default="queue", description="queue: re-send to the org queue; direct: write the sinks in-process."
+    )
+    sinks: list[Literal["index", "parquet", "raw"]] = Field(
+        default_factory=lambda: ["index"], description="direct only: which sinks to write."
+    )
+    index_prefix: str | None = Field(
+        default=None, description="direct only: write into `<prefix>-traces-*` etc. (re-index after a mapping change)."
+    )
+    dry_run: bool = Field(default=False, description="Only count what the archive holds.")
+    rate_per_second: float | None = Field(default=None, gt=0, description="Max messages/envelopes per second.")
+
+
+def replay_id(params: ReplayParameters) -> str:
+    return hashlib.sha256(params.model_dump_json(exclude={"dry_run", "rate_per_second"}).encode()).hexdigest()[:16]
+
+
+def check_index_prefix(config: Config, prefix: str | None) -> str:
+    """The prefix to write; refuses one whose read alias already points at other indices."""
+    live = config.opensearch.index_prefix
+    if not prefix or prefix == live:
+        return live
+    client = client_for(config.opensearch)
+    for kind in ("traces", "segments"):
+        alias = f"{prefix}-{kind}"
+        if client.indices.exists_alias(name=alias):
+            members = list(client.indices.get_alias(name=alias))
+            strangers = [m for m in members if not m.startswith(f"{prefix}-{kind}-")]
+            if strangers:
+                raise ValueError(
+                    f"index prefix {prefix!r} collides with alias {alias!r}, which serves {', '.join(strangers)}"
+                )
+        if client.indices.exists(index=alias) and not client.indices.exists_alias(name=alias):
+            raise ValueError(f"index prefix {prefix!r} collides with the existing index {alias!r}")
+    return prefix
+
+
+@flow(name="replay")
+def replay(params: ReplayParameters, config_path: str | None = None) -> State:
+    """Re-send or re-ingest archived envelopes of a time range."""
+    logger = get_run_logger()
+    start, end = replay_tasks.validate_range(params.start, params.end)
+    config = load_config(config_path)
+    chosen = config.roster.select(params.accounts)
+    targets: list[tuple[str, list[str]]] = []
+    for account in chosen:
+        regions = params.regions or account.regions
+        unknown = [r for r in regions if r not in account.regions]
+        if unknown and params.accounts:
+            raise ValueError(f"region(s) {', '.join(unknown)} not enabled for account {account.account_id}")
+        targets.append((account.account_id, [r for r in regions if r in account.regions]))
+    s3 = log_client("s3", config.archive.region)
+    store = config.archive
+    probe = s3.list_objects_v2(Bucket=store.bucket, Prefix=f"{store.raw_prefix}/", MaxKeys=1)
+    if not probe.get("KeyCount"):
+        raise ValueError(f"the archive s3://{store.bucket}/{store.raw_prefix}/ is empty or does not exist")
+    prefix = check_index_prefix(config, params.index_prefix) if params.target == "direct" else None
+    parts = replay_tasks.partitions(targets, start, end)
+    run_key = replay_id(params)
+    checkpoint = f"{store.state_prefix}/replay/{run_key}/"
+    done = set() if params.dry_run else {
+        o["Key"].rsplit("/", 1)[-1] for o in archive.list_keys(s3, store.bucket, checkpoint)
+    }
+    limiter = replay_tasks.RateLimiter(params.rate_per_second)
+    sqs = log_client("sqs", config.queue.region)
+    consumer = None
+    if params.target == "direct" and not params.dry_run:
+        consumer = Consumer(config, s3, sqs, index_prefix=prefix)
+        ensure_templates(consumer.opensearch, index_templates(prefix or config.opensearch.index_prefix))
+    signing_key = config.signing_keys[0].get_secret_value() if config.signing_keys else None
+    totals = {"partitions": len(parts), "partitions_skipped": 0, "objects": 0, "traces": 0, "sent": 0,
+              "failed_envelopes": 0}
+    stats = BatchStats()
+    progress = _progress(len(parts))
+    for number, part in enumerate(parts, 1):
+        marker = f"{part.account_id}-{part.region}-{part.hour:%Y%m%dT%H}.done"
+        if marker in done:
+            totals["partitions_skipped"] += 1
+            continue
+        keys = replay_tasks.list_partition(s3, store, part)
+        items = []
+        for key, raw in replay_tasks.iter_raw(s3, store, keys):
+            envelope = parse_envelope(raw)
+            totals["objects"] += 1
+            totals["traces"] += len(envelope.traces)
+            items.append((envelope, raw))
+        if not params.dry_run and items:
+            if params.target == "queue":
+                messages = []
+                for envelope, _ in items:
+                    message = encode(envelope, signing_key, store.bucket, store.payload_prefix)
+                    if message.claim_check:
+                        archive.put_claim_check(s3, *message.claim_check)
+                    messages.append(message)
+                for batch in queue.plan_batches(messages):
+                    limiter.wait(len(batch))
+                    totals["sent"] += queue.send_messages(sqs, config.queue.queue_url, batch).sent
+            else:
+                assert consumer is not None
+                limiter.wait(len(items))
+                failed = consumer.ingest(items, stats, frozenset(params.sinks))
+                totals["failed_envelopes"] += len(failed)
+                totals["sent"] += len(items) - len(failed)
+                if failed:
+                    logger.error("%s: %d envelopes failed: %s", part.label, len(failed), stats.errors[-3:])
+                    continue  # no checkpoint: the next run retries this partition
+        if not params.dry_run:
+            s3.put_object(Bucket=store.bucket, Key=checkpoint + marker, Body=str(len(items)).encode())
+        if progress is not None:
+            update_progress_artifact(progress, progress=100.0 * number / max(1, len(parts)))
+    data = {"replay_id": run_key, "target": params.target, "dry_run": params.dry_run,
+            "index_prefix": prefix} | totals
+    if params.target == "direct":
+        data["documents_indexed"] = stats.documents_indexed
+        data["documents_stale"] = stats.documents_stale
+    summary_artifact(
+        "xraylake-replay",
+        f"replay ({params.target}{', dry run' if params.dry_run else ''}): {totals['objects']} envelopes, "
+        f"{totals['traces']} traces",
+        [{"metric": k, "value": v} for k, v in data.items()],
+    )
+    if totals["failed_envelopes"]:
+        return Failed(message=f"{totals['failed_envelopes']} envelopes failed; run again to resume", data=data)
+    return Completed(message=f"{totals['sent']} envelopes replayed", data=data)
+
+
+def _progress(total: int):  # type: ignore[no-untyped-def]
+    try:
+        return create_progress_artifact(progress=0.0, key="xraylake-replay-progress", description=f"{total} partitions")
+    except Exception:
+        return None

@@ -1,0 +1,85 @@
+"""Replay from the raw archive: which partitions a range covers (pure) and re-sending envelopes.
+
+The archive, not SQS (14-day retention), is the replay store. Re-sent envelopes keep their
+envelope_id and collected_at, so versioned index writes never let an old replay overwrite newer data.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from blocks import ArchiveStore
+from tasks import archive
+
+
+@dataclass(frozen=True)
+class RawPartition:
+    account_id: str
+    region: str
+    hour: datetime
+
+    @property
+    def prefix(self) -> str:
+        return f"{archive.partition_path(self.account_id, self.region, self.hour)}/"
+
+    @property
+    def label(self) -> str:
+        return f"{self.account_id}/{self.region}/{self.hour:%Y-%m-%dT%H}"
+
+
+def validate_range(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("start and end need a time zone (e.g. 2026-11-20T00:00:00Z)")
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    if end <= start:
+        raise ValueError(f"empty range: end {end.isoformat()} is not after start {start.isoformat()}")
+    return start, end
+
+
+def partitions(accounts: list[tuple[str, list[str]]], start: datetime, end: datetime) -> list[RawPartition]:
+    """Every (account, region, hour) partition whose hour overlaps [start, end)."""
+    first = start.replace(minute=0, second=0, microsecond=0)
+    hours: list[datetime] = []
+    hour = first
+    while hour < end:
+        hours.append(hour)
+        hour += timedelta(hours=1)
+    return [RawPartition(a, r, h) for a, regions in accounts for r in regions for h in hours]
+
+
+def list_partition(s3: Any, store: ArchiveStore, partition: RawPartition) -> list[str]:
+    return [
+        o["Key"]
+        for o in archive.list_keys(s3, store.bucket, f"{store.raw_prefix}/{partition.prefix}")
+        if o["Key"].endswith(".json.gz")
+    ]
+
+
+def iter_raw(s3: Any, store: ArchiveStore, keys: list[str]) -> Iterator[tuple[str, bytes]]:
+    for key in keys:
+        yield key, archive.get_raw(s3, store.bucket, key)
+
+
+class RateLimiter:
+    """At most `rate` events per second (None: unlimited), so a replay does not starve live traffic."""
+
+    def __init__(self, rate: float | None) -> None:
+        self._interval = 1.0 / rate if rate else 0.0
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait(self, count: int = 1) -> None:
+        if not self._interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self._interval * count
+        delay = slot - now
+        if delay > 0:
+            time.sleep(delay)
