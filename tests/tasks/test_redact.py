@@ -1,0 +1,160 @@
+"""Redaction: key deny-list through JSON (and JSON held in strings), URL query masking, caps."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from tasks.redact import DEFAULT_DENY_KEYS, RedactionPolicy, cap_utf8, key_words, normalise_key, redact_url
+
+POLICY = RedactionPolicy()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "password",
+        "Password",
+        "dbPassword",
+        "user_passwd",
+        "client_secret",
+        "SecretString",
+        "accessToken",
+        "X-Amz-Security-Token",
+        "Authorization",
+        "X-Api-Key",
+        "apiKey",
+        "api_key",
+        "API Key",
+        "creditCardNumber",
+        "credit_card",
+        "card-number",
+        "cvv",
+        "cardCvv",
+        "ssn",
+        "user_ssn",
+        "userSSN",
+        "privateKey",
+        "private_key",
+        "sessionId",
+        "Set-Cookie",
+    ],
+)
+def test_default_deny_list_catches_common_spellings(key: str) -> None:
+    assert POLICY.is_denied(key)
+
+
+@pytest.mark.parametrize(
+    "key", ["name", "orderId", "class_name", "lesson", "status", "cardinality", "email", "UserID", "amount"]
+)
+def test_ordinary_keys_pass(key: str) -> None:
+    assert not POLICY.is_denied(key)
+
+
+def test_normalisation_helpers() -> None:
+    assert normalise_key("X-Api-Key") == "xapikey"
+    assert key_words("userSSN_value") == ["user", "ssn", "value"]
+    assert key_words("HTTPStatusCode") == ["http", "status", "code"]
+    assert "session" in DEFAULT_DENY_KEYS
+
+
+def test_redact_value_recurses_and_never_mutates() -> None:
+    payload = {
+        "orderId": "4711",
+        "customer": {
+            "email": "a@example.com",
+            "password": "hunter2",
+            "cards": [{"cvv": "123", "last4": "1111"}],
+        },
+        "headers": [{"Authorization": "Bearer abc"}, {"Accept": "*/*"}],
+        "count": 3,
+        "nested_json": '{"apiKey": "k-1", "keep": [1, 2]}',
+        "token": {"even": "objects are replaced whole"},
+    }
+    original = orjson.dumps(payload)
+    redacted = POLICY.redact_value(payload)
+    assert orjson.dumps(payload) == original  # input untouched
+    assert redacted["orderId"] == "4711"
+    assert redacted["count"] == 3
+    assert redacted["customer"]["password"] == "***"
+    assert redacted["customer"]["email"] == "a@example.com"
+    assert redacted["customer"]["cards"] == [{"cvv": "***", "last4": "1111"}]
+    assert redacted["headers"] == [{"Authorization": "***"}, {"Accept": "*/*"}]
+    assert orjson.loads(redacted["nested_json"]) == {"apiKey": "***", "keep": [1, 2]}
+    assert redacted["token"] == "***"
+
+
+def test_json_string_without_secrets_is_kept_byte_for_byte() -> None:
+    text = '{ "a" : 1,  "b": [true, null] }'
+    assert POLICY.redact_value(text) == text
+    assert POLICY.redact_value("{not json") == "{not json"
+
+
+def test_long_strings_are_cut() -> None:
+    policy = RedactionPolicy(max_string_chars=32)
+    assert policy.redact_value({"a": "x" * 100}) == {"a": "x" * 32}
+
+
+def test_custom_policy() -> None:
+    policy = RedactionPolicy(deny_keys=("email", "iban"), replacement="[redacted]")
+    assert policy.redact_value({"email": "a@b.c", "password": "kept", "IBAN": "DE00"}) == {
+        "email": "[redacted]",
+        "password": "kept",
+        "IBAN": "[redacted]",
+    }
+
+
+def test_deep_nesting_is_bounded() -> None:
+    value: object = "leaf"
+    for _ in range(200):
+        value = {"k": value}
+    redacted = POLICY.redact_value(value)
+    assert isinstance(redacted, dict)  # no RecursionError; the far end is replaced
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://localhost:8000/", "http://localhost:8000/"),
+        ("https://api.example.com/health", "https://api.example.com/health"),
+        ("https://x.com/p?a=1&token=abc", "https://x.com/p?a=***&token=***"),
+        ("https://x.com/p?flag&a=", "https://x.com/p?flag&a=***"),
+        ("https://u:p4ss@h.com/x?q=1#frag", "https://u:***@h.com/x?q=***#frag"),
+        ("https://h.com/cb#access_token=abc&state=1", "https://h.com/cb#access_token=***&state=***"),
+        (
+            "jdbc:postgresql://db.example.com:5432/ebdb?myInterceptor=foo",
+            "jdbc:postgresql://db.example.com:5432/ebdb?myInterceptor=***",
+        ),
+        ("user@host", "user@host"),
+    ],
+)
+def test_redact_url(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+    assert POLICY.redact_url(url) == expected
+
+
+def test_cap_utf8_never_splits_a_character() -> None:
+    assert cap_utf8("abc", 10) == ("abc", False)
+    text, cut = cap_utf8("é" * 10, 5)
+    assert cut
+    assert text == "éé"
+    assert len(text.encode()) <= 5
+
+
+def test_redact_payload_caps_and_flags() -> None:
+    policy = RedactionPolicy(max_payload_bytes=64)
+    text, truncated = policy.redact_payload(orjson.dumps({"password": "x", "data": "y" * 200}).decode())
+    assert truncated
+    assert text is not None
+    assert len(text.encode()) <= 64
+    assert '"password":"***"' in text
+    assert policy.redact_payload(None) == (None, False)
+    assert policy.redact_payload({"secret": 1}) == ('{"secret":"***"}', False)
+    assert policy.redact_payload("plain text") == ("plain text", False)
+
+
+def test_policy_is_a_hashable_value() -> None:
+    assert RedactionPolicy() == RedactionPolicy()
+    POLICY.is_denied("warm the cache")
+    assert RedactionPolicy() == POLICY
+    assert RedactionPolicy.model_validate(POLICY.model_dump()) == POLICY
