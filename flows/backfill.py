@@ -78,7 +78,7 @@ def checkpoint_prefix(state_prefix: str, run_key: str, account_id: str, region: 
     return f"{state_prefix}/backfill/{run_key}/account_id={account_id}/region={region}/"
 
 
-@task(name="backfill-account", timeout_seconds=6 * 3600, cache_policy=NO_CACHE)
+@task(name="backfill-account", cache_policy=NO_CACHE)  # I/O timeouts: botocore (tasks/aws.py)
 def backfill_account_task(
     collector: col.Collector,
     account: MemberAccount,

@@ -42,7 +42,7 @@ def select_targets(config: Config, accounts: list[str] | None, regions: list[str
     return pairs
 
 
-@task(name="sweep-account", timeout_seconds=1800, cache_policy=NO_CACHE)
+@task(name="sweep-account", cache_policy=NO_CACHE)  # I/O timeouts: botocore (tasks/aws.py)
 def sweep_account_task(
     collector: col.Collector, account: MemberAccount, region: str, now: datetime, options: dict[str, Any]
 ) -> col.AccountResult:

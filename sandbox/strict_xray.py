@@ -269,6 +269,7 @@ class StrictXRayFront:
         self._filters: list[str] = []
         # (account, region, trace id) → latest segment event seen in PutTraceSegments (epoch s)
         self._updated: dict[tuple[str, str, str], float] = {}
+        self._in_progress: set[tuple[str, str, str, str]] = set()  # (account, region, trace, segment)
         self.event_lookaround_seconds = 31 * 86400.0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -458,23 +459,35 @@ class StrictXRayFront:
         return self._forward(account, method, path, headers, body)
 
     def _record_updates(self, account: str, region: str, body: bytes) -> None:
-        """Remember each trace's latest event time (X-Ray's `Event` time range: trace update time)."""
+        """Remember each trace's update time, X-Ray's `Event` time range.
+
+        A document's own time (end_time, or start_time while in progress) stands for the time it
+        was received, so backdated sandbox traffic lands in its windows; a put that completes a
+        segment seen in progress before is an update received now, as late traces are for real.
+        """
         request = _parse(body) or {}
         updates: dict[str, float] = {}
+        now = time.time()
         for text in request.get("TraceSegmentDocuments") or []:
             document = _parse(text.encode() if isinstance(text, str) else b"")
             if not isinstance(document, dict) or not isinstance(document.get("trace_id"), str):
                 continue
+            trace_id = document["trace_id"]
+            key = (account, region, trace_id, str(document.get("id")))
             when = _number(document.get("end_time"))
-            if when is None:
-                when = _number(document.get("start_time"))
+            with self._lock:
+                if document.get("in_progress") or when is None:
+                    self._in_progress.add(key)
+                    when = _number(document.get("start_time"))
+                elif key in self._in_progress:
+                    self._in_progress.discard(key)
+                    when = max(when, now)
             if when is not None:
-                trace_id = document["trace_id"]
                 updates[trace_id] = max(updates.get(trace_id, when), when)
         with self._lock:
             for trace_id, when in updates.items():
-                key = (account, region, trace_id)
-                self._updated[key] = max(self._updated.get(key, when), when)
+                trace_key = (account, region, trace_id)
+                self._updated[trace_key] = max(self._updated.get(trace_key, when), when)
 
     def _updated_between(self, account: str, region: str, start: float, end: float) -> list[str]:
         with self._lock:

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from flows.sweep import sweep
+from tasks import archive
 from tasks import envelope as env
 from tasks import watermark
 from tasks.aws import MemberSessions
@@ -42,7 +43,12 @@ def drain(config: Config) -> list[env.Envelope]:
         if not messages:
             return out
         for m in messages:
-            out.append(env.parse_envelope(env.body_to_raw(m["Body"])))
+            pointer = env.parse_pointer(m["Body"])
+            if pointer:
+                raw = env.gunzip_capped(archive.fetch_claim_check(boto3.client("s3"), pointer))
+            else:
+                raw = env.body_to_raw(m["Body"])
+            out.append(env.parse_envelope(raw))
             sqs.delete_message(QueueUrl=config.queue.queue_url, ReceiptHandle=m["ReceiptHandle"])
 
 
