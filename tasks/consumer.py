@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from tasks import archive, queue
+from tasks.aws import MemberSessions
 from tasks.documents import EnvelopeDocuments, transform_envelope
 from tasks.envelope import (
     MAX_DECOMPRESSED_BYTES,
@@ -29,6 +30,7 @@ from tasks.envelope import (
     validate_envelope,
     verify,
 )
+from tasks.executions import ExecutionDetails
 from tasks.index import BulkReport, IndexAction, bulk_index, client_for
 from tasks.redact import RedactionPolicy
 from xraylake.config import Config
@@ -92,6 +94,7 @@ class Consumer:
     def __init__(
         self, config: Config, s3: Any, sqs: Any, redaction: RedactionPolicy | None = None,
         max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES, index_prefix: str | None = None,
+        describe_executions: bool = True,
     ) -> None:
         self.config = config
         self.s3 = s3
@@ -102,6 +105,7 @@ class Consumer:
         self.index_prefix = index_prefix or config.opensearch.index_prefix
         self.keys = [k.get_secret_value() for k in config.signing_keys]
         self.accounts = {a.account_id: a for a in config.roster.accounts}
+        self.executions = ExecutionDetails(MemberSessions(config.roster), self.accounts) if describe_executions else None
 
     # ------------------------------------------------------------ decode + validate
 
@@ -215,7 +219,8 @@ class Consumer:
             stats.errors.append(f"dead-letter {message.message_id}: {error}")
 
     def _transform(self, envelope: Envelope, stats: BatchStats) -> EnvelopeDocuments:
-        result = transform_envelope(envelope, self.accounts[envelope.account_id], self.redaction)
+        execution_for = self.executions.for_trace if self.executions else None
+        result = transform_envelope(envelope, self.accounts[envelope.account_id], self.redaction, execution_for)
         stats.traces += len(result.traces)
         stats.segments += len(result.segments)
         stats.spans += len(result.spans)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -76,9 +77,22 @@ def context_for(envelope: Envelope, account: MemberAccount) -> TraceContext:
     )
 
 
-def transform_envelope(envelope: Envelope, account: MemberAccount, redaction: RedactionPolicy) -> EnvelopeDocuments:
+def transform_envelope(
+    envelope: Envelope,
+    account: MemberAccount,
+    redaction: RedactionPolicy,
+    execution_for: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
+) -> EnvelopeDocuments:
+    """`execution_for(trace)` supplies Step Functions details when the envelope has none."""
     ctx = context_for(envelope, account)
-    documents = [transform_trace(trace, ctx, redaction) for trace in envelope.traces]
+    documents = []
+    for trace in envelope.traces:
+        trace_ctx = ctx
+        if ctx.execution is None and execution_for is not None:
+            details = execution_for(trace)
+            if details:
+                trace_ctx = replace(ctx, execution=details)
+        documents.append(transform_trace(trace, trace_ctx, redaction))
     problems = [
         {"trace_id": d.trace_id, **problem} for d in documents for problem in d.problems
     ]

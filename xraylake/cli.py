@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+import os
 
-import typer
+# The CLI prints its own summaries; Prefect's per-run INFO lines still reach the Prefect API/UI.
+# Set before Prefect is imported (its settings are read at import). Override by exporting it.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from xraylake.config import xraylake_home
-from xraylake.output import console, err_console, print_json, table
+from pathlib import Path  # noqa: E402
+from typing import Annotated  # noqa: E402
+
+import typer  # noqa: E402
+
+from xraylake.config import xraylake_home  # noqa: E402
+from xraylake.output import console, err_console, print_json, table  # noqa: E402
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 sandbox_app = typer.Typer(no_args_is_help=True, help="The embedded local stack (moto server + in-memory OpenSearch).")
@@ -266,3 +273,27 @@ def setup(config: ConfigOption = None, json: JsonOption = False) -> None:
     else:
         console.print(table("index templates", ["template"], [[n] for n in names]))
         console.print(f"capabilities: {caps}")
+
+
+@app.command()
+def demo(
+    home: HomeOption = None,
+    seed: int = 7,
+    traces_per_account: int = 40,
+    hours_back: float = 3.0,
+    stop: Annotated[bool, typer.Option(help="Stop the sandbox at the end.")] = False,
+    json: JsonOption = False,
+) -> None:
+    """The whole pipeline on synthetic multi-account traffic: sandbox → traffic → sweep → consume."""
+    from xraylake.demo import run_demo
+
+    try:
+        result = run_demo(_home(home), seed=seed, traces_per_account=traces_per_account, hours_back=hours_back,
+                          console=None if json else console)
+    finally:
+        if stop:
+            from sandbox.stack import down
+
+            down(_home(home))
+    if json:
+        print_json(result)

@@ -1,0 +1,157 @@
+"""`xraylake demo`: the whole pipeline on synthetic multi-account traffic, in one command.
+
+Resets the sandbox, writes realistic X-Ray traffic into three member accounts (through their own
+roles), sweeps it into the org queue, consumes it into OpenSearch and the S3 archive, and prints
+what happened at each step. The sandbox keeps running afterwards so the other commands work on
+its data; `xraylake sandbox down` stops it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from xraylake.output import table
+
+
+def _aggregate_per_account(client: Any) -> dict[str, dict[str, Any]]:
+    client.indices.refresh(index="xray-*")
+    body = {
+        "size": 0,
+        "aggs": {
+            "accounts": {
+                "terms": {"field": "account_id", "size": 1000},
+                "aggs": {
+                    "status": {"terms": {"field": "status", "size": 10}},
+                    "executions": {"terms": {"field": "execution_status", "size": 10}},
+                },
+            }
+        },
+    }
+    result = client.search(index="xray-traces", body=body)
+    out: dict[str, dict[str, Any]] = {}
+    for bucket in result["aggregations"]["accounts"]["buckets"]:
+        out[bucket["key"]] = {
+            "traces": bucket["doc_count"],
+            "status": {b["key"]: b["doc_count"] for b in bucket["status"]["buckets"]},
+            "executions": {b["key"]: b["doc_count"] for b in bucket["executions"]["buckets"]},
+        }
+    segments = client.search(
+        index="xray-segments",
+        body={"size": 0, "aggs": {"accounts": {"terms": {"field": "account_id", "size": 1000}}}},
+    )
+    for bucket in segments["aggregations"]["accounts"]["buckets"]:
+        out.setdefault(bucket["key"], {})["segments"] = bucket["doc_count"]
+    return out
+
+
+def run_demo(
+    home: Path,
+    *,
+    seed: int = 7,
+    traces_per_account: int = 40,
+    hours_back: float = 3.0,
+    console: Console | None = None,
+    report_path: Path | None = None,
+) -> dict[str, Any]:
+    """Run the demo; prints Rich tables to `console` (None: quiet) and returns everything as data."""
+    from flows.consume import consume
+    from flows.sweep import sweep
+    from sandbox.stack import down, up
+    from sandbox.traffic import complete_in_progress, generate_traffic, write_traffic
+    from tasks.index import client_for
+    from xraylake.config import load_config, sandbox_state_path
+
+    say: Callable[..., None] = console.print if console else (lambda *a, **k: None)
+    timings: dict[str, float] = {}
+    result: dict[str, Any] = {}
+
+    tick = time.monotonic()
+    down(home)
+    state = up(home)
+    config = load_config(sandbox_state_path(home))
+    config_path = str(sandbox_state_path(home))
+    timings["sandbox"] = time.monotonic() - tick
+    say(f"[bold]1. sandbox[/bold] moto server {state['aws_endpoint_url']}, OpenSearch {state['opensearch_url']}")
+
+    tick = time.monotonic()
+    traffic = generate_traffic(seed, config.roster.accounts, traces_per_account, hours_back, now=time.time())
+    written = write_traffic(traffic, config.roster)
+    timings["traffic"] = time.monotonic() - tick
+    result["generated"] = [
+        {"account_id": r.account_id, "account": r.account_name, "region": r.region, "traces": r.traces,
+         "segments": r.segments, "in_progress": r.in_progress, "executions": dict(r.executions)}
+        for r in written.regions
+    ]
+    say(table(
+        "2. synthetic X-Ray traffic written into each member account (PutTraceSegments, own role)",
+        ["account_id", "account", "region", "traces", "segments", "in_progress", "executions"],
+        [[g["account_id"], g["account"], g["region"], g["traces"], g["segments"], g["in_progress"],
+          ", ".join(f"{k} {v}" for k, v in sorted(g["executions"].items())) or "-"] for g in result["generated"]],
+    ))
+
+    tick = time.monotonic()
+    first = sweep(config_path=config_path, first_lookback_minutes=int(hours_back * 60) + 60, lag_seconds=0,
+                  return_state=True)
+    completion = complete_in_progress(traffic, config.roster)
+    second = sweep(config_path=config_path, lag_seconds=0, return_state=True)
+    timings["sweep"] = time.monotonic() - tick
+    sweeps = [first.result(raise_on_failure=False), second.result(raise_on_failure=False)]
+    per_account: dict[tuple[str, str], Counter[str]] = {}
+    for run in sweeps:
+        for row in run["accounts"]:
+            counter = per_account.setdefault((row["account_id"], row["region"]), Counter())
+            counter.update({k: row[k] for k in ("traces", "envelopes", "bytes", "claim_checks", "throttles")})
+            counter["failed"] += row["status"] == "failed"
+    result["swept"] = [{"account_id": a, "region": r} | dict(c) for (a, r), c in per_account.items()]
+    say(table(
+        f"3. sweep (twice: {sum(completion.completed.values())} in-progress segments completed in between) "
+        "→ envelopes on the org queue",
+        ["account_id", "region", "traces", "envelopes", "bytes", "claim_checks", "throttles", "failed"],
+        [[s["account_id"], s["region"], s["traces"], s["envelopes"], s["bytes"], s["claim_checks"],
+          s["throttles"], s["failed"]] for s in result["swept"]],
+    ))
+
+    tick = time.monotonic()
+    consumed = consume(config_path=config_path, wait_seconds=1, return_state=True).result(raise_on_failure=False)
+    timings["consume"] = time.monotonic() - tick
+    result["consumed"] = {k: consumed[k] for k in ("deleted", "envelopes", "traces", "segments", "spans",
+                                                   "documents_indexed", "documents_stale", "raw_objects",
+                                                   "parquet_files", "dead_lettered_total")}
+    indexed = _aggregate_per_account(client_for(config.opensearch))
+    names = {a.account_id: a.name for a in config.roster.accounts}
+    result["indexed"] = [{"account_id": a, "account": names.get(a, "?")} | v for a, v in sorted(indexed.items())]
+    say(table(
+        "4. consume → OpenSearch (trace, segment, span indices) + S3 archive (raw JSON.gz, Parquet)",
+        ["account_id", "account", "traces", "segments", "ok", "error", "fault", "throttle", "step functions"],
+        [[i["account_id"], i["account"], i.get("traces", 0), i.get("segments", 0),
+          i.get("status", {}).get("ok", 0), i.get("status", {}).get("error", 0),
+          i.get("status", {}).get("fault", 0), i.get("status", {}).get("throttle", 0),
+          ", ".join(f"{k} {v}" for k, v in sorted(i.get("executions", {}).items())) or "-"]
+         for i in result["indexed"]],
+    ))
+    say(f"consumed {consumed['deleted']} messages, {consumed['envelopes']} envelopes: "
+        f"{consumed['documents_indexed']} documents indexed ({consumed['documents_stale']} stale versions kept "
+        f"newer data), {consumed['raw_objects']} raw objects, {consumed['parquet_files']} Parquet files, "
+        f"{consumed['dead_lettered_total']} dead-lettered")
+
+    result["where"] = {
+        "opensearch": state["opensearch_url"],
+        "read_aliases": ["xray-traces", "xray-segments", "otel-v1-apm-span", "otel-v1-apm-service-map"],
+        "raw_archive": f"s3://{config.archive.bucket}/{config.archive.raw_prefix}/account_id=…/region=…/dt=…/hour=…/",
+        "parquet": f"s3://{config.archive.bucket}/{config.archive.parquet_prefix}/{{traces,segments}}/…",
+        "queue": config.queue.queue_url,
+        "dlq": config.queue.dlq_url,
+        "aws_endpoint_url": state["aws_endpoint_url"],
+    }
+    result["seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    say(table("5. where to look", ["what", "where"], [[k, ", ".join(v) if isinstance(v, list) else v]
+                                                       for k, v in result["where"].items()]))
+    say(f"timings (s): {result['seconds']}. The sandbox keeps running: try `xraylake sandbox status`, "
+        "`xraylake consume`, `xraylake sweep`; stop it with `xraylake sandbox down`.")
+    return result
