@@ -127,9 +127,7 @@ class RedactionPolicy(BaseModel):
         if isinstance(obj, (list, tuple)):
             if depth > 64:
                 return self.replacement
-            return [
-                self._redact(item, depth + 1) if isinstance(item, (dict, list, str)) else item for item in obj
-            ]
+            return [self._redact(item, depth + 1) if isinstance(item, (dict, list, str)) else item for item in obj]
         return obj
 
     def _redact_str(self, text: str, depth: int) -> str:

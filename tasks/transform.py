@@ -246,11 +246,7 @@ def _float(value: Any) -> float | None:
 
 
 def _bool(value: Any) -> bool:
-    return (
-        value is True
-        or (type(value) is str and value in _TRUE_STRINGS)
-        or (type(value) is int and value == 1)
-    )
+    return value is True or (type(value) is str and value in _TRUE_STRINGS) or (type(value) is int and value == 1)
 
 
 def _text(value: Any, limit: int = MAX_TEXT) -> str | None:
@@ -349,9 +345,7 @@ _CLIENT_NAMESPACES = frozenset({"aws", "remote"})
 
 # A walked (sub)segment: (segment doc, span doc, start µs, end µs, its top-level _Top,
 # original Document string or None, typed annotations or None).
-_Walked = tuple[
-    dict[str, Any], dict[str, Any], int | None, int | None, "_Top", str | None, dict[str, Any] | None
-]
+_Walked = tuple[dict[str, Any], dict[str, Any], int | None, int | None, "_Top", str | None, dict[str, Any] | None]
 
 
 class _Top:
@@ -548,9 +542,7 @@ class _TraceBuilder:
             top = self.new_top(node, segment_id, parent_id, name, is_subsegment)
         doc = self.seg_template.copy()
         span = top.span_base.copy()
-        span_id = (
-            segment_id if len(segment_id) == 16 and _HEX.issuperset(segment_id) else otel_span_id(segment_id)
-        )
+        span_id = segment_id if len(segment_id) == 16 and _HEX.issuperset(segment_id) else otel_span_id(segment_id)
         doc["segment_id"] = segment_id
         doc["top_segment_id"] = top.segment_id
         doc["name"] = name
@@ -684,8 +676,10 @@ class _TraceBuilder:
                             span["span.attributes.http@status_code"] = str(http_status)
                     raw = response.get("content_length")
                     if raw is not None:
-                        length: int | None = raw
-                        if type(raw) is not int or not -_INT64 <= raw < _INT64:
+                        length: int | None
+                        if type(raw) is int and -_INT64 <= raw < _INT64:
+                            length = raw
+                        else:
                             length = _long(raw)
                             problem(segment_id, f"http.response.content_length {_text(raw, 40)!r} coerced")
                         if length is not None:
@@ -872,9 +866,7 @@ class _TraceBuilder:
                 walk = self.walk
                 for position, child in enumerate(children):
                     if type(child) is dict:
-                        walk(
-                            child, segment_id, span_id, depth + 1, top, True, f"{segment_id}/{position}", None
-                        )
+                        walk(child, segment_id, span_id, depth + 1, top, True, f"{segment_id}/{position}", None)
                     else:
                         shown = type(child).__name__
                         problem(segment_id, f"subsegments[{position}] is {shown}, not an object")
@@ -1109,9 +1101,7 @@ class _TraceBuilder:
             "trace_id": self.trace_id,
             "start": iso_ms(start_us) if start_us is not None else None,
             "end": iso_ms(end_us) if end_us is not None else None,
-            "duration": (end_us - start_us) / 1_000_000
-            if start_us is not None and end_us is not None
-            else None,
+            "duration": (end_us - start_us) / 1_000_000 if start_us is not None and end_us is not None else None,
             "xray_duration": _float(trace.get("Duration")),
             "root_segment_id": root.segment_id if root is not None else None,
             "root_service_name": root_doc["name"] if root_doc is not None else None,
@@ -1135,9 +1125,7 @@ class _TraceBuilder:
         }
         trace_doc["problem_count"] = len(self.problems) + self.problem_overflow
         if self.problem_overflow:
-            self.problems.append(
-                {"segment_id": None, "reason": f"{self.problem_overflow} more problems not listed"}
-            )
+            self.problems.append({"segment_id": None, "reason": f"{self.problem_overflow} more problems not listed"})
 
         return TraceDocuments(
             trace_id=self.trace_id,
@@ -1202,6 +1190,12 @@ class _TraceBuilder:
                 machine = top
                 break
         execution = ctx.execution if isinstance(ctx.execution, dict) and ctx.execution else None
+        if execution is not None and machine is not None:
+            traced_arn = next((a for a in machine.sfn_arns if type(a) is str and ":execution:" in a), None)
+            described_arn = execution.get("executionArn")
+            if traced_arn and type(described_arn) is str and described_arn and described_arn != traced_arn:
+                self.problem(None, f"execution details are for {described_arn[:200]}, not {traced_arn[:200]}; ignored")
+                execution = None
         fields: dict[str, Any] = dict.fromkeys(_SFN_FIELDS)
         fields["step_functions"] = machine is not None or execution is not None
         if not fields["step_functions"]:
@@ -1393,11 +1387,7 @@ def _choose_root(tops: list[_Top], ids: set[str]) -> _Top | None:
     if parentless:
         return min(parentless, key=_top_start)
     orphans = [top for top in tops if top.parent_id not in ids]
-    real = [
-        top
-        for top in orphans
-        if not top.is_subsegment and top.node is not None and not top.node[0]["inferred"]
-    ]
+    real = [top for top in orphans if not top.is_subsegment and top.node is not None and not top.node[0]["inferred"]]
     if real:
         return min(real, key=_top_start)
     return min(orphans or tops, key=_top_start)
@@ -1429,9 +1419,7 @@ def _service_map(nodes: list[_Walked], group: str | None) -> list[dict[str, Any]
             relations[hash_id] = {
                 "serviceName": service,
                 "kind": kind,
-                "destination": {"resource": destination[0], "domain": destination[1]}
-                if destination
-                else None,
+                "destination": {"resource": destination[0], "domain": destination[1]} if destination else None,
                 "target": {"resource": target[0], "domain": target[1]} if target else None,
                 "traceGroupName": group,
                 "hashId": hash_id,
@@ -1694,9 +1682,7 @@ def to_arrow(docs_list: Sequence[TraceDocuments]) -> tuple[pa.Table, pa.Table]:
     for schema_field in SEGMENT_SCHEMA:
         name = schema_field.name
         if name == "annotations":
-            values = [
-                value for docs in docs_list for value in _padded(docs.segment_annotations, docs.segments)
-            ]
+            values = [value for docs in docs_list for value in _padded(docs.segment_annotations, docs.segments)]
         elif name == "document":
             values = [value for docs in docs_list for value in _padded(docs.segment_documents, docs.segments)]
         elif name == "dt":

@@ -145,9 +145,7 @@ def test_service_map_template_is_data_preppers() -> None:
     assert mappings.service_map_mapping() == DATA_PREPPER_SERVICE_MAP
 
 
-@pytest.mark.parametrize(
-    ("kind", "fields"), [("trace", mappings.TRACE_FIELDS), ("segment", mappings.SEGMENT_FIELDS)]
-)
+@pytest.mark.parametrize(("kind", "fields"), [("trace", mappings.TRACE_FIELDS), ("segment", mappings.SEGMENT_FIELDS)])
 def test_transform_emits_exactly_the_mapped_fields(kind: str, fields: dict[str, str]) -> None:
     emitted: set[str] = set()
     for trace in _sample_traces():
