@@ -180,9 +180,7 @@ class Vis:
                 "version": 1,
                 "visState": json.dumps(vis_state, separators=(",", ":")),
                 "uiStateJSON": "{}",
-                "kibanaSavedObjectMeta": {
-                    "searchSourceJSON": json.dumps(search_source, separators=(",", ":"))
-                },
+                "kibanaSavedObjectMeta": {"searchSourceJSON": json.dumps(search_source, separators=(",", ":"))},
             },
             "references": [
                 {
@@ -242,9 +240,7 @@ def _terms(
     return _agg(agg_id, "terms", schema, **params, **extra)
 
 
-def _xy_params(
-    chart: str, mode: str = "stacked", y_title: str = "", percentage: bool = False
-) -> dict[str, Any]:
+def _xy_params(chart: str, mode: str = "stacked", y_title: str = "", percentage: bool = False) -> dict[str, Any]:
     """Params of the vislib xy charts (histogram/line/area)."""
     return {
         "type": chart,
@@ -352,9 +348,7 @@ def visualizations() -> list[Vis]:
             "metric",
             [
                 _count(1, "Executions"),
-                _agg(
-                    2, "sum", "metric", field="execution_duration_seconds", customLabel="Total duration (s)"
-                ),
+                _agg(2, "sum", "metric", field="execution_duration_seconds", customLabel="Total duration (s)"),
             ],
             query=SFN_QUERY,
             params=_metric_params(),
@@ -592,17 +586,14 @@ def saved_objects() -> list[dict[str, Any]]:
     """Index patterns first, then visualizations, then the dashboard (import resolves in order)."""
     vis = visualizations()
     patterns = [
-        index_pattern(pid, time_field, mapping)
-        for pid, (time_field, mapping) in _index_pattern_sources().items()
+        index_pattern(pid, time_field, mapping) for pid, (time_field, mapping) in _index_pattern_sources().items()
     ]
     return [*patterns, *(v.saved_object() for v in vis), dashboard(vis)]
 
 
 def render_ndjson(objects: list[dict[str, Any]] | None = None) -> bytes:
     """One object per line, keys sorted: regenerating yields byte-identical output."""
-    return b"".join(
-        orjson.dumps(o, option=orjson.OPT_SORT_KEYS) + b"\n" for o in (objects or saved_objects())
-    )
+    return b"".join(orjson.dumps(o, option=orjson.OPT_SORT_KEYS) + b"\n" for o in (objects or saved_objects()))
 
 
 def write_ndjson(path: Path = NDJSON_PATH) -> Path:
@@ -671,9 +662,7 @@ def import_dashboards(
     import urllib.request
 
     path = Path(ndjson_path)
-    request_url, headers, body = import_request(
-        url, path.read_bytes(), filename=path.name, base_path=base_path
-    )
+    request_url, headers, body = import_request(url, path.read_bytes(), filename=path.name, base_path=base_path)
     if username is not None:
         token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"

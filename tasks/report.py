@@ -282,9 +282,7 @@ def parse_since(text: str) -> timedelta:
     """`"90m"`, `"24h"`, `"7d"` (also `s` and `w`) → timedelta; ValueError with the accepted forms."""
     match = _SINCE.match(text or "")
     if not match:
-        raise ValueError(
-            f"invalid duration {text!r}: use a number followed by s, m, h, d or w, e.g. 90m, 24h, 7d"
-        )
+        raise ValueError(f"invalid duration {text!r}: use a number followed by s, m, h, d or w, e.g. 90m, 24h, 7d")
     seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
     if seconds <= 0:
         raise ValueError(f"invalid duration {text!r}: must be greater than zero")
@@ -463,9 +461,7 @@ def build_report(client: Any, since: timedelta, now: datetime | None = None) -> 
         raise ValueError("since must be a positive duration")
     end = (now or datetime.now(UTC)).astimezone(UTC)
     start = end - since
-    tr = TimeRange(
-        start=start, end=end, since_seconds=since.total_seconds(), interval_seconds=choose_interval(since)
-    )
+    tr = TimeRange(start=start, end=end, since_seconds=since.total_seconds(), interval_seconds=choose_interval(since))
     axis = _time_axis(tr)
     in_range = _range_filter("start", start, end)
     data = ReportData(generated_at=datetime.now(UTC), range=tr, headline=Headline())
@@ -487,9 +483,7 @@ def build_report(client: Any, since: timedelta, now: datetime | None = None) -> 
     return data
 
 
-def _traffic(
-    client: Any, data: ReportData, tr: TimeRange, axis: list[datetime], in_range: dict[str, Any]
-) -> None:
+def _traffic(client: Any, data: ReportData, tr: TimeRange, axis: list[datetime], in_range: dict[str, Any]) -> None:
     body = {
         "size": 0,
         "track_total_hits": True,
@@ -550,9 +544,7 @@ def _traffic(
     )
 
 
-def _executions(
-    client: Any, data: ReportData, tr: TimeRange, axis: list[datetime], in_range: dict[str, Any]
-) -> None:
+def _executions(client: Any, data: ReportData, tr: TimeRange, axis: list[datetime], in_range: dict[str, Any]) -> None:
     sfn = {"term": {"step_functions": True}}
     duration = "execution_duration_seconds"
     body = {
@@ -595,9 +587,7 @@ def _executions(
     head = data.headline
     head.executions = _total(result)
     head.execution_seconds = _num(aggs.get("sum", {}).get("value")) or 0.0
-    data.executions_by_status = _status_sorted(
-        {b["key"]: int(b["doc_count"]) for b in _buckets(aggs.get("status"))}
-    )
+    data.executions_by_status = _status_sorted({b["key"]: int(b["doc_count"]) for b in _buckets(aggs.get("status"))})
     data.execution_status_sources = {b["key"]: int(b["doc_count"]) for b in _buckets(aggs.get("sources"))}
     head.failed_executions = sum(data.executions_by_status.get(s, 0) for s in FAILED_STATUSES)
     for bucket in _buckets(aggs.get("machines")):
@@ -605,9 +595,7 @@ def _executions(
             StateMachineStats(
                 state_machine=str(bucket["key"]),
                 executions=int(bucket["doc_count"]),
-                by_status=_status_sorted(
-                    {b["key"]: int(b["doc_count"]) for b in _buckets(bucket.get("status"))}
-                ),
+                by_status=_status_sorted({b["key"]: int(b["doc_count"]) for b in _buckets(bucket.get("status"))}),
                 status_sources={b["key"]: int(b["doc_count"]) for b in _buckets(bucket.get("sources"))},
                 duration_sum=_num(bucket.get("sum", {}).get("value")) or 0.0,
                 duration_avg=_num(bucket.get("avg", {}).get("value")),
@@ -641,9 +629,7 @@ def _executions(
             "_source": _EXECUTION_SOURCE,
         },
     )
-    data.slowest_executions = [
-        _execution_row(h["_source"]) for h in (slowest or {}).get("hits", {}).get("hits", [])
-    ]
+    data.slowest_executions = [_execution_row(h["_source"]) for h in (slowest or {}).get("hits", {}).get("hits", [])]
     failed = _search(
         client,
         TRACES_ALIAS,
@@ -655,9 +641,7 @@ def _executions(
             "_source": _EXECUTION_SOURCE,
         },
     )
-    data.failed_executions = [
-        _execution_row(h["_source"]) for h in (failed or {}).get("hits", {}).get("hits", [])
-    ]
+    data.failed_executions = [_execution_row(h["_source"]) for h in (failed or {}).get("hits", {}).get("hits", [])]
     data.failed_executions_total = _total(failed)
     _fill_errors_from_segments(client, data.failed_executions)
 
@@ -1051,12 +1035,20 @@ def _color(index: int) -> str:
     return PALETTE[index % len(PALETTE)]
 
 
-def _nice_ticks(maximum: float, count: int = 5) -> list[float]:
+_DURATION_STEPS = (60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+
+
+def _nice_ticks(maximum: float, count: int = 5, unit: str = "") -> list[float]:
+    """0 … ≥ maximum in round steps (whole minutes / hours for durations of a minute or more)."""
     if maximum <= 0:
         return [0.0, 1.0]
     raw = maximum / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    if unit == "s" and raw > 30:
+        step: float = next((d for d in _DURATION_STEPS if d >= raw), 86400 * math.ceil(raw / 86400))
+    else:
+        magnitude = 10 ** math.floor(math.log10(raw))
+        multipliers = (1, 2, 5, 10) if unit == "" else (1, 2, 2.5, 5, 10)  # counts: whole numbers
+        step = next(m * magnitude for m in multipliers if m * magnitude >= max(raw, 1 if unit == "" else raw))
     top = math.ceil(maximum / step - 1e-9) * step
     return [round(i * step, 10) for i in range(round(top / step) + 1)]
 
@@ -1067,11 +1059,11 @@ def _tick_label(value: float, unit: str) -> str:
             return "0"
         if value < 1:
             return f"{value * 1000:g} ms"
-        if value < 120:
+        if value < 60 or value % 60:
             return f"{value:g} s"
-        if value < 7200:
-            return f"{value / 60:.3g} min"
-        return f"{value / 3600:.3g} h"
+        if value < 7200 or value % 3600:
+            return f"{value / 60:g} min"
+        return f"{value / 3600:g} h"
     if unit == "%":
         return f"{value:.0f}%"
     if value >= 1_000_000:
@@ -1110,9 +1102,7 @@ def _legend(items: Sequence[tuple[str, str, str]], x: float, y: float, width: fl
         if cx + item_width > x + width and cx > x:
             cx, cy = x, cy + 18
         if style == "box":
-            parts.append(
-                f'<rect x="{cx:.1f}" y="{cy - 9:.1f}" width="12" height="12" rx="2" fill="{color}"/>'
-            )
+            parts.append(f'<rect x="{cx:.1f}" y="{cy - 9:.1f}" width="12" height="12" rx="2" fill="{color}"/>')
         else:
             dash = ' stroke-dasharray="5 3"' if style == "dash" else ""
             parts.append(
@@ -1149,7 +1139,7 @@ def svg_hbar(
         return _empty_chart(name, "no data")
     label_width = min(220, max(_text_width(label) for label, _ in rows) + 14)
     totals = [sum(values.get(k, 0) for k in keys) for _, values in rows]
-    ticks = _nice_ticks(max(totals) if totals else 1)
+    ticks = _nice_ticks(max(totals) if totals else 1, unit=unit)
     total_width = max(_text_width(_bar_label(t, unit)) for t in totals) + 14
     plot_left, plot_right = label_width + 8, width - max(24, total_width)
     legend_svg, legend_height = ("", 0.0)
@@ -1189,9 +1179,7 @@ def svg_hbar(
             w = value * scale
             text_value = _bar_label(value, unit)
             tip = f"<title>{_esc(label)} · {_esc(key)}: {_esc(text_value)}</title>"
-            parts.append(
-                _el("rect", tip, class_="bar", x=x, y=y, width=max(w, 1), height=bar, fill=colors[key])
-            )
+            parts.append(_el("rect", tip, class_="bar", x=x, y=y, width=max(w, 1), height=bar, fill=colors[key]))
             if len(keys) > 1 and w > _text_width(text_value, 11) + 8:
                 parts.append(
                     f'<text x="{x + w / 2:.1f}" y="{y + bar / 2 + 4:.1f}" text-anchor="middle" fill="#fff" '
@@ -1201,9 +1189,7 @@ def svg_hbar(
         total = totals[i]
         total_text = _bar_label(total, unit)
         if total:
-            parts.append(
-                _el("text", _esc(total_text), x=x + 6, y=y + bar / 2 + 4, fill=_TEXT, font_weight=600)
-            )
+            parts.append(_el("text", _esc(total_text), x=x + 6, y=y + bar / 2 + 4, fill=_TEXT, font_weight=600))
     parts.append(_el("line", x1=plot_left, y1=top - 4, x2=plot_left, y2=top + plot_height, stroke=_AXIS))
     if x_title:
         middle = (plot_left + plot_right) / 2
@@ -1246,15 +1232,13 @@ def svg_time_chart(
     labels = labels or {}
     colors = colors or {n: _color(i) for i, n in enumerate(names)}
     styles = styles or {}
-    legend_items = [
-        (labels.get(n, n), colors[n], "box" if kind == "stacked" else styles.get(n, "line")) for n in names
-    ]
+    legend_items = [(labels.get(n, n), colors[n], "box" if kind == "stacked" else styles.get(n, "line")) for n in names]
     n = len(ts.times)
     if kind == "stacked":
         peak = max(sum(ts.series[s][i] or 0 for s in names) for i in range(n))
     else:
         peak = max(v for s in names for v in ts.series[s] if v is not None)
-    ticks = _nice_ticks(peak)
+    ticks = _nice_ticks(peak, unit=unit)
     left = int(max(_text_width(_tick_label(t, unit)) for t in ticks) + (34 if y_title else 14))
     legend_svg, legend_height = _legend(legend_items, left, 16, width - left - 16)
     top, right = 18 + legend_height, width - 16
@@ -1276,12 +1260,8 @@ def svg_time_chart(
     for i, text in enumerate(tick_labels):
         x = left + slot * (i + 0.5)
         if i % every == 0:
-            parts.append(
-                f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 4}" stroke="{_AXIS}"/>'
-            )
-            parts.append(
-                f'<text x="{x:.1f}" y="{bottom + 17}" text-anchor="middle" fill="{_AXIS}">{_esc(text)}</text>'
-            )
+            parts.append(f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 4}" stroke="{_AXIS}"/>')
+            parts.append(f'<text x="{x:.1f}" y="{bottom + 17}" text-anchor="middle" fill="{_AXIS}">{_esc(text)}</text>')
     if kind == "stacked":
         bar = max(1.0, slot * 0.72)
         for i, t in enumerate(ts.times):
@@ -1297,18 +1277,12 @@ def svg_time_chart(
                     f"<title>{_esc(t.strftime('%Y-%m-%d %H:%M'))} UTC · {_esc(labels.get(s, s))}: "
                     f"{_esc(_tick_label(value, unit))}</title>"
                 )
-                parts.append(
-                    _el("rect", tip, class_="bar", x=x, y=y, width=bar, height=max(h, 0.5), fill=colors[s])
-                )
+                parts.append(_el("rect", tip, class_="bar", x=x, y=y, width=bar, height=max(h, 0.5), fill=colors[s]))
     else:
         for s in names:
             dash = ' stroke-dasharray="6 4"' if styles.get(s) == "dash" else ""
             # Empty buckets are skipped, not drawn as zero: the line joins the buckets with data.
-            run = [
-                (left + slot * (i + 0.5), bottom - v * y_scale)
-                for i, v in enumerate(ts.series[s])
-                if v is not None
-            ]
+            run = [(left + slot * (i + 0.5), bottom - v * y_scale) for i, v in enumerate(ts.series[s]) if v is not None]
             if len(run) > 1:
                 points = " ".join(f"{x:.1f},{y:.1f}" for x, y in run)
                 parts.append(
@@ -1347,10 +1321,7 @@ def svg_latency(name: str, services: Sequence[ServiceStats], width: int = 960) -
         return _empty_chart(name, "no service latencies in this time range", width)
     markers = (("p50", "#3f7fbf"), ("p90", "#54b399"), ("p95", "#e8913a"), ("p99", "#d9483b"))
     values = [
-        v
-        for s in rows
-        for v in (s.latency_p50, s.latency_p90, s.latency_p95, s.latency_p99)
-        if v is not None and v > 0
+        v for s in rows for v in (s.latency_p50, s.latency_p90, s.latency_p95, s.latency_p99) if v is not None and v > 0
     ]
     low = 10 ** math.floor(math.log10(min(values))) if values else 0.001
     high = 10 ** math.ceil(math.log10(max(values))) if values else 1.0
@@ -1366,9 +1337,7 @@ def svg_latency(name: str, services: Sequence[ServiceStats], width: int = 960) -
 
     def x_of(v: float) -> float:
         v = max(v, low)
-        return left + (math.log10(v) - math.log10(low)) / (math.log10(high) - math.log10(low)) * (
-            right - left
-        )
+        return left + (math.log10(v) - math.log10(low)) / (math.log10(high) - math.log10(low)) * (right - left)
 
     parts = [_svg_open(name, width, height, "latency percentiles per service"), legend_svg]
     decade = low
@@ -1379,9 +1348,7 @@ def svg_latency(name: str, services: Sequence[ServiceStats], width: int = 960) -
         decade *= 10
     for i, s in enumerate(rows):
         y = top + i * row_h + row_h / 2
-        parts.append(
-            f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end" fill="{_TEXT}">{_esc(s.service)}</text>'
-        )
+        parts.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end" fill="{_TEXT}">{_esc(s.service)}</text>')
         p50, p99 = s.latency_p50 or low, s.latency_p99 or s.latency_p50 or low
         parts.append(
             _el(
@@ -1509,8 +1476,7 @@ def _table(headers: Sequence[tuple[str, bool]], rows: Iterable[Sequence[str]], e
     body = "".join(
         "<tr>"
         + "".join(
-            f'<td class="num">{c}</td>' if num else f"<td>{c}</td>"
-            for c, (_, num) in zip(row, headers, strict=True)
+            f'<td class="num">{c}</td>' if num else f"<td>{c}</td>" for c, (_, num) in zip(row, headers, strict=True)
         )
         + "</tr>"
         for row in rows
@@ -1562,9 +1528,7 @@ def render_html(data: ReportData) -> str:
     tr = data.range
     accounts = {a.account_id: a for a in data.accounts}
     machines = data.state_machines
-    machine_colors = {
-        m.state_machine: _color(i) for i, m in enumerate(sorted(machines, key=lambda m: m.state_machine))
-    }
+    machine_colors = {m.state_machine: _color(i) for i, m in enumerate(sorted(machines, key=lambda m: m.state_machine))}
     statuses = [s for s in STATUS_ORDER if s in data.executions_by_status] + [
         s for s in data.executions_by_status if s not in STATUS_ORDER
     ]
@@ -1614,10 +1578,7 @@ def render_html(data: ReportData) -> str:
     )
     sum_chart = svg_hbar(
         "execution-duration-sum",
-        [
-            (m.state_machine, {"duration": m.duration_sum})
-            for m in sorted(machines, key=lambda m: -m.duration_sum)
-        ],
+        [(m.state_machine, {"duration": m.duration_sum}) for m in sorted(machines, key=lambda m: -m.duration_sum)],
         ["duration"],
         {"duration": "#3f7fbf"},
         unit="s",
@@ -1642,9 +1603,7 @@ def render_html(data: ReportData) -> str:
                 )
     pct_chart = svg_time_chart(
         "execution-duration-percentiles",
-        TimeSeries(
-            times=data.execution_duration_p50.times or data.execution_duration_p95.times, series=pct_series
-        ),
+        TimeSeries(times=data.execution_duration_p50.times or data.execution_duration_p95.times, series=pct_series),
         interval=tr.interval_seconds,
         kind="lines",
         colors=colors,
@@ -1731,10 +1690,7 @@ def render_html(data: ReportData) -> str:
     )
     env_chart = svg_hbar(
         "traces-per-environment",
-        [
-            (env, {"traces": float(n)})
-            for env, n in sorted(data.traces_by_environment.items(), key=lambda kv: -kv[1])
-        ],
+        [(env, {"traces": float(n)}) for env, n in sorted(data.traces_by_environment.items(), key=lambda kv: -kv[1])],
         ["traces"],
         {"traces": "#54b399"},
         x_title="traces",
@@ -1824,15 +1780,10 @@ def render_html(data: ReportData) -> str:
         ("Error", False),
         ("Execution", False),
     ]
-    slow_table = _table(
-        execution_headers, _execution_rows(data.slowest_executions[:15], accounts), "No executions."
-    )
-    failed_table = _table(
-        execution_headers, _execution_rows(data.failed_executions, accounts), "No failed executions."
-    )
+    slow_table = _table(execution_headers, _execution_rows(data.slowest_executions[:15], accounts), "No executions.")
+    failed_table = _table(execution_headers, _execution_rows(data.failed_executions, accounts), "No failed executions.")
     failed_more = (
-        f'<p class="muted">Showing the latest {len(data.failed_executions)} '
-        f"of {data.failed_executions_total}.</p>"
+        f'<p class="muted">Showing the latest {len(data.failed_executions)} of {data.failed_executions_total}.</p>'
         if data.failed_executions_total > len(data.failed_executions)
         else ""
     )
@@ -1857,7 +1808,7 @@ def render_html(data: ReportData) -> str:
                 _esc(fmt_int(k.runs)),
                 _esc(fmt_int(k.traces)),
                 f'<b style="color:var(--bad)">{k.dead_lettered}</b>' if k.dead_lettered else "0",
-                _esc(fmt_time(k.last_run_at)),
+                '<span class="time">' + _esc(fmt_time(k.last_run_at)) + "</span>",
             ]
             for k in health.kinds
         ]
@@ -1867,7 +1818,7 @@ def render_html(data: ReportData) -> str:
                 f'<span class="mono">{_esc(a.account_id)}</span>',
                 _esc(fmt_seconds(a.watermark_lag_seconds)),
                 _esc(fmt_seconds(a.max_watermark_lag_seconds)),
-                _esc(fmt_time(a.last_run_at)),
+                '<span class="time">' + _esc(fmt_time(a.last_run_at)) + "</span>",
             ]
             for a in health.accounts
         ]
@@ -1964,9 +1915,7 @@ def render_html(data: ReportData) -> str:
 # ------------------------------------------------------------------------------------ entry point
 
 
-def run_report(
-    config: Any, since: timedelta | str, out_path: str | Path | None = "report.html"
-) -> ReportData:
+def run_report(config: Any, since: timedelta | str, out_path: str | Path | None = "report.html") -> ReportData:
     """Build the report against the configured OpenSearch and write the HTML file (if `out_path`)."""
     from tasks.index import client_for
 

@@ -67,9 +67,7 @@ def _template_fields() -> dict[str, dict[str, str]]:
     return {
         "xray-traces": _mapping_types(templates["xray-traces"]["template"]["mappings"]["properties"]),
         "xray-segments": _mapping_types(templates["xray-segments"]["template"]["mappings"]["properties"]),
-        "otel-v1-apm-span": _mapping_types(
-            templates[mappings.SPAN_INDEX_PREFIX]["template"]["mappings"]["properties"]
-        ),
+        "otel-v1-apm-span": _mapping_types(templates[mappings.SPAN_INDEX_PREFIX]["template"]["mappings"]["properties"]),
         HEALTH_INDEX: _mapping_types(health_index_template()["template"]["mappings"]["properties"]),
     }
 
@@ -118,9 +116,7 @@ def test_objects_index_patterns_and_dashboard() -> None:
         assert grid["x"] >= 0, grid
         assert grid["x"] + grid["w"] <= 48, grid
         area = {
-            (x, y)
-            for x in range(grid["x"], grid["x"] + grid["w"])
-            for y in range(grid["y"], grid["y"] + grid["h"])
+            (x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])
         }
         assert not area & cells, f"panel {panel['panelIndex']} overlaps another"
         cells |= area
