@@ -45,9 +45,18 @@ def validate_range(start: datetime, end: datetime, now: datetime) -> tuple[datet
     return start, end
 
 
-def backfill_id(accounts: list[str], regions: list[str], start: datetime, end: datetime, chunk: timedelta) -> str:
-    key = "|".join([",".join(sorted(accounts)), ",".join(sorted(regions)), start.isoformat(), end.isoformat(),
-                    str(int(chunk.total_seconds()))])
+def backfill_id(
+    accounts: list[str], regions: list[str], start: datetime, end: datetime, chunk: timedelta
+) -> str:
+    key = "|".join(
+        [
+            ",".join(sorted(accounts)),
+            ",".join(sorted(regions)),
+            start.isoformat(),
+            end.isoformat(),
+            str(int(chunk.total_seconds())),
+        ]
+    )
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -103,7 +112,9 @@ def backfill_account_task(
             if not budget.take():
                 result.status = "partial"
                 break
-            window_result = col.collect_window(collector, account, region, window, source="backfill", stats=stats)
+            window_result = col.collect_window(
+                collector, account, region, window, source="backfill", stats=stats
+            )
             result.add_window(window_result)
             collector.s3.put_object(
                 Bucket=store.bucket, Key=prefix + marker, Body=str(window_result.traces).encode()
@@ -139,14 +150,17 @@ def backfill(
     targets = select_targets(config, accounts, regions)
     chunk = timedelta(minutes=chunk_minutes)
     windows = xray.plan_windows(start, end, chunk)
-    run_key = backfill_id([a.account_id for a, _ in targets], sorted({r for _, r in targets}), start, end, chunk)
+    run_key = backfill_id(
+        [a.account_id for a, _ in targets], sorted({r for _, r in targets}), start, end, chunk
+    )
     collector = col.Collector.from_config(config)
     total = len(windows) * len(targets)
     budget = ChunkBudget(max_chunks if max_chunks is not None else total)
     progress_id = None
     try:
-        progress_id = create_progress_artifact(progress=0.0, key="xraylake-backfill-progress",
-                                               description=f"backfill {run_key}: {total} chunks")
+        progress_id = create_progress_artifact(
+            progress=0.0, key="xraylake-backfill-progress", description=f"backfill {run_key}: {total} chunks"
+        )
     except Exception:  # observability only
         progress_id = None
     futures = [
@@ -156,6 +170,11 @@ def backfill(
         for account, region in targets
     ]
     results = [f.result() for f in futures]
-    extra = {"backfill_id": run_key, "chunks": total, "chunks_finished": budget.finished,
-             "chunks_skipped": budget.skipped, "complete": budget.finished + budget.skipped == total}
+    extra = {
+        "backfill_id": run_key,
+        "chunks": total,
+        "chunks_finished": budget.finished,
+        "chunks_skipped": budget.skipped,
+        "complete": budget.finished + budget.skipped == total,
+    }
     return finish("backfill", results, fail_on_account_errors, extra)

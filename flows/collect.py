@@ -39,7 +39,9 @@ def collect(execution_arn: str, padding_seconds: int = 60, config_path: str | No
     logger = get_run_logger()
     execution: dict[str, object] = {}
     try:
-        states = collector.sessions.client(account.account_id, parsed.region, "stepfunctions", DEFAULT_BOTO_CONFIG)
+        states = collector.sessions.client(
+            account.account_id, parsed.region, "stepfunctions", DEFAULT_BOTO_CONFIG
+        )
         execution = sfn.describe_execution(states, parsed.arn)
         started = datetime.fromisoformat(str(execution["startDate"]))
         stop_date = execution.get("stopDate")
@@ -51,13 +53,20 @@ def collect(execution_arn: str, padding_seconds: int = 60, config_path: str | No
         trace_ids: list[str] = []
         for window in xray.plan_windows(started - pad, stopped + pad):
             listing = xray.list_trace_ids(
-                client, window, "Event", sfn.state_machine_filter(parsed.state_machine),
-                account_id=account.account_id, limiter=limiter, stats=stats,
+                client,
+                window,
+                "Event",
+                sfn.state_machine_filter(parsed.state_machine),
+                account_id=account.account_id,
+                limiter=limiter,
+                stats=stats,
             )
             trace_ids += listing.trace_ids
             result.summaries += len(listing.summaries)
             result.windows += 1
-        batch = xray.batch_get_traces(client, trace_ids, account_id=account.account_id, limiter=limiter, stats=stats)
+        batch = xray.batch_get_traces(
+            client, trace_ids, account_id=account.account_id, limiter=limiter, stats=stats
+        )
         traces = [t for t in batch.traces if sfn.trace_mentions(t, parsed.arn)]
         envelopes = col.envelopes_for(
             traces,
@@ -75,7 +84,9 @@ def collect(execution_arn: str, padding_seconds: int = 60, config_path: str | No
         result.bytes = report.bytes
         result.throttles = int(stats.throttles)
         if not traces:
-            logger.warning("no X-Ray trace mentions %s yet (sampling, or not yet indexed by X-Ray)", parsed.arn)
+            logger.warning(
+                "no X-Ray trace mentions %s yet (sampling, or not yet indexed by X-Ray)", parsed.arn
+            )
     except Exception as error:
         result.status = "failed"
         result.error = str(error)[:500]

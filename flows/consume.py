@@ -25,19 +25,29 @@ from xraylake.observe import emit, summary_artifact
 
 
 @task(name="consume-batch", timeout_seconds=900, cache_policy=NO_CACHE)
-def consume_batch(consumer: Consumer, messages: list[queue.ReceivedMessage], visibility_timeout: int) -> BatchStats:
+def consume_batch(
+    consumer: Consumer, messages: list[queue.ReceivedMessage], visibility_timeout: int
+) -> BatchStats:
     sqs, url = consumer.sqs, consumer.config.queue.queue_url
-    with queue.VisibilityHeartbeat(sqs, url, messages, timeout_seconds=visibility_timeout,
-                                   every_seconds=max(5.0, visibility_timeout / 3)):
+    with queue.VisibilityHeartbeat(
+        sqs, url, messages, timeout_seconds=visibility_timeout, every_seconds=max(5.0, visibility_timeout / 3)
+    ):
         return consumer.process(messages)
 
 
-def receive_batch(consumer: Consumer, batch_messages: int, wait_seconds: int, visibility_timeout: int) -> list[queue.ReceivedMessage]:
+def receive_batch(
+    consumer: Consumer, batch_messages: int, wait_seconds: int, visibility_timeout: int
+) -> list[queue.ReceivedMessage]:
     """Several receive calls (≤ 10 messages each) until the batch is full or the queue runs dry."""
     messages: list[queue.ReceivedMessage] = []
     while len(messages) < batch_messages:
-        got = queue.receive(consumer.sqs, consumer.config.queue.queue_url, min(10, batch_messages - len(messages)),
-                            wait_seconds if not messages else 0, visibility_timeout)
+        got = queue.receive(
+            consumer.sqs,
+            consumer.config.queue.queue_url,
+            min(10, batch_messages - len(messages)),
+            wait_seconds if not messages else 0,
+            visibility_timeout,
+        )
         messages += got
         if len(got) < 10:
             break
@@ -56,14 +66,20 @@ def run_consumer(
     index_prefix: str | None = None,
     use_tasks: bool = True,
 ) -> BatchStats:
-    consumer = Consumer(config, log_client("s3", config.archive.region), log_client("sqs", config.queue.region),
-                        index_prefix=index_prefix)
+    consumer = Consumer(
+        config,
+        log_client("s3", config.archive.region),
+        log_client("sqs", config.queue.region),
+        index_prefix=index_prefix,
+    )
     # Templates first: an index created by dynamic mapping would type fields wrongly for good.
     ensure_templates(consumer.opensearch, index_templates(consumer.index_prefix))
     total = BatchStats()
     started = time.monotonic()
     while True:
-        budget = batch_messages if max_messages is None else min(batch_messages, max_messages - total.received)
+        budget = (
+            batch_messages if max_messages is None else min(batch_messages, max_messages - total.received)
+        )
         if budget <= 0:
             break
         if max_seconds is not None and time.monotonic() - started >= max_seconds:
@@ -101,15 +117,26 @@ def consume(
         raise ValueError("wait_seconds must be between 0 and 20 (the SQS long-poll maximum)")
     config = load_config(config_path)
     stats = run_consumer(
-        config, until_empty=until_empty, max_messages=max_messages, max_seconds=max_seconds,
-        batch_messages=batch_messages, wait_seconds=wait_seconds, visibility_timeout=visibility_timeout,
+        config,
+        until_empty=until_empty,
+        max_messages=max_messages,
+        max_seconds=max_seconds,
+        batch_messages=batch_messages,
+        wait_seconds=wait_seconds,
+        visibility_timeout=visibility_timeout,
     )
     data: dict[str, Any] = stats.as_dict()
     for reason, count in stats.dead_lettered.items():
-        emit("xraylake.message.dead-lettered", f"aws.sqs.{config.queue.dlq_url}", {"reason": reason, "count": count},
-             **{"xraylake.reason": reason})
+        emit(
+            "xraylake.message.dead-lettered",
+            f"aws.sqs.{config.queue.dlq_url}",
+            {"reason": reason, "count": count},
+            **{"xraylake.reason": reason},
+        )
     if stats.errors:
-        get_run_logger().warning("consume errors (first %d): %s", len(stats.errors), "; ".join(stats.errors[:5]))
+        get_run_logger().warning(
+            "consume errors (first %d): %s", len(stats.errors), "; ".join(stats.errors[:5])
+        )
     summary_artifact(
         "xraylake-consume",
         f"consume: {stats.deleted} messages done, {stats.traces} traces, {stats.segments} segments, "

@@ -39,10 +39,11 @@ class ReplayParameters(BaseModel):
         default="queue", description="queue: re-send to the org queue; direct: write the sinks in-process."
     )
     sinks: list[Literal["index", "parquet", "raw"]] = Field(
-        default_factory=lambda: ["index"], description="direct only: which sinks to write."
+        default=["index"], description="direct only: which sinks to write."
     )
     index_prefix: str | None = Field(
-        default=None, description="direct only: write into `<prefix>-traces-*` etc. (re-index after a mapping change)."
+        default=None,
+        description="direct only: write into `<prefix>-traces-*` etc. (re-index after a mapping change).",
     )
     dry_run: bool = Field(default=False, description="Only count what the archive holds.")
     rate_per_second: float | None = Field(default=None, gt=0, description="Max messages/envelopes per second.")
@@ -95,9 +96,11 @@ def replay(params: ReplayParameters, config_path: str | None = None) -> State:
     parts = replay_tasks.partitions(targets, start, end)
     run_key = replay_id(params)
     checkpoint = f"{store.state_prefix}/replay/{run_key}/"
-    done = set() if params.dry_run else {
-        o["Key"].rsplit("/", 1)[-1] for o in archive.list_keys(s3, store.bucket, checkpoint)
-    }
+    done = (
+        set()
+        if params.dry_run
+        else {o["Key"].rsplit("/", 1)[-1] for o in archive.list_keys(s3, store.bucket, checkpoint)}
+    )
     limiter = replay_tasks.RateLimiter(params.rate_per_second)
     sqs = log_client("sqs", config.queue.region)
     consumer = None
@@ -105,8 +108,14 @@ def replay(params: ReplayParameters, config_path: str | None = None) -> State:
         consumer = Consumer(config, s3, sqs, index_prefix=prefix)
         ensure_templates(consumer.opensearch, index_templates(prefix or config.opensearch.index_prefix))
     signing_key = config.signing_keys[0].get_secret_value() if config.signing_keys else None
-    totals = {"partitions": len(parts), "partitions_skipped": 0, "objects": 0, "traces": 0, "sent": 0,
-              "failed_envelopes": 0}
+    totals = {
+        "partitions": len(parts),
+        "partitions_skipped": 0,
+        "objects": 0,
+        "traces": 0,
+        "sent": 0,
+        "failed_envelopes": 0,
+    }
     stats = BatchStats()
     progress = _progress(len(parts))
     for number, part in enumerate(parts, 1):
@@ -116,7 +125,7 @@ def replay(params: ReplayParameters, config_path: str | None = None) -> State:
             continue
         keys = replay_tasks.list_partition(s3, store, part)
         items = []
-        for key, raw in replay_tasks.iter_raw(s3, store, keys):
+        for _key, raw in replay_tasks.iter_raw(s3, store, keys):
             envelope = parse_envelope(raw)
             totals["objects"] += 1
             totals["traces"] += len(envelope.traces)
@@ -145,8 +154,12 @@ def replay(params: ReplayParameters, config_path: str | None = None) -> State:
             s3.put_object(Bucket=store.bucket, Key=checkpoint + marker, Body=str(len(items)).encode())
         if progress is not None:
             update_progress_artifact(progress, progress=100.0 * number / max(1, len(parts)))
-    data = {"replay_id": run_key, "target": params.target, "dry_run": params.dry_run,
-            "index_prefix": prefix} | totals
+    data = {
+        "replay_id": run_key,
+        "target": params.target,
+        "dry_run": params.dry_run,
+        "index_prefix": prefix,
+    } | totals
     if params.target == "direct":
         data["documents_indexed"] = stats.documents_indexed
         data["documents_stale"] = stats.documents_stale

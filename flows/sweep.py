@@ -24,7 +24,9 @@ from xraylake.config import Config, load_config
 from xraylake.observe import emit, summary_artifact
 
 
-def select_targets(config: Config, accounts: list[str] | None, regions: list[str] | None) -> list[tuple[MemberAccount, str]]:
+def select_targets(
+    config: Config, accounts: list[str] | None, regions: list[str] | None
+) -> list[tuple[MemberAccount, str]]:
     """(account, region) pairs to work on; unknown accounts or regions fail before any work."""
     chosen = config.roster.select(accounts)
     pairs: list[tuple[MemberAccount, str]] = []
@@ -55,7 +57,10 @@ def sweep_account_task(
 
 
 def finish(
-    kind: str, results: list[col.AccountResult], fail_on_account_errors: bool, extra: dict[str, Any] | None = None
+    kind: str,
+    results: list[col.AccountResult],
+    fail_on_account_errors: bool,
+    extra: dict[str, Any] | None = None,
 ) -> State:
     """Artifact, events, and the run's final state from per-account results."""
     failed = [r for r in results if r.status == "failed"]

@@ -85,7 +85,7 @@ class FaultProxy:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle  # noqa: N815
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
@@ -94,7 +94,7 @@ class FaultProxy:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> FaultProxy:
         self._thread.start()
@@ -129,7 +129,9 @@ class FaultProxy:
             self.forwarded += 1
         return None
 
-    def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _forward(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         connection = http.client.HTTPConnection(*self._upstream, timeout=60)
         try:
             clean = {k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS}
@@ -148,5 +150,10 @@ def sts_access_denied(account_id: str) -> FaultRule:
         f"to perform: sts:AssumeRole on resource: arn:aws:iam::{account_id}:role/xraylake-reader</Message>"
         "</Error><RequestId>fault-proxy</RequestId></ErrorResponse>"
     ).encode()
-    return FaultRule(method="POST", body=f"Action=AssumeRole.*iam%3A%3A{account_id}%3A|iam%3A%3A{account_id}%3A.*Action=AssumeRole",
-                     status=403, response=message, content_type="text/xml")
+    return FaultRule(
+        method="POST",
+        body=f"Action=AssumeRole.*iam%3A%3A{account_id}%3A|iam%3A%3A{account_id}%3A.*Action=AssumeRole",
+        status=403,
+        response=message,
+        content_type="text/xml",
+    )

@@ -37,14 +37,17 @@ def partition_path(account_id: str, region: str, hour: datetime) -> str:
 
 
 def envelope_hour(envelope: Envelope) -> datetime:
-    return trace_hour(envelope.traces[0]) if envelope.traces else envelope.collected_at.replace(
-        minute=0, second=0, microsecond=0
+    return (
+        trace_hour(envelope.traces[0])
+        if envelope.traces
+        else envelope.collected_at.replace(minute=0, second=0, microsecond=0)
     )
 
 
 def raw_key(store: ArchiveStore, envelope: Envelope) -> str:
     hour = envelope_hour(envelope)
-    return f"{store.raw_prefix}/{partition_path(envelope.account_id, envelope.region, hour)}/{envelope.envelope_id}.json.gz"
+    partition = partition_path(envelope.account_id, envelope.region, hour)
+    return f"{store.raw_prefix}/{partition}/{envelope.envelope_id}.json.gz"
 
 
 def parse_raw_key(key: str) -> dict[str, str]:
@@ -63,8 +66,11 @@ def batch_id(envelope_ids: Iterable[str]) -> str:
     return digest.hexdigest()[:20]
 
 
-def parquet_key(store: ArchiveStore, table: str, account_id: str, region: str, dt: str, hour: str, part: str) -> str:
-    return f"{store.parquet_prefix}/{table}/account_id={account_id}/region={region}/dt={dt}/hour={hour}/part-{part}.parquet"
+def parquet_key(
+    store: ArchiveStore, table: str, account_id: str, region: str, dt: str, hour: str, part: str
+) -> str:
+    partition = f"account_id={account_id}/region={region}/dt={dt}/hour={hour}"
+    return f"{store.parquet_prefix}/{table}/{partition}/part-{part}.parquet"
 
 
 # ------------------------------------------------------------------ I/O
@@ -167,9 +173,8 @@ def list_keys(s3: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
 
 def s3_filesystem(region: str, endpoint_url: str | None) -> Any:
     """pyarrow's S3 filesystem with the same endpoint boto3 uses (sandbox or real S3)."""
-    from pyarrow import fs
-
     import boto3
+    from pyarrow import fs
 
     credentials = boto3.Session(region_name=region).get_credentials()
     frozen = credentials.get_frozen_credentials() if credentials else None

@@ -70,7 +70,8 @@ class MemberSessions:
         return session
 
     def client(self, account_id: str, region: str, service: str, config: BotoConfig | None = None) -> Any:
-        return self.session(account_id, region).client(service, config=config or DEFAULT_BOTO_CONFIG)
+        session: Any = self.session(account_id, region)  # the service name is dynamic: no typed overload
+        return session.client(service, config=config or DEFAULT_BOTO_CONFIG)
 
     def invalidate(self, account_id: str, region: str) -> None:
         with self._lock:
@@ -79,7 +80,8 @@ class MemberSessions:
 
 def log_client(service: str, region: str, config: BotoConfig | None = None) -> Any:
     """A client with the log account's own credentials (queue, archive)."""
-    return boto3.Session(region_name=region).client(service, config=config or DEFAULT_BOTO_CONFIG)
+    session: Any = boto3.Session(region_name=region)
+    return session.client(service, config=config or DEFAULT_BOTO_CONFIG)
 
 
-__all__ = ["AccountAccessError", "DEFAULT_BOTO_CONFIG", "MemberSessions", "log_client", "member_credentials"]
+__all__ = ["DEFAULT_BOTO_CONFIG", "AccountAccessError", "MemberSessions", "log_client", "member_credentials"]

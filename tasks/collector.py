@@ -128,11 +128,14 @@ def envelopes_for(
     ]
 
 
-def send_envelopes(collector: Collector, envelopes: Sequence[Envelope]) -> tuple[list[WireMessage], queue.SendReport]:
+def send_envelopes(
+    collector: Collector, envelopes: Sequence[Envelope]
+) -> tuple[list[WireMessage], queue.SendReport]:
     """Encode, upload claim-check payloads first, then send; raises if SQS did not take them all."""
     config = collector.config
     messages = [
-        encode(e, collector.signing_key, config.archive.bucket, config.archive.payload_prefix) for e in envelopes
+        encode(e, collector.signing_key, config.archive.bucket, config.archive.payload_prefix)
+        for e in envelopes
     ]
     for message in messages:
         if message.claim_check:
@@ -213,12 +216,20 @@ def sweep_account(
         else:
             client = collector.xray_client(account.account_id, region)
             state = xray.detect_transaction_search(
-                client, account_id=account.account_id, limiter=collector.limiters.get(account.account_id, region)
+                client,
+                account_id=account.account_id,
+                limiter=collector.limiters.get(account.account_id, region),
             )
             result.transaction_search = state.status.value
             for window in xray.plan_windows(span[0], span[1], max_window):
                 window_result = collect_window(
-                    collector, account, region, window, source="sweep", stats=stats, time_range_type=time_range_type
+                    collector,
+                    account,
+                    region,
+                    window,
+                    source="sweep",
+                    stats=stats,
+                    time_range_type=time_range_type,
                 )
                 result.add_window(window_result)
                 mark = watermark.advance(collector.s3, store, mark, window.end, run_id=run_id)

@@ -9,7 +9,7 @@ policy moves it to the DLQ after maxReceiveCount). One bad message never fails i
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,12 +65,15 @@ class BatchStats:
     parquet_files: int = 0
     parquet_bytes: int = 0
     transform_problems: int = 0
-    stage_seconds: Counter[str] = field(default_factory=Counter)
+    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     errors: list[str] = field(default_factory=list)
 
     def merge(self, other: BatchStats) -> None:
         for name, value in vars(other).items():
-            if isinstance(value, Counter):
+            if name == "stage_seconds":
+                for stage, seconds in value.items():
+                    self.stage_seconds[stage] += seconds
+            elif isinstance(value, Counter):
                 getattr(self, name).update(value)
             elif isinstance(value, list):
                 getattr(self, name).extend(value[: max(0, 20 - len(getattr(self, name)))])
@@ -92,8 +95,13 @@ class Consumer:
     """Holds the clients; `process(messages)` handles one batch."""
 
     def __init__(
-        self, config: Config, s3: Any, sqs: Any, redaction: RedactionPolicy | None = None,
-        max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES, index_prefix: str | None = None,
+        self,
+        config: Config,
+        s3: Any,
+        sqs: Any,
+        redaction: RedactionPolicy | None = None,
+        max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES,
+        index_prefix: str | None = None,
         describe_executions: bool = True,
     ) -> None:
         self.config = config
@@ -105,7 +113,9 @@ class Consumer:
         self.index_prefix = index_prefix or config.opensearch.index_prefix
         self.keys = [k.get_secret_value() for k in config.signing_keys]
         self.accounts = {a.account_id: a for a in config.roster.accounts}
-        self.executions = ExecutionDetails(MemberSessions(config.roster), self.accounts) if describe_executions else None
+        self.executions = (
+            ExecutionDetails(MemberSessions(config.roster), self.accounts) if describe_executions else None
+        )
 
     # ------------------------------------------------------------ decode + validate
 
@@ -238,7 +248,12 @@ class Consumer:
             for part in archive.split_by_partition(combined):
                 members = sorted(set(part.table.column("envelope_id").to_pylist()))
                 key = archive.parquet_key(
-                    self.config.archive, table_name, part.account_id, part.region, part.dt, part.hour,
+                    self.config.archive,
+                    table_name,
+                    part.account_id,
+                    part.region,
+                    part.dt,
+                    part.hour,
                     archive.batch_id(members),
                 )
                 try:
@@ -249,9 +264,7 @@ class Consumer:
                     stats.errors.append(f"parquet {key}: {error}")
         return failed
 
-    def _index(
-        self, results: dict[str, EnvelopeDocuments], versions: dict[str, int], stats: BatchStats
-    ) -> set[str]:
+    def _index(self, results: dict[str, EnvelopeDocuments], versions: dict[str, int], stats: BatchStats) -> set[str]:
         actions: list[IndexAction] = []
         owner: dict[str, str] = {}
         for eid, result in results.items():
@@ -272,4 +285,3 @@ class Consumer:
         stats.documents_failed += report.failed
         stats.errors += [str(e) for e in report.errors[:5]]
         return {owner[doc_id] for doc_id in report.failed_ids if doc_id in owner}
-

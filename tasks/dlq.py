@@ -85,7 +85,9 @@ def redrive(
     report = RedriveReport()
     if reason is None and limit is None:
         try:
-            arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"
+            ]
             handle = sqs.start_message_move_task(SourceArn=arn)["TaskHandle"]
             report.method, report.task_handle = "StartMessageMoveTask", handle
             return report
@@ -102,7 +104,9 @@ def redrive(
         for message in fresh:
             seen.add(message.message_id)
             entry = DlqEntry.of(message)
-            if (reason is not None and entry.reason != reason) or (limit is not None and report.moved >= limit):
+            if (reason is not None and entry.reason != reason) or (
+                limit is not None and report.moved >= limit
+            ):
                 queue.change_visibility(sqs, dlq_url, [message], 0)
                 report.kept += 1
                 continue
@@ -110,7 +114,9 @@ def redrive(
             sqs.send_message(
                 QueueUrl=queue_url,
                 MessageBody=message.body,
-                MessageAttributes={k: {"DataType": "String", "StringValue": v} for k, v in attributes.items() if v},
+                MessageAttributes={
+                    k: {"DataType": "String", "StringValue": v} for k, v in attributes.items() if v
+                },
             )
             queue.delete(sqs, dlq_url, [message])
             report.moved += 1

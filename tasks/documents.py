@@ -58,8 +58,14 @@ class EnvelopeDocuments:
                 kind = _kind(request.index)
                 # The service map is an aggregate across traces: last writer wins, no versioning.
                 actions.append(
-                    IndexAction(request.index, request.doc_id, version, request.source, kind,
-                                versioned=kind != "service-map")
+                    IndexAction(
+                        request.index,
+                        request.doc_id,
+                        version,
+                        request.source,
+                        kind,
+                        versioned=kind != "service-map",
+                    )
                 )
         return actions
 
@@ -93,7 +99,5 @@ def transform_envelope(
             if details:
                 trace_ctx = replace(ctx, execution=details)
         documents.append(transform_trace(trace, trace_ctx, redaction))
-    problems = [
-        {"trace_id": d.trace_id, **problem} for d in documents for problem in d.problems
-    ]
+    problems = [{"trace_id": d.trace_id, **problem} for d in documents for problem in d.problems]
     return EnvelopeDocuments(envelope.envelope_id, documents, problems)

@@ -58,7 +58,7 @@ class PayloadRef(BaseModel):
 class Envelope(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
-    schema_: Literal["xraylake.envelope.v1"] = Field(default=SCHEMA_V1, alias="schema")
+    schema_: Literal["xraylake.envelope.v1"] = Field(default="xraylake.envelope.v1", alias="schema")
     envelope_id: str
     source: Source
     account_id: str

@@ -117,8 +117,12 @@ def bulk_index(client: OpenSearch, actions: list[IndexAction], max_retries: int 
                 report.failed_ids.add(str(result.get("_id")))
                 if len(report.errors) < 20:
                     report.errors.append(
-                        {"id": result.get("_id"), "index": result.get("_index"), "status": result.get("status"),
-                         "error": result.get("error")}
+                        {
+                            "id": result.get("_id"),
+                            "index": result.get("_index"),
+                            "status": result.get("status"),
+                            "error": result.get("error"),
+                        }
                     )
     except (os_exc.ConnectionError, os_exc.ConnectionTimeout, os_exc.TransportError) as error:
         status = getattr(error, "status_code", None)

@@ -19,7 +19,9 @@ BATCH_BYTE_BUDGET = SQS_MAX_MESSAGE_BYTES - 8 * 1024  # headroom for entry ids a
 SEND_ATTEMPTS = 6
 
 
-def plan_batches(messages: Sequence[WireMessage], budget: int = BATCH_BYTE_BUDGET) -> Iterator[list[WireMessage]]:
+def plan_batches(
+    messages: Sequence[WireMessage], budget: int = BATCH_BYTE_BUDGET
+) -> Iterator[list[WireMessage]]:
     """Groups of ≤ 10 messages whose summed size stays under the SQS batch limit."""
     batch: list[WireMessage] = []
     size = 0
@@ -82,7 +84,8 @@ def send_messages(sqs: Any, queue_url: str, messages: Sequence[WireMessage]) -> 
             sender_faults = [f for f in failed if f.get("SenderFault")]
             if sender_faults:
                 raise classify_aws_error(
-                    RuntimeError(f"SQS rejected entries: {sender_faults[0].get('Message')}"), "SendMessageBatch"
+                    RuntimeError(f"SQS rejected entries: {sender_faults[0].get('Message')}"),
+                    "SendMessageBatch",
                 )
             time.sleep(min(5.0, 0.2 * 2**attempt))
         if pending:
@@ -104,8 +107,13 @@ class ReceivedMessage:
         return int(self.system.get("ApproximateReceiveCount", "1"))
 
 
-def receive(sqs: Any, queue_url: str, max_messages: int = 10, wait_seconds: int = 20,
-            visibility_timeout: int | None = None) -> list[ReceivedMessage]:
+def receive(
+    sqs: Any,
+    queue_url: str,
+    max_messages: int = 10,
+    wait_seconds: int = 20,
+    visibility_timeout: int | None = None,
+) -> list[ReceivedMessage]:
     kwargs: dict[str, Any] = {
         "QueueUrl": queue_url,
         "MaxNumberOfMessages": max(1, min(10, max_messages)),
@@ -172,7 +180,9 @@ def dead_letter(sqs: Any, dlq_url: str, message: ReceivedMessage, reason: str, d
             break
         ordered.setdefault(k, v)
     try:
-        sqs.send_message(QueueUrl=dlq_url, MessageBody=message.body or "(empty)", MessageAttributes=_attributes(ordered))
+        sqs.send_message(
+            QueueUrl=dlq_url, MessageBody=message.body or "(empty)", MessageAttributes=_attributes(ordered)
+        )
     except Exception as error:
         raise classify_aws_error(error, "SendMessage to DLQ") from error
 
@@ -180,9 +190,15 @@ def dead_letter(sqs: Any, dlq_url: str, message: ReceivedMessage, reason: str, d
 class VisibilityHeartbeat:
     """Extends the visibility of in-flight messages while a long batch is processed."""
 
-    def __init__(self, sqs: Any, queue_url: str, messages: Sequence[ReceivedMessage],
-                 timeout_seconds: int = 120, every_seconds: float = 40.0,
-                 on_error: Callable[[BaseException], None] | None = None) -> None:
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        messages: Sequence[ReceivedMessage],
+        timeout_seconds: int = 120,
+        every_seconds: float = 40.0,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self._sqs, self._queue_url, self._messages = sqs, queue_url, list(messages)
         self._timeout, self._every, self._on_error = timeout_seconds, every_seconds, on_error
         self._stop = threading.Event()

@@ -67,7 +67,12 @@ def read(s3: Any, store: ArchiveStore, account_id: str, region: str) -> Watermar
 
 
 def advance(
-    s3: Any, store: ArchiveStore, current: Watermark, new_high_water: datetime, run_id: str = "", attempts: int = 5
+    s3: Any,
+    store: ArchiveStore,
+    current: Watermark,
+    new_high_water: datetime,
+    run_id: str = "",
+    attempts: int = 5,
 ) -> Watermark:
     """Move the watermark to `new_high_water` unless someone already moved it further."""
     key = watermark_key(store, current.account_id, current.region)
@@ -85,7 +90,9 @@ def advance(
         )
         condition = {"IfMatch": current.etag} if current.etag else {"IfNoneMatch": "*"}
         try:
-            response = s3.put_object(Bucket=store.bucket, Key=key, Body=body, ContentType="application/json", **condition)
+            response = s3.put_object(
+                Bucket=store.bucket, Key=key, Body=body, ContentType="application/json", **condition
+            )
         except Exception as error:
             if aws_error_code(error) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
                 current = read(s3, store, current.account_id, current.region)

@@ -9,13 +9,13 @@ import os
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from pathlib import Path  # noqa: E402
-from typing import Annotated  # noqa: E402
+from pathlib import Path
+from typing import Annotated
 
-import typer  # noqa: E402
+import typer
 
-from xraylake.config import xraylake_home  # noqa: E402
-from xraylake.output import console, err_console, print_json, table  # noqa: E402
+from xraylake.config import xraylake_home
+from xraylake.output import console, err_console, print_json, table
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 sandbox_app = typer.Typer(no_args_is_help=True, help="The embedded local stack (moto server + in-memory OpenSearch).")
@@ -123,7 +123,8 @@ if __name__ == "__main__":
 # ---------------------------------------------------------------------------- pipeline commands
 
 ConfigOption = Annotated[
-    str | None, typer.Option("--config", help="Config file for real AWS (default: $XRAYLAKE_CONFIG, else the sandbox).")
+    str | None,
+    typer.Option("--config", help="Config file for real AWS (default: $XRAYLAKE_CONFIG, else the sandbox)."),
 ]
 AccountsOption = Annotated[list[str] | None, typer.Option("--account", "-a", help="Roster account id (repeatable).")]
 RegionsOption = Annotated[list[str] | None, typer.Option("--region", "-r", help="Region (repeatable).")]
@@ -146,8 +147,19 @@ def _run_flow(flow_fn, **parameters):  # type: ignore[no-untyped-def]
 
 
 def _account_table(title: str, accounts: list[dict[str, object]]) -> None:
-    columns = ["account_id", "account_name", "region", "status", "windows", "traces", "envelopes", "bytes",
-               "throttles", "watermark_lag_seconds", "error"]
+    columns = [
+        "account_id",
+        "account_name",
+        "region",
+        "status",
+        "windows",
+        "traces",
+        "envelopes",
+        "bytes",
+        "throttles",
+        "watermark_lag_seconds",
+        "error",
+    ]
     console.print(table(title, columns, [[a.get(c) for c in columns] for a in accounts]))
 
 
@@ -178,8 +190,14 @@ def sweep(
     from flows.sweep import sweep as sweep_flow
 
     state, data = _run_flow(
-        sweep_flow, accounts=accounts, regions=regions, lag_seconds=lag_seconds, overlap_seconds=overlap_seconds,
-        first_lookback_minutes=first_lookback_minutes, concurrency=concurrency, config_path=config,
+        sweep_flow,
+        accounts=accounts,
+        regions=regions,
+        lag_seconds=lag_seconds,
+        overlap_seconds=overlap_seconds,
+        first_lookback_minutes=first_lookback_minutes,
+        concurrency=concurrency,
+        config_path=config,
     )
     _finish(state, data, json, "sweep")
 
@@ -226,8 +244,14 @@ def backfill(
         err_console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
     state, data = _run_flow(
-        backfill_flow, start=start_at, end=end_at, accounts=accounts, regions=regions,
-        chunk_minutes=chunk_minutes, max_chunks=max_chunks, config_path=config,
+        backfill_flow,
+        start=start_at,
+        end=end_at,
+        accounts=accounts,
+        regions=regions,
+        chunk_minutes=chunk_minutes,
+        max_chunks=max_chunks,
+        config_path=config,
     )
     _finish(state, data, json, "backfill")
 
@@ -245,8 +269,12 @@ def consume(
     from flows.consume import consume as consume_flow
 
     state, data = _run_flow(
-        consume_flow, until_empty=until_empty, max_messages=max_messages, max_seconds=max_seconds,
-        wait_seconds=wait_seconds, config_path=config,
+        consume_flow,
+        until_empty=until_empty,
+        max_messages=max_messages,
+        max_seconds=max_seconds,
+        wait_seconds=wait_seconds,
+        config_path=config,
     )
     if json:
         print_json({"state": state.type.value} | data)
@@ -288,8 +316,13 @@ def demo(
     from xraylake.demo import run_demo
 
     try:
-        result = run_demo(_home(home), seed=seed, traces_per_account=traces_per_account, hours_back=hours_back,
-                          console=None if json else console)
+        result = run_demo(
+            _home(home),
+            seed=seed,
+            traces_per_account=traces_per_account,
+            hours_back=hours_back,
+            console=None if json else console,
+        )
     finally:
         if stop:
             from sandbox.stack import down

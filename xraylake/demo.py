@@ -50,6 +50,14 @@ def _aggregate_per_account(client: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _data(state: Any) -> dict[str, Any]:
+    """A flow run's result data; a failed run (its exception) stops the demo with its message."""
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, BaseException):
+        raise RuntimeError(f"{state.name}: {data}") from data
+    return dict(data)
+
+
 def run_demo(
     home: Path,
     *,
@@ -73,35 +81,61 @@ def run_demo(
 
     tick = time.monotonic()
     down(home)
-    state = up(home)
+    sandbox_state = up(home)
     config = load_config(sandbox_state_path(home))
     config_path = str(sandbox_state_path(home))
     timings["sandbox"] = time.monotonic() - tick
-    say(f"[bold]1. sandbox[/bold] moto server {state['aws_endpoint_url']}, OpenSearch {state['opensearch_url']}")
+    say(
+        f"[bold]1. sandbox[/bold] moto server {sandbox_state['aws_endpoint_url']}, "
+        f"OpenSearch {sandbox_state['opensearch_url']}"
+    )
 
     tick = time.monotonic()
     traffic = generate_traffic(seed, config.roster.accounts, traces_per_account, hours_back, now=time.time())
     written = write_traffic(traffic, config.roster)
     timings["traffic"] = time.monotonic() - tick
     result["generated"] = [
-        {"account_id": r.account_id, "account": r.account_name, "region": r.region, "traces": r.traces,
-         "segments": r.segments, "in_progress": r.in_progress, "executions": dict(r.executions)}
+        {
+            "account_id": r.account_id,
+            "account": r.account_name,
+            "region": r.region,
+            "traces": r.traces,
+            "segments": r.segments,
+            "in_progress": r.in_progress,
+            "executions": dict(r.executions),
+        }
         for r in written.regions
     ]
-    say(table(
-        "2. synthetic X-Ray traffic written into each member account (PutTraceSegments, own role)",
-        ["account_id", "account", "region", "traces", "segments", "in_progress", "executions"],
-        [[g["account_id"], g["account"], g["region"], g["traces"], g["segments"], g["in_progress"],
-          ", ".join(f"{k} {v}" for k, v in sorted(g["executions"].items())) or "-"] for g in result["generated"]],
-    ))
+    say(
+        table(
+            "2. synthetic X-Ray traffic written into each member account (PutTraceSegments, own role)",
+            ["account_id", "account", "region", "traces", "segments", "in_progress", "executions"],
+            [
+                [
+                    g["account_id"],
+                    g["account"],
+                    g["region"],
+                    g["traces"],
+                    g["segments"],
+                    g["in_progress"],
+                    ", ".join(f"{k} {v}" for k, v in sorted(g["executions"].items())) or "-",
+                ]
+                for g in result["generated"]
+            ],
+        )
+    )
 
     tick = time.monotonic()
-    first = sweep(config_path=config_path, first_lookback_minutes=int(hours_back * 60) + 60, lag_seconds=0,
-                  return_state=True)
+    first = sweep(
+        config_path=config_path,
+        first_lookback_minutes=int(hours_back * 60) + 60,
+        lag_seconds=0,
+        return_state=True,
+    )
     completion = complete_in_progress(traffic, config.roster)
     second = sweep(config_path=config_path, lag_seconds=0, return_state=True)
     timings["sweep"] = time.monotonic() - tick
-    sweeps = [first.result(raise_on_failure=False), second.result(raise_on_failure=False)]
+    sweeps = [_data(first), _data(second)]
     per_account: dict[tuple[str, str], Counter[str]] = {}
     for run in sweeps:
         for row in run["accounts"]:
@@ -109,49 +143,104 @@ def run_demo(
             counter.update({k: row[k] for k in ("traces", "envelopes", "bytes", "claim_checks", "throttles")})
             counter["failed"] += row["status"] == "failed"
     result["swept"] = [{"account_id": a, "region": r} | dict(c) for (a, r), c in per_account.items()]
-    say(table(
-        f"3. sweep (twice: {sum(completion.completed.values())} in-progress segments completed in between) "
-        "→ envelopes on the org queue",
-        ["account_id", "region", "traces", "envelopes", "bytes", "claim_checks", "throttles", "failed"],
-        [[s["account_id"], s["region"], s["traces"], s["envelopes"], s["bytes"], s["claim_checks"],
-          s["throttles"], s["failed"]] for s in result["swept"]],
-    ))
+    say(
+        table(
+            f"3. sweep (twice: {sum(completion.completed.values())} in-progress segments completed in between) "
+            "→ envelopes on the org queue",
+            ["account_id", "region", "traces", "envelopes", "bytes", "claim_checks", "throttles", "failed"],
+            [
+                [
+                    s["account_id"],
+                    s["region"],
+                    s["traces"],
+                    s["envelopes"],
+                    s["bytes"],
+                    s["claim_checks"],
+                    s["throttles"],
+                    s["failed"],
+                ]
+                for s in result["swept"]
+            ],
+        )
+    )
 
     tick = time.monotonic()
-    consumed = consume(config_path=config_path, wait_seconds=1, return_state=True).result(raise_on_failure=False)
+    consumed = _data(consume(config_path=config_path, wait_seconds=1, return_state=True))
     timings["consume"] = time.monotonic() - tick
-    result["consumed"] = {k: consumed[k] for k in ("deleted", "envelopes", "traces", "segments", "spans",
-                                                   "documents_indexed", "documents_stale", "raw_objects",
-                                                   "parquet_files", "dead_lettered_total")}
+    result["consumed"] = {
+        k: consumed[k]
+        for k in (
+            "deleted",
+            "envelopes",
+            "traces",
+            "segments",
+            "spans",
+            "documents_indexed",
+            "documents_stale",
+            "raw_objects",
+            "parquet_files",
+            "dead_lettered_total",
+        )
+    }
     indexed = _aggregate_per_account(client_for(config.opensearch))
     names = {a.account_id: a.name for a in config.roster.accounts}
     result["indexed"] = [{"account_id": a, "account": names.get(a, "?")} | v for a, v in sorted(indexed.items())]
-    say(table(
-        "4. consume → OpenSearch (trace, segment, span indices) + S3 archive (raw JSON.gz, Parquet)",
-        ["account_id", "account", "traces", "segments", "ok", "error", "fault", "throttle", "step functions"],
-        [[i["account_id"], i["account"], i.get("traces", 0), i.get("segments", 0),
-          i.get("status", {}).get("ok", 0), i.get("status", {}).get("error", 0),
-          i.get("status", {}).get("fault", 0), i.get("status", {}).get("throttle", 0),
-          ", ".join(f"{k} {v}" for k, v in sorted(i.get("executions", {}).items())) or "-"]
-         for i in result["indexed"]],
-    ))
-    say(f"consumed {consumed['deleted']} messages, {consumed['envelopes']} envelopes: "
+    say(
+        table(
+            "4. consume → OpenSearch (trace, segment, span indices) + S3 archive (raw JSON.gz, Parquet)",
+            [
+                "account_id",
+                "account",
+                "traces",
+                "segments",
+                "ok",
+                "error",
+                "fault",
+                "throttle",
+                "step functions",
+            ],
+            [
+                [
+                    i["account_id"],
+                    i["account"],
+                    i.get("traces", 0),
+                    i.get("segments", 0),
+                    i.get("status", {}).get("ok", 0),
+                    i.get("status", {}).get("error", 0),
+                    i.get("status", {}).get("fault", 0),
+                    i.get("status", {}).get("throttle", 0),
+                    ", ".join(f"{k} {v}" for k, v in sorted(i.get("executions", {}).items())) or "-",
+                ]
+                for i in result["indexed"]
+            ],
+        )
+    )
+    say(
+        f"consumed {consumed['deleted']} messages, {consumed['envelopes']} envelopes: "
         f"{consumed['documents_indexed']} documents indexed ({consumed['documents_stale']} stale versions kept "
         f"newer data), {consumed['raw_objects']} raw objects, {consumed['parquet_files']} Parquet files, "
-        f"{consumed['dead_lettered_total']} dead-lettered")
+        f"{consumed['dead_lettered_total']} dead-lettered"
+    )
 
     result["where"] = {
-        "opensearch": state["opensearch_url"],
+        "opensearch": sandbox_state["opensearch_url"],
         "read_aliases": ["xray-traces", "xray-segments", "otel-v1-apm-span", "otel-v1-apm-service-map"],
         "raw_archive": f"s3://{config.archive.bucket}/{config.archive.raw_prefix}/account_id=…/region=…/dt=…/hour=…/",
         "parquet": f"s3://{config.archive.bucket}/{config.archive.parquet_prefix}/{{traces,segments}}/…",
         "queue": config.queue.queue_url,
         "dlq": config.queue.dlq_url,
-        "aws_endpoint_url": state["aws_endpoint_url"],
+        "aws_endpoint_url": sandbox_state["aws_endpoint_url"],
     }
     result["seconds"] = {k: round(v, 1) for k, v in timings.items()}
-    say(table("5. where to look", ["what", "where"], [[k, ", ".join(v) if isinstance(v, list) else v]
-                                                       for k, v in result["where"].items()]))
-    say(f"timings (s): {result['seconds']}. The sandbox keeps running: try `xraylake sandbox status`, "
-        "`xraylake consume`, `xraylake sweep`; stop it with `xraylake sandbox down`.")
+    say(
+        table(
+            "5. where to look",
+            ["what", "where"],
+            [[k, ", ".join(v) if isinstance(v, list) else v] for k, v in result["where"].items()],
+        )
+    )
+    say(
+        f"timings (s): {result['seconds']}. The sandbox keeps running: try `xraylake sandbox status`, "
+        "`xraylake consume`, `xraylake sweep`; stop it with `xraylake sandbox down`."
+    )
     return result

@@ -23,9 +23,7 @@ def _cell(value: Any) -> Any:
 def summary_artifact(key: str, title: str, rows: Sequence[Mapping[str, Any]], notes: Sequence[str] = ()) -> None:
     """A table artifact plus a markdown headline; never fails the run (observability only)."""
     try:
-        create_table_artifact(
-            key=key, table=[{k: _cell(v) for k, v in row.items()} for row in rows], description=title
-        )
+        create_table_artifact(key=key, table=[{k: _cell(v) for k, v in row.items()} for row in rows], description=title)
         lines = [f"## {title}", *[f"- {n}" for n in notes]]
         create_markdown_artifact(key=f"{key}-summary", markdown="\n".join(lines), description=title)
     except Exception as error:  # the data path must not depend on the artifact API

@@ -29,8 +29,9 @@ def front(stack: SandboxStack):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def traffic(fresh_config: Config):  # type: ignore[no-untyped-def]
-    planned = generate_traffic(5, fresh_config.roster.accounts, traces_per_account=14, hours_back=2.0,
-                               now=time.time())
+    planned = generate_traffic(
+        5, fresh_config.roster.accounts, traces_per_account=14, hours_back=2.0, now=time.time()
+    )
     report = write_traffic(planned, fresh_config.roster)
     return planned, report
 
@@ -49,7 +50,10 @@ def sent_traces(config: Config) -> dict[str, list[dict]]:  # type: ignore[type-a
 
 
 def test_sweep_collects_every_generated_trace_and_in_progress_ones_again(
-    fresh_config: Config, config_file: str, traffic, stack: SandboxStack  # type: ignore[no-untyped-def]
+    fresh_config: Config,
+    config_file: str,
+    traffic,
+    stack: SandboxStack,  # type: ignore[no-untyped-def]
 ) -> None:
     planned, report = traffic
     strict = front(stack)
@@ -84,14 +88,22 @@ def test_sweep_collects_every_generated_trace_and_in_progress_ones_again(
 
 
 def test_throttling_and_small_pages_miss_nothing(
-    fresh_config: Config, config_file: str, traffic, stack: SandboxStack  # type: ignore[no-untyped-def]
+    fresh_config: Config,
+    config_file: str,
+    traffic,
+    stack: SandboxStack,  # type: ignore[no-untyped-def]
 ) -> None:
     _, report = traffic
     strict = front(stack)
     strict.configure(page_size=2, rate_per_second=4, burst=2)
     try:
-        state = sweep(config_path=config_file, first_lookback_minutes=180, lag_seconds=0,
-                      xray_rate_per_second=50, return_state=True)
+        state = sweep(
+            config_path=config_file,
+            first_lookback_minutes=180,
+            lag_seconds=0,
+            xray_rate_per_second=50,
+            return_state=True,
+        )
     finally:
         strict.configure(page_size=10, rate_per_second=20, burst=None)
     assert state.is_completed(), state.message
@@ -101,7 +113,10 @@ def test_throttling_and_small_pages_miss_nothing(
 
 
 def test_broken_trust_in_one_account_fails_only_that_account(
-    fresh_config: Config, tmp_path, stack: SandboxStack, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    fresh_config: Config,
+    tmp_path,
+    stack: SandboxStack,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
     broken = fresh_config.roster.accounts[1].account_id
     with FaultProxy(stack.config.aws_endpoint_url or "") as proxy:
@@ -127,7 +142,9 @@ def test_broken_trust_in_one_account_fails_only_that_account(
 
 
 def test_collect_one_execution_sends_its_trace_and_details(
-    fresh_config: Config, config_file: str, traffic  # type: ignore[no-untyped-def]
+    fresh_config: Config,
+    config_file: str,
+    traffic,  # type: ignore[no-untyped-def]
 ) -> None:
     _, report = traffic
     execution = next(e for e in report.executions if e.status == "FAILED")
@@ -143,7 +160,9 @@ def test_collect_one_execution_sends_its_trace_and_details(
 
 
 def test_backfill_resumes_without_sending_finished_chunks_twice(
-    fresh_config: Config, config_file: str, traffic  # type: ignore[no-untyped-def]
+    fresh_config: Config,
+    config_file: str,
+    traffic,  # type: ignore[no-untyped-def]
 ) -> None:
     _, report = traffic
     time.sleep(1.1)  # the TIMED_OUT execution's trace ends up to 3 s after it started
@@ -168,14 +187,28 @@ def test_backfill_resumes_without_sending_finished_chunks_twice(
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda p: collect(execution_arn="arn:aws:states:us-east-1:12345:execution:x:y", config_path=p),
-         "malformed"),
-        (lambda p: collect(execution_arn="arn:aws:states:us-east-1:999999999999:execution:m:e", config_path=p),
-         "not in the roster"),
-        (lambda p: backfill(start=datetime.now(UTC), end=datetime.now(UTC) - timedelta(hours=1), config_path=p),
-         "not after start"),
-        (lambda p: backfill(start=datetime.now(UTC) - timedelta(days=31), end=datetime.now(UTC), config_path=p),
-         "30-day retention"),
+        (
+            lambda p: collect(execution_arn="arn:aws:states:us-east-1:12345:execution:x:y", config_path=p),
+            "malformed",
+        ),
+        (
+            lambda p: collect(
+                execution_arn="arn:aws:states:us-east-1:999999999999:execution:m:e", config_path=p
+            ),
+            "not in the roster",
+        ),
+        (
+            lambda p: backfill(
+                start=datetime.now(UTC), end=datetime.now(UTC) - timedelta(hours=1), config_path=p
+            ),
+            "not after start",
+        ),
+        (
+            lambda p: backfill(
+                start=datetime.now(UTC) - timedelta(days=31), end=datetime.now(UTC), config_path=p
+            ),
+            "30-day retention",
+        ),
         (lambda p: sweep(regions=["ap-south-1"], config_path=p), "no account is enabled"),
     ],
 )

@@ -26,24 +26,41 @@ def make_trace(seed: str, in_progress: bool = False, start: float | None = None)
     start = start or time.time() - 3600
     digest = hashlib.sha256(seed.encode()).hexdigest()
     trace_id = f"1-{int(start):08x}-{digest[:24]}"
-    doc: dict[str, object] = {"name": f"svc-{seed}", "id": digest[24:40], "trace_id": trace_id, "start_time": start}
+    doc: dict[str, object] = {
+        "name": f"svc-{seed}",
+        "id": digest[24:40],
+        "trace_id": trace_id,
+        "start_time": start,
+    }
     if in_progress:
         doc["in_progress"] = True
     else:
         doc["end_time"] = start + 0.25
-    return {"Id": trace_id, "Duration": 0.25, "LimitExceeded": False,
-            "Segments": [{"Id": doc["id"], "Document": orjson.dumps(doc).decode()}]}
+    return {
+        "Id": trace_id,
+        "Duration": 0.25,
+        "LimitExceeded": False,
+        "Segments": [{"Id": doc["id"], "Document": orjson.dumps(doc).decode()}],
+    }
 
 
-def envelope_for(config: Config, traces: list[dict[str, object]], account: int = 0,
-                 collected_at: datetime | None = None) -> env.Envelope:
-    return env.build_envelope(source="sweep", account_id=config.roster.accounts[account].account_id,
-                              region="us-east-1", traces=traces, collected_at=collected_at)
+def envelope_for(
+    config: Config, traces: list[dict[str, object]], account: int = 0, collected_at: datetime | None = None
+) -> env.Envelope:
+    return env.build_envelope(
+        source="sweep",
+        account_id=config.roster.accounts[account].account_id,
+        region="us-east-1",
+        traces=traces,
+        collected_at=collected_at,
+    )
 
 
 def send(config: Config, body: str, attributes: dict[str, str] | None = None) -> None:
     attrs = {k: {"DataType": "String", "StringValue": v} for k, v in (attributes or {}).items()}
-    boto3.client("sqs").send_message(QueueUrl=config.queue.queue_url, MessageBody=body, MessageAttributes=attrs)
+    boto3.client("sqs").send_message(
+        QueueUrl=config.queue.queue_url, MessageBody=body, MessageAttributes=attrs
+    )
 
 
 def send_envelope(config: Config, envelope: env.Envelope, key: str | None = "default") -> None:
@@ -81,11 +98,26 @@ def test_poison_messages_go_to_the_dlq_with_reasons_and_the_rest_is_indexed(fres
     send(fresh_config, spoof_body, spoof_attrs | {"account_id": fresh_config.roster.accounts[1].account_id})
     send_envelope(fresh_config, envelope_for(fresh_config, [make_trace("forged")]), key="not-the-key")
     send_envelope(fresh_config, envelope_for(fresh_config, [make_trace("unsigned")]), key=None)
-    pointer = {"schema": env.SCHEMA_V1, "envelope_id": "e", "account_id": valid["account_id"], "region": "us-east-1"}
-    ref = {"bucket": fresh_config.archive.bucket, "key": "payloads/missing.json.gz", "sha256": "0" * 64, "bytes": 10}
+    pointer = {
+        "schema": env.SCHEMA_V1,
+        "envelope_id": "e",
+        "account_id": valid["account_id"],
+        "region": "us-east-1",
+    }
+    ref = {
+        "bucket": fresh_config.archive.bucket,
+        "key": "payloads/missing.json.gz",
+        "sha256": "0" * 64,
+        "bytes": 10,
+    }
     send(fresh_config, orjson.dumps(pointer | {"payload_ref": ref}).decode())
-    boto3.client("s3").put_object(Bucket=fresh_config.archive.bucket, Key="payloads/tampered.json.gz", Body=b"x" * 10)
-    send(fresh_config, orjson.dumps(pointer | {"payload_ref": ref | {"key": "payloads/tampered.json.gz"}}).decode())
+    boto3.client("s3").put_object(
+        Bucket=fresh_config.archive.bucket, Key="payloads/tampered.json.gz", Body=b"x" * 10
+    )
+    send(
+        fresh_config,
+        orjson.dumps(pointer | {"payload_ref": ref | {"key": "payloads/tampered.json.gz"}}).decode(),
+    )
     send(fresh_config, orjson.dumps(pointer | {"payload_ref": ref | {"bytes": 10**12}}).decode())
 
     stats = run_consumer(fresh_config, wait_seconds=1, use_tasks=False)
@@ -93,14 +125,24 @@ def test_poison_messages_go_to_the_dlq_with_reasons_and_the_rest_is_indexed(fres
     assert stats.traces == 3
     assert indexed_trace_ids(fresh_config) == {t["Id"] for t in good}
     assert dict(stats.dead_lettered) == {
-        "bad-json": 1, "bad-base64": 1, "bad-gzip": 1, "decompressed-too-large": 1, "unknown-schema": 1,
-        "unknown-account": 1, "spoofed-sender": 1, "signature": 2, "claim-check-missing": 1,
-        "claim-check-mismatch": 1, "oversize": 1,
+        "bad-json": 1,
+        "bad-base64": 1,
+        "bad-gzip": 1,
+        "decompressed-too-large": 1,
+        "unknown-schema": 1,
+        "unknown-account": 1,
+        "spoofed-sender": 1,
+        "signature": 2,
+        "claim-check-missing": 1,
+        "claim-check-mismatch": 1,
+        "oversize": 1,
     }
     sqs = boto3.client("sqs")
     entries = [e for e, _ in dlq.peek(sqs, fresh_config.queue.dlq_url)]
     assert dlq.summarize(entries) == dict(stats.dead_lettered)
-    depth = sqs.get_queue_attributes(QueueUrl=fresh_config.queue.queue_url, AttributeNames=["All"])["Attributes"]
+    depth = sqs.get_queue_attributes(QueueUrl=fresh_config.queue.queue_url, AttributeNames=["All"])[
+        "Attributes"
+    ]
     assert depth["ApproximateNumberOfMessages"] == "0"
     assert depth["ApproximateNumberOfMessagesNotVisible"] == "0"
 
@@ -128,8 +170,9 @@ def test_opensearch_down_deletes_nothing_and_loses_nothing(fresh_config: Config)
     traces = [make_trace(f"outage-{i}") for i in range(4)]
     send_envelope(fresh_config, envelope_for(fresh_config, traces[:2]))
     send_envelope(fresh_config, envelope_for(fresh_config, traces[2:]))
-    dead = fresh_config.model_copy(update={"opensearch": OpenSearchTarget(hosts=["http://127.0.0.1:9"],
-                                                                          timeout_seconds=1)})
+    dead = fresh_config.model_copy(
+        update={"opensearch": OpenSearchTarget(hosts=["http://127.0.0.1:9"], timeout_seconds=1)}
+    )
     with pytest.raises(Exception, match="(?i)connection"):
         run_consumer(dead, wait_seconds=1, visibility_timeout=1, use_tasks=False)  # cannot even put templates
     time.sleep(1.5)

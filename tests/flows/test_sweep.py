@@ -9,9 +9,8 @@ import orjson
 import pytest
 
 from flows.sweep import sweep
-from tasks import archive
+from tasks import archive, watermark
 from tasks import envelope as env
-from tasks import watermark
 from tasks.aws import MemberSessions
 from xraylake.config import Config
 
@@ -27,8 +26,17 @@ def put_simple_traces(config: Config, account_id: str, count: int, age_seconds: 
         start = now - i * 7
         trace_id = f"1-{int(start):08x}-{account_id}{i:012d}"
         ids.append(trace_id)
-        docs.append(orjson.dumps({"name": f"svc-{account_id[-3:]}", "id": f"{i:016x}", "trace_id": trace_id,
-                                  "start_time": start, "end_time": start + 0.5}).decode())
+        docs.append(
+            orjson.dumps(
+                {
+                    "name": f"svc-{account_id[-3:]}",
+                    "id": f"{i:016x}",
+                    "trace_id": trace_id,
+                    "start_time": start,
+                    "end_time": start + 0.5,
+                }
+            ).decode()
+        )
     for start in range(0, len(docs), 50):
         xray.put_trace_segments(TraceSegmentDocuments=docs[start : start + 50])
     return ids
@@ -38,8 +46,12 @@ def drain(config: Config) -> list[env.Envelope]:
     sqs = boto3.client("sqs")
     out: list[env.Envelope] = []
     while True:
-        messages = sqs.receive_message(QueueUrl=config.queue.queue_url, MaxNumberOfMessages=10,
-                                       WaitTimeSeconds=0, MessageAttributeNames=["All"]).get("Messages", [])
+        messages = sqs.receive_message(
+            QueueUrl=config.queue.queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=0,
+            MessageAttributeNames=["All"],
+        ).get("Messages", [])
         if not messages:
             return out
         for m in messages:

@@ -14,8 +14,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from sandbox.stack import down, read_state, up
 from sandbox import seed
+from sandbox.stack import down, read_state, up
 from tasks.aws import MemberSessions
 from xraylake.config import load_config, sandbox_state_path
 
@@ -85,7 +85,7 @@ def test_state_file_is_private_and_config_loads(stack, tmp_path: Path) -> None: 
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     config = load_config(path)
     assert config.roster.external_id.get_secret_value() == seed.EXTERNAL_ID
-    assert [a.account_id for a in config.roster.accounts][0] == "012345678901"
+    assert config.roster.accounts[0].account_id == "012345678901"
     assert json.loads(path.read_text())["pid"] == os.getpid()
 
 
@@ -94,8 +94,15 @@ def test_member_roles_isolate_data_and_log_account_sees_nothing(stack, fresh_ros
     now = time.time()
     a, b = fresh_roster.accounts[0].account_id, fresh_roster.accounts[1].account_id
     trace_id = f"1-{int(now) - 60:08x}-{'ab' * 12}"
-    doc = json.dumps({"name": "only-in-a", "id": "1" * 16, "trace_id": trace_id, "start_time": now - 60,
-                      "end_time": now - 59})
+    doc = json.dumps(
+        {
+            "name": "only-in-a",
+            "id": "1" * 16,
+            "trace_id": trace_id,
+            "start_time": now - 60,
+            "end_time": now - 59,
+        }
+    )
     sessions.client(a, "us-east-1", "xray").put_trace_segments(TraceSegmentDocuments=[doc])
     assert sessions.session(a, "us-east-1").client("sts").get_caller_identity()["Account"] == a
 
@@ -114,8 +121,9 @@ def test_organization_roles_queue_and_bucket_are_seeded(stack) -> None:  # type:
     assert {m.account_id: m.name for m in seed.MEMBERS}.items() <= names.items()
     tags = {t["Key"]: t["Value"] for t in org.list_tags_for_resource(ResourceId="012345678901")["Tags"]}
     assert tags == {"environment": "dev"}
-    attrs = boto3.client("sqs").get_queue_attributes(QueueUrl=stack.config.queue.queue_url,
-                                                     AttributeNames=["All"])["Attributes"]
+    attrs = boto3.client("sqs").get_queue_attributes(QueueUrl=stack.config.queue.queue_url, AttributeNames=["All"])[
+        "Attributes"
+    ]
     assert json.loads(attrs["RedrivePolicy"])["maxReceiveCount"] in (5, "5")
     assert "aws:PrincipalOrgID" in attrs["Policy"]
     assert attrs["SqsManagedSseEnabled"] == "true"
@@ -145,10 +153,24 @@ def test_make_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     try:
         done = subprocess.run(["make", "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     finally:
-        subprocess.run([sys.executable, "-m", "xraylake.cli", "sandbox", "down", "--home", str(tmp_path / "home")],
-                       cwd=ROOT, env=env, capture_output=True, timeout=60)
+        subprocess.run(
+            [sys.executable, "-m", "xraylake.cli", "sandbox", "down", "--home", str(tmp_path / "home")],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    for needle in ("synthetic X-Ray traffic", "sweep", "consume", "012345678901", "dev", "qa", "prod",
-                   "0 dead-lettered", "where to look"):
+    for needle in (
+        "synthetic X-Ray traffic",
+        "sweep",
+        "consume",
+        "012345678901",
+        "dev",
+        "qa",
+        "prod",
+        "0 dead-lettered",
+        "where to look",
+    ):
         assert needle in out, needle

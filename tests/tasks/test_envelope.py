@@ -17,18 +17,31 @@ NOW = datetime(2026, 11, 26, 10, 30, tzinfo=UTC)
 
 def make_trace(epoch: int, suffix: str, payload_bytes: int = 100) -> dict[str, object]:
     trace_id = f"1-{epoch:08x}-{suffix:0>24}"
-    doc = {"id": suffix[-16:].rjust(16, "0"), "name": "svc", "trace_id": trace_id, "start_time": epoch,
-           "end_time": epoch + 1, "metadata": {"pad": "x" * payload_bytes}}
-    return {"Id": trace_id, "Duration": 1.0, "LimitExceeded": False,
-            "Segments": [{"Id": doc["id"], "Document": orjson.dumps(doc).decode()}]}
+    doc = {
+        "id": suffix[-16:].rjust(16, "0"),
+        "name": "svc",
+        "trace_id": trace_id,
+        "start_time": epoch,
+        "end_time": epoch + 1,
+        "metadata": {"pad": "x" * payload_bytes},
+    }
+    return {
+        "Id": trace_id,
+        "Duration": 1.0,
+        "LimitExceeded": False,
+        "Segments": [{"Id": doc["id"], "Document": orjson.dumps(doc).decode()}],
+    }
 
 
 def test_envelope_id_is_deterministic_and_content_addressed() -> None:
     traces = [make_trace(1_795_600_000, "a1"), make_trace(1_795_600_100, "b2")]
-    first = env.build_envelope(source="sweep", account_id="012345678901", region="us-east-1", traces=traces,
-                               collected_at=NOW)
+    first = env.build_envelope(
+        source="sweep", account_id="012345678901", region="us-east-1", traces=traces, collected_at=NOW
+    )
     again = env.build_envelope(source="replay", account_id="012345678901", region="us-east-1", traces=traces)
-    other_account = env.build_envelope(source="sweep", account_id="112345678901", region="us-east-1", traces=traces)
+    other_account = env.build_envelope(
+        source="sweep", account_id="112345678901", region="us-east-1", traces=traces
+    )
     assert first.envelope_id == again.envelope_id
     assert first.envelope_id != other_account.envelope_id
     assert len(first.envelope_id) == 32
@@ -36,8 +49,9 @@ def test_envelope_id_is_deterministic_and_content_addressed() -> None:
 
 def test_to_json_round_trips_and_keeps_documents_as_strings() -> None:
     trace = make_trace(1_795_600_000, "c3")
-    envelope = env.build_envelope(source="sweep", account_id="012345678901", region="us-east-1", traces=[trace],
-                                  collected_at=NOW)
+    envelope = env.build_envelope(
+        source="sweep", account_id="012345678901", region="us-east-1", traces=[trace], collected_at=NOW
+    )
     raw = envelope.to_json()
     parsed = env.parse_envelope(raw)
     assert parsed == envelope
@@ -63,22 +77,34 @@ def test_pack_groups_by_start_hour_and_size() -> None:
 
 
 def test_encode_picks_plain_gzip_or_claim_check() -> None:
-    tiny = env.build_envelope(source="sweep", account_id="012345678901", region="us-east-1", traces=[],
-                              collected_at=NOW)
+    tiny = env.build_envelope(
+        source="sweep", account_id="012345678901", region="us-east-1", traces=[], collected_at=NOW
+    )
     plain = env.encode(tiny, "k", "bucket")
     assert plain.encoding == env.ENCODING_JSON
     assert env.body_to_raw(plain.body) == tiny.to_json()
 
-    repetitive = env.build_envelope(source="sweep", account_id="012345678901", region="us-east-1",
-                                    traces=[make_trace(1_795_600_000, "r1", 50_000)], collected_at=NOW)
+    repetitive = env.build_envelope(
+        source="sweep",
+        account_id="012345678901",
+        region="us-east-1",
+        traces=[make_trace(1_795_600_000, "r1", 50_000)],
+        collected_at=NOW,
+    )
     packed = env.encode(repetitive, "k", "bucket")
     assert packed.encoding == env.ENCODING_GZIP
     assert env.body_to_raw(packed.body) == repetitive.to_json()
 
     random_doc = base64.b64encode(os.urandom(1_200_000)).decode()
-    big = env.build_envelope(source="sweep", account_id="012345678901", region="us-east-1", collected_at=NOW,
-                             traces=[{"Id": "1-6b000000-000000000000000000000001", "Segments": [
-                                 {"Id": "1", "Document": random_doc}]}])
+    big = env.build_envelope(
+        source="sweep",
+        account_id="012345678901",
+        region="us-east-1",
+        collected_at=NOW,
+        traces=[
+            {"Id": "1-6b000000-000000000000000000000001", "Segments": [{"Id": "1", "Document": random_doc}]}
+        ],
+    )
     pointer = env.encode(big, "k", "bucket", "payloads")
     assert pointer.encoding == env.ENCODING_CLAIM_CHECK
     assert pointer.claim_check is not None
@@ -135,8 +161,13 @@ def test_gzip_bomb_is_refused_before_it_inflates() -> None:
     ],
 )
 def test_invalid_envelopes_name_their_reason(mutate, reason: str) -> None:  # type: ignore[no-untyped-def]
-    good = env.build_envelope(source="sweep", account_id="012345678901", region="us-east-1",
-                              traces=[make_trace(1_795_600_000, "v1")], collected_at=NOW)
+    good = env.build_envelope(
+        source="sweep",
+        account_id="012345678901",
+        region="us-east-1",
+        traces=[make_trace(1_795_600_000, "v1")],
+        collected_at=NOW,
+    )
     data = orjson.loads(good.to_json())
     mutate(data)
     with pytest.raises(env.EnvelopeError) as error:
