@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from typing import Any, cast
 
 import boto3
 import pytest
 from prefect.exceptions import ParameterTypeError
+from prefect.states import State
 
 from flows.compact import compact
 from tasks import archive, compaction, lake
@@ -20,7 +22,13 @@ COLLECTED = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
 
 def objects(config: Config, prefix: str = "parquet/") -> dict[str, tuple[str, int]]:
     """key → (ETag, size) of every object under the prefix."""
-    return {o["Key"]: (o["ETag"], o["Size"]) for o in archive.list_keys(boto3.client("s3"), config.archive.bucket, prefix)}
+    return {
+        o["Key"]: (o["ETag"], o["Size"]) for o in archive.list_keys(boto3.client("s3"), config.archive.bucket, prefix)
+    }
+
+
+def result_data(state: State) -> dict[str, Any]:
+    return cast(dict[str, Any], state.result())
 
 
 def segment_rows(config: Config) -> list[dict[str, object]]:
@@ -56,9 +64,13 @@ def test_compaction_merges_small_files_drops_duplicates_and_is_idempotent(
     before_files = [k for k in objects(fresh_config) if k.endswith(".parquet")]
     assert len(before_files) == 10  # 3 + 2 parts per table
 
+    dry = result_data(compact(dry_run=True, config_path=config_file, return_state=True))
+    assert dry["totals"] == {"partitions_scanned": 4, "partitions_with_work": 4}
+    assert [k for k in objects(fresh_config) if k.endswith(".parquet")] == before_files  # nothing changed
+
     state = compact(config_path=config_file, return_state=True)
     assert state.is_completed(), state.message
-    totals = state.result()["totals"]
+    totals = result_data(state)["totals"]
     assert totals["partitions_compacted"] == 4
     assert totals["duplicates_removed"] == 4 + 2  # segments + traces
     assert (totals["files_before"], totals["files_after"]) == (10, 4)
@@ -72,8 +84,10 @@ def test_compaction_merges_small_files_drops_duplicates_and_is_idempotent(
         if row["trace_id"] in redone:
             assert row["envelope_id"] == newer.envelope_id  # type: ignore[attr-defined]
             assert row["collected_at"].to_pydatetime() == newer.collected_at  # type: ignore[attr-defined]
-    traces = lake.query(fresh_config, "SELECT account_id, count(*) AS n, count(DISTINCT trace_id) AS d "
-                                      "FROM traces GROUP BY 1 ORDER BY 1").to_dict("records")
+    traces = lake.query(
+        fresh_config,
+        "SELECT account_id, count(*) AS n, count(DISTINCT trace_id) AS d FROM traces GROUP BY 1 ORDER BY 1",
+    ).to_dict("records")
     assert [(r["n"], r["d"]) for r in traces] == [(8, 8), (4, 4)]
     assert all(r["account_id"].startswith("0") for r in traces)
     # Readers unaware of the protocol see the same rows once the inputs are gone.
@@ -86,18 +100,22 @@ def test_compaction_merges_small_files_drops_duplicates_and_is_idempotent(
 
     again = compact(config_path=config_file, return_state=True)
     assert again.is_completed()
-    assert again.result()["totals"]["partitions_compacted"] == 0
+    assert result_data(again)["totals"]["partitions_compacted"] == 0
     assert objects(fresh_config) == snapshot  # same keys, same bytes
 
 
-def test_readers_see_old_or_new_files_never_both_and_new_consumer_files_are_kept(fresh_config: Config) -> None:
+def test_readers_see_old_or_new_files_never_both_and_new_consumer_files_are_kept(
+    fresh_config: Config,
+) -> None:
     account = fresh_config.roster.accounts[0].account_id
     traces = [make_trace(account, f"r{i}", HOUR_START + timedelta(minutes=i), segments=3) for i in range(6)]
     ingest_batches(
         fresh_config,
-        [[envelope(fresh_config, traces[0:3], 0, COLLECTED)],
-         [envelope(fresh_config, traces[2:5], 0, COLLECTED + timedelta(minutes=1))]],
-    )  # fmt: skip
+        [
+            [envelope(fresh_config, traces[0:3], 0, COLLECTED)],
+            [envelope(fresh_config, traces[2:5], 0, COLLECTED + timedelta(minutes=1))],
+        ],
+    )
     s3 = boto3.client("s3")
     store = fresh_config.archive
     plans = [p for p in compaction.plan(s3, store, ["segments"], target_bytes=4000) if p.compaction_id]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import boto3
 import pytest
+from prefect.client.orchestration import get_client
 
 from flows.consume import run_consumer
-from flows.reconcile import reconcile
-from flows.sweep import sweep
+from flows.reconcile import default_window, reconcile
 from tasks import archive
+from tasks import collector as col
 from tasks import reconcile as rec
 from tasks.envelope import parse_envelope
 from tasks.index import client_for
@@ -20,14 +23,36 @@ from xraylake.config import Config
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-def pipeline(config: Config, config_file: str, per_account: int = 6) -> dict[str, list[str]]:
-    """Traces into X-Ray, then the real sweep flow and consumer: every sink holds them."""
-    ids = {a.account_id: put_simple_traces(config, a.account_id, per_account) for a in config.roster.accounts[:2]}
-    accounts = list(ids)
-    assert sweep(accounts=accounts, config_path=config_file, return_state=True).is_completed()
+def pipeline(config: Config, per_account: int = 6) -> dict[str, list[str]]:
+    """Traces into X-Ray, collected (the sweep's per-account step) and consumed: every sink holds them."""
+    accounts = config.roster.accounts[:2]
+    ids = {a.account_id: put_simple_traces(config, a.account_id, per_account) for a in accounts}
+    collector = col.Collector.from_config(config)
+    for account in accounts:
+        result = col.sweep_account(collector, account, "us-east-1", now=datetime.now(UTC))
+        assert result.status == "ok", result.error
     stats = run_consumer(config, wait_seconds=1, use_tasks=False)
     assert stats.traces == sum(len(v) for v in ids.values()), stats.errors
     return ids
+
+
+def mismatch_events(account_id: str, attempts: int = 40) -> list[dict[str, Any]]:
+    """`xraylake.reconcile.mismatch` events of the account, from the Prefect server (they arrive async)."""
+    body = {
+        "filter": {
+            "event": {"name": ["xraylake.reconcile.mismatch"]},
+            "resource": {"id": [f"aws.account.{account_id}"]},
+        },
+        "limit": 50,
+    }
+    events: list[dict[str, Any]] = []
+    for _ in range(attempts):
+        with get_client(sync_client=True) as client:
+            events = client.request("POST", "/events/filter", json=body).json()["events"]
+        if events:
+            break
+        time.sleep(0.25)
+    return events
 
 
 def window() -> tuple[datetime, datetime]:
@@ -36,7 +61,7 @@ def window() -> tuple[datetime, datetime]:
 
 
 def test_clean_system_reconciles_with_zero_mismatches(fresh_config: Config, config_file: str) -> None:
-    ids = pipeline(fresh_config, config_file)
+    ids = pipeline(fresh_config)
     start, end = window()
     state = reconcile(start=start, end=end, accounts=list(ids), config_path=config_file, return_state=True)
     assert state.is_completed(), state.message
@@ -50,10 +75,8 @@ def test_clean_system_reconciles_with_zero_mismatches(fresh_config: Config, conf
     assert all(r.xray is not None for r in report.rows)
 
 
-def test_deleted_index_document_and_raw_object_are_found_and_repaired(
-    fresh_config: Config, config_file: str
-) -> None:
-    ids = pipeline(fresh_config, config_file)
+def test_deleted_index_document_and_raw_object_are_found_and_repaired(fresh_config: Config, config_file: str) -> None:
+    ids = pipeline(fresh_config)
     first, second = list(ids)
     client = client_for(fresh_config.opensearch)
     client.indices.refresh(index="xray-traces")
@@ -67,21 +90,19 @@ def test_deleted_index_document_and_raw_object_are_found_and_repaired(
     s3.delete_object(Bucket=bucket, Key=raw_keys[0])
 
     start, end = window()
-    found = rec.ReconcileReport.model_validate(
-        reconcile(start=start, end=end, accounts=list(ids), config_path=config_file, return_state=True).result()
-    )
-    assert not found.ok
-    assert found.missing == {"xray": 0, "raw": len(ids[second]), "parquet": 0, "index": 1}
-    missing_index = [i for r in found.rows for i in r.missing_ids.get("index", [])]
-    missing_raw = {i for r in found.rows for i in r.missing_ids.get("raw", [])}
-    assert missing_index == [victim]
-    assert missing_raw == set(ids[second])
-
-    state = reconcile(start=start, end=end, accounts=list(ids), repair=True, config_path=config_file,
-                      return_state=True)  # fmt: skip
+    state = reconcile(start=start, end=end, accounts=list(ids), repair=True, config_path=config_file, return_state=True)
     assert state.is_completed(), state.message
     repaired = rec.ReconcileReport.model_validate(state.result())
-    assert repaired.before is not None and not repaired.before.ok
+    found = repaired.before  # the first pass, before repair
+    assert found is not None
+    assert not found.ok
+    assert found.missing == {"xray": 0, "raw": len(ids[second]), "parquet": 0, "index": 1}
+    assert [i for r in found.rows for i in r.missing_ids.get("index", [])] == [victim]
+    assert {i for r in found.rows for i in r.missing_ids.get("raw", [])} == set(ids[second])
+    events = mismatch_events(second)
+    assert events, "no xraylake.reconcile.mismatch event"
+    assert events[0]["payload"]["missing"]["raw"] == len(ids[second])
+    assert events[0]["payload"]["repair"] is True
     assert repaired.repair is not None
     assert repaired.repair.recollected_traces == len(ids[second])
     assert repaired.repair.index_created >= 1
@@ -99,19 +120,22 @@ def test_deleted_index_document_and_raw_object_are_found_and_repaired(
     clean = rec.ReconcileReport.model_validate(
         reconcile(start=start, end=end, accounts=list(ids), config_path=config_file, return_state=True).result()
     )
-    assert clean.ok and clean.mismatches == 0
+    assert clean.ok
+    assert clean.mismatches == 0
 
 
 def test_bad_inputs_fail_before_any_work(config_file: str) -> None:
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     with pytest.raises(ValueError, match="empty range"):
         reconcile(start=now, end=now, config_path=config_file)
-    with pytest.raises(ValueError, match="before start"):
-        reconcile(start=now, end=now - timedelta(hours=1), config_path=config_file)
     with pytest.raises(ValueError, match="not in the roster"):
         reconcile(start=now - timedelta(hours=1), end=now, accounts=["999999999999"], config_path=config_file)
+    with pytest.raises(ValueError, match="before start"):
+        rec.validate_window(now, now - timedelta(hours=1), now)
     with pytest.raises(ValueError, match="in the future"):
-        reconcile(start=now, end=now + timedelta(days=1), config_path=config_file)
+        rec.validate_window(now, now + timedelta(days=1), now)
+    with pytest.raises(ValueError, match="lookback_hours"):
+        default_window(None, None, 0, 30, now)
 
 
 # ----------------------------------------------------------------------------- pure pieces
@@ -125,9 +149,13 @@ def test_window_rules() -> None:
     inside = f"1-{int(start.timestamp()):08x}-{'a' * 24}"
     last = f"1-{int(end.timestamp()) - 1:08x}-{'f' * 24}"
     outside = f"1-{int(end.timestamp()):08x}-{'0' * 24}"
-    assert low <= inside < high and low <= last < high and not outside < high
-    assert rec.in_window(inside, start, end) and rec.in_window(last, start, end)
-    assert not rec.in_window(outside, start, end) and not rec.in_window("garbage", start, end)
+    assert low <= inside < high
+    assert low <= last < high
+    assert outside >= high
+    assert rec.in_window(inside, start, end)
+    assert rec.in_window(last, start, end)
+    assert not rec.in_window(outside, start, end)
+    assert not rec.in_window("garbage", start, end)
     now = datetime(2026, 12, 25, tzinfo=UTC)
     assert rec.xray_checkable(rec.hours_of(start, end), now) == set()  # older than 30 days
     with pytest.raises(ValueError, match="time zone"):

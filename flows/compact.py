@@ -1,0 +1,201 @@
+"""Compact the Parquet lake: merge small files per partition and drop duplicate rows.
+
+The commit protocol (write outputs → one atomic marker PUT → delete inputs) is described in
+`tasks/compaction.py`; this flow lists and plans once, then executes partitions in parallel tasks.
+Only files present in the plan's listing are touched, so the consumer can keep writing. Running
+it again with nothing new changes nothing. Deploy it with a concurrency limit of 1.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from blocks import ArchiveStore
+from tasks import compaction
+from tasks.aws import log_client
+from xraylake.config import load_config
+from xraylake.observe import emit, summary_artifact
+
+TableName = Literal["traces", "segments"]
+MIB = 1024 * 1024
+PARTITIONS_PER_TASK = 25
+
+
+def validate(
+    tables: list[TableName] | None,
+    start_date: date | None,
+    end_date: date | None,
+    target_file_mb: int,
+    orphan_grace_minutes: int,
+    skip_recent_hours: int = 0,
+) -> list[str]:
+    """Parameter checks that need no I/O; returns the tables to compact."""
+    chosen: list[str] = list(dict.fromkeys(tables or compaction.TABLES))
+    unknown = [t for t in chosen if t not in compaction.TABLES]
+    if unknown:
+        raise ValueError(f"unknown table(s) {', '.join(unknown)}: expected traces and/or segments")
+    if start_date and end_date and end_date < start_date:
+        raise ValueError(f"end_date {end_date.isoformat()} is before start_date {start_date.isoformat()}")
+    if not 1 <= target_file_mb <= 4096:
+        raise ValueError("target_file_mb must be between 1 and 4096")
+    if skip_recent_hours < 0:
+        raise ValueError("skip_recent_hours must not be negative")
+    if orphan_grace_minutes < 10:
+        raise ValueError("orphan_grace_minutes must be at least 10 (a concurrent run may still be writing)")
+    return chosen
+
+
+@task(name="compact-plan", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def plan_task(
+    store: ArchiveStore,
+    tables: list[str],
+    accounts: list[str] | None,
+    start_date: date | None,
+    end_date: date | None,
+    target_bytes: int,
+    orphan_grace: timedelta,
+    rewrite_single_files: bool,
+    skip_recent: timedelta,
+) -> list[compaction.PartitionPlan]:
+    s3 = log_client("s3", store.region)
+    return compaction.plan(
+        s3,
+        store,
+        tables,
+        accounts,
+        start_date,
+        end_date,
+        target_bytes=target_bytes,
+        orphan_grace=orphan_grace,
+        rewrite_single_files=rewrite_single_files,
+        skip_recent=skip_recent,
+    )
+
+
+@task(name="compact-partitions", timeout_seconds=3600, cache_policy=NO_CACHE)
+def execute_task(store: ArchiveStore, plans: list[compaction.PartitionPlan]) -> list[compaction.PartitionResult]:
+    s3 = log_client("s3", store.region)
+    return [compaction.execute(s3, store, p) for p in plans]
+
+
+def totals(results: list[compaction.PartitionResult], planned: int) -> dict[str, Any]:
+    by_status: dict[str, int] = {}
+    for r in results:
+        by_status[r.status] = by_status.get(r.status, 0) + 1
+    compacted = [r for r in results if r.status == "compacted"]
+    return {
+        "partitions_scanned": planned,
+        "partitions_compacted": by_status.get("compacted", 0),
+        "partitions_cleaned": by_status.get("cleaned", 0),
+        "partitions_failed": by_status.get("failed", 0),
+        "files_before": sum(r.files_before for r in compacted),
+        "files_after": sum(r.files_after for r in compacted),
+        "bytes_before": sum(r.bytes_before for r in compacted),
+        "bytes_after": sum(r.bytes_after for r in compacted),
+        "rows_in": sum(r.rows_in for r in compacted),
+        "rows_out": sum(r.rows_out for r in compacted),
+        "duplicates_removed": sum(r.duplicates_removed for r in compacted),
+        "objects_deleted": sum(r.deleted for r in results),
+    }
+
+
+@flow(name="compact", task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
+def compact(
+    accounts: list[str] | None = None,
+    start_date: date | None = None,
+    end_date: date | None = None,
+    tables: list[TableName] | None = None,
+    target_file_mb: int = 128,
+    rewrite_single_files: bool = False,
+    skip_recent_hours: int = 0,
+    orphan_grace_minutes: int = 360,
+    dry_run: bool = False,
+    config_path: str | None = None,
+) -> State:
+    """Merge each partition's small Parquet files into ~`target_file_mb` files without duplicate rows.
+
+    `accounts`, `start_date`/`end_date` (inclusive, by the `dt` partition) narrow the partitions;
+    `skip_recent_hours` leaves partitions whose hour ended less than that long ago (still being
+    written; a schedule would use 2); `rewrite_single_files` also rewrites a partition holding a
+    single consumer file (duplicates inside one file); `dry_run` only plans.
+    Completed unless some partition failed (failures are per partition: the others are still
+    compacted; a failed one is left as it was, readers unaffected).
+    """
+    chosen = validate(tables, start_date, end_date, target_file_mb, orphan_grace_minutes, skip_recent_hours)
+    config = load_config(config_path)
+    if accounts:
+        accounts = [a.account_id for a in config.roster.select(accounts)]  # unknown ids fail here
+    store = config.archive
+    plans = plan_task(
+        store,
+        chosen,
+        accounts,
+        start_date,
+        end_date,
+        target_file_mb * MIB,
+        timedelta(minutes=orphan_grace_minutes),
+        rewrite_single_files,
+        timedelta(hours=skip_recent_hours),
+    )
+    work = [p for p in plans if p.has_work]
+    logger = get_run_logger()
+    logger.info("compact: %d partitions listed, %d with work", len(plans), len(work))
+    if dry_run:
+        rows = [
+            {
+                "partition": p.partition.label,
+                "reason": p.reason,
+                "compaction_id": p.compaction_id,
+                "inputs": len(p.inputs),
+                "input_bytes": p.input_bytes,
+                "cleanup": len(p.cleanup),
+                "orphans": len(p.orphans),
+                "dead_markers": len(p.dead_markers),
+            }
+            for p in work
+        ]
+        summary_artifact(
+            "xraylake-compact", f"compact (dry run): {len(work)} of {len(plans)} partitions have work", rows
+        )
+        return Completed(
+            message=f"dry run: {len(work)} of {len(plans)} partitions would change",
+            data={
+                "dry_run": True,
+                "totals": {"partitions_scanned": len(plans), "partitions_with_work": len(work)},
+                "partitions": rows,
+            },
+        )
+    futures = [
+        execute_task.with_options(task_run_name=f"compact-{i // PARTITIONS_PER_TASK}").submit(
+            store, work[i : i + PARTITIONS_PER_TASK]
+        )
+        for i in range(0, len(work), PARTITIONS_PER_TASK)
+    ]
+    results = [r for f in futures for r in f.result()]
+    summary = totals(results, len(plans))
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        emit("xraylake.compaction.failed", f"s3.{store.bucket}.{r.partition}", {"error": r.error})
+    summary_artifact(
+        "xraylake-compact",
+        f"compact: {summary['partitions_compacted']} partitions compacted "
+        f"({summary['files_before']} → {summary['files_after']} files, "
+        f"{summary['duplicates_removed']} duplicate rows removed), {len(failed)} failed",
+        [r.as_row() for r in results] or [{"partition": "(none)", "status": "nothing to do"}],
+        notes=[f"{r.partition}: {r.error}" for r in failed],
+    )
+    data = {"dry_run": False, "totals": summary, "partitions": [r.as_row() for r in results]}
+    if failed:
+        return Failed(message=f"{len(failed)} of {len(results)} partitions failed", data=data)
+    return Completed(
+        message=f"{summary['partitions_compacted']} partitions compacted, "
+        f"{summary['duplicates_removed']} duplicates removed, "
+        f"{summary['files_before']} → {summary['files_after']} files",
+        data=data,
+    )

@@ -1,0 +1,262 @@
+"""Reconcile X-Ray vs the raw archive vs Parquet vs the index; optionally repair and check again.
+
+Per account, region and hour: how many trace ids each sink holds and which ids each one misses
+(`tasks/reconcile.py` explains the rules). A mismatch emits `xraylake.reconcile.mismatch` per
+(account, region). With `repair=True`, ids the raw archive lacks are re-collected from X-Ray
+(within retention) through the org queue, ids Parquet or the index lack are re-processed from
+the raw envelope, the queue is drained (`consume_after_repair`), and the window is reconciled
+again: the returned report is the one after repair, with the first pass in `before`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from blocks import MemberAccount
+from flows.sweep import select_targets
+from tasks import collector as col
+from tasks import reconcile as rec
+from tasks import xray
+from tasks.aws import log_client
+from tasks.index import client_for
+from xraylake.config import Config, load_config
+from xraylake.observe import emit, summary_artifact
+
+
+def default_window(
+    start: datetime | None, end: datetime | None, lookback_hours: int, settle_minutes: int, now: datetime
+) -> tuple[datetime, datetime]:
+    """Missing bounds: end = the last whole hour that settled, start = end - lookback_hours."""
+    if lookback_hours < 1:
+        raise ValueError("lookback_hours must be at least 1")
+    if settle_minutes < 0:
+        raise ValueError("settle_minutes must not be negative")
+    if end is None:
+        settled = now - timedelta(minutes=settle_minutes)
+        end = settled if start is not None else settled.replace(minute=0, second=0, microsecond=0)
+    if start is None:
+        start = end - timedelta(hours=lookback_hours)
+    return start, end
+
+
+# ----------------------------------------------------------------------------- observing (tasks)
+
+PerTarget = dict[rec.Target, tuple[Any, str | None]]
+TARGET_THREADS = 8
+
+
+def _each(
+    targets: list[tuple[MemberAccount, str]], read: Callable[[MemberAccount, str], Any], threads: int = TARGET_THREADS
+) -> PerTarget:
+    """`read` for every (account, region) in threads; an error is recorded, never raised."""
+
+    def one(pair: tuple[MemberAccount, str]) -> tuple[Any, str | None]:
+        try:
+            return read(*pair), None
+        except Exception as error:  # per account: one denied role never stops the others
+            return None, f"{type(error).__name__}: {error}"[:300]
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        results = list(pool.map(one, targets))
+    return {(a.account_id, r): result for (a, r), result in zip(targets, results, strict=True)}
+
+
+@task(name="reconcile-xray", cache_policy=NO_CACHE)
+def xray_task(
+    collector: col.Collector,
+    targets: list[tuple[MemberAccount, str]],
+    start: datetime,
+    end: datetime,
+    hours: set[datetime],
+    time_range_type: xray.TimeRangeType,
+) -> PerTarget:
+    return _each(targets, lambda a, r: rec.observe_xray(collector, a, r, start, end, hours, time_range_type))
+
+
+@task(name="reconcile-raw", cache_policy=NO_CACHE)
+def raw_task(config: Config, targets: list[tuple[MemberAccount, str]], start: datetime, end: datetime) -> PerTarget:
+    s3 = log_client("s3", config.archive.region)
+    return _each(targets, lambda a, r: rec.observe_raw(config, s3, a.account_id, r, start, end))
+
+
+@task(name="reconcile-index", cache_policy=NO_CACHE)
+def index_task(config: Config, targets: list[tuple[MemberAccount, str]], start: datetime, end: datetime) -> PerTarget:
+    client = client_for(config.opensearch)
+    alias = f"{config.opensearch.index_prefix}-traces"
+    rec.refresh(client, alias)
+    # One thread: the client's connection pool holds one connection (searches are quick anyway).
+    return _each(targets, lambda a, r: rec.observe_index(client, alias, a.account_id, r, start, end), threads=1)
+
+
+@task(name="reconcile-parquet", cache_policy=NO_CACHE)
+def parquet_task(config: Config, targets: list[tuple[MemberAccount, str]], start: datetime, end: datetime) -> PerTarget:
+    """One scan of the traces table for every target (partition-pruned by account and date)."""
+    pairs = [(a.account_id, r) for a, r in targets]
+    try:
+        s3 = log_client("s3", config.archive.region)
+        found = rec.observe_parquet(
+            config, s3, sorted({a for a, _ in pairs}), sorted({r for _, r in pairs}), start, end
+        )
+    except Exception as error:
+        message = f"{type(error).__name__}: {error}"[:300]
+        return {p: (None, message) for p in pairs}
+    return {p: (found.get(p, set()), None) for p in pairs}
+
+
+def observe(
+    config: Config,
+    collector: col.Collector,
+    targets: list[tuple[MemberAccount, str]],
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    time_range_type: xray.TimeRangeType,
+) -> rec.Observation:
+    """Read the four sinks concurrently (one task each) into one Observation."""
+    observation = rec.Observation(start=start, end=end)
+    observation.xray_hours = rec.xray_checkable(rec.hours_of(start, end), now)
+    futures = {
+        "raw": raw_task.submit(config, targets, start, end),
+        "parquet": parquet_task.submit(config, targets, start, end),
+        "index": index_task.submit(config, targets, start, end),
+    }
+    if observation.xray_hours:
+        futures["xray"] = xray_task.submit(collector, targets, start, end, observation.xray_hours, time_range_type)
+    for sink, future in futures.items():
+        for target, (found, error) in future.result().items():
+            if error:
+                observation.errors[(sink, *target)] = error
+            elif sink == "raw":
+                observation.add_raw(target, found)
+            else:
+                observation.add(sink, target, found)
+    return observation
+
+
+# ----------------------------------------------------------------------------- repairing
+
+
+@task(name="reconcile-repair", cache_policy=NO_CACHE, timeout_seconds=3600)
+def repair_task(config: Config, collector: col.Collector, plan: rec.RepairPlan) -> rec.RepairSummary:
+    summary = rec.RepairSummary(unrepairable=dict(plan.unrepairable))
+    repairer = rec.Repairer(config, collector.s3, collector.sqs)
+    for raw_key, wanted in sorted(plan.reprocess.items()):
+        try:
+            repairer.reprocess(raw_key, wanted, summary)
+        except Exception as error:
+            summary.errors.append(f"reprocess {raw_key}: {type(error).__name__}: {error}"[:300])
+    for (account_id, region), ids in sorted(plan.recollect.items()):
+        try:
+            rec.recollect(collector, account_id, region, ids, summary)
+        except Exception as error:
+            summary.errors.append(f"recollect {account_id}/{region}: {type(error).__name__}: {error}"[:300])
+    return summary
+
+
+def drain_queue(config: Config) -> dict[str, Any]:
+    from flows.consume import run_consumer
+
+    stats = run_consumer(config, until_empty=True, wait_seconds=1)
+    return {k: v for k, v in stats.as_dict().items() if not isinstance(v, (dict, list))}
+
+
+# ----------------------------------------------------------------------------- the flow
+
+
+def emit_mismatches(report: rec.ReconcileReport, *, after_repair: bool, repair: bool) -> int:
+    per_target: dict[rec.Target, dict[str, int]] = {}
+    for row in report.rows:
+        if row.mismatches or row.errors:
+            counts = per_target.setdefault((row.account_id, row.region), {s: 0 for s in rec.SINKS} | {"errors": 0})
+            for sink, n in row.missing.items():
+                counts[sink] += n
+            counts["errors"] += len(row.errors)
+    for (account_id, region), counts in per_target.items():
+        emit(
+            "xraylake.reconcile.mismatch",
+            f"aws.account.{account_id}",
+            {
+                "region": region,
+                "start": report.start.isoformat(),
+                "end": report.end.isoformat(),
+                "missing": counts,
+                "repair": repair,
+                "after_repair": after_repair,
+            },
+            **{"xraylake.region": region},
+        )
+    return len(per_target)
+
+
+@flow(name="reconcile", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]
+def reconcile(
+    start: datetime | None = None,
+    end: datetime | None = None,
+    accounts: list[str] | None = None,
+    regions: list[str] | None = None,
+    lookback_hours: int = 24,
+    settle_minutes: int = 30,
+    repair: bool = False,
+    consume_after_repair: bool = True,
+    time_range_type: xray.TimeRangeType = "TraceId",
+    max_ids: int = 50,
+    fail_on_mismatch: bool = False,
+    config_path: str | None = None,
+) -> State:
+    """Compare trace ids per account/region/hour across X-Ray, raw archive, Parquet and index.
+
+    Without `start`/`end`: the last `lookback_hours` whole hours that ended `settle_minutes` ago.
+    The state's data is the `ReconcileReport` (as JSON); `ok` is False on any mismatch or error.
+    """
+    now = datetime.now(UTC)
+    start, end = default_window(start, end, lookback_hours, settle_minutes, now)
+    start, end = rec.validate_window(start, end, now)
+    if max_ids < 0:
+        raise ValueError("max_ids must not be negative")
+    config = load_config(config_path)
+    targets = select_targets(config, accounts, regions)  # unknown accounts/regions fail here
+    collector = col.Collector.from_config(config)
+    pairs = [(a.account_id, r) for a, r in targets]
+    logger = get_run_logger()
+
+    observation = observe(config, collector, targets, start, end, now, time_range_type)
+    report = rec.compare(observation, pairs, max_ids, now)
+    logger.info("reconcile %s → %s: %s", start.isoformat(), end.isoformat(), report.message())
+    if not report.ok:
+        emit_mismatches(report, after_repair=False, repair=repair)
+
+    if repair and not report.ok:
+        plan = rec.plan_repair(observation, pairs)
+        summary = repair_task(config, collector, plan)
+        if summary.envelopes_sent and consume_after_repair:
+            summary.consumed = drain_queue(config)
+        observation = observe(config, collector, targets, start, end, datetime.now(UTC), time_range_type)
+        after = rec.compare(observation, pairs, max_ids)
+        after.before = report
+        after.repair = summary
+        report = after
+        logger.info("after repair: %s", report.message())
+        if not report.ok:
+            emit_mismatches(report, after_repair=True, repair=True)
+
+    title = f"reconcile {start:%Y-%m-%dT%H:%M}Z → {end:%Y-%m-%dT%H:%M}Z: {report.message()}"
+    notes = [
+        f"{r.account_id}/{r.region} {r.hour:%Y-%m-%dT%H}Z missing in {s}: {', '.join(ids[:5])}"
+        for r in report.rows
+        for s, ids in r.missing_ids.items()
+    ][:20]
+    if report.repair is not None:
+        notes.insert(0, f"repair: {report.repair.model_dump(exclude={'errors', 'consumed'})}")
+    summary_artifact("xraylake-reconcile", title, report.summary_rows(), notes=notes + report.errors[:10])
+    data = report.model_dump(mode="json")
+    if fail_on_mismatch and not report.ok:
+        return Failed(message=report.message(), data=data)
+    return Completed(message=report.message(), data=data)

@@ -1,0 +1,578 @@
+"""Reconcile: trace ids in X-Ray vs the raw archive vs Parquet vs the index, per account, region, hour.
+
+A trace belongs to the hour of the epoch in its id (`1-<8 hex epoch>-…`): that is the archive's
+partition hour and the daily index's day, so each sink is read by the same rule:
+
+* X-Ray       GetTraceSummaries through the member role, windows ≤ 1 h (`TimeRangeType=TraceId` by
+              default), only for hours inside the 30-day retention;
+* raw         every envelope under the hour partitions (`raw/account_id=…/region=…/dt=…/hour=…/`);
+* Parquet     the `traces` table (the compaction-aware file list of `tasks.compaction`);
+* index       the `<prefix>-traces` alias: account + region terms and a range on `trace_id` (fixed
+              width lowercase hex sorts like the epoch), paged with search_after.
+
+Per (account, region, hour) the reference set is the union of every sink that was read; a sink
+misses what it lacks from that set. X-Ray "missing" ids (in the archive but not in X-Ray) cannot be
+repaired and usually mean the trace aged out or the sweep windows saw it differently.
+
+Repair (`plan_repair` is pure): ids missing in the raw archive that X-Ray still has are
+re-collected (BatchGetTraces → envelopes with source "backfill" → the org queue; the consumer
+writes every sink). Ids the raw archive has but Parquet or the index lack are re-processed from the
+raw envelope by `Repairer` (the consumer's transform; Parquet rows of just those traces under a
+`part-repair-…` name, index documents with `op_type=create`, so an existing or newer document is
+never overwritten and a deleted one comes back even inside the index's delete-tombstone window).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pyarrow.dataset as ds
+from opensearchpy import OpenSearch
+from opensearchpy import exceptions as os_exc
+from opensearchpy.helpers import streaming_bulk
+from pydantic import BaseModel, Field
+
+from blocks import MemberAccount
+from tasks import archive, lake, xray
+from tasks import collector as col
+from tasks.consumer import BatchStats, Consumer
+from tasks.documents import EnvelopeDocuments
+from tasks.envelope import parse_envelope, trace_epoch
+from tasks.index import BulkReport, IndexAction
+from tasks.transform import to_arrow
+from xraylake.config import Config
+from xraylake.errors import TransientError
+
+SINKS = ("xray", "raw", "parquet", "index")
+ARCHIVE_SINKS = ("raw", "parquet", "index")
+XRAY_RETENTION = timedelta(days=30)
+HOUR = timedelta(hours=1)
+INDEX_PAGE = 5000
+RAW_READERS = 16
+
+Target = tuple[str, str]  # (account_id, region)
+
+
+# ============================================================================ pure: window
+
+
+def validate_window(start: datetime, end: datetime, now: datetime) -> tuple[datetime, datetime]:
+    """Timezone-aware, non-empty, not in the future."""
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("start and end need a time zone (e.g. 2026-11-20T00:00:00Z)")
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    if end == start:
+        raise ValueError(f"empty range: start and end are both {start.isoformat()}")
+    if end < start:
+        raise ValueError(f"end {end.isoformat()} is before start {start.isoformat()}")
+    if end > now + timedelta(minutes=1):
+        raise ValueError(f"end {end.isoformat()} is in the future")
+    return start, end
+
+
+def hours_of(start: datetime, end: datetime) -> list[datetime]:
+    """Every UTC hour overlapping [start, end)."""
+    hour = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    out = []
+    while hour < end:
+        out.append(hour)
+        hour += HOUR
+    return out
+
+
+def epoch_bounds(start: datetime, end: datetime) -> tuple[int, int]:
+    """[low, high) in whole seconds: a trace-id epoch s is in the window iff low <= s < high."""
+    return math.ceil(start.timestamp()), math.ceil(end.timestamp())
+
+
+def id_bounds(start: datetime, end: datetime) -> tuple[str, str]:
+    """Lexicographic [low, high) on trace ids for the window (ids are `1-<8 lowercase hex>-…`)."""
+    low, high = epoch_bounds(start, end)
+    return f"1-{low:08x}", f"1-{high:08x}"
+
+
+def trace_hour_of(trace_id: str) -> datetime | None:
+    epoch = trace_epoch(trace_id)
+    return None if epoch is None else datetime.fromtimestamp(epoch - epoch % 3600, UTC)
+
+
+def in_window(trace_id: str, start: datetime, end: datetime) -> bool:
+    epoch = trace_epoch(trace_id)
+    if epoch is None:
+        return False
+    low, high = epoch_bounds(start, end)
+    return low <= epoch < high
+
+
+def xray_checkable(hours: Iterable[datetime], now: datetime, retention: timedelta = XRAY_RETENTION) -> set[datetime]:
+    """Hours X-Ray still fully holds (a margin of one hour keeps the oldest hour out)."""
+    oldest = now - retention + HOUR
+    return {h for h in hours if h >= oldest}
+
+
+# ============================================================================ pure: comparison
+
+
+@dataclass
+class Observation:
+    """Trace ids every sink holds in the window, per (account, region)."""
+
+    start: datetime
+    end: datetime
+    ids: dict[str, dict[Target, set[str]]] = field(default_factory=lambda: {s: {} for s in SINKS})
+    raw_keys: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (account, region, id) → key
+    errors: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (sink, account, region) → error
+    xray_hours: set[datetime] = field(default_factory=set)
+
+    def add(self, sink: str, target: Target, ids: Iterable[str]) -> None:
+        bucket = self.ids[sink].setdefault(target, set())
+        bucket.update(i for i in ids if in_window(i, self.start, self.end))
+
+    def add_raw(self, target: Target, keys: dict[str, str]) -> None:
+        """Raw ids with the key of the envelope holding each (repair re-reads it)."""
+        inside = {t: k for t, k in keys.items() if in_window(t, self.start, self.end)}
+        self.add("raw", target, inside)
+        for trace_id, key in inside.items():
+            self.raw_keys[(target[0], target[1], trace_id)] = key
+
+    def get(self, sink: str, target: Target) -> set[str]:
+        return self.ids[sink].get(target, set())
+
+
+class HourRow(BaseModel):
+    account_id: str
+    region: str
+    hour: datetime
+    xray: int | None = Field(description="None: outside X-Ray retention or X-Ray could not be read")
+    raw: int | None
+    parquet: int | None
+    index: int | None
+    missing: dict[str, int] = Field(default_factory=dict)
+    missing_ids: dict[str, list[str]] = Field(default_factory=dict, description="capped per sink")
+    errors: list[str] = Field(default_factory=list)
+
+    @property
+    def mismatches(self) -> int:
+        return sum(self.missing.values())
+
+
+class RepairSummary(BaseModel):
+    reprocessed_envelopes: int = 0
+    reprocessed_traces: int = 0
+    parquet_files: int = 0
+    parquet_rows: int = 0
+    index_created: int = 0
+    index_existing: int = 0
+    index_failed: int = 0
+    recollect_requested: int = 0
+    recollected_traces: int = 0
+    envelopes_sent: int = 0
+    not_in_xray: int = 0
+    consumed: dict[str, Any] | None = None
+    unrepairable: dict[str, int] = Field(default_factory=dict)
+    errors: list[str] = Field(default_factory=list)
+
+
+class ReconcileReport(BaseModel):
+    start: datetime
+    end: datetime
+    generated_at: datetime
+    accounts: list[str]
+    regions: list[str]
+    xray_checked_hours: int
+    rows: list[HourRow]
+    totals: dict[str, int]
+    missing: dict[str, int]
+    errors: list[str]
+    ok: bool
+    before: ReconcileReport | None = None
+    repair: RepairSummary | None = None
+
+    @property
+    def mismatches(self) -> int:
+        return sum(self.missing.values())
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """Rows for tables (counts, no id lists)."""
+        out = []
+        for row in self.rows:
+            item: dict[str, Any] = {
+                "account_id": row.account_id,
+                "region": row.region,
+                "hour": row.hour.strftime("%Y-%m-%dT%H:00Z"),
+                **{s: getattr(row, s) for s in SINKS},
+            }
+            item.update({f"missing_{s}": row.missing.get(s, 0) for s in SINKS})
+            item["errors"] = "; ".join(row.errors)
+            out.append(item)
+        return out
+
+    def message(self) -> str:
+        if self.ok:
+            traces = self.totals.get("raw", 0)
+            return f"ok: {traces} traces agree in every sink over {len(self.rows)} account-hours"
+        bad = sum(1 for r in self.rows if r.mismatches or r.errors)
+        parts = [f"{n} missing in {s}" for s, n in self.missing.items() if n]
+        if self.errors:
+            parts.append(f"{len(self.errors)} errors")
+        return f"{', '.join(parts)} ({bad} of {len(self.rows)} account-hours)"
+
+
+def compare(
+    observation: Observation, targets: Sequence[Target], max_ids: int = 50, now: datetime | None = None
+) -> ReconcileReport:
+    """Per (account, region, hour) counts and missing ids (pure)."""
+    start, end = observation.start, observation.end
+    rows: list[HourRow] = []
+    totals = dict.fromkeys(SINKS, 0)
+    missing_totals = dict.fromkeys(SINKS, 0)
+    for account_id, region in targets:
+        target = (account_id, region)
+        errors = {s: e for (s, a, r), e in observation.errors.items() if (a, r) == target}
+        by_hour: dict[str, dict[datetime, set[str]]] = {}
+        for sink in SINKS:
+            if sink in errors:
+                continue
+            hours: dict[datetime, set[str]] = {}
+            for trace_id in observation.get(sink, target):
+                hour = trace_hour_of(trace_id)
+                if hour is not None:
+                    hours.setdefault(hour, set()).add(trace_id)
+            by_hour[sink] = hours
+            if sink != "xray":
+                totals[sink] += len(observation.get(sink, target))
+        for hour in hours_of(start, end):
+            checked = [s for s in SINKS if s in by_hour and (s != "xray" or hour in observation.xray_hours)]
+            seen = {s: by_hour[s].get(hour, set()) for s in checked}
+            reference = set().union(*seen.values()) if seen else set()
+            if "xray" in seen:
+                totals["xray"] += len(seen["xray"])
+            missing = {s: sorted(reference - seen[s]) for s in checked}
+            row = HourRow(
+                account_id=account_id,
+                region=region,
+                hour=hour,
+                **{s: (len(seen[s]) if s in seen else None) for s in SINKS},  # type: ignore[arg-type]
+                missing={s: len(ids) for s, ids in missing.items() if ids},
+                missing_ids={s: ids[:max_ids] for s, ids in missing.items() if ids},
+                errors=[f"{s}: {e}" for s, e in sorted(errors.items())],
+            )
+            for sink, count in row.missing.items():
+                missing_totals[sink] += count
+            rows.append(row)
+    error_list = [f"{s} {a}/{r}: {e}" for (s, a, r), e in sorted(observation.errors.items())]
+    return ReconcileReport(
+        start=start,
+        end=end,
+        generated_at=now or datetime.now(UTC),
+        accounts=sorted({a for a, _ in targets}),
+        regions=sorted({r for _, r in targets}),
+        xray_checked_hours=len(observation.xray_hours),
+        rows=rows,
+        totals=totals,
+        missing=missing_totals,
+        errors=error_list,
+        ok=not any(missing_totals.values()) and not error_list,
+    )
+
+
+@dataclass
+class RepairPlan:
+    """What repair will do (pure result of an observation)."""
+
+    reprocess: dict[str, dict[str, set[str]]] = field(default_factory=dict)  # raw key → trace id → sinks
+    recollect: dict[Target, list[str]] = field(default_factory=dict)
+    unrepairable: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not self.reprocess and not self.recollect
+
+
+def plan_repair(observation: Observation, targets: Sequence[Target]) -> RepairPlan:
+    plan = RepairPlan()
+    for target in targets:
+        if any((s, *target) in observation.errors for s in ARCHIVE_SINKS):
+            continue  # a sink we could not read: do not guess what it lacks
+        got = {s: observation.get(s, target) for s in SINKS}
+        xray_ok = ("xray", *target) not in observation.errors
+        in_xray = got["xray"] if xray_ok else set()
+        archived = got["raw"] | got["parquet"] | got["index"]
+        for trace_id in sorted((archived | in_xray) - got["raw"]):
+            if trace_id in in_xray:
+                plan.recollect.setdefault(target, []).append(trace_id)
+            else:
+                plan.unrepairable["raw"] = plan.unrepairable.get("raw", 0) + 1
+        for sink in ("parquet", "index"):
+            for trace_id in sorted(got["raw"] - got[sink]):
+                key = observation.raw_keys[(target[0], target[1], trace_id)]
+                plan.reprocess.setdefault(key, {}).setdefault(trace_id, set()).add(sink)
+        hours = observation.xray_hours
+        not_in_xray = [t for t in archived if t not in in_xray and trace_hour_of(t) in hours] if xray_ok else []
+        if not_in_xray:
+            plan.unrepairable["xray"] = plan.unrepairable.get("xray", 0) + len(not_in_xray)
+    return plan
+
+
+def repair_part_name(envelope_id: str, trace_ids: Iterable[str]) -> str:
+    """A Parquet part name of its own for repaired rows (never a consumer or compaction name)."""
+    digest = hashlib.sha256(envelope_id.encode())
+    for trace_id in sorted(trace_ids):
+        digest.update(b"\x00" + trace_id.encode())
+    return f"repair-{digest.hexdigest()[:20]}"
+
+
+# ============================================================================ I/O: observing the sinks
+
+
+def observe_xray(
+    collector: col.Collector,
+    account: MemberAccount,
+    region: str,
+    start: datetime,
+    end: datetime,
+    hours: set[datetime],
+    time_range_type: xray.TimeRangeType = "TraceId",
+) -> set[str]:
+    """Trace ids X-Ray lists for the hours in `hours` (each ≤ 1 h window clipped to the range)."""
+    client = collector.xray_client(account.account_id, region)
+    limiter = collector.limiters.get(account.account_id, region)
+    found: set[str] = set()
+    for window in xray.plan_windows(start, end, HOUR):
+        if window.hour not in hours:
+            continue
+        listing = xray.list_trace_ids(client, window, time_range_type, account_id=account.account_id, limiter=limiter)
+        found.update(listing.trace_ids)
+    return found
+
+
+def _envelope_trace_ids(s3: Any, bucket: str, key: str) -> list[str]:
+    data = orjson.loads(archive.get_raw(s3, bucket, key))
+    return [str(t.get("Id")) for t in data.get("traces") or [] if isinstance(t, dict) and t.get("Id")]
+
+
+def observe_raw(
+    config: Config, s3: Any, account_id: str, region: str, start: datetime, end: datetime
+) -> dict[str, str]:
+    """trace id → raw key for every envelope in the window's hour partitions."""
+    store = config.archive
+    keys: list[str] = []
+    for hour in hours_of(start, end):
+        prefix = f"{store.raw_prefix}/{archive.partition_path(account_id, region, hour)}/"
+        keys += [o["Key"] for o in archive.list_keys(s3, store.bucket, prefix) if o["Key"].endswith(".json.gz")]
+    found: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=RAW_READERS) as pool:
+        for key, ids in zip(keys, pool.map(lambda k: _envelope_trace_ids(s3, store.bucket, k), keys), strict=True):
+            for trace_id in ids:
+                found.setdefault(trace_id, key)
+    return found
+
+
+def observe_parquet(
+    config: Config,
+    s3: Any,
+    account_ids: Sequence[str],
+    regions: Sequence[str],
+    start: datetime,
+    end: datetime,
+    attempts: int = 3,
+) -> dict[Target, set[str]]:
+    """Trace ids in the `traces` table per (account, region) within the window's dates."""
+    last = end - timedelta(microseconds=1)
+    dts = sorted({h.strftime("%Y-%m-%d") for h in hours_of(start, end)})
+    for attempt in range(attempts):
+        dataset = lake.lake_dataset(config, "traces", list(account_ids), start.date(), last.date(), s3=s3)
+        if dataset is None:
+            return {}
+        try:
+            table = dataset.to_table(
+                columns=["account_id", "region", "trace_id"],
+                filter=ds.field("region").isin(list(regions)) & ds.field("dt").isin(dts),
+            )
+        except (FileNotFoundError, OSError):
+            if attempt + 1 >= attempts:
+                raise
+            continue  # a compaction swapped files between listing and scan: list again
+        out: dict[Target, set[str]] = {}
+        for row in table.to_pylist():
+            out.setdefault((row["account_id"], row["region"]), set()).add(row["trace_id"])
+        return out
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def observe_index(
+    client: OpenSearch, alias: str, account_id: str, region: str, start: datetime, end: datetime
+) -> set[str]:
+    """Trace ids of the account and region in the window, from the traces alias (search_after)."""
+    low, high = id_bounds(start, end)
+    query = {
+        "bool": {
+            "filter": [
+                {"term": {"account_id": account_id}},
+                {"term": {"region": region}},
+                {"range": {"trace_id": {"gte": low, "lt": high}}},
+            ]
+        }
+    }
+    found: set[str] = set()
+    after: list[Any] | None = None
+    try:
+        while True:
+            body: dict[str, Any] = {
+                "size": INDEX_PAGE,
+                "_source": ["trace_id"],
+                "sort": [{"trace_id": "asc"}],
+                "query": query,
+                "track_total_hits": False,
+            }
+            if after is not None:
+                body["search_after"] = after
+            hits = client.search(index=alias, body=body)["hits"]["hits"]
+            found.update(h["_source"]["trace_id"] for h in hits if h.get("_source", {}).get("trace_id"))
+            if len(hits) < INDEX_PAGE:
+                return found
+            after = hits[-1]["sort"]
+    except os_exc.NotFoundError:
+        return found  # no traces index yet: everything is missing from the index
+    except os_exc.TransportError as error:
+        raise TransientError(f"OpenSearch search {alias}: {error}") from error
+
+
+def refresh(client: OpenSearch, alias: str) -> None:
+    try:
+        client.indices.refresh(index=alias)
+    except os_exc.NotFoundError:
+        pass
+    except os_exc.TransportError as error:
+        raise TransientError(f"OpenSearch refresh {alias}: {error}") from error
+
+
+# ============================================================================ I/O: repair
+
+
+def create_documents(client: OpenSearch, actions: Sequence[IndexAction], max_retries: int = 5) -> BulkReport:
+    """Bulk `create`: documents that exist (any version) stay as they are (409 = already there)."""
+    report = BulkReport()
+    items = ({"_op_type": "create", "_index": a.index, "_id": a.doc_id, "_source": a.source} for a in actions)
+    try:
+        for ok, item in streaming_bulk(
+            client,
+            items,
+            chunk_size=1000,
+            max_chunk_bytes=8 * 1024 * 1024,
+            raise_on_error=False,
+            raise_on_exception=True,
+            max_retries=max_retries,
+            initial_backoff=1,
+            max_backoff=30,
+        ):
+            result = next(iter(item.values()))
+            if ok:
+                report.indexed += 1
+            elif result.get("status") == 409:
+                report.stale += 1
+            else:
+                report.failed += 1
+                report.failed_ids.add(str(result.get("_id")))
+                if len(report.errors) < 20:
+                    report.errors.append(
+                        {
+                            "id": result.get("_id"),
+                            "status": result.get("status"),
+                            "error": result.get("error"),
+                        }
+                    )
+    except os_exc.TransportError as error:
+        raise TransientError(f"OpenSearch bulk create failed: {error}") from error
+    return report
+
+
+class Repairer(Consumer):
+    """The consumer's transform (roster names, redaction, index prefix) applied to envelopes
+    re-read from the raw archive, writing only what a sink lacks."""
+
+    def reprocess(self, raw_key: str, wanted: dict[str, set[str]], summary: RepairSummary) -> None:
+        """Re-process `wanted` (trace id → sinks lacking it) from one raw envelope."""
+        store = self.config.archive
+        envelope = parse_envelope(archive.get_raw(self.s3, store.bucket, raw_key))
+        stats = BatchStats()
+        result = self._transform(envelope, stats)
+        summary.reprocessed_envelopes += 1
+        summary.reprocessed_traces += len(wanted)
+        for sink in ("parquet", "index"):
+            docs = [d for d in result.documents if sink in wanted.get(d.trace_id, set())]
+            if not docs:
+                continue
+            if sink == "parquet":
+                self._repair_parquet(envelope.envelope_id, docs, summary)
+            else:
+                version = envelope.collected_at_ms
+                actions = EnvelopeDocuments(envelope.envelope_id, docs).index_actions(version, self.index_prefix)
+                report = create_documents(self.opensearch, actions)
+                summary.index_created += report.indexed
+                summary.index_existing += report.stale
+                summary.index_failed += report.failed
+                summary.errors += [str(e) for e in report.errors[:5]]
+
+    def _repair_parquet(self, envelope_id: str, docs: list[Any], summary: RepairSummary) -> None:
+        traces, segments = to_arrow(docs)
+        part = repair_part_name(envelope_id, [d.trace_id for d in docs])
+        store = self.config.archive
+        for table_name, table in (("traces", traces), ("segments", segments)):
+            for piece in archive.split_by_partition(table):
+                key = archive.parquet_key(store, table_name, piece.account_id, piece.region, piece.dt, piece.hour, part)
+                archive.write_parquet(self.s3, key, store.bucket, piece.table)
+                summary.parquet_files += 1
+                summary.parquet_rows += piece.table.num_rows
+
+
+def recollect(
+    collector: col.Collector, account_id: str, region: str, trace_ids: Sequence[str], summary: RepairSummary
+) -> None:
+    """BatchGetTraces for the ids → envelopes (source "backfill") → the org queue."""
+    client = collector.xray_client(account_id, region)
+    batch = xray.batch_get_traces(
+        client, trace_ids, account_id=account_id, limiter=collector.limiters.get(account_id, region)
+    )
+    summary.recollect_requested += len(trace_ids)
+    summary.not_in_xray += len(batch.missing) + len(batch.unprocessed)
+    if not batch.traces:
+        return
+    envelopes = col.envelopes_for(batch.traces, source="backfill", account_id=account_id, region=region)
+    _, report = col.send_envelopes(collector, envelopes)
+    summary.recollected_traces += len(batch.traces)
+    summary.envelopes_sent += report.sent
+
+
+__all__ = [
+    "SINKS",
+    "HourRow",
+    "Observation",
+    "ReconcileReport",
+    "RepairPlan",
+    "RepairSummary",
+    "Repairer",
+    "compare",
+    "create_documents",
+    "epoch_bounds",
+    "hours_of",
+    "id_bounds",
+    "in_window",
+    "observe_index",
+    "observe_parquet",
+    "observe_raw",
+    "observe_xray",
+    "plan_repair",
+    "recollect",
+    "refresh",
+    "repair_part_name",
+    "validate_window",
+    "xray_checkable",
+]
