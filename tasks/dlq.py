@@ -45,23 +45,31 @@ class DlqEntry:
         )
 
 
-def peek(sqs: Any, dlq_url: str, limit: int = 100) -> list[tuple[DlqEntry, queue.ReceivedMessage]]:
-    """Up to `limit` DLQ messages without consuming them (they become visible again at once)."""
-    seen: dict[str, tuple[DlqEntry, queue.ReceivedMessage]] = {}
-    empty_polls = 0
-    while len(seen) < limit and empty_polls < 2:
-        got = queue.receive(sqs, dlq_url, 10, wait_seconds=0, visibility_timeout=2)
-        fresh = [m for m in got if m.message_id not in seen]
-        if not fresh:
-            empty_polls += 1
-        for message in fresh[: limit - len(seen)]:
-            seen[message.message_id] = (DlqEntry.of(message), message)
-    for _, message in seen.values():  # hand them back right away
+def _release(sqs: Any, dlq_url: str, messages: list[queue.ReceivedMessage]) -> None:
+    """Make received messages visible again at once (with their latest receipt handles)."""
+    for message in messages:
         try:
             queue.change_visibility(sqs, dlq_url, [message], 0)
         except Exception as error:
             if aws_error_code(error) != "ReceiptHandleIsInvalid":
                 raise
+
+
+def peek(sqs: Any, dlq_url: str, limit: int = 100) -> list[tuple[DlqEntry, queue.ReceivedMessage]]:
+    """Up to `limit` DLQ messages without consuming them (they become visible again at once)."""
+    seen: dict[str, tuple[DlqEntry, queue.ReceivedMessage]] = {}
+    latest: dict[str, queue.ReceivedMessage] = {}
+    empty_polls = 0
+    while len(seen) < limit and empty_polls < 2:
+        got = queue.receive(sqs, dlq_url, 10, wait_seconds=0, visibility_timeout=5)
+        for message in got:
+            latest[message.message_id] = message
+        fresh = [m for m in got if m.message_id not in seen]
+        if not fresh:
+            empty_polls += 1
+        for message in fresh[: limit - len(seen)]:
+            seen[message.message_id] = (DlqEntry.of(message), message)
+    _release(sqs, dlq_url, list(latest.values()))
     return list(seen.values())
 
 
@@ -85,9 +93,7 @@ def redrive(
     report = RedriveReport()
     if reason is None and limit is None:
         try:
-            arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
-                "QueueArn"
-            ]
+            arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
             handle = sqs.start_message_move_task(SourceArn=arn)["TaskHandle"]
             report.method, report.task_handle = "StartMessageMoveTask", handle
             return report
@@ -96,30 +102,31 @@ def redrive(
                 raise classify_aws_error(error, "StartMessageMoveTask") from error
     by_reason: Counter[str] = Counter()
     seen: set[str] = set()
+    kept: dict[str, queue.ReceivedMessage] = {}
     while limit is None or report.moved < limit:
         got = queue.receive(sqs, dlq_url, 10, wait_seconds=0, visibility_timeout=30)
+        for message in got:
+            if message.message_id in kept:
+                kept[message.message_id] = message  # the newest receipt handle
         fresh = [m for m in got if m.message_id not in seen]
         if not fresh:
             break
         for message in fresh:
             seen.add(message.message_id)
             entry = DlqEntry.of(message)
-            if (reason is not None and entry.reason != reason) or (
-                limit is not None and report.moved >= limit
-            ):
-                queue.change_visibility(sqs, dlq_url, [message], 0)
+            if (reason is not None and entry.reason != reason) or (limit is not None and report.moved >= limit):
+                kept[message.message_id] = message
                 report.kept += 1
                 continue
             attributes = {k: v for k, v in message.attributes.items() if k not in DLQ_ATTRIBUTES}
             sqs.send_message(
                 QueueUrl=queue_url,
                 MessageBody=message.body,
-                MessageAttributes={
-                    k: {"DataType": "String", "StringValue": v} for k, v in attributes.items() if v
-                },
+                MessageAttributes={k: {"DataType": "String", "StringValue": v} for k, v in attributes.items() if v},
             )
             queue.delete(sqs, dlq_url, [message])
             report.moved += 1
             by_reason[entry.reason] += 1
+    _release(sqs, dlq_url, list(kept.values()))
     report.by_reason = dict(by_reason)
     return report

@@ -9,6 +9,8 @@ import os
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+import logging
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,9 +19,18 @@ import typer
 from xraylake.config import xraylake_home
 from xraylake.output import console, err_console, print_json, table
 
+# opensearch-py logs every 404 at WARNING (e.g. an optional index not created yet); errors still show.
+logging.getLogger("opensearch").setLevel(logging.ERROR)
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 sandbox_app = typer.Typer(no_args_is_help=True, help="The embedded local stack (moto server + in-memory OpenSearch).")
 app.add_typer(sandbox_app, name="sandbox")
+
+
+class LakeTable(StrEnum):
+    traces = "traces"
+    segments = "segments"
+
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 HomeOption = Annotated[
@@ -286,21 +297,37 @@ def consume(
 
 
 @app.command()
-def setup(config: ConfigOption = None, json: JsonOption = False) -> None:
-    """Create the index templates (idempotent) and report cluster capabilities."""
+def setup(
+    dashboards: Annotated[
+        str | None, typer.Option(help="OpenSearch Dashboards URL: import the saved objects there too.")
+    ] = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Create the index templates (idempotent), report cluster capabilities, optionally import dashboards."""
     from tasks.index import capabilities, client_for, ensure_templates
     from tasks.mappings import index_templates
+    from tasks.report import ensure_health_template
     from xraylake.config import load_config
 
     cfg = load_config(config)
     client = client_for(cfg.opensearch)
     names = ensure_templates(client, index_templates(cfg.opensearch.index_prefix))
+    ensure_health_template(client)
+    names.append("xraylake-health")
     caps = capabilities(client)
+    imported: object = None
+    if dashboards:
+        from tasks.dashboards import import_dashboards
+
+        imported = import_dashboards(dashboards)
     if json:
-        print_json({"templates": names, "capabilities": caps})
+        print_json({"templates": names, "capabilities": caps, "dashboards": imported})
     else:
         console.print(table("index templates", ["template"], [[n] for n in names]))
         console.print(f"capabilities: {caps}")
+        if dashboards:
+            console.print(f"dashboards imported into {dashboards}: {imported}")
 
 
 @app.command()
@@ -330,3 +357,351 @@ def demo(
             down(_home(home))
     if json:
         print_json(result)
+
+
+@app.command("import")
+def import_(
+    files: Annotated[list[Path], typer.Argument(help="batch-get-traces JSON, or segment documents (file/line)")],
+    account_id: Annotated[str, typer.Option("--account-id", help="Roster account the traces belong to.")],
+    region: Annotated[str, typer.Option("--region")] = "us-east-1",
+    direct: Annotated[bool, typer.Option(help="Write the sinks in-process instead of sending to the queue.")] = False,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Import exported X-Ray traces or raw segment documents for one roster account."""
+    from tasks import collector as col
+    from tasks.aws import log_client
+    from tasks.consumer import BatchStats, Consumer
+    from tasks.importer import parse_files
+    from xraylake.config import load_config
+
+    cfg = load_config(config)
+    try:
+        account = cfg.roster.get(account_id)
+    except ValueError as error:
+        err_console.print(f"[red]error:[/red] {error} (`xraylake sandbox status --json` lists the sandbox's)")
+        raise typer.Exit(2) from None
+    if region not in account.regions:
+        err_console.print(f"[red]error:[/red] region {region} is not enabled for {account_id}: {account.regions}")
+        raise typer.Exit(2)
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        err_console.print(f"[red]error:[/red] no such file: {', '.join(missing)}")
+        raise typer.Exit(2)
+    parsed = parse_files(files)
+    envelopes = col.envelopes_for(parsed.traces, source="import", account_id=account_id, region=region)
+    summary: dict[str, object] = {
+        "segments_read": parsed.segments_read,
+        "traces": len(parsed.traces),
+        "envelopes": len(envelopes),
+        "rejected": len(parsed.rejected),
+        "rejections": parsed.rejected,
+        "mode": "direct" if direct else "queue",
+    }
+    if direct:
+        consumer = Consumer(cfg, log_client("s3", cfg.archive.region), log_client("sqs", cfg.queue.region))
+        from tasks.index import ensure_templates
+        from tasks.mappings import index_templates
+
+        ensure_templates(consumer.opensearch, index_templates(consumer.index_prefix))
+        stats = BatchStats()
+        failed = consumer.ingest([(e, e.to_json()) for e in envelopes], stats)
+        summary |= {
+            "segments_indexed": stats.segments,
+            "documents_indexed": stats.documents_indexed,
+            "documents_failed": stats.documents_failed,
+            "envelopes_failed": len(failed),
+            "transform_problems": stats.transform_problems,
+        }
+    else:
+        collector = col.Collector.from_config(cfg)
+        _, report = col.send_envelopes(collector, envelopes)
+        summary["sent"] = report.sent
+    if json:
+        print_json(summary)
+    else:
+        rows = [(k, v) for k, v in summary.items() if k != "rejections"]
+        console.print(table(f"import into {account_id}/{region}", ["metric", "value"], rows))
+        for rejection in parsed.rejected[:20]:
+            err_console.print(f"[yellow]rejected[/yellow] {rejection['where']}: {rejection['reason']}")
+        if not direct:
+            console.print("sent to the org queue: `xraylake consume` indexes them")
+    if parsed.rejected or summary.get("envelopes_failed"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def replay(
+    start: Annotated[str, typer.Option(help="Trace start from (RFC 3339)")],
+    end: Annotated[str, typer.Option(help="Trace start until (RFC 3339, exclusive)")],
+    accounts: AccountsOption = None,
+    regions: RegionsOption = None,
+    target: Annotated[str, typer.Option(help="queue | direct")] = "queue",
+    sink: Annotated[list[str] | None, typer.Option(help="direct: index | parquet | raw (repeatable)")] = None,
+    index_prefix: Annotated[str | None, typer.Option(help="direct: write into <prefix>-traces-* etc.")] = None,
+    dry_run: bool = False,
+    rate: Annotated[float | None, typer.Option(help="Max messages per second.")] = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Re-send archived envelopes to the queue, or re-ingest them directly (e.g. into a new index)."""
+    from pydantic import ValidationError
+
+    from flows.replay import ReplayParameters
+    from flows.replay import replay as replay_flow
+
+    try:
+        params = ReplayParameters.model_validate(
+            {
+                "start": start,
+                "end": end,
+                "accounts": accounts,
+                "regions": regions,
+                "target": target,
+                "sinks": sink or ["index"],
+                "index_prefix": index_prefix,
+                "dry_run": dry_run,
+                "rate_per_second": rate,
+            }
+        )
+    except ValidationError as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    state, data = _run_flow(replay_flow, params=params, config_path=config)
+    if json:
+        print_json({"state": state.type.value, "message": state.message} | data)
+    else:
+        console.print(table("replay", ["metric", "value"], list(data.items())))
+        console.print(f"{state.type.value}: {state.message}")
+    if not state.is_completed():
+        raise typer.Exit(1)
+
+
+dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter queue: what was rejected, why, and redrive.")
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("list")
+def dlq_list(limit: int = 100, config: ConfigOption = None, json: JsonOption = False) -> None:
+    """DLQ messages with their reasons (they stay in the DLQ)."""
+    from dataclasses import asdict
+
+    from tasks import dlq
+    from tasks.aws import log_client
+    from xraylake.config import load_config
+
+    cfg = load_config(config)
+    entries = [e for e, _ in dlq.peek(log_client("sqs", cfg.queue.region), cfg.queue.dlq_url, limit)]
+    if json:
+        print_json(
+            {"count": len(entries), "by_reason": dlq.summarize(entries), "messages": [asdict(e) for e in entries]}
+        )
+        return
+    console.print(table("dead-lettered by reason", ["reason", "messages"], sorted(dlq.summarize(entries).items())))
+    columns = ["message_id", "reason", "account_id", "envelope_id", "receive_count", "detail"]
+    console.print(table("messages", columns, [[getattr(e, c) for c in columns] for e in entries]))
+
+
+@dlq_app.command("inspect")
+def dlq_inspect(message_id: str, config: ConfigOption = None, json: JsonOption = False) -> None:
+    """One DLQ message: attributes, reason and what its body decodes to."""
+    from dataclasses import asdict
+
+    from tasks import dlq
+    from tasks.aws import log_client
+    from tasks.consumer import Consumer
+    from tasks.envelope import EnvelopeError
+    from xraylake.config import load_config
+
+    cfg = load_config(config)
+    sqs = log_client("sqs", cfg.queue.region)
+    found = [(e, m) for e, m in dlq.peek(sqs, cfg.queue.dlq_url, 1000) if e.message_id == message_id]
+    if not found:
+        err_console.print(f"[red]error:[/red] message {message_id} is not in the DLQ")
+        raise typer.Exit(2)
+    entry, message = found[0]
+    detail: dict[str, object] = asdict(entry) | {"attributes": message.attributes, "body_head": message.body[:500]}
+    try:
+        decoded = Consumer(cfg, log_client("s3", cfg.archive.region), sqs).decode(message)
+        detail["decodes_now"] = True
+        detail["traces"] = [t.get("Id") for t in decoded.envelope.traces]
+    except EnvelopeError as error:
+        detail["decodes_now"] = False
+        detail["decode_error"] = f"{error.reason}: {error.detail}"
+    if json:
+        print_json(detail)
+    else:
+        console.print(table(f"DLQ message {message_id}", ["field", "value"], list(detail.items())))
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    reason: Annotated[str | None, typer.Option(help="Only messages with this reason.")] = None,
+    limit: int | None = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Move DLQ messages back to the queue (after the cause was fixed)."""
+    from dataclasses import asdict
+
+    from tasks import dlq
+    from tasks.aws import log_client
+    from xraylake.config import load_config
+
+    cfg = load_config(config)
+    report = dlq.redrive(log_client("sqs", cfg.queue.region), cfg.queue.dlq_url, cfg.queue.queue_url, reason, limit)
+    if json:
+        print_json(asdict(report))
+    else:
+        console.print(
+            f"redrive ({report.method}): moved {report.moved}, kept {report.kept}, by reason {report.by_reason}"
+        )
+
+
+@app.command()
+def report(
+    since: Annotated[str, typer.Option(help="Look back this far: 90m, 24h, 7d")] = "24h",
+    out: Annotated[Path, typer.Option(help="Where to write the HTML report.")] = Path("report.html"),
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Headline numbers and a self-contained HTML report (Step Functions, services, accounts, health)."""
+    from tasks.report import parse_since, report_tables, run_report
+    from xraylake.config import load_config
+
+    try:
+        window = parse_since(since)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--since") from None
+    data = run_report(load_config(config), window, out)
+    if json:
+        print_json(data.model_dump(mode="json"))
+        return
+    for rich_table in report_tables(data):
+        console.print(rich_table)
+    console.print(f"report written to {out.resolve()}")
+
+
+@app.command()
+def compact(
+    accounts: AccountsOption = None,
+    start_date: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD).")] = None,
+    end_date: Annotated[str | None, typer.Option(help="Last day (YYYY-MM-DD).")] = None,
+    tables: Annotated[list[LakeTable] | None, typer.Option("--table", help="traces | segments")] = None,
+    target_file_mb: int = 128,
+    skip_recent_hours: int = 0,
+    rewrite_single_files: bool = False,
+    dry_run: bool = False,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Merge small Parquet files per partition and drop duplicate rows (latest collected_at wins)."""
+    from datetime import date
+
+    from flows.compact import compact as compact_flow
+
+    try:
+        first = date.fromisoformat(start_date) if start_date else None
+        last = date.fromisoformat(end_date) if end_date else None
+    except ValueError as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    state, data = _run_flow(
+        compact_flow,
+        accounts=accounts,
+        start_date=first,
+        end_date=last,
+        tables=[t.value for t in tables] if tables else None,
+        target_file_mb=target_file_mb,
+        skip_recent_hours=skip_recent_hours,
+        rewrite_single_files=rewrite_single_files,
+        dry_run=dry_run,
+        config_path=config,
+    )
+    if json:
+        print_json({"state": state.type.value, "message": state.message} | data)
+    else:
+        console.print(table("compact", ["metric", "value"], list(data["totals"].items())))
+        rows = [r for r in data["partitions"] if r.get("status") != "skipped"]
+        if rows:
+            columns = list(rows[0].keys())
+            console.print(table("partitions", columns, [[r.get(c) for c in columns] for r in rows]))
+        console.print(f"{state.type.value}: {state.message}")
+    if not state.is_completed():
+        raise typer.Exit(1)
+
+
+@app.command()
+def reconcile(
+    start: Annotated[str | None, typer.Option(help="From (RFC 3339); default: end - lookback.")] = None,
+    end: Annotated[str | None, typer.Option(help="Until (RFC 3339); default: now - settle.")] = None,
+    accounts: AccountsOption = None,
+    regions: RegionsOption = None,
+    lookback_hours: int = 24,
+    settle_minutes: int = 30,
+    repair: Annotated[bool, typer.Option(help="Re-collect or replay what is missing, then check again.")] = False,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Prove nothing was lost: X-Ray vs raw archive vs Parquet vs index, per account and hour."""
+    from datetime import datetime
+
+    from flows.reconcile import reconcile as reconcile_flow
+    from tasks.reconcile import ReconcileReport
+
+    try:
+        start_at = datetime.fromisoformat(start) if start else None
+        end_at = datetime.fromisoformat(end) if end else None
+    except ValueError as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    state, data = _run_flow(
+        reconcile_flow,
+        start=start_at,
+        end=end_at,
+        accounts=accounts,
+        regions=regions,
+        lookback_hours=lookback_hours,
+        settle_minutes=settle_minutes,
+        repair=repair,
+        config_path=config,
+    )
+    result = ReconcileReport.model_validate(data)
+    if json:
+        print_json({"state": state.type.value} | data)
+    else:
+        rows = result.summary_rows()
+        if rows:
+            columns = list(rows[0].keys())
+            console.print(table("reconcile", columns, [[r[c] for c in columns] for r in rows]))
+        for row in result.rows:
+            for sink, ids in row.missing_ids.items():
+                if ids:
+                    console.print(f"missing in {sink} ({row.account_id} {row.hour:%Y-%m-%dT%H}): {', '.join(ids[:5])}")
+        if result.repair and result.before:
+            console.print(f"before repair: {result.before.message()}; repair: {result.repair.model_dump()}")
+        console.print(result.message())
+    if not result.ok or not state.is_completed():
+        raise typer.Exit(1)
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="SQL over the Parquet lake: FROM traces / FROM segments")],
+    max_rows: int = 1000,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Ad-hoc SQL over the Parquet lake with DuckDB (no OpenSearch needed)."""
+    from tasks.lake import query as lake_query
+    from xraylake.config import load_config
+
+    try:
+        frame = lake_query(load_config(config), sql, max_rows=max_rows)
+    except (ValueError, LookupError) as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    if json:
+        print_json(frame.to_dict(orient="records"))
+        return
+    console.print(table(f"{len(frame)} rows", [str(c) for c in frame.columns], frame.itertuples(index=False)))

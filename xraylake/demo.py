@@ -9,6 +9,7 @@ its data; `xraylake sandbox down` stops it.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -222,6 +223,47 @@ def run_demo(
         f"{consumed['dead_lettered_total']} dead-lettered"
     )
 
+    tick = time.monotonic()
+    from flows.reconcile import reconcile
+    from tasks.reconcile import ReconcileReport
+
+    checked = ReconcileReport.model_validate(
+        _data(
+            reconcile(
+                config_path=config_path,
+                start=datetime.now(UTC) - timedelta(hours=hours_back + 1),
+                end=datetime.now(UTC),
+                return_state=True,
+            )
+        )
+    )
+    timings["reconcile"] = time.monotonic() - tick
+    result["reconcile"] = {
+        "ok": checked.ok,
+        "totals": checked.totals,
+        "missing": checked.missing,
+        "message": checked.message(),
+    }
+    say(
+        f"6. reconcile (X-Ray vs raw archive vs Parquet vs index, per account and hour): "
+        f"[bold]{'all accounts match' if checked.ok else 'MISMATCH'}[/bold] — {checked.message()}"
+    )
+
+    tick = time.monotonic()
+    from tasks.report import run_report
+
+    out = report_path or (home / "report.html")
+    report = run_report(config, f"{int(hours_back) + 2}h", out)
+    timings["report"] = time.monotonic() - tick
+    result["report"] = str(out.resolve())
+    head = report.headline
+    result["report_headline"] = head.model_dump()
+    say(
+        f"7. report: {head.traces} traces, {head.executions} Step Functions executions "
+        f"({head.failed_executions} failed, {head.execution_seconds:.1f} s in total), {head.services} services "
+        f"→ [bold]{out.resolve()}[/bold] (opens offline in any browser)"
+    )
+
     result["where"] = {
         "opensearch": sandbox_state["opensearch_url"],
         "read_aliases": ["xray-traces", "xray-segments", "otel-v1-apm-span", "otel-v1-apm-service-map"],
@@ -234,7 +276,7 @@ def run_demo(
     result["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     say(
         table(
-            "5. where to look",
+            "8. where to look",
             ["what", "where"],
             [[k, ", ".join(v) if isinstance(v, list) else v] for k, v in result["where"].items()],
         )

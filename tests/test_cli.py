@@ -1,0 +1,146 @@
+"""The CLI against the sandbox: JSON output, exit codes and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+from typer.testing import CliRunner
+
+from tests.flows.test_consume import envelope_for, make_trace, send, send_envelope
+from xraylake.cli import app
+from xraylake.config import Config
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+FIXTURES = Path(__file__).parent / "fixtures" / "xray"
+
+
+@pytest.fixture
+def cli(config_file: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("XRAYLAKE_CONFIG", config_file)
+    return CliRunner()
+
+
+def run(cli: CliRunner, *args: str, code: int = 0) -> dict:  # type: ignore[type-arg]
+    result = cli.invoke(app, [*args])
+    assert result.exit_code == code, result.output
+    if "--json" in args and code == 0:
+        return json.loads(result.stdout)
+    return {"output": result.output}
+
+
+def test_import_direct_indexes_exported_traces_and_rejects_bad_lines(
+    cli: CliRunner, fresh_config: Config, tmp_path: Path
+) -> None:
+    account = fresh_config.roster.accounts[0].account_id
+    daemon = tmp_path / "daemon.jsonl"
+    segment = json.loads((FIXTURES / "awsdocs_minimal_segment.json").read_text())
+    daemon.write_text(
+        '{"format": "json", "version": 1}\n' + json.dumps(segment) + "\nnot json at all\n"
+        '{"name": "no-trace-id", "id": "1", "start_time": 1}\n'
+    )
+    # exit code 1: the good traces are imported, but something was rejected
+    run(cli, "import", str(daemon), "--account-id", account, "--direct", "--json", code=1)
+    result = cli.invoke(app, ["import", str(daemon), "--account-id", account, "--direct", "--json"])
+    data = json.loads(result.stdout)
+    assert data["segments_read"] == 1
+    assert data["rejected"] == 2
+    assert {r["reason"].split(":")[0] for r in data["rejections"]} == {"not JSON", "segment document lacks 'trace_id'"}
+    good = cli.invoke(
+        app,
+        ["import", str(FIXTURES / "scorekeep_batch_get_traces.json"), "--account-id", account, "--direct", "--json"],
+    )
+    assert good.exit_code == 0, good.output
+    imported = json.loads(good.stdout)
+    assert imported["traces"] >= 1
+    assert imported["documents_failed"] == 0
+    assert imported["segments_indexed"] >= imported["segments_read"]
+
+
+def test_import_refuses_unknown_account_and_missing_file(cli: CliRunner, fresh_config: Config) -> None:
+    out = run(cli, "import", str(FIXTURES / "scorekeep_batch_get_traces.json"), "--account-id", "999999999999", code=2)
+    assert "not in the roster" in out["output"]
+    account = fresh_config.roster.accounts[0].account_id
+    out = run(cli, "import", "/nonexistent.json", "--account-id", account, code=2)
+    assert "no such file" in out["output"]
+
+
+def test_dlq_list_inspect_and_redrive_by_reason(cli: CliRunner, fresh_config: Config) -> None:
+    from flows.consume import run_consumer
+
+    send(fresh_config, "{not json")
+    send_envelope(fresh_config, envelope_for(fresh_config, [make_trace("dlq-unsigned")]), key=None)
+    run_consumer(fresh_config, wait_seconds=1, use_tasks=False)
+    listed = run(cli, "dlq", "list", "--json")
+    assert listed["by_reason"] == {"bad-json": 1, "signature": 1}
+    unsigned = next(m for m in listed["messages"] if m["reason"] == "signature")
+    inspected = run(cli, "dlq", "inspect", unsigned["message_id"], "--json")
+    assert inspected["decodes_now"] is False
+    assert inspected["decode_error"].startswith("signature")
+    moved = run(cli, "dlq", "redrive", "--reason", "signature", "--json")
+    assert moved["moved"] == 1
+    assert moved["by_reason"] == {"signature": 1}
+    assert run(cli, "dlq", "list", "--json")["by_reason"] == {"bad-json": 1}
+    depth = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=fresh_config.queue.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]["ApproximateNumberOfMessages"]
+    assert depth == "1"
+
+
+def test_bad_parameters_exit_2_with_a_clear_message(cli: CliRunner) -> None:
+    assert "not in the roster" in run(cli, "sweep", "--account", "999999999999", code=2)["output"]
+    assert "malformed" in run(cli, "collect", "arn:aws:states:nope", code=2)["output"]
+    assert (
+        "not after start"
+        in run(cli, "backfill", "--start", "2026-11-26T10:00:00+00:00", "--end", "2026-11-26T09:00:00+00:00", code=2)[
+            "output"
+        ]
+    )
+    assert "invalid duration" in run(cli, "report", "--since", "yesterday", code=2)["output"]
+    assert (
+        "empty range"
+        in run(cli, "replay", "--start", "2026-11-26T10:00:00+00:00", "--end", "2026-11-26T10:00:00+00:00", code=2)[
+            "output"
+        ]
+    )
+
+
+def test_setup_and_report_json(cli: CliRunner, tmp_path: Path) -> None:
+    setup = run(cli, "setup", "--json")
+    assert {"xray-traces", "xray-segments", "otel-v1-apm-span", "xraylake-health"} <= set(setup["templates"])
+    out = tmp_path / "r.html"
+    report = run(cli, "report", "--since", "2h", "--out", str(out), "--json")
+    assert report["headline"]["traces"] == 0
+    assert out.read_text().startswith("<!DOCTYPE html>") or "<html" in out.read_text()
+
+
+def test_reconcile_compact_and_query_after_the_pipeline(cli: CliRunner, fresh_config: Config) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tests.flows.test_sweep import put_simple_traces
+
+    for account in fresh_config.roster.accounts:
+        put_simple_traces(fresh_config, account.account_id, 5)
+    run(cli, "sweep", "--json")
+    run(cli, "consume", "--wait-seconds", "1", "--json")
+    run(cli, "sweep", "--overlap-seconds", "3600", "--json")  # overlap: the same traces again
+    run(cli, "consume", "--wait-seconds", "1", "--json")
+    start = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
+    end = datetime.now(UTC).isoformat()
+    checked = run(cli, "reconcile", "--start", start, "--end", end, "--json")
+    assert checked["ok"] is True
+    assert checked["totals"]["index"] == 15
+    counted = run(
+        cli, "query", "SELECT account_id, count(DISTINCT trace_id) AS traces FROM segments GROUP BY 1", "--json"
+    )
+    assert sorted(r["account_id"] for r in counted) == sorted(a.account_id for a in fresh_config.roster.accounts)
+    assert {r["traces"] for r in counted} == {5}
+    compacted = run(cli, "compact", "--rewrite-single-files", "--json")
+    assert compacted["state"] == "COMPLETED"
+    assert compacted["totals"]["rows_out"] == compacted["totals"]["rows_in"] - compacted["totals"]["duplicates_removed"]
+    assert compacted["totals"]["files_after"] <= compacted["totals"]["files_before"]
+    rows = run(cli, "query", "SELECT count(*) AS n FROM segments", "--json")
+    assert rows == [{"n": 15}]
+    assert "Parser Error" in run(cli, "query", "SELEC nonsense", code=2)["output"]
