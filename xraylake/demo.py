@@ -9,9 +9,9 @@ its data; `xraylake sandbox down` stops it.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
