@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, Field, SecretStr
@@ -61,6 +62,36 @@ class Config(BaseModel):
         return orjson.dumps(data, option=orjson.OPT_INDENT_2)
 
 
+def _secret(name: str) -> str:
+    """The value of a Prefect Secret block (real deployments keep keys there, not in files)."""
+    from prefect.blocks.system import Secret
+
+    value = Secret.load(name).get()
+    return str(value)
+
+
+def resolve_secrets(data: dict[str, Any]) -> dict[str, Any]:
+    """Replace `*_secret` references by the Prefect Secret values they name.
+
+    `signing_key_secrets: [current, previous]`, `roster.external_id_secret` and
+    `opensearch.password_secret` let a config file name secrets instead of holding them.
+    """
+    data = dict(data)
+    names = data.pop("signing_key_secrets", None)
+    if names:
+        data["signing_keys"] = [_secret(n) for n in names]
+    for section, field, target in (
+        ("roster", "external_id_secret", "external_id"),
+        ("opensearch", "password_secret", "password"),
+    ):
+        block = dict(data.get(section) or {})
+        name = block.pop(field, None)
+        if name:
+            block[target] = _secret(name)
+            data[section] = block
+    return data
+
+
 def xraylake_home() -> Path:
     return Path(os.environ.get("XRAYLAKE_HOME", Path.home() / ".xraylake"))
 
@@ -79,6 +110,6 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             "or set XRAYLAKE_CONFIG to a config file for real AWS"
         )
     data = orjson.loads(source.read_bytes())
-    config = Config.model_validate(data.get("config", data))
+    config = Config.model_validate(resolve_secrets(data.get("config", data)))
     config.apply_environment()
     return config

@@ -1,0 +1,49 @@
+"""Config files for real deployments: secrets named, not stored; validation of the example."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from prefect.blocks.system import Secret
+
+from xraylake.config import ConfigError, load_config
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "config.aws.json"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_example_config_resolves_prefect_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "xraylake-external-id": "ext-123",
+        "xraylake-hmac-current": "k-new",
+        "xraylake-hmac-previous": "k-old",
+    }.items():
+        Secret(value=value).save(name, overwrite=True)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    config = load_config(EXAMPLE)
+    assert config.aws_endpoint_url is None
+    assert config.roster.external_id.get_secret_value() == "ext-123"
+    assert [k.get_secret_value() for k in config.signing_keys] == ["k-new", "k-old"]
+    assert config.roster.accounts[0].account_id == "012345678901"
+    assert config.opensearch.auth == "sigv4"
+    assert "ext-123" not in repr(config) and "k-new" not in repr(config)
+
+
+def test_missing_config_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XRAYLAKE_CONFIG", raising=False)
+    monkeypatch.setenv("XRAYLAKE_HOME", str(tmp_path))
+    with pytest.raises(ConfigError, match="xraylake sandbox up"):
+        load_config()
+
+
+def test_account_ids_must_be_12_digit_strings(tmp_path: Path) -> None:
+    data = json.loads(EXAMPLE.read_text())
+    data["roster"]["accounts"][0]["account_id"] = 12345678901  # a number that lost its leading zero
+    data.pop("signing_key_secrets")
+    data["roster"].pop("external_id_secret")
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="12 digits"):
+        load_config(path)
