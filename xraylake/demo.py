@@ -245,7 +245,7 @@ def run_demo(
         "message": checked.message(),
     }
     say(
-        f"6. reconcile (X-Ray vs raw archive vs Parquet vs index, per account and hour): "
+        f"5. reconcile (X-Ray vs raw archive vs Parquet vs index, per account and hour): "
         f"[bold]{'all accounts match' if checked.ok else 'MISMATCH'}[/bold] — {checked.message()}"
     )
 
@@ -259,7 +259,7 @@ def run_demo(
     head = report.headline
     result["report_headline"] = head.model_dump()
     say(
-        f"7. report: {head.traces} traces, {head.executions} Step Functions executions "
+        f"6. report: {head.traces} traces, {head.executions} Step Functions executions "
         f"({head.failed_executions} failed, {head.execution_seconds:.1f} s in total), {head.services} services "
         f"→ [bold]{out.resolve()}[/bold] (opens offline in any browser)"
     )
@@ -276,7 +276,7 @@ def run_demo(
     result["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     say(
         table(
-            "8. where to look",
+            "7. where to look",
             ["what", "where"],
             [[k, ", ".join(v) if isinstance(v, list) else v] for k, v in result["where"].items()],
         )
