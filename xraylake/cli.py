@@ -8,6 +8,9 @@ import os
 # Set before Prefect is imported (its settings are read at import). Override by exporting it.
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Without PREFECT_API_URL flows run against a temporary local server; its 20 s start-up default
+# is too short on a busy 2-core machine (first start migrates the database).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import logging
 from enum import StrEnum
