@@ -71,6 +71,14 @@ def finish(
             {"flow": kind, "region": r.region, "error": r.error, "error_kind": r.error_kind},
             **{"xraylake.account.name": r.account_name, "xraylake.region": r.region},
         )
+    for r in results:
+        if r.transaction_search == "cloudwatch_logs":
+            emit(
+                "xraylake.account.transaction-search",
+                f"aws.account.{r.account_id}",
+                {"flow": kind, "region": r.region, "detail": r.error},
+                **{"xraylake.account.name": r.account_name, "xraylake.region": r.region},
+            )
     totals = {
         "accounts": len({r.account_id for r in results}),
         "failed": len(failed),

@@ -216,3 +216,20 @@ def test_bad_input_fails_before_any_work(call, message: str, config_file: str, f
     with pytest.raises(ValueError, match=message):
         call(config_file)
     assert not drain(fresh_config)
+
+
+def test_transaction_search_account_is_reported_not_silently_empty(
+    fresh_config: Config, config_file: str, traffic, stack: SandboxStack  # type: ignore[no-untyped-def]
+) -> None:
+    switched = fresh_config.roster.accounts[2].account_id
+    strict = front(stack)
+    strict.set_segment_destination(switched, "us-east-1", "CloudWatchLogs")
+    try:
+        state = sweep(config_path=config_file, first_lookback_minutes=180, lag_seconds=0, return_state=True)
+    finally:
+        strict.set_segment_destination(switched, "us-east-1", "XRay")
+    rows = {a["account_id"]: a for a in state.result(raise_on_failure=False)["accounts"]}
+    assert rows[switched]["transaction_search"] == "cloudwatch_logs"
+    assert rows[switched]["traces"] == 0
+    assert "Transaction Search" in rows[switched]["error"]
+    assert all(r["transaction_search"] == "xray" for a, r in rows.items() if a != switched)
