@@ -64,8 +64,13 @@ def run_consumer(
     wait_seconds: int = 20,
     visibility_timeout: int = 300,
     index_prefix: str | None = None,
-    use_tasks: bool = True,
+    use_tasks: bool | None = None,
 ) -> BatchStats:
+    """Drain the queue; each batch is a Prefect task run when called inside a flow run."""
+    if use_tasks is None:
+        from prefect.context import FlowRunContext
+
+        use_tasks = FlowRunContext.get() is not None
     consumer = Consumer(
         config,
         log_client("s3", config.archive.region),

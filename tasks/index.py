@@ -34,6 +34,7 @@ def client_for(target: OpenSearchTarget) -> OpenSearch:
         "retry_on_timeout": True,
         "retry_on_status": (502, 503, 504),
         "http_compress": True,
+        "pool_maxsize": 16,  # one client is shared by threads (consumer heartbeat, reconcile)
         "connection_class": Urllib3HttpConnection,
     }
     if target.auth == "basic":
@@ -58,12 +59,14 @@ class IndexAction:
     source: dict[str, Any]
     kind: str  # traces | segments | spans | service-map (for counting)
     versioned: bool = True
+    # "create" writes only documents that do not exist (repair); a 409 then means "already there"
+    op_type: str = "index"
 
 
 @dataclass
 class BulkReport:
     indexed: int = 0
-    stale: int = 0  # version conflicts: a newer document already there, counted as success
+    stale: int = 0  # 409: a newer version (index) or the document itself (create) is already there
     failed: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
@@ -77,12 +80,12 @@ class BulkReport:
 def _bulk_actions(actions: Iterable[IndexAction]) -> Iterator[dict[str, Any]]:
     for action in actions:
         item: dict[str, Any] = {
-            "_op_type": "index",
+            "_op_type": action.op_type,
             "_index": action.index,
             "_id": action.doc_id,
             "_source": action.source,
         }
-        if action.versioned:
+        if action.versioned and action.op_type == "index":
             item["version"] = action.version
             item["version_type"] = "external_gte"
         yield item

@@ -28,7 +28,7 @@ import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,7 +36,6 @@ import orjson
 import pyarrow.dataset as ds
 from opensearchpy import OpenSearch
 from opensearchpy import exceptions as os_exc
-from opensearchpy.helpers import streaming_bulk
 from pydantic import BaseModel, Field
 
 from blocks import MemberAccount
@@ -45,7 +44,7 @@ from tasks import collector as col
 from tasks.consumer import BatchStats, Consumer
 from tasks.documents import EnvelopeDocuments
 from tasks.envelope import parse_envelope, trace_epoch
-from tasks.index import BulkReport, IndexAction
+from tasks.index import bulk_index
 from tasks.transform import to_arrow
 from xraylake.config import Config
 from xraylake.errors import TransientError
@@ -457,43 +456,6 @@ def refresh(client: OpenSearch, alias: str) -> None:
 # ============================================================================ I/O: repair
 
 
-def create_documents(client: OpenSearch, actions: Sequence[IndexAction], max_retries: int = 5) -> BulkReport:
-    """Bulk `create`: documents that exist (any version) stay as they are (409 = already there)."""
-    report = BulkReport()
-    items = ({"_op_type": "create", "_index": a.index, "_id": a.doc_id, "_source": a.source} for a in actions)
-    try:
-        for ok, item in streaming_bulk(
-            client,
-            items,
-            chunk_size=1000,
-            max_chunk_bytes=8 * 1024 * 1024,
-            raise_on_error=False,
-            raise_on_exception=True,
-            max_retries=max_retries,
-            initial_backoff=1,
-            max_backoff=30,
-        ):
-            result = next(iter(item.values()))
-            if ok:
-                report.indexed += 1
-            elif result.get("status") == 409:
-                report.stale += 1
-            else:
-                report.failed += 1
-                report.failed_ids.add(str(result.get("_id")))
-                if len(report.errors) < 20:
-                    report.errors.append(
-                        {
-                            "id": result.get("_id"),
-                            "status": result.get("status"),
-                            "error": result.get("error"),
-                        }
-                    )
-    except os_exc.TransportError as error:
-        raise TransientError(f"OpenSearch bulk create failed: {error}") from error
-    return report
-
-
 class Repairer(Consumer):
     """The consumer's transform (roster names, redaction, index prefix) applied to envelopes
     re-read from the raw archive, writing only what a sink lacks."""
@@ -514,8 +476,11 @@ class Repairer(Consumer):
                 self._repair_parquet(envelope.envelope_id, docs, summary)
             else:
                 version = envelope.collected_at_ms
-                actions = EnvelopeDocuments(envelope.envelope_id, docs).index_actions(version, self.index_prefix)
-                report = create_documents(self.opensearch, actions)
+                documents = EnvelopeDocuments(envelope.envelope_id, docs)
+                actions = [
+                    replace(action, op_type="create") for action in documents.index_actions(version, self.index_prefix)
+                ]
+                report = bulk_index(self.opensearch, actions)
                 summary.index_created += report.indexed
                 summary.index_existing += report.stale
                 summary.index_failed += report.failed
@@ -560,7 +525,6 @@ __all__ = [
     "RepairSummary",
     "Repairer",
     "compare",
-    "create_documents",
     "epoch_bounds",
     "hours_of",
     "id_bounds",

@@ -66,8 +66,8 @@ def _secret(name: str) -> str:
     """The value of a Prefect Secret block (real deployments keep keys there, not in files)."""
     from prefect.blocks.system import Secret
 
-    value = Secret.load(name).get()
-    return str(value)
+    block: Any = Secret.load(name)  # sync call outside an event loop: returns the block, not a coroutine
+    return str(block.get())
 
 
 def resolve_secrets(data: dict[str, Any]) -> dict[str, Any]:
