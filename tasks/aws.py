@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -47,14 +48,15 @@ def member_credentials(roster: Roster, account_id: str, region: str) -> AwsCrede
 class MemberSessions:
     """Thread-safe cache of assumed-role sessions, refreshed ahead of expiry."""
 
-    def __init__(self, roster: Roster) -> None:
+    def __init__(self, roster: Roster, clock: Callable[[], float] = time.monotonic) -> None:
         self._roster = roster
+        self._clock = clock
         self._lock = threading.Lock()
         self._sessions: dict[tuple[str, str], tuple[float, boto3.Session]] = {}
 
     def session(self, account_id: str, region: str) -> boto3.Session:
         key = (account_id, region)
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             cached = self._sessions.get(key)
             if cached and cached[0] > now:
