@@ -443,13 +443,16 @@ def assert_exactly_once(
     return sinks
 
 
-def reconcile_ok(config_path: str, expected: Mapping[str, set[str]]) -> Any:
-    """The project's reconcile flow over the scenario's window: ok, and totals = what was planted."""
+def reconcile_ok(config_path: str, expected: Mapping[str, set[str]], repair: bool = False) -> Any:
+    """The project's reconcile flow over the scenario's window: ok (after repair, with `repair`),
+    and totals = what was planted."""
     from flows.reconcile import reconcile
     from tasks.reconcile import ReconcileReport
 
     start, end = window_of(expected)
-    state = reconcile(start=start, end=end, accounts=list(expected), config_path=config_path, return_state=True)
+    state = reconcile(
+        start=start, end=end, accounts=list(expected), repair=repair, config_path=config_path, return_state=True
+    )
     assert state.is_completed(), state.message
     report = ReconcileReport.model_validate(state.result())
     total = sum(len(v) for v in expected.values())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
 import boto3
 import pytest
@@ -85,7 +86,7 @@ def test_replay_of_old_envelopes_never_overwrites_newer_data(
     params = ReplayParameters(start=start, end=datetime.now(UTC), target=target, sinks=["raw", "parquet", "index"])  # type: ignore[arg-type]
     state = replay(params=params, config_path=config_file, return_state=True)
     assert state.is_completed(), state.message
-    replayed = state.result()
+    replayed: dict[str, Any] = state.result()  # type: ignore[assignment]
     assert replayed["objects"] >= 4 and replayed["traces"] > len(running)
     if target == "queue":
         stats = h.drain(fresh_config)
