@@ -1,0 +1,257 @@
+"""B2 consume end to end (sandbox): segments/s from a queue backlog into index + raw + Parquet.
+
+A backlog of signed envelopes (generated traffic of 4 accounts, packed and encoded exactly as a
+sweep sends them, claim-checks included) is consumed three ways, each on the same content:
+
+- ours: `flows.consume.receive_batch` + `consume_batch` (= `run_consumer(use_tasks=False)`),
+  with `BatchStats.stage_seconds` per stage plus the receive time;
+- Lambda-style: one message at a time (MaxNumberOfMessages=1), the same decode and transform,
+  one OpenSearch index request per document, one S3 put per message, one delete per message;
+- raw-sink bound: `opensearchpy.helpers.bulk` of the pre-built documents plus S3 puts of the
+  pre-built raw and Parquet objects (no queue, no decoding, no transform).
+
+The consumer runs with `describe_executions=False`: the generated Step Functions traces name
+executions that do not exist in moto, and a failed DescribeExecution is not cached, so keeping
+it on would charge a failing HTTP call per Step Functions trace that production does not pay
+(there a finished execution is described once and cached).
+
+Targets: ours ≥ 8 × Lambda-style, ≥ 0.8 × the raw-sink bound.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import time
+import uuid
+from typing import Any
+
+import common
+from opensearchpy import helpers
+
+LAMBDA_QUICK_MESSAGES = 3
+
+
+def build_backlog(config: Any, traces_by_account: dict[str, list[dict[str, Any]]]) -> list[Any]:
+    """Envelopes as a sweep builds them (one window per account)."""
+    from tasks import collector as col
+
+    envelopes = []
+    for account_id, traces in traces_by_account.items():
+        envelopes += col.envelopes_for(traces, source="sweep", account_id=account_id, region="us-east-1")
+    return envelopes
+
+
+def send_backlog(config: Any, envelopes: list[Any]) -> dict[str, Any]:
+    from tasks import collector as col
+
+    collector = col.Collector.from_config(config)
+    started = time.monotonic()
+    messages, report = col.send_envelopes(collector, envelopes)
+    return {
+        "messages": report.sent,
+        "bytes": report.bytes,
+        "claim_checks": sum(1 for m in messages if m.claim_check),
+        "send_seconds": round(time.monotonic() - started, 2),
+    }
+
+
+def run_ours(config: Any, index_prefix: str) -> dict[str, Any]:
+    from flows.consume import consume_batch, receive_batch
+    from tasks.aws import log_client
+    from tasks.consumer import BatchStats, Consumer
+    from tasks.index import ensure_templates
+    from tasks.mappings import index_templates
+
+    consumer = Consumer(
+        config,
+        log_client("s3", config.archive.region),
+        log_client("sqs", config.queue.region),
+        index_prefix=index_prefix,
+        describe_executions=False,
+    )
+    ensure_templates(consumer.opensearch, index_templates(index_prefix))
+    total = BatchStats()
+    receive_seconds = 0.0
+    started = time.perf_counter()
+    while True:
+        tick = time.perf_counter()
+        messages = receive_batch(consumer, 100, 1, 300)
+        receive_seconds += time.perf_counter() - tick
+        if not messages:
+            break
+        total.merge(consume_batch.fn(consumer, messages, 300))
+    wall = time.perf_counter() - started - 1.0  # the final empty long poll waits 1 s
+    stages = {k: round(v, 3) for k, v in total.stage_seconds.items()}
+    stages["receive"] = round(receive_seconds - 1.0, 3)
+    return {
+        "seconds": round(wall, 3),
+        "segments": total.segments,
+        "traces": total.traces,
+        "messages": total.deleted,
+        "documents_indexed": total.documents_indexed,
+        "documents_failed": total.documents_failed,
+        "raw_objects": total.raw_objects,
+        "parquet_files": total.parquet_files,
+        "dead_lettered": sum(total.dead_lettered.values()),
+        "errors": total.errors[:3],
+        "stage_seconds": stages,
+        "segments_per_second": round(total.segments / wall, 1),
+    }
+
+
+def run_lambda_style(config: Any, index_prefix: str, max_messages: int | None) -> dict[str, Any]:
+    """The classic design's log-account Lambda: one message per invocation, one request per doc."""
+    from tasks import archive, queue
+    from tasks.aws import log_client
+    from tasks.consumer import Consumer
+    from tasks.documents import transform_envelope
+    from tasks.index import ensure_templates
+    from tasks.mappings import index_templates
+
+    s3 = log_client("s3", config.archive.region)
+    sqs = log_client("sqs", config.queue.region)
+    consumer = Consumer(config, s3, sqs, index_prefix=index_prefix, describe_executions=False)
+    client = consumer.opensearch
+    ensure_templates(client, index_templates(index_prefix))
+    segments = documents = messages_done = 0
+    busy = 0.0
+    started = time.perf_counter()
+    while max_messages is None or messages_done < max_messages:
+        tick = time.perf_counter()
+        got = queue.receive(sqs, config.queue.queue_url, max_messages=1, wait_seconds=1, visibility_timeout=300)
+        if not got:
+            break
+        message = got[0]
+        decoded = consumer.decode(message)
+        envelope = decoded.envelope
+        result = transform_envelope(envelope, consumer.accounts[envelope.account_id], consumer.redaction)
+        archive.put_raw(s3, config.archive, envelope, decoded.raw)
+        for action in result.index_actions(envelope.collected_at_ms, index_prefix):
+            params = {"version": action.version, "version_type": "external_gte"} if action.versioned else {}
+            try:
+                client.index(index=action.index, id=action.doc_id, body=action.source, params=params)
+            except Exception as error:  # a 409 on a stale doc is success for this design too
+                if getattr(error, "status_code", None) != 409:
+                    raise
+            documents += 1
+        sqs.delete_message(QueueUrl=config.queue.queue_url, ReceiptHandle=message.receipt_handle)
+        segments += len(result.segments)
+        messages_done += 1
+        busy += time.perf_counter() - tick
+    wall = time.perf_counter() - started
+    return {
+        "seconds": round(busy, 3),
+        "wall_seconds": round(wall, 3),
+        "messages": messages_done,
+        "segments": segments,
+        "documents_indexed": documents,
+        "segments_per_second": round(segments / busy, 1) if busy else None,
+    }
+
+
+def run_sink_bound(config: Any, envelopes: list[Any], index_prefix: str) -> dict[str, Any]:
+    """Only the sinks: bulk of pre-built documents, S3 puts of pre-built raw and Parquet objects."""
+    import pyarrow.parquet as pq
+
+    from blocks import MemberAccount
+    from tasks import archive
+    from tasks.aws import log_client
+    from tasks.documents import transform_envelope
+    from tasks.index import _bulk_actions, client_for, ensure_templates
+    from tasks.mappings import index_templates
+    from tasks.redact import RedactionPolicy
+
+    s3 = log_client("s3", config.archive.region)
+    client = client_for(config.opensearch)
+    ensure_templates(client, index_templates(index_prefix))
+    accounts = {a.account_id: a for a in config.roster.accounts}
+    actions: list[dict[str, Any]] = []
+    objects: list[tuple[str, bytes]] = []
+    segments = 0
+    for envelope in envelopes:
+        account: MemberAccount = accounts[envelope.account_id]
+        result = transform_envelope(envelope, account, RedactionPolicy())
+        segments += len(result.segments)
+        actions += list(_bulk_actions(result.index_actions(envelope.collected_at_ms, index_prefix)))
+        raw = envelope.to_json()
+        objects.append((archive.raw_key(config.archive, envelope), gzip.compress(raw, 6, mtime=0)))
+        for table_name in ("traces", "segments"):
+            for part in archive.split_by_partition(result.arrow(table_name)):
+                sink = io.BytesIO()
+                pq.write_table(part.table, sink, compression="zstd")
+                key = f"bench-sink/{table_name}/{part.account_id}/{part.dt}/{part.hour}/{uuid.uuid4().hex}.parquet"
+                objects.append((key, sink.getvalue()))
+    tick = time.perf_counter()
+    indexed, errors = helpers.bulk(
+        client, actions, chunk_size=1000, max_chunk_bytes=8 * 1024 * 1024, raise_on_error=False
+    )
+    index_seconds = time.perf_counter() - tick
+    tick = time.perf_counter()
+    for key, body in objects:
+        s3.put_object(Bucket=config.archive.bucket, Key=key, Body=body)
+    put_seconds = time.perf_counter() - tick
+    total = index_seconds + put_seconds
+    return {
+        "seconds": round(total, 3),
+        "segments": segments,
+        "documents": len(actions),
+        "documents_indexed": indexed,
+        "bulk_errors": len(errors) if isinstance(errors, list) else errors,
+        "objects": len(objects),
+        "bulk_seconds": round(index_seconds, 3),
+        "put_seconds": round(put_seconds, 3),
+        "documents_per_second_bulk": round(len(actions) / index_seconds, 1),
+        "puts_per_second": round(len(objects) / put_seconds, 1),
+        "segments_per_second": round(segments / total, 1),
+    }
+
+
+def main() -> None:
+    args = common.parse_args(__doc__.splitlines()[0])
+    started = time.monotonic()
+    accounts = common.member_accounts(4)
+    per_account = 40 if args.quick else 250
+    traces = common.generated_traces(accounts, per_account)
+    with common.detached_sandbox() as base:
+        config = common.fresh_sinks(common.roster_of(base, accounts), uuid.uuid4().hex[:8])
+        envelopes = build_backlog(config, traces)
+        common.log(f"backlog: {len(envelopes)} envelopes, {sum(len(e.traces) for e in envelopes)} traces")
+
+        # every contender writes into an empty OpenSearch server of its own
+        with common.fresh_opensearch(config) as target:
+            sink = run_sink_bound(target, envelopes, "xray")
+        common.log(f"raw-sink bound: {sink['segments_per_second']} segments/s")
+
+        sent = send_backlog(config, envelopes)
+        with common.fresh_opensearch(config) as target:
+            ours = run_ours(target, "xray")
+        common.log(f"ours: {ours['segments_per_second']} segments/s {ours['stage_seconds']}")
+
+        send_backlog(config, envelopes)
+        with common.fresh_opensearch(config) as target:
+            lam = run_lambda_style(target, "xray", LAMBDA_QUICK_MESSAGES if args.quick else None)
+        common.log(f"Lambda-style: {lam['segments_per_second']} segments/s over {lam['messages']} messages")
+        # leftovers of a partial (quick) Lambda-style run are simply dropped with the sandbox
+
+    vs_lambda = ours["segments_per_second"] / lam["segments_per_second"] if lam["segments_per_second"] else None
+    vs_sink = ours["segments_per_second"] / sink["segments_per_second"]
+    wall = ours["seconds"]
+    stage_share = {k: round(v / wall, 3) for k, v in ours["stage_seconds"].items() if k != "wall"}
+    metrics = {
+        "backlog": {"accounts": len(accounts), "envelopes": len(envelopes), **sent},
+        "ours": ours,
+        "stage_share_of_wall": stage_share,
+        "lambda_style": lam,
+        "raw_sink_bound": sink,
+        "segments_per_second": ours["segments_per_second"],
+        "targets": {
+            "speedup_vs_lambda_style": common.target(vs_lambda, 8.0),
+            "ratio_vs_raw_sink_bound": common.target(vs_sink, 0.8),
+        },
+    }
+    common.finish("bench_consume", args, metrics, started)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""B4 memory: peak RSS of consume and of replay (direct) at 10k, 100k (and 1M) segments.
+
+The parent process prepares each backlog (generated traffic of 4 accounts, sent to a queue of
+its own exactly as a sweep sends it) and then starts one child process per (size, job), so
+each peak RSS belongs to that job alone:
+
+- consume: `flows.consume.receive_batch` + `consume_batch` until the queue is empty (batches of
+  100 messages; `describe_executions=False` as in B2);
+- replay: the data path of `flows.replay.replay(target="direct", sinks=[index, parquet])` — its
+  task functions (`tasks.replay.partitions`, `list_partition`, `iter_raw`, `Consumer.ingest`)
+  over the raw archive the consume child wrote, without the Prefect run around it.
+
+The child reports `ru_maxrss` of itself; the parent cross-checks with RUSAGE_CHILDREN.
+Baseline: the 10k run (and the child's RSS right after imports). Target: flat, ≤ 300 MB.
+The 1M run is attempted only with --million (it takes far longer than 10 minutes in the sandbox:
+the in-memory OpenSearch indexes ~2,000 documents/s, 1M segments are ~2.3M documents).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import common
+
+SEGMENTS_PER_TRACE = 11.0  # generated traffic's mean (measured by B1's workload)
+
+
+def child(job: str, config_path: str, batch: int) -> None:
+    from xraylake.config import load_config
+
+    config = load_config(config_path)
+    baseline = common.peak_rss_mb()
+    import flows.consume  # noqa: F401 (imports counted in the baseline)
+    import tasks.replay  # noqa: F401
+
+    after_imports = common.peak_rss_mb()
+    started = time.perf_counter()
+    out = consume(config, batch) if job == "consume" else replay_direct(config)
+    out.update(
+        job=job,
+        seconds=round(time.perf_counter() - started, 2),
+        rss_start_mb=round(baseline, 1),
+        rss_after_imports_mb=round(after_imports, 1),
+        peak_rss_mb=round(common.peak_rss_mb(), 1),
+    )
+    print(json.dumps(out))
+
+
+def consume(config: Any, batch: int) -> dict[str, Any]:
+    from flows.consume import consume_batch, receive_batch
+    from tasks.aws import log_client
+    from tasks.consumer import BatchStats, Consumer
+    from tasks.index import ensure_templates
+    from tasks.mappings import index_templates
+
+    consumer = Consumer(
+        config,
+        log_client("s3", config.archive.region),
+        log_client("sqs", config.queue.region),
+        describe_executions=False,
+    )
+    ensure_templates(consumer.opensearch, index_templates(consumer.index_prefix))
+    total = BatchStats()
+    while True:
+        messages = receive_batch(consumer, batch, 1, 600)
+        if not messages:
+            break
+        total.merge(consume_batch.fn(consumer, messages, 600))
+    return {
+        "segments": total.segments,
+        "traces": total.traces,
+        "messages": total.deleted,
+        "batch_messages": batch,
+        "errors": total.errors[:3],
+    }
+
+
+def replay_direct(config: Any) -> dict[str, Any]:
+    from tasks import replay as replay_tasks
+    from tasks.aws import log_client
+    from tasks.consumer import BatchStats, Consumer
+    from tasks.envelope import parse_envelope
+
+    s3 = log_client("s3", config.archive.region)
+    consumer = Consumer(
+        config, s3, log_client("sqs", config.queue.region), index_prefix="replay", describe_executions=False
+    )
+    from tasks.index import ensure_templates
+    from tasks.mappings import index_templates
+
+    ensure_templates(consumer.opensearch, index_templates("replay"))
+    now = datetime.now(UTC)
+    start, end = replay_tasks.validate_range(now - timedelta(days=3), now)
+    targets = [(a.account_id, list(a.regions)) for a in config.roster.accounts]
+    stats = BatchStats()
+    largest = 0
+    for part in replay_tasks.partitions(targets, start, end):
+        keys = replay_tasks.list_partition(s3, config.archive, part)
+        items = [(parse_envelope(raw), raw) for _, raw in replay_tasks.iter_raw(s3, config.archive, keys)]
+        if items:
+            largest = max(largest, sum(len(s["Segments"]) for e, _ in items for s in e.traces))
+            consumer.ingest(items, stats, frozenset({"index", "parquet"}))
+    return {
+        "segments": stats.segments,
+        "traces": stats.traces,
+        "envelopes": stats.envelopes,
+        "largest_partition_documents": largest,
+        "errors": stats.errors[:3],
+    }
+
+
+def run_child(job: str, config_path: str, batch: int = 100) -> dict[str, Any]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    process = subprocess.run(
+        [sys.executable, __file__, "--child", job, "--config", config_path, "--batch", str(batch)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=common.ROOT,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if process.returncode != 0:
+        raise RuntimeError(f"{job} child failed: {process.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(process.stdout.strip().splitlines()[-1])
+    result["rusage_children_max_mb"] = round(after, 1) if after > before else None
+    return result
+
+
+def measure(base: Any, segments: int, batch: int = 100, replay: bool = True) -> dict[str, Any]:
+    from tasks import collector as col
+
+    accounts = common.member_accounts(4, prefix=f"05{len(str(segments))}")
+    per_account = max(10, round(segments / SEGMENTS_PER_TRACE / len(accounts)))
+    with common.fresh_opensearch(common.fresh_sinks(common.roster_of(base, accounts), uuid.uuid4().hex[:8])) as config:
+        collector = col.Collector.from_config(config)
+        sent = 0
+        traces = common.generated_traces(accounts, per_account, hours_back=6.0, now=time.time())
+        for account_id, account_traces in traces.items():
+            envelopes = col.envelopes_for(account_traces, source="sweep", account_id=account_id, region="us-east-1")
+            sent += col.send_envelopes(collector, envelopes)[1].sent
+        del traces
+        common.log(f"{segments} segments: {sent} messages queued")
+        with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as handle:
+            handle.write(config.to_json())
+        try:
+            consumed = run_child("consume", handle.name, batch)
+            common.log(f"consume: {consumed['segments']} segments, peak {consumed['peak_rss_mb']} MB")
+            replayed = None
+            if replay:
+                replayed = run_child("replay", handle.name)
+                common.log(f"replay: {replayed['segments']} segments, peak {replayed['peak_rss_mb']} MB")
+        finally:
+            os.unlink(handle.name)
+    return {
+        "target_segments": segments,
+        "batch_messages": batch,
+        "messages": sent,
+        "consume": consumed,
+        "replay": replayed,
+    }
+
+
+def main() -> None:
+    if "--child" in sys.argv:
+        job = sys.argv[sys.argv.index("--child") + 1]
+        config_path = sys.argv[sys.argv.index("--config") + 1]
+        child(job, config_path, int(sys.argv[sys.argv.index("--batch") + 1]))
+        return
+    args = common.parse_args(
+        __doc__.splitlines()[0],
+        lambda p: p.add_argument("--million", action="store_true", help="also run 1M segments (hours)"),
+    )
+    started = time.monotonic()
+    # quick: a 4k-segment smoke run (10k takes ~30-60 s per job on a loaded 2-core sandbox)
+    sizes = [4_000] if args.quick else [10_000, 100_000, *([1_000_000] if args.million else [])]
+    runs = []
+    batch_runs = []
+    with common.detached_sandbox() as base:
+        for size in sizes:
+            runs.append(measure(base, size))
+        if not args.quick:  # the memory lever: messages per consumer batch
+            for batch in (10, 30):
+                batch_runs.append(measure(base, 10_000, batch=batch, replay=False))
+    peaks = [max(r["consume"]["peak_rss_mb"], r["replay"]["peak_rss_mb"]) for r in runs]
+    base_run = runs[0]
+    growth = {
+        job: round(runs[-1][job]["peak_rss_mb"] / base_run[job]["peak_rss_mb"], 3) for job in ("consume", "replay")
+    }
+    metrics = {
+        "runs": runs,
+        "peak_rss_mb": {
+            str(r["target_segments"]): {"consume": r["consume"]["peak_rss_mb"], "replay": r["replay"]["peak_rss_mb"]}
+            for r in runs
+        },
+        "growth_vs_smallest": growth,
+        "consume_peak_rss_mb_by_batch_messages": {
+            "100": runs[0]["consume"]["peak_rss_mb"],
+            **{str(r["batch_messages"]): r["consume"]["peak_rss_mb"] for r in batch_runs},
+        },
+        "consume_seconds_by_batch_messages": {
+            "100": runs[0]["consume"]["seconds"],
+            **{str(r["batch_messages"]): r["consume"]["seconds"] for r in batch_runs},
+        },
+        "batch_runs": batch_runs,
+        "million": "run" if args.million else "skipped: > 10 minutes in the sandbox (see docstring)",
+        "targets": {
+            "peak_rss_mb": common.target(max(peaks), 300.0, higher_is_better=False),
+            "flat_consume": common.target(growth["consume"], 1.25, higher_is_better=False),
+            "flat_replay": common.target(growth["replay"], 1.25, higher_is_better=False),
+        },
+    }
+    common.finish("bench_memory", args, metrics, started)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""B1 transform: segments/s of `tasks.transform` on one core, realistic traces.
+
+Workload: generated traffic (`sandbox.traffic`, every scenario incl. the >1 MiB batch-report trace
+and in-progress completions) plus the real public X-Ray documents of tests/fixtures/xray.
+"Segments" counts every segment and subsegment document the transform emits.
+
+Measured side by side, interleaved, best of R rounds each:
+- parse-only bound: `orjson.loads` of every segment Document (the least any transform must do);
+- ours: `transform_trace` (trace, segment, span and service-map documents);
+- ours + Arrow: `transform_trace` + `to_arrow` per envelope-sized group (what the consumer runs);
+- peer: a pandas `json_normalize` transform producing the same trace and segment columns;
+- allocation floor (not a transform): parse, then per (sub)segment only copy an empty segment
+  document and span document of the real shapes and set ten fields — what any CPython
+  transform emitting these documents pays before computing anything.
+Under default GC and under the `gc.freeze()` + higher gen-0 threshold advice (bench.common.gc_quiet).
+
+Targets: ours ≥ 0.25 × parse-only; ours + Arrow ≥ 5 × the peer.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+import common
+import orjson
+
+GROUP = 100  # traces per to_arrow call (an envelope holds ~50-200 generated traces)
+
+
+def workload(quick: bool) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    accounts = common.member_accounts(4)
+    per_account = 60 if quick else 300
+    generated = [t for traces in common.generated_traces(accounts, per_account).values() for t in traces]
+    fixtures = common.fixture_traces() * (5 if quick else 20)
+    parts = {"generated": generated, "fixtures": fixtures}
+    return generated + fixtures, parts
+
+
+# ------------------------------------------------------------------ the contenders
+
+
+def parse_only(traces: list[dict[str, Any]]) -> int:
+    loads = orjson.loads
+    count = 0
+    for trace in traces:
+        for segment in trace["Segments"]:
+            loads(segment["Document"])
+            count += 1
+    return count
+
+
+def ours(traces: list[dict[str, Any]], ctx: Any) -> int:
+    from tasks.transform import transform_trace
+
+    segments = 0
+    for trace in traces:
+        docs = transform_trace(trace, ctx)
+        segments += len(docs.segments)
+        docs.spans  # noqa: B018 (materialised, whatever the implementation defers)
+    return segments
+
+
+def ours_arrow(traces: list[dict[str, Any]], ctx: Any) -> int:
+    from tasks.transform import to_arrow, transform_trace
+
+    segments = 0
+    for start in range(0, len(traces), GROUP):
+        documents = [transform_trace(trace, ctx) for trace in traces[start : start + GROUP]]
+        _, table = to_arrow(documents)
+        segments += table.num_rows
+        for docs in documents:
+            docs.spans  # noqa: B018
+    return segments
+
+
+def allocation_floor(traces: list[dict[str, Any]], ctx: Any) -> int:
+    from tasks import mappings
+    from tasks.transform import transform_trace
+
+    segment_shape = dict.fromkeys(mappings.SEGMENT_FIELDS)
+    span_shape = dict.fromkeys(transform_trace(traces[0], ctx).spans[0])
+    loads = orjson.loads
+    count = 0
+    for trace in traces:
+        for segment in trace["Segments"]:
+            stack = [loads(segment["Document"])]
+            while stack:
+                node = stack.pop()
+                if type(node) is not dict:
+                    continue
+                doc = segment_shape.copy()
+                span = span_shape.copy()
+                doc["segment_id"] = span["spanId"] = node.get("id")
+                doc["name"] = span["name"] = node.get("name")
+                doc["start"] = span["startTime"] = node.get("start_time")
+                doc["end"] = span["endTime"] = node.get("end_time")
+                doc["trace_id"] = span["traceId"] = trace["Id"]
+                count += 1
+                children = node.get("subsegments")
+                if type(children) is list:
+                    stack.extend(children)
+    return count
+
+
+_RESOURCE_KEYS = (
+    "table_name",
+    "queue_url",
+    "function_name",
+    "topic_arn",
+    "bucket_name",
+    "stream_name",
+    "state_machine_arn",
+    "execution_arn",
+    "secret_arn",
+    "key_id",
+)
+
+
+def peer(traces: list[dict[str, Any]], ctx: Any) -> int:
+    """The classic pandas way: parse, flatten the subsegment tree into records, json_normalize,
+    then derive the same trace and segment columns with vectorised pandas operations."""
+    import pandas as pd
+
+    rows: list[dict[str, Any]] = []
+    for trace in traces:
+        trace_id = trace["Id"]
+        for segment in trace["Segments"]:
+            document = orjson.loads(segment["Document"])
+            stack = [(document, document.get("parent_id"), 0, document.get("id"), segment["Document"])]
+            while stack:
+                node, parent, depth, top, text = stack.pop()
+                record = {k: v for k, v in node.items() if k != "subsegments"}
+                record.update(
+                    _trace_id=trace_id, _parent=parent, _depth=depth, _top=top, _document=text, _sub=depth > 0
+                )
+                rows.append(record)
+                for child in node.get("subsegments") or []:
+                    if isinstance(child, dict):
+                        stack.append((child, node.get("id"), depth + 1, top, None))
+    frame = pd.json_normalize(rows, sep="_", max_level=2)
+
+    def column(name: str) -> pd.Series:
+        return frame[name] if name in frame else pd.Series([None] * len(frame), index=frame.index, dtype=object)
+
+    def flag(name: str) -> pd.Series:
+        return column(name).fillna(False).astype(bool)
+
+    def epoch(name: str) -> pd.Series:
+        seconds = pd.to_numeric(column(name), errors="coerce")
+        seconds = seconds.where((seconds >= 946684800) & (seconds < 4102444800))
+        return pd.to_datetime(seconds, unit="s", utc=True)
+
+    start, end = epoch("start_time"), epoch("end_time")
+    error, fault, throttle = flag("error"), flag("fault"), flag("throttle")
+    status = pd.Series("ok", index=frame.index).mask(error, "error").mask(throttle, "throttle").mask(fault, "fault")
+    resource = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    resource_type = resource.copy()
+    for key in reversed(_RESOURCE_KEYS):
+        values = column(f"aws_{key}")
+        present = values.notna()
+        resource = resource.mask(present, values)
+        resource_type = resource_type.mask(present, key)
+    exceptions = column("cause_exceptions")
+    first = exceptions.map(lambda v: v[0] if isinstance(v, list) and v and isinstance(v[0], dict) else {})
+    annotation_columns = [c for c in frame.columns if c.startswith("annotations_")]
+    annotations = (
+        frame[annotation_columns].apply(lambda row: orjson.dumps(row.dropna().to_dict()).decode(), axis=1)
+        if annotation_columns
+        else column("annotations")
+    )
+    segments = pd.DataFrame(
+        {
+            "account_id": ctx.account_id,
+            "account_name": ctx.account_name,
+            "environment": ctx.environment,
+            "region": ctx.region,
+            "trace_id": frame["_trace_id"],
+            "segment_id": column("id").astype(str),
+            "parent_id": frame["_parent"],
+            "top_segment_id": frame["_top"],
+            "is_subsegment": frame["_sub"],
+            "depth": frame["_depth"].astype("int32"),
+            "name": column("name"),
+            "service_name": column("name"),
+            "origin": column("origin"),
+            "namespace": column("namespace"),
+            "inferred": flag("inferred"),
+            "start": start,
+            "end": end,
+            "duration": (end - start).dt.total_seconds(),
+            "in_progress": flag("in_progress"),
+            "error": error,
+            "fault": fault,
+            "throttle": throttle,
+            "status": status,
+            "http_method": column("http_request_method"),
+            "http_url": column("http_request_url"),
+            "http_status": pd.to_numeric(column("http_response_status"), errors="coerce").astype("Int64"),
+            "http_content_length": pd.to_numeric(column("http_response_content_length"), errors="coerce").astype(
+                "Int64"
+            ),
+            "http_client_ip": column("http_request_client_ip"),
+            "http_user_agent": column("http_request_user_agent"),
+            "aws_operation": column("aws_operation"),
+            "aws_region": column("aws_region"),
+            "aws_account_id": column("aws_account_id"),
+            "aws_request_id": column("aws_request_id"),
+            "aws_resource_type": resource_type,
+            "aws_resource": resource,
+            "sql_url": column("sql_url"),
+            "sql_database_type": column("sql_database_type"),
+            "sql_sanitized_query": column("sql_sanitized_query"),
+            "exception_type": first.map(lambda e: e.get("type")),
+            "exception_message": first.map(lambda e: e.get("message")),
+            "exception_count": exceptions.map(lambda v: len(v) if isinstance(v, list) else 0).astype("int32"),
+            "cause_exception_id": column("cause").map(lambda v: v if isinstance(v, str) else None),
+            "user": column("user"),
+            "resource_arn": column("resource_arn"),
+            "annotations": annotations,
+            "collected_at": pd.Timestamp(ctx.collected_at),
+            "envelope_id": ctx.envelope_id,
+            "source": ctx.source,
+            "document": frame["_document"],
+        }
+    )
+    grouped = segments.groupby("trace_id", sort=False)
+    trace_table = pd.DataFrame(
+        {
+            "start": grouped["start"].min(),
+            "end": grouped["end"].max(),
+            "segment_count": grouped.size(),
+            "has_error": grouped["error"].any(),
+            "has_fault": grouped["fault"].any(),
+            "has_throttle": grouped["throttle"].any(),
+            "in_progress": grouped["in_progress"].any(),
+            "services": grouped["service_name"].agg(lambda s: sorted(set(s.dropna()))),
+        }
+    )
+    trace_table["duration"] = (trace_table["end"] - trace_table["start"]).dt.total_seconds()
+    trace_table["status"] = "ok"
+    trace_table.loc[trace_table["has_error"], "status"] = "error"
+    trace_table.loc[trace_table["has_throttle"], "status"] = "throttle"
+    trace_table.loc[trace_table["has_fault"], "status"] = "fault"
+    roots = segments[segments["parent_id"].isna()].drop_duplicates("trace_id").set_index("trace_id")
+    trace_table = trace_table.join(
+        roots[["segment_id", "name", "origin", "http_method", "http_url", "http_status"]], how="left"
+    )
+    trace_table["account_id"] = ctx.account_id
+    return len(segments)
+
+
+# ------------------------------------------------------------------ measuring
+
+
+def best(fn: Any, rounds: int) -> tuple[float, int, float]:
+    """(best seconds, count, median seconds) over `rounds` runs."""
+    times: list[float] = []
+    count = 0
+    for _ in range(rounds):
+        started = time.perf_counter()
+        count = fn()
+        times.append(time.perf_counter() - started)
+    times.sort()
+    return times[0], count, times[len(times) // 2]
+
+
+def measure(traces: list[dict[str, Any]], ctx: Any, rounds: int, with_peer: bool) -> dict[str, Any]:
+    """Interleaved rounds so background load hits every contender alike."""
+    names = ["parse_only", "ours", "ours_arrow", "allocation_floor", *(["peer"] if with_peer else [])]
+    runs = {
+        "parse_only": lambda: parse_only(traces),
+        "allocation_floor": lambda: allocation_floor(traces, ctx),
+        "ours": lambda: ours(traces, ctx),
+        "ours_arrow": lambda: ours_arrow(traces, ctx),
+        "peer": lambda: peer(traces, ctx),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    counts: dict[str, int] = {}
+    for _ in range(rounds):
+        for name in names:
+            started = time.perf_counter()
+            counts[name] = runs[name]()
+            samples[name].append(time.perf_counter() - started)
+    segments = counts["ours"]
+    out: dict[str, Any] = {"segments": segments, "documents_parsed": counts["parse_only"]}
+    for name in names:
+        fastest = min(samples[name])
+        out[name] = {
+            "best_seconds": round(fastest, 5),
+            "median_seconds": round(sorted(samples[name])[len(samples[name]) // 2], 5),
+            "segments_per_second": round(segments / fastest),
+        }
+    out["ratio_vs_parse_only"] = round(min(samples["parse_only"]) / min(samples["ours"]), 4)
+    out["ratio_vs_parse_only_median"] = round(
+        sorted(samples["parse_only"])[rounds // 2] / sorted(samples["ours"])[rounds // 2], 4
+    )
+    out["floor_ratio_vs_parse_only"] = round(min(samples["parse_only"]) / min(samples["allocation_floor"]), 4)
+    if with_peer:
+        out["speedup_vs_peer"] = round(min(samples["peer"]) / min(samples["ours_arrow"]), 2)
+    return out
+
+
+def main() -> None:
+    args = common.parse_args(__doc__.splitlines()[0])
+    started = time.monotonic()
+    traces, parts = workload(args.quick)
+    ctx = common.trace_context()
+    rounds = 5 if args.quick else 15
+    common.log(f"workload: {len(traces)} traces")
+    # warm up (imports, caches) before anything is timed
+    ours(traces[:50], ctx)
+    peer(traces[:50], ctx)
+
+    default_gc = measure(traces, ctx, rounds, with_peer=True)
+    common.log(f"default GC: {default_gc['ratio_vs_parse_only']} × parse-only, {default_gc['speedup_vs_peer']} × peer")
+    with common.gc_quiet():
+        tuned_gc = measure(traces, ctx, rounds, with_peer=False)
+    by_part = {}
+    for name, part in parts.items():
+        by_part[name] = measure(part, ctx, max(3, rounds // 2), with_peer=False)
+        by_part[name] = {
+            k: by_part[name][k]
+            for k in ("segments", "ratio_vs_parse_only", "floor_ratio_vs_parse_only", "ours", "parse_only")
+        }
+    assert gc.isenabled()
+
+    metrics = {
+        "workload": {
+            "traces": len(traces),
+            "segments": default_gc["segments"],
+            "documents": default_gc["documents_parsed"],
+            "document_bytes": sum(len(s["Document"]) for t in traces for s in t["Segments"]),
+            "rounds": rounds,
+        },
+        "default_gc": default_gc,
+        "gc_freeze_advice": tuned_gc,
+        "by_workload": by_part,
+        "segments_per_second": default_gc["ours"]["segments_per_second"],
+        "targets": {
+            "ratio_vs_parse_only": common.target(default_gc["ratio_vs_parse_only"], 0.25),
+            "speedup_vs_peer": common.target(default_gc["speedup_vs_peer"], 5.0),
+        },
+    }
+    common.finish("bench_transform", args, metrics, started)
+
+
+if __name__ == "__main__":
+    main()
