@@ -35,7 +35,7 @@ def test_throttling_storm_then_calm_misses_nothing(fresh_config: Config, config_
         storm = sweep(config_path=config_file, **h.sweep_config_kwargs(), xray_rate_per_second=50, return_state=True)
     finally:
         front.configure(**knobs)
-    data = storm.result(raise_on_failure=False)
+    data: Any = storm.result(raise_on_failure=False)
     assert data["totals"]["throttles"] > 0, data["totals"]
     # accounts that gave up under the storm kept their watermark; the next sweep catches up
     calm = sweep(config_path=config_file, **h.sweep_config_kwargs(), return_state=True)
@@ -77,7 +77,8 @@ def test_late_and_in_progress_traces_across_five_minute_windows(fresh_config: Co
     options = {"lag_seconds": 0, "first_lookback_minutes": 60, "max_window_minutes": 5, "overlap_seconds": 300}
     first = sweep(config_path=config_file, **options, return_state=True)
     assert first.is_completed(), first.message
-    assert first.result()["totals"]["traces"] > 0
+    totals: Any = first.result()
+    assert totals["totals"]["traces"] > 0
     h.drain(fresh_config)
     in_progress = {t.trace_id for t in planned.traces if t.completions}
     assert in_progress
