@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from opensearchpy import OpenSearch, RequestsHttpConnection, Urllib3HttpConnection
+from opensearchpy import OpenSearch, Urllib3HttpConnection
 from opensearchpy import exceptions as os_exc
 from opensearchpy.helpers import streaming_bulk
 
@@ -42,12 +42,12 @@ def client_for(target: OpenSearchTarget) -> OpenSearch:
         kwargs["http_auth"] = (target.username or "", password)
     elif target.auth == "sigv4":
         import boto3
-        from opensearchpy import AWSV4SignerAuth
+        from opensearchpy import Urllib3AWSV4SignerAuth
 
         credentials = boto3.Session().get_credentials()
         region = target.sigv4_region or boto3.Session().region_name or "us-east-1"
-        kwargs["http_auth"] = AWSV4SignerAuth(credentials, region, target.sigv4_service)
-        kwargs["connection_class"] = RequestsHttpConnection
+        # urllib3 like the other modes: requests lets $REQUESTS_CA_BUNDLE override verify_certs=False
+        kwargs["http_auth"] = Urllib3AWSV4SignerAuth(credentials, region, target.sigv4_service)
     return OpenSearch(**kwargs)
 
 
