@@ -148,7 +148,7 @@ class AuthFront:
         for name in ("host", "x-amz-date", "x-amz-content-sha256"):
             if name not in signed:
                 return f"{name} is not signed"
-        credentials = boto3.Session().get_credentials().get_frozen_credentials()
+        credentials = boto3.Session().get_credentials().get_frozen_credentials()  # type: ignore[union-attr]
         scope = fields["Credential"].split("/")
         if scope[0] != credentials.access_key or scope[2:] != ["us-east-1", "es", "aws4_request"]:
             return f"unexpected credential scope {fields['Credential']}"
@@ -264,7 +264,7 @@ def test_secrets_never_reach_logs_artifacts_documents_or_parquet(
                 )
                 assert artifacts.json(), "no artifacts to check"
                 assert not leaks(artifacts.text), "Prefect artifacts"
-                run = client.request("GET", f"/flow_runs/{run_id}")
+                run = client.request("GET", f"/flow_runs/{run_id}")  # type: ignore[arg-type]
                 assert not leaks(run.text), "flow run (parameters, state message)"
             blocks = client.request("POST", "/block_documents/filter", json={"include_secrets": False})
             assert not leaks(blocks.text), "block documents read without include_secrets"
