@@ -1,0 +1,96 @@
+"""Prefect global concurrency limits that bound X-Ray work per member account across all runs.
+
+X-Ray throttles per (account, region). Inside one run the token bucket of `tasks/xray.py`
+paces calls; across runs (a sweep, a backfill, a reconcile and a few collects at the same time)
+these server-side limits do, one pair per roster (account, region):
+
+* `xray-<account>-<region>`       concurrency limit: how many collectors (tasks) may work on
+  that account/region at once, whatever flow they belong to. Held for the duration of one
+  account task: `with concurrency(name, occupy=1, strict=False): …`.
+* `xray-rate-<account>-<region>`  rate limit (slot decay = calls per second, limit = burst): one
+  slot per X-Ray API call, across every process: `rate_limit(name, strict=False)` just before
+  the call. Optional (one extra request to the Prefect API per X-Ray call); the in-run token
+  bucket set to (account rate / collectors) gives the same bound without it.
+
+Acquiring with `strict=False` is a no-op when a limit does not exist, so code that uses them
+runs unchanged without `xraylake serve` (tests, the CLI on an ephemeral server). Created and
+updated by name (idempotent) by `serve_all`, or `python -m deployments.limits`; visible and
+editable in the UI under Concurrency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prefect.client.orchestration import get_client
+
+from blocks import Roster
+
+COLLECTORS_PER_ACCOUNT = 2
+CALLS_PER_SECOND = 10.0  # same default as tasks/xray.py's in-run token bucket
+
+
+def concurrency_name(account_id: str, region: str) -> str:
+    return f"xray-{account_id}-{region}"
+
+
+def rate_name(account_id: str, region: str) -> str:
+    return f"xray-rate-{account_id}-{region}"
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    name: str
+    limit: int
+    slot_decay_per_second: float | None = None
+
+
+def planned_limits(
+    roster: Roster, collectors: int = COLLECTORS_PER_ACCOUNT, calls_per_second: float = CALLS_PER_SECOND
+) -> list[LimitSpec]:
+    """The limits for every (account, region) of the roster (pure)."""
+    if collectors < 1:
+        raise ValueError("collectors must be at least 1")
+    if calls_per_second <= 0:
+        raise ValueError("calls_per_second must be positive")
+    burst = max(1, round(calls_per_second))
+    specs: list[LimitSpec] = []
+    for account in roster.accounts:
+        for region in account.regions:
+            specs.append(LimitSpec(concurrency_name(account.account_id, region), collectors))
+            specs.append(LimitSpec(rate_name(account.account_id, region), burst, float(calls_per_second)))
+    return specs
+
+
+def ensure_limits(
+    roster: Roster, collectors: int = COLLECTORS_PER_ACCOUNT, calls_per_second: float = CALLS_PER_SECOND
+) -> list[str]:
+    """Create or update the limits on the current Prefect API; returns their names."""
+    specs = planned_limits(roster, collectors, calls_per_second)
+    with get_client(sync_client=True) as client:
+        for spec in specs:
+            client.upsert_global_concurrency_limit_by_name(spec.name, spec.limit, spec.slot_decay_per_second)
+    return [s.name for s in specs]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from xraylake.config import load_config
+
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.limits", description="Create the per-account X-Ray limits."
+    )
+    parser.add_argument("--config", help="config file (default: $XRAYLAKE_CONFIG or the sandbox)")
+    parser.add_argument("--collectors", type=int, default=COLLECTORS_PER_ACCOUNT)
+    parser.add_argument("--calls-per-second", type=float, default=CALLS_PER_SECOND)
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    for name in ensure_limits(config.roster, args.collectors, args.calls_per_second):
+        print(name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

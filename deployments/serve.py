@@ -1,0 +1,388 @@
+"""Serve every xraylake deployment from one process: `xraylake serve [--local]`.
+
+The deployments (names, entrypoints, schedules, parameters, tags, concurrency limits, the
+collect trigger) are read from the project's `prefect.yaml`, the same file `prefect deploy`
+reads for work pools, so both ways of running stay identical. `serve_all()` turns each entry
+into `flow.to_deployment(...)` and calls `prefect.serve(...)`; before that it creates the
+per-account X-Ray limits (`deployments/limits.py`) and the alert automations
+(`deployments/automations.py`).
+
+`local=True` is the laptop path: a Prefect server on 127.0.0.1 (`prefect server start` in a
+subprocess, its database under `$XRAYLAKE_HOME/prefect`; an already running one on that port is
+reused), the sandbox (`sandbox.stack.up`), every deployment pointed at the sandbox config, and
+the UI address printed. Ctrl-C stops serving and the server this call started; the sandbox keeps
+running (`xraylake sandbox down`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.deployments.runner import RunnerDeployment
+from prefect.events import DeploymentTriggerTypes
+from prefect.flows import Flow
+from prefect.schedules import Cron, Interval, RRule, Schedule
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.types.entrypoint import EntrypointType
+from pydantic import TypeAdapter
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+PREFECT_YAML = PROJECT_DIR / "prefect.yaml"
+DEFAULT_PORT = 4200
+
+_TRIGGERS: TypeAdapter[DeploymentTriggerTypes] = TypeAdapter(DeploymentTriggerTypes)
+
+
+# ----------------------------------------------------------------------------- prefect.yaml
+
+
+@dataclass
+class DeploymentSpec:
+    """One `deployments:` entry of prefect.yaml (the fields serving needs)."""
+
+    name: str
+    entrypoint: str
+    description: str = ""
+    tags: list[str] = field(default_factory=list)
+    schedules: list[dict[str, Any]] = field(default_factory=list)
+    concurrency_limit: int | dict[str, Any] | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    triggers: list[dict[str, Any]] = field(default_factory=list)
+    enforce_parameter_schema: bool = True
+
+    @property
+    def module_and_function(self) -> tuple[str, str]:
+        """`flows/sweep.py:sweep` → (`flows.sweep`, `sweep`)."""
+        path, _, function = self.entrypoint.partition(":")
+        if not path.endswith(".py") or not function:
+            raise ValueError(f"deployment {self.name}: entrypoint {self.entrypoint!r} is not <file.py>:<flow>")
+        return path[: -len(".py")].replace("/", "."), function
+
+
+def load_specs(path: Path = PREFECT_YAML) -> list[DeploymentSpec]:
+    data = yaml.safe_load(path.read_text())
+    specs = []
+    for entry in data.get("deployments") or []:
+        specs.append(
+            DeploymentSpec(
+                name=entry["name"],
+                entrypoint=entry["entrypoint"],
+                description=" ".join(str(entry.get("description") or "").split()),
+                tags=list(entry.get("tags") or []),
+                schedules=list(entry.get("schedules") or []),
+                concurrency_limit=entry.get("concurrency_limit"),
+                parameters=dict(entry.get("parameters") or {}),
+                triggers=list(entry.get("triggers") or []),
+                enforce_parameter_schema=bool(entry.get("enforce_parameter_schema", True)),
+            )
+        )
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: duplicate deployment names in {names}")
+    return specs
+
+
+def load_flow(spec: DeploymentSpec) -> Flow[..., Any]:
+    module, function = spec.module_and_function
+    flow = getattr(importlib.import_module(module), function)
+    if not isinstance(flow, Flow):
+        raise TypeError(f"{spec.entrypoint} is not a Prefect flow")
+    return flow
+
+
+def build_schedule(item: dict[str, Any], active: bool = True) -> Schedule:
+    """A prefect.yaml schedule item (interval seconds, cron or rrule) as a `prefect.schedules` object."""
+    common: dict[str, Any] = {
+        "timezone": item.get("timezone"),
+        "active": bool(item.get("active", True)) and active,
+        "parameters": item.get("parameters") or None,
+        "slug": item.get("slug"),
+    }
+    if "interval" in item:
+        anchor = item.get("anchor_date")
+        anchor_date = datetime.fromisoformat(str(anchor).replace("Z", "+00:00")) if anchor else None
+        return Interval(timedelta(seconds=float(item["interval"])), anchor_date=anchor_date, **common)
+    if "cron" in item:
+        return Cron(item["cron"], day_or=bool(item.get("day_or", True)), **common)
+    if "rrule" in item:
+        return RRule(item["rrule"], **common)
+    raise ValueError(f"schedule {item!r}: expected interval, cron or rrule")
+
+
+def build_concurrency(value: int | dict[str, Any] | None) -> ConcurrencyLimitConfig | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return ConcurrencyLimitConfig(limit=value)
+    strategy = value.get("collision_strategy")
+    return ConcurrencyLimitConfig(
+        limit=int(value["limit"]),
+        collision_strategy=ConcurrencyLimitStrategy(strategy) if strategy else ConcurrencyLimitStrategy.ENQUEUE,
+        grace_period_seconds=value.get("grace_period_seconds"),
+    )
+
+
+def build_triggers(spec: DeploymentSpec, delay_seconds: float | None = None) -> list[DeploymentTriggerTypes]:
+    """The spec's triggers; `delay_seconds` overrides each one's `schedule_after`."""
+    triggers = []
+    for i, item in enumerate(spec.triggers, start=1):
+        data = {"name": f"{spec.name}__automation_{i}"} | item
+        if delay_seconds is not None:
+            data["schedule_after"] = delay_seconds
+        triggers.append(_TRIGGERS.validate_python(data))
+    return triggers
+
+
+def build_deployments(
+    specs: Sequence[DeploymentSpec] | None = None,
+    *,
+    config_path: str | None = None,
+    schedules_active: bool = True,
+    only: Sequence[str] | None = None,
+    trigger_delay: float | None = None,
+) -> list[RunnerDeployment]:
+    """`flow.to_deployment(...)` for each spec; `config_path` becomes every deployment's default."""
+    specs = load_specs() if specs is None else specs
+    if only:
+        unknown = set(only) - {s.name for s in specs}
+        if unknown:
+            raise ValueError(f"unknown deployment(s): {', '.join(sorted(unknown))}")
+        specs = [s for s in specs if s.name in only]
+    deployments = []
+    for spec in specs:
+        parameters = dict(spec.parameters)
+        if config_path:
+            parameters["config_path"] = config_path
+        deployment = load_flow(spec).to_deployment(
+            name=spec.name,
+            description=spec.description or None,
+            tags=spec.tags,
+            schedules=[build_schedule(s, schedules_active) for s in spec.schedules],
+            concurrency_limit=build_concurrency(spec.concurrency_limit),
+            parameters=parameters,
+            triggers=build_triggers(spec, trigger_delay),  # type: ignore[arg-type]
+            enforce_parameter_schema=spec.enforce_parameter_schema,
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
+        assert isinstance(deployment, RunnerDeployment)  # sync context: never a coroutine
+        deployments.append(deployment)
+    return deployments
+
+
+# ----------------------------------------------------------------------------- local server
+
+
+@dataclass
+class LocalServer:
+    url: str  # http://127.0.0.1:<port>  (the UI); the API is url + /api
+    process: subprocess.Popen[bytes] | None  # None: an already running server was reused
+    log_path: Path | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+
+def server_healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def start_local_server(
+    port: int = DEFAULT_PORT,
+    prefect_home: Path | None = None,
+    timeout: float = 180.0,
+    extra_env: dict[str, str] | None = None,
+) -> LocalServer:
+    """`prefect server start` on 127.0.0.1:<port> (UI included), or the server already there."""
+    url = f"http://127.0.0.1:{port}"
+    if server_healthy(url):
+        return LocalServer(url, None)
+    home = prefect_home or _xraylake_home() / "prefect"
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / f"server-{port}.log"
+    env = os.environ | {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+        # the UI asks its API here (without it: the default port 4200, whatever --port says)
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_UI_API_URL": f"{url}/api",
+    }
+    env.pop("PREFECT_API_URL", None)  # the server must not talk to another one
+    env |= extra_env or {}
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own process group: stop() ends the server and its children
+        )
+    server = LocalServer(url, process, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server_healthy(url):
+            return server
+        if process.poll() is not None:
+            raise RuntimeError(f"prefect server exited with code {process.returncode}; see {log_path}")
+        time.sleep(0.25)
+    server.stop()
+    raise RuntimeError(f"prefect server did not answer within {timeout:.0f} s; see {log_path}")
+
+
+def _xraylake_home() -> Path:
+    from xraylake.config import xraylake_home
+
+    return xraylake_home()
+
+
+@contextlib.contextmanager
+def api_url(url: str) -> Iterator[None]:
+    """Point this process (and the flow-run processes it starts) at `url`."""
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+def setup_server_objects(config_path: str | None, notify: str | None, limits: bool, automations: bool) -> list[str]:
+    """X-Ray limits (needs a config for the roster) and alert automations; returns notes to print."""
+    notes: list[str] = []
+    if limits:
+        from deployments.limits import ensure_limits
+        from xraylake.config import ConfigError, load_config
+
+        try:
+            config = load_config(config_path)
+        except ConfigError as error:
+            notes.append(f"X-Ray limits not created (no config: {error})")
+        else:
+            names = ensure_limits(config.roster)
+            notes.append(f"{len(names)} X-Ray limits (xray-<account>-<region>, xray-rate-…) in place")
+    if automations:
+        from deployments.automations import ensure_automations
+
+        created = ensure_automations(notify)
+        target = notify or "no notification block: firings show in the event feed"
+        notes.append(f"{len(created)} alert automations ({target})")
+    return notes
+
+
+def serve_all(
+    local: bool = False,
+    *,
+    port: int = DEFAULT_PORT,
+    home: Path | None = None,
+    config_path: str | None = None,
+    schedules_active: bool = True,
+    only: Sequence[str] | None = None,
+    trigger_delay: float | None = None,
+    limit: int | None = None,
+    notify: str | None = None,
+    create_limits: bool = True,
+    create_automations: bool = True,
+) -> None:
+    """Serve every deployment of prefect.yaml until interrupted (see the module docstring)."""
+    server: LocalServer | None = None
+    with contextlib.ExitStack() as stack:
+        if local:
+            from sandbox.stack import up
+            from xraylake.config import sandbox_state_path
+
+            home = home or _xraylake_home()
+            server = start_local_server(port, home / "prefect")
+            stack.callback(server.stop)
+            stack.enter_context(api_url(server.api_url))
+            print(f"Prefect server: {server.url} ({'reused' if server.process is None else 'started'})", flush=True)
+            up(home)
+            config_path = config_path or str(sandbox_state_path(home))
+            print(f"Sandbox: up (config {config_path})", flush=True)
+        deployments = build_deployments(
+            config_path=config_path, schedules_active=schedules_active, only=only, trigger_delay=trigger_delay
+        )
+        for note in setup_server_objects(config_path, notify, create_limits, create_automations):
+            print(note, flush=True)
+        if server is not None:
+            print(f"Prefect UI: {server.url}   (deployments: {server.url}/deployments)", flush=True)
+        from prefect import serve
+
+        serve(*deployments, limit=limit)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xraylake serve", description="Serve every xraylake deployment.")
+    parser.add_argument("--local", action="store_true", help="also start a local Prefect server + UI and the sandbox")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="local server port (with --local)")
+    parser.add_argument("--home", type=Path, help="xraylake home for --local (default $XRAYLAKE_HOME)")
+    parser.add_argument("--config", help="config file every deployment uses (default: $XRAYLAKE_CONFIG / sandbox)")
+    parser.add_argument("--schedules-off", action="store_true", help="register schedules inactive")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="serve only these deployments")
+    parser.add_argument(
+        "--trigger-delay", type=float, metavar="SECONDS", help="seconds from event to triggered run (prefect.yaml: 60)"
+    )
+    parser.add_argument("--limit", type=int, help="max flow runs this process executes at once")
+    parser.add_argument("--notify", help="notification block for alerts, <block-type-slug>/<block-name>")
+    parser.add_argument("--no-limits", action="store_true", help="do not create the X-Ray concurrency limits")
+    parser.add_argument("--no-automations", action="store_true", help="do not create the alert automations")
+    args = parser.parse_args(argv)
+    serve_all(
+        args.local,
+        port=args.port,
+        home=args.home,
+        config_path=args.config,
+        schedules_active=not args.schedules_off,
+        only=args.only,
+        trigger_delay=args.trigger_delay,
+        limit=args.limit,
+        notify=args.notify,
+        create_limits=not args.no_limits,
+        create_automations=not args.no_automations,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,673 @@
+"""Deployments: prefect.yaml through Prefect's own loaders, typed parameter forms, and — on a real
+Prefect server on loopback serving every deployment — a replay run from its deployment, the
+event-triggered collect, alert automations, two competing consumer processes and the UI's run form
+in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import jinja2
+import pytest
+from prefect.events import Event
+from prefect.events.schemas.events import ResourceSpecification
+
+from deployments import automations as auto
+from deployments import limits, serve
+from deployments.parameters import BackfillParameters, CollectParameters
+from deployments.serve import LocalServer
+from tasks import envelope as env
+from tasks import health, queue
+from tasks.index import client_for
+from tasks.report import HEALTH_INDEX
+from xraylake.config import Config
+
+PROJECT = Path(__file__).resolve().parents[2]
+WEBHOOK = json.loads((PROJECT / "deployments" / "webhook.json").read_text())
+EXPECTED = {"sweep", "consume", "consume-stream", "compact", "reconcile", "replay", "backfill", "collect"}
+FLOW_OF = {"consume-stream": "consume"}
+
+
+def flow_name(deployment: str) -> str:
+    return FLOW_OF.get(deployment, deployment)
+
+
+# ============================================================================ no server needed
+
+
+def test_prefect_yaml_loads_through_prefects_own_deploy_code() -> None:
+    from prefect.cli.deploy._config import _load_deploy_configs_and_actions, _merge_with_default_deploy_config
+    from prefect.cli.deploy._schedules import _construct_schedules
+    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools import validate
+    from rich.console import Console
+
+    console = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - Prefect prints validation problems here
+    configs, actions = _load_deploy_configs_and_actions(PROJECT / "prefect.yaml", console=console)
+    assert {c["name"] for c in configs} == EXPECTED
+    assert actions["pull"] is None  # prefect deploy records the project directory
+    built: dict[str, list[Any]] = {}
+    for raw in configs:
+        config = _merge_with_default_deploy_config(raw)
+        assert config["work_pool"]["name"] == "xraylake", config["name"]
+        assert "xraylake" in config["tags"]
+        flow: Any = load_flow_from_entrypoint(str(PROJECT / config["entrypoint"]))
+        assert flow.name == flow_name(config["name"])
+        schema = parameter_schema(flow.fn).model_dump_for_openapi()
+        # the parameters in prefect.yaml are valid for the flow (what enforce_parameter_schema checks)
+        errors = validate(config["parameters"], schema, ignore_required=True)
+        assert not errors, (config["name"], errors)
+        schedules = _construct_schedules(config, {}, console=console, is_interactive=lambda: False)
+        assert schedules is not None
+        built[config["name"]] = [s["schedule"] for s in schedules]
+        limit = ConcurrencyLimitConfig.model_validate(config["concurrency_limit"])
+        assert limit.limit >= 1
+        triggers = _initialize_deployment_triggers(config["name"], config.get("triggers") or [])
+        if config["name"] == "collect":
+            assert len(triggers) == 1
+            assert triggers[0].parameters == {"execution_arn": "{{ event.resource.id }}"}
+    by_name = {c["name"]: c for c in configs}
+    assert by_name["sweep"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    assert [s.interval for s in built["sweep"]] == [timedelta(minutes=5)]
+    assert [s.interval for s in built["consume"]] == [timedelta(minutes=1)]
+    assert by_name["consume"]["parameters"]["until_empty"] is True
+    assert by_name["consume-stream"]["parameters"]["until_empty"] is False
+    assert by_name["consume-stream"]["schedules"][0]["active"] is False
+    assert [s.cron for s in built["compact"]] == ["15 * * * *"]
+    assert [s.cron for s in built["reconcile"]] == ["30 3 * * *"]
+    for on_demand in ("replay", "backfill", "collect"):
+        assert by_name[on_demand]["schedules"] == []
+
+
+def test_serve_builds_the_same_deployments_as_prefect_yaml() -> None:
+    deployments: dict[str, Any] = {d.name: d for d in serve.build_deployments(config_path="/etc/xraylake.json")}
+    assert set(deployments) == EXPECTED
+    sweep = deployments["sweep"]
+    assert sweep.entrypoint == "flows.sweep.sweep"
+    assert sweep.concurrency_limit == 1
+    assert sweep.concurrency_options is not None
+    assert sweep.concurrency_options.collision_strategy.value == "CANCEL_NEW"
+    assert [s.schedule.interval for s in sweep.schedules] == [timedelta(minutes=5)]
+    assert sweep.parameters["config_path"] == "/etc/xraylake.json"
+    assert sweep.enforce_parameter_schema
+    assert [s.active for s in deployments["consume-stream"].schedules] == [False]
+    assert deployments["compact"].schedules[0].schedule.cron == "15 * * * *"
+    assert not deployments["replay"].schedules
+    (trigger,) = deployments["collect"].triggers
+    assert trigger.expect == {"xraylake.stepfunctions.execution.status-change"}
+    assert trigger.schedule_after == timedelta(seconds=60)  # X-Ray indexing delay
+    fast: Any
+    (fast,) = serve.build_deployments(only=["collect"], trigger_delay=0)[0].triggers
+    assert fast.schedule_after == timedelta(0)
+    paused = serve.build_deployments(schedules_active=False, only=["sweep"])
+    assert [s.active for d in paused for s in d.schedules or []] == [False]
+    with pytest.raises(ValueError, match="unknown deployment"):
+        serve.build_deployments(only=["nope"])
+
+
+def test_parameter_schemas_render_typed_forms() -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.backfill import backfill
+    from flows.collect import collect
+    from flows.replay import replay
+
+    replay_schema = parameter_schema(replay.fn).model_dump_for_openapi()
+    model = replay_schema["definitions"]["ReplayParameters"]
+    assert replay_schema["properties"]["params"]["$ref"] == "#/definitions/ReplayParameters"
+    assert model["properties"]["start"] == model["properties"]["start"] | {"type": "string", "format": "date-time"}
+    assert model["properties"]["end"]["format"] == "date-time"
+    assert model["properties"]["target"]["enum"] == ["queue", "direct"]
+    assert model["properties"]["dry_run"]["type"] == "boolean"
+    assert model["properties"]["sinks"]["items"]["enum"] == ["index", "parquet", "raw"]
+    assert set(model["required"]) == {"start", "end"}
+
+    backfill_schema = parameter_schema(backfill.fn).model_dump_for_openapi()
+    props = backfill_schema["properties"]
+    assert props["start"]["format"] == props["end"]["format"] == "date-time"
+    assert props["chunk_minutes"]["type"] == "integer"
+    assert {"type": "array", "items": {"type": "string"}} in props["accounts"]["anyOf"]
+    assert parameter_schema(collect.fn).model_dump_for_openapi()["required"] == ["execution_arn"]
+
+    # the typed models proposed for backfill and collect
+    typed = BackfillParameters.model_json_schema()["properties"]
+    assert typed["start"]["format"] == "date-time"
+    assert typed["chunk_minutes"] | {"minimum": 1, "maximum": 60} == typed["chunk_minutes"]
+    assert all(p.get("description") for p in typed.values())
+    arn = CollectParameters.model_json_schema()["properties"]["execution_arn"]
+    assert re.match(arn["pattern"], "arn:aws:states:us-east-1:012345678901:execution:orders:run-42")
+    assert not re.match(arn["pattern"], "arn:aws:states:us-east-1:12345:execution:orders:run-42")
+    start = datetime(2026, 11, 20, tzinfo=UTC)
+    params = BackfillParameters(start=start, end=start + timedelta(hours=2), accounts=["012345678901"])
+    assert params.as_kwargs()["accounts"] == ["012345678901"]
+    with pytest.raises(ValueError, match="after start"):
+        BackfillParameters(start=start, end=start)
+    with pytest.raises(ValueError, match="time zone"):
+        BackfillParameters(start=datetime(2026, 11, 20), end=datetime(2026, 11, 21))
+
+
+def test_automation_definitions_are_valid_prefect_automations() -> None:
+    definitions = auto.load_definitions()
+    built = auto.build_automations(definitions, uuid.uuid4())
+    names = {a.name for a in built}
+    assert {"xraylake-dead-lettered", "xraylake-reconcile-mismatch", "xraylake-account-failed"} <= names
+    expected = {e for a in built for e in a.trigger.expect}  # type: ignore[union-attr]
+    for event in ("xraylake.message.dead-lettered", "xraylake.reconcile.mismatch", "xraylake.account.failed"):
+        assert event in expected
+    assert all(a.actions[0].type == "send-notification" for a in built)
+    assert all(a.actions[0].type == "do-nothing" for a in auto.build_automations(definitions, None))
+    # every subject/body is a template Prefect's sandboxed Jinja environment can parse
+    from prefect.server.utilities.user_templates import validate_user_template
+
+    for automation in built:
+        validate_user_template(automation.actions[0].subject)  # type: ignore[union-attr]
+        validate_user_template(automation.actions[0].body)  # type: ignore[union-attr]
+
+
+def test_planned_limits_cover_every_account_and_region(fresh_config: Config) -> None:
+    specs = limits.planned_limits(fresh_config.roster, collectors=2, calls_per_second=5)
+    pairs = [(a.account_id, r) for a in fresh_config.roster.accounts for r in a.regions]
+    assert {s.name for s in specs} == {limits.concurrency_name(*p) for p in pairs} | {
+        limits.rate_name(*p) for p in pairs
+    }
+    rate = next(s for s in specs if s.name.startswith("xray-rate-"))
+    assert (rate.limit, rate.slot_decay_per_second) == (5, 5.0)
+
+
+def _transform(template: str, paths: dict[str, str], event: dict[str, Any]) -> str:
+    """EventBridge's input transformer: `<name>` → the JSON value at its path."""
+
+    def lookup(path: str) -> Any:
+        value: Any = event
+        for part in path.removeprefix("$.").split("."):
+            value = value[part]
+        return value
+
+    return re.sub(r"<(\w+)>", lambda m: json.dumps(lookup(paths[m.group(1)])), template)
+
+
+def webhook_events(event: dict[str, Any]) -> tuple[Event, list[Event]]:
+    """The sample EventBridge event through the Cloud webhook template and the /api/events transformer."""
+    rendered = jinja2.Environment().from_string(json.dumps(WEBHOOK["prefect_cloud_webhook"]["template"]))
+    cloud = Event.model_validate(json.loads(rendered.render(body=event)) | {"occurred": event["time"]})
+    transformer = WEBHOOK["prefect_server_api_destination"]["InputTransformer"]
+    body = _transform(transformer["InputTemplate"], transformer["InputPathsMap"], event)
+    return cloud, [Event.model_validate(e) for e in json.loads(body)]
+
+
+def test_eventbridge_templates_produce_the_event_the_collect_trigger_matches() -> None:
+    sample = WEBHOOK["sample_eventbridge_event"]
+    cloud, server_events = webhook_events(sample)
+    (trigger,) = serve.build_deployments(only=["collect"])[0].triggers
+    match = ResourceSpecification.model_validate(trigger.match)  # type: ignore[union-attr]
+    arn = sample["detail"]["executionArn"]
+    for event in [cloud, *server_events]:
+        assert event.event in trigger.expect  # type: ignore[union-attr]
+        assert event.resource.id == arn
+        assert match.matches(event.resource)
+    assert str(server_events[0].id) == sample["id"]  # EventBridge redelivery = same Prefect event
+    running = sample | {"detail": sample["detail"] | {"status": "RUNNING"}}
+    assert not match.matches(webhook_events(running)[0].resource)  # only executions that ended
+
+
+def test_health_documents_and_write(fresh_config: Config) -> None:
+    from tasks.collector import AccountResult
+
+    results = [
+        AccountResult("011111111111", "dev", "us-east-1", traces=4, envelopes=1, watermark_lag_seconds=125.5),
+        AccountResult("022222222222", "qa", "us-east-1", status="failed", error="AccessDenied"),
+    ]
+    docs = health.health_documents("sweep", health.account_rows(results), flow_run_id="run-1")
+    assert [d[0] for d in docs] == ["run-1:011111111111:us-east-1", "run-1:022222222222:us-east-1"]
+    assert docs[0][1]["watermark_lag_seconds"] == 125.5
+    assert docs[1][1]["errors"] == 1
+    row = health.run_row(traces=7, dead_lettered={"bad_signature": 2, "corrupt": 1}, errors=["x"])
+    assert (row["dead_lettered"], row["errors"]) == (3, 1)
+    with pytest.raises(ValueError, match="unknown health kind"):
+        health.health_documents("nope", [])
+
+    written = health.write_health(fresh_config, "consume", [row], refresh=True)
+    assert written == 1
+    client = client_for(fresh_config.opensearch)
+    hits = client.search(index=HEALTH_INDEX, body={"query": {"term": {"kind": "consume"}}})["hits"]["hits"]
+    assert hits[0]["_source"]["dead_lettered"] == 3
+    mapping = client.indices.get_mapping(index=HEALTH_INDEX)[HEALTH_INDEX]["mappings"]["properties"]
+    assert mapping["dead_lettered"]["type"] == "long"
+    broken = fresh_config.model_copy(
+        update={"opensearch": fresh_config.opensearch.model_copy(update={"hosts": ["http://127.0.0.1:9"]})}
+    )
+    assert health.write_health(broken, "consume", [row]) == 0  # never raises
+
+
+# ============================================================================ real Prefect server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """`prefect server start` on a free loopback port (UI included), its own PREFECT_HOME."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    server = serve.start_local_server(
+        free_port(),
+        prefect_home=home,
+        extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"},
+    )
+    try:
+        with serve.api_url(server.api_url):
+            yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def served(prefect_server: LocalServer, tmp_path_factory: pytest.TempPathFactory, stack: Any) -> Iterator[Path]:
+    """`python -m deployments.serve` in a subprocess; yields the config path every deployment uses
+    (tests write their config there)."""
+    work = tmp_path_factory.mktemp("served")
+    config_path = work / "config.json"
+    log_path = work / "serve.log"
+    env = os.environ | {
+        "PREFECT_API_URL": prefect_server.api_url,
+        "PREFECT_HOME": str(work / "prefect-client"),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "XRAYLAKE_HOME": str(work / "xraylake-home"),
+    }
+    env.pop("XRAYLAKE_CONFIG", None)
+    command = [
+        sys.executable,
+        "-m",
+        "deployments.serve",
+        "--config",
+        str(config_path),
+        "--schedules-off",
+        "--no-limits",
+        "--trigger-delay",
+        "0",
+    ]
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            command, cwd=PROJECT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        from prefect.client.orchestration import get_client
+
+        deadline = time.monotonic() + 120
+        with get_client(sync_client=True) as client:
+            while True:
+                assert process.poll() is None, log_path.read_text()[-3000:]
+                try:
+                    for name in EXPECTED:
+                        client.read_deployment_by_name(f"{flow_name(name)}/{name}")
+                    if client.read_automations_by_name("collect-on-execution-status-change"):
+                        break
+                except Exception:
+                    pass
+                assert time.monotonic() < deadline, (
+                    "deployments not served within 120 s:\n" + log_path.read_text()[-3000:]
+                )
+                time.sleep(0.5)
+        yield config_path
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+
+
+def use_config(served: Path, config: Config) -> str:
+    served.write_bytes(config.to_json())
+    return str(served)
+
+
+def wait_for_runs(deployment: str, count: int, timeout: float = 120.0, **parameters: Any) -> list[Any]:
+    """Flow runs of a deployment whose parameters include `parameters`, once all are final."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        deployment_id = client.read_deployment_by_name(f"{flow_name(deployment)}/{deployment}").id
+        while True:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+            )
+            mine = [r for r in runs if all(r.parameters.get(k) == v for k, v in parameters.items())]
+            if len(mine) >= count and all(r.state is not None and r.state.is_final() for r in mine):
+                return mine
+            assert time.monotonic() < deadline, f"{deployment} runs {parameters}: {[(r.name, r.state) for r in mine]}"
+            time.sleep(1)
+
+
+def traffic_for(config: Config, seed: int, per_account: int = 4):  # type: ignore[no-untyped-def]
+    from sandbox.traffic import generate_traffic, write_traffic
+
+    planned = generate_traffic(seed, config.roster.accounts, traces_per_account=per_account, hours_back=1.0)
+    return write_traffic(planned, config.roster)
+
+
+def indexed_ids(config: Config, alias: str) -> list[str]:
+    client = client_for(config.opensearch)
+    client.indices.refresh(index=f"{alias}*")
+    hits = client.search(index=alias, body={"size": 1000, "query": {"match_all": {}}, "_source": ["trace_id"]})
+    return [h["_id"] for h in hits["hits"]["hits"]]
+
+
+@pytest.mark.slow
+def test_served_deployments_carry_schedules_limits_tags_and_the_trigger(served: Path) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        sweep = client.read_deployment_by_name("sweep/sweep")
+        assert sweep.global_concurrency_limit is not None
+        assert sweep.global_concurrency_limit.limit == 1
+        assert sweep.concurrency_options is not None
+        assert sweep.concurrency_options.collision_strategy.value == "CANCEL_NEW"
+        assert [(s.schedule.interval, s.active) for s in sweep.schedules] == [(timedelta(minutes=5), False)]  # type: ignore[union-attr]
+        assert set(sweep.tags) == {"xraylake", "collect", "scheduled"}
+        assert sweep.parameters["config_path"] == str(served)
+        assert sweep.enforce_parameter_schema
+        replay = client.read_deployment_by_name("replay/replay")
+        assert replay.parameter_openapi_schema is not None
+        assert "ReplayParameters" in replay.parameter_openapi_schema["definitions"]
+        (automation,) = client.read_automations_by_name("collect-on-execution-status-change")
+        collect = client.read_deployment_by_name("collect/collect")
+        (action,) = automation.actions
+        assert action.model_dump()["deployment_id"] == collect.id
+        assert automation.trigger.model_dump()["expect"] == {"xraylake.stepfunctions.execution.status-change"}
+
+
+@pytest.mark.slow
+def test_replay_run_from_its_deployment_reindexes_the_archive(served: Path, fresh_config: Config) -> None:
+    from prefect.deployments import run_deployment
+
+    from flows.consume import consume
+    from flows.sweep import sweep
+
+    config_path = use_config(served, fresh_config)
+    report = traffic_for(fresh_config, seed=41)
+    assert sweep(config_path=config_path, first_lookback_minutes=90, lag_seconds=0, return_state=True).is_completed()
+    assert consume(config_path=config_path, wait_seconds=1, return_state=True).is_completed()
+    live = indexed_ids(fresh_config, "xray-traces")
+    assert {i.split(":", 1)[1] for i in live} == {t for r in report.regions for t in r.trace_ids}
+
+    prefix = f"rp{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    run: Any = run_deployment(
+        "replay/replay",
+        parameters={
+            "params": {
+                "start": (now - timedelta(hours=2)).isoformat(),
+                "end": (now + timedelta(minutes=1)).isoformat(),
+                "target": "direct",
+                "sinks": ["index"],
+                "index_prefix": prefix,
+            }
+        },
+        timeout=180,
+        poll_interval=1,
+    )
+    assert run.state is not None
+    assert run.state.is_completed(), run.state.message
+    assert run.parameters["config_path"] == config_path  # the serve process's default
+    assert sorted(indexed_ids(fresh_config, f"{prefix}-traces")) == sorted(live)
+
+
+@pytest.mark.slow
+def test_collect_event_and_eventbridge_post_run_collect(served: Path, fresh_config: Config) -> None:
+    from prefect.events import emit_event
+
+    from tests.flows.test_sweep import drain
+
+    use_config(served, fresh_config)
+    report = traffic_for(fresh_config, seed=43, per_account=6)
+    ended = [e for e in report.executions if e.status in ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")]
+    assert len(ended) >= 2, report.executions
+    first, second = ended[0], ended[1]
+
+    # 1. a Prefect event, as any producer would emit it
+    emit_event(
+        event="xraylake.stepfunctions.execution.status-change",
+        resource={"prefect.resource.id": first.execution_arn, "aws.states.status": first.status},
+        payload={"execution_arn": first.execution_arn, "status": first.status},
+    )
+    # 2. the self-hosted AWS path: an EventBridge event through the API destination's transformer
+    sample = WEBHOOK["sample_eventbridge_event"]
+    bridge = sample | {
+        "id": str(uuid.uuid4()),
+        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "account": second.account_id,
+        "detail": sample["detail"] | {"executionArn": second.execution_arn, "status": second.status},
+    }
+    _, events = webhook_events(bridge)
+    response = httpx.post(
+        f"{os.environ['PREFECT_API_URL']}/events", json=[e.model_dump(mode="json") for e in events], timeout=10
+    )
+    assert response.status_code == 204, response.text
+    # 3. a RUNNING status change is not collected
+    emit_event(
+        event="xraylake.stepfunctions.execution.status-change",
+        resource={"prefect.resource.id": first.execution_arn + "-x", "aws.states.status": "RUNNING"},
+    )
+
+    for execution in (first, second):
+        (run,) = wait_for_runs("collect", 1, execution_arn=execution.execution_arn)
+        assert run.state.is_completed(), run.state.message
+    envelopes = drain(fresh_config)
+    collected = {e.execution["executionArn"]: {t["Id"] for t in e.traces} for e in envelopes if e.execution}
+    assert collected == {first.execution_arn: {first.trace_id}, second.execution_arn: {second.trace_id}}
+    assert not wait_for_runs("collect", 0, execution_arn=first.execution_arn + "-x", timeout=5)
+
+
+class Receiver(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        Receiver.received.append(json.loads(self.rfile.read(length) or b"{}"))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_alert_automations_notify_and_limits_exist(served: Path, fresh_config: Config) -> None:
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    try:
+        CustomWebhookNotificationBlock(
+            name="xraylake-test",
+            url=f"http://127.0.0.1:{http.server_port}/alert",
+            json_data={"subject": "{{subject}}", "body": "{{body}}"},
+        ).save("xraylake-test-alerts", overwrite=True)
+        ids = auto.ensure_automations("custom-webhook/xraylake-test-alerts")
+        assert auto.ensure_automations("custom-webhook/xraylake-test-alerts") == ids  # updated, not duplicated
+        from prefect.events import emit_event
+
+        marker = uuid.uuid4().hex[:8]
+        emit_event(
+            event="xraylake.message.dead-lettered",
+            resource={"prefect.resource.id": f"aws.sqs.https://sqs/dlq-{marker}"},
+            payload={"reason": f"bad_signature_{marker}", "count": 3},
+        )
+        deadline = time.monotonic() + 60
+        while not any(marker in json.dumps(m) for m in Receiver.received):
+            assert time.monotonic() < deadline, Receiver.received
+            time.sleep(0.5)
+        alert = next(m for m in Receiver.received if marker in json.dumps(m))
+        assert alert["subject"] == f"xraylake: 3 message(s) dead-lettered (bad_signature_{marker})"
+        assert "xraylake dlq list" in alert["body"]
+    finally:
+        http.shutdown()
+
+    names = limits.ensure_limits(fresh_config.roster, collectors=1, calls_per_second=4)
+    with get_client(sync_client=True) as client:
+        created = client.read_global_concurrency_limit_by_name(names[0])
+        assert (created.name, created.limit) == (names[0], 1)
+        rate = client.read_global_concurrency_limit_by_name(names[1])
+        assert rate.slot_decay_per_second == 4.0
+    with concurrency(names[0], occupy=1, strict=True):  # the call tasks would make
+        pass
+    with concurrency(f"xray-missing-{marker}", occupy=1, strict=False):  # absent limit: a no-op
+        pass
+
+
+CONSUMER = """
+import json, os, sys, time
+from flows.consume import consume
+ready, go, config = sys.argv[1:4]
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.02)
+state = consume(config_path=config, batch_messages=5, wait_seconds=1, visibility_timeout=120, return_state=True)
+print("RESULT " + json.dumps(state.result()))
+"""
+
+
+@pytest.mark.slow
+def test_two_consumer_processes_share_a_backlog_without_loss_or_duplicates(
+    prefect_server: LocalServer, fresh_config: Config, config_file: str, tmp_path: Path
+) -> None:
+    from tests.flows.test_consume import envelope_for, make_trace
+
+    key = fresh_config.signing_keys[0].get_secret_value()
+    expected: dict[Any, str] = {}  # trace id → account id
+    messages = []
+    for i in range(60):
+        account = i % len(fresh_config.roster.accounts)
+        traces = [make_trace(f"backlog-{tmp_path.name}-{i}-{j}", start=time.time() - 3600 + i) for j in range(2)]
+        envelope = envelope_for(fresh_config, traces, account=account)
+        expected |= {t["Id"]: envelope.account_id for t in traces}
+        messages.append(env.encode(envelope, key, fresh_config.archive.bucket))
+    sqs = boto3.client("sqs")
+    for batch in queue.plan_batches(messages):
+        assert queue.send_messages(sqs, fresh_config.queue.queue_url, batch).sent == len(batch)
+
+    go = tmp_path / "go"
+    env_vars = os.environ | {"PREFECT_API_URL": prefect_server.api_url, "PREFECT_LOGGING_LEVEL": "WARNING"}
+    workers = []
+    for n in range(2):
+        ready = tmp_path / f"ready-{n}"
+        process = subprocess.Popen(
+            [sys.executable, "-c", CONSUMER, str(ready), str(go), config_file],
+            cwd=PROJECT,
+            env=env_vars,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        workers.append((ready, process))
+    deadline = time.monotonic() + 90
+    while not all(ready.exists() for ready, _ in workers):
+        assert all(p.poll() is None for _, p in workers), [p.communicate() for _, p in workers]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    go.touch()
+    stats = []
+    for _, process in workers:
+        out, err = process.communicate(timeout=180)
+        assert process.returncode == 0, err[-3000:]
+        stats.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
+
+    print("consumers deleted", [s["deleted"] for s in stats], "of", len(messages))
+    assert all(s["deleted"] > 0 for s in stats), stats  # both consumers took part
+    assert sum(s["deleted"] for s in stats) == len(messages)  # each message done once
+    assert sum(s["traces"] for s in stats) == len(expected)
+    assert all(s["dead_lettered_total"] == 0 for s in stats)
+    ids = indexed_ids(fresh_config, "xray-traces")
+    assert len(ids) == len(set(ids)) == len(expected)  # no duplicates, no loss
+    assert set(ids) == {f"{account}:{trace}" for trace, account in expected.items()}
+    depth = queue.queue_depth(sqs, fresh_config.queue.queue_url)
+    assert sum(depth.values()) == 0, depth
+
+
+@pytest.mark.slow
+def test_ui_renders_the_replay_run_form(served: Path, prefect_server: LocalServer, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+
+    from tests.tasks.test_report import ensure_chromium, png_pixels
+
+    binary = ensure_chromium()
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("replay/replay")
+    url = f"{prefect_server.url}/deployments/deployment/{deployment.id}/run"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--window-size=1400,1600",
+        "--virtual-time-budget=15000",
+        # without these two, a loaded machine captures the page mid fade-in (text at ~10 % opacity)
+        "--run-all-compositor-stages-before-draw",
+        "--disable-threaded-animation",
+    ]
+    shot = Path(os.environ.get("XRAYLAKE_SCREENSHOT_DIR", tmp_path)) / "replay-run-form.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    taken = subprocess.run(
+        [binary, *flags, f"--user-data-dir={tmp_path / 'profile-shot'}", f"--screenshot={shot}", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert shot.exists(), taken.stderr[-3000:]
+    width, height, rows = png_pixels(shot)
+    assert (width, height) == (1400, 1600)
+    colours = {row[x : x + 3] for row in rows[::8] for x in range(0, len(row), 24)}
+    assert len(colours) > 20, f"blank page? {len(colours)} colours"
+    # readable (not faded): the form area (right of the nav) holds near-white label text
+    bright = sum(1 for row in rows[300:1400] for x in range(300 * 3, len(row), 3) if min(row[x : x + 3]) > 200)
+    assert bright > 2000, f"form text missing or faded ({bright} bright pixels)"
+    dom = subprocess.run(
+        [binary, *flags, f"--user-data-dir={tmp_path / 'profile-dom'}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    ).stdout
+    shot.with_suffix(".html").write_text(dom)
+    for label in ("Start", "End", "Target", "Sinks", "Index Prefix", "Dry Run", "Rate Per Second"):
+        assert label in dom, label
+    assert "Trace start time, from (UTC)." in dom  # the field descriptions of ReplayParameters
