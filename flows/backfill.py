@@ -45,9 +45,7 @@ def validate_range(start: datetime, end: datetime, now: datetime) -> tuple[datet
     return start, end
 
 
-def backfill_id(
-    accounts: list[str], regions: list[str], start: datetime, end: datetime, chunk: timedelta
-) -> str:
+def backfill_id(accounts: list[str], regions: list[str], start: datetime, end: datetime, chunk: timedelta) -> str:
     key = "|".join(
         [
             ",".join(sorted(accounts)),
@@ -112,13 +110,9 @@ def backfill_account_task(
             if not budget.take():
                 result.status = "partial"
                 break
-            window_result = col.collect_window(
-                collector, account, region, window, source="backfill", stats=stats
-            )
+            window_result = col.collect_window(collector, account, region, window, source="backfill", stats=stats)
             result.add_window(window_result)
-            collector.s3.put_object(
-                Bucket=store.bucket, Key=prefix + marker, Body=str(window_result.traces).encode()
-            )
+            collector.s3.put_object(Bucket=store.bucket, Key=prefix + marker, Body=str(window_result.traces).encode())
             done_count = budget.count(finished=1)
             if progress_id is not None:
                 update_progress_artifact(progress_id, progress=100.0 * done_count / max(1, total_chunks))
@@ -142,7 +136,18 @@ def backfill(
     fail_on_account_errors: bool = True,
     config_path: str | None = None,
 ) -> State:
-    """Collect [start, end) for the accounts; `max_chunks` bounds one run (the next run resumes)."""
+    """Collect [start, end) for the accounts; `max_chunks` bounds one run (the next run resumes).
+
+    Args:
+        start: Trace time from (UTC), at most 30 days back (X-Ray's retention).
+        end: Trace time until (exclusive), not in the future.
+        accounts: Roster account ids (12 digits); empty = every roster account.
+        regions: Regions; empty = each account's enabled regions.
+        chunk_minutes: Window per chunk and checkpoint, 1-60 minutes.
+        max_chunks: Collect at most this many chunks in this run; the same backfill again resumes.
+        fail_on_account_errors: End the run Failed when an account failed (the others still finish).
+        config_path: Config file; default $XRAYLAKE_CONFIG or the running sandbox.
+    """
     if not 1 <= chunk_minutes <= 60:
         raise ValueError("chunk_minutes must be between 1 and 60 (X-Ray windows stay ≤ 1 h)")
     start, end = validate_range(start, end, datetime.now(UTC))
@@ -150,9 +155,7 @@ def backfill(
     targets = select_targets(config, accounts, regions)
     chunk = timedelta(minutes=chunk_minutes)
     windows = xray.plan_windows(start, end, chunk)
-    run_key = backfill_id(
-        [a.account_id for a, _ in targets], sorted({r for _, r in targets}), start, end, chunk
-    )
+    run_key = backfill_id([a.account_id for a, _ in targets], sorted({r for _, r in targets}), start, end, chunk)
     collector = col.Collector.from_config(config)
     total = len(windows) * len(targets)
     budget = ChunkBudget(max_chunks if max_chunks is not None else total)
@@ -177,4 +180,4 @@ def backfill(
         "chunks_skipped": budget.skipped,
         "complete": budget.finished + budget.skipped == total,
     }
-    return finish("backfill", results, fail_on_account_errors, extra)
+    return finish("backfill", results, fail_on_account_errors, extra, config=config)

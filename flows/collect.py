@@ -19,13 +19,20 @@ from tasks import stepfunctions as sfn
 from tasks import xray
 from tasks.aws import DEFAULT_BOTO_CONFIG
 from tasks.envelope import TimeWindow
+from tasks.health import account_rows, write_health
 from xraylake.config import load_config
 from xraylake.observe import emit, summary_artifact
 
 
 @flow(name="collect")
 def collect(execution_arn: str, padding_seconds: int = 60, config_path: str | None = None) -> State:
-    """Collect the X-Ray traces of one Step Functions execution and send them to the org queue."""
+    """Collect the X-Ray traces of one Step Functions execution and send them to the org queue.
+
+    Args:
+        execution_arn: arn:aws:states:<region>:<account>:execution:<state machine>:<name>.
+        padding_seconds: Look this much before the start and after the stop for its segments.
+        config_path: Config file; default $XRAYLAKE_CONFIG or the running sandbox.
+    """
     parsed = sfn.parse_execution_arn(execution_arn)
     config = load_config(config_path)
     account = config.roster.get(parsed.account_id)
@@ -39,9 +46,7 @@ def collect(execution_arn: str, padding_seconds: int = 60, config_path: str | No
     logger = get_run_logger()
     execution: dict[str, object] = {}
     try:
-        states = collector.sessions.client(
-            account.account_id, parsed.region, "stepfunctions", DEFAULT_BOTO_CONFIG
-        )
+        states = collector.sessions.client(account.account_id, parsed.region, "stepfunctions", DEFAULT_BOTO_CONFIG)
         execution = sfn.describe_execution(states, parsed.arn)
         started = datetime.fromisoformat(str(execution["startDate"]))
         stop_date = execution.get("stopDate")
@@ -64,9 +69,7 @@ def collect(execution_arn: str, padding_seconds: int = 60, config_path: str | No
             trace_ids += listing.trace_ids
             result.summaries += len(listing.summaries)
             result.windows += 1
-        batch = xray.batch_get_traces(
-            client, trace_ids, account_id=account.account_id, limiter=limiter, stats=stats
-        )
+        batch = xray.batch_get_traces(client, trace_ids, account_id=account.account_id, limiter=limiter, stats=stats)
         traces = [t for t in batch.traces if sfn.trace_mentions(t, parsed.arn)]
         envelopes = col.envelopes_for(
             traces,
@@ -75,6 +78,7 @@ def collect(execution_arn: str, padding_seconds: int = 60, config_path: str | No
             region=parsed.region,
             window=TimeWindow(start=started - pad, end=stopped + pad),
             execution=execution,
+            redaction=collector.redaction,
         )
         _, report = col.send_envelopes(collector, envelopes)
         result.traces = len(traces)
@@ -84,9 +88,7 @@ def collect(execution_arn: str, padding_seconds: int = 60, config_path: str | No
         result.bytes = report.bytes
         result.throttles = int(stats.throttles)
         if not traces:
-            logger.warning(
-                "no X-Ray trace mentions %s yet (sampling, or not yet indexed by X-Ray)", parsed.arn
-            )
+            logger.warning("no X-Ray trace mentions %s yet (sampling, or not yet indexed by X-Ray)", parsed.arn)
     except Exception as error:
         result.status = "failed"
         result.error = str(error)[:500]
@@ -97,6 +99,7 @@ def collect(execution_arn: str, padding_seconds: int = 60, config_path: str | No
         f"collect {parsed.name}: {result.traces} traces, execution status {execution.get('status', 'unknown')}",
         [result.summary()],
     )
+    write_health(config, "collect", account_rows([result]))
     data = {"execution_arn": parsed.arn, "result": result, "account": result.summary()}
     if result.status == "failed":
         return Failed(message=result.error or "collect failed", data=data)

@@ -19,6 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks import ArchiveStore
 from tasks import compaction
 from tasks.aws import log_client
+from tasks.health import run_row, write_health
 from xraylake.config import load_config
 from xraylake.observe import emit, summary_artifact
 
@@ -191,6 +192,18 @@ def compact(
         notes=[f"{r.partition}: {r.error}" for r in failed],
     )
     data = {"dry_run": False, "totals": summary, "partitions": [r.as_row() for r in results]}
+    write_health(
+        config,
+        "compact",
+        [
+            run_row(
+                status="failed" if failed else "ok",
+                errors=len(failed),
+                partitions_compacted=summary["partitions_compacted"],
+                duplicates_removed=summary["duplicates_removed"],
+            )
+        ],
+    )
     if failed:
         return Failed(message=f"{len(failed)} of {len(results)} partitions failed", data=data)
     return Completed(

@@ -18,6 +18,7 @@ from prefect.states import Completed, State
 from tasks import queue
 from tasks.aws import log_client
 from tasks.consumer import BatchStats, Consumer
+from tasks.health import run_row, write_health
 from tasks.index import ensure_templates
 from tasks.mappings import index_templates
 from xraylake.config import Config, load_config
@@ -25,9 +26,7 @@ from xraylake.observe import emit, summary_artifact
 
 
 @task(name="consume-batch", timeout_seconds=900, cache_policy=NO_CACHE)
-def consume_batch(
-    consumer: Consumer, messages: list[queue.ReceivedMessage], visibility_timeout: int
-) -> BatchStats:
+def consume_batch(consumer: Consumer, messages: list[queue.ReceivedMessage], visibility_timeout: int) -> BatchStats:
     sqs, url = consumer.sqs, consumer.config.queue.queue_url
     with queue.VisibilityHeartbeat(
         sqs, url, messages, timeout_seconds=visibility_timeout, every_seconds=max(5.0, visibility_timeout / 3)
@@ -82,9 +81,7 @@ def run_consumer(
     total = BatchStats()
     started = time.monotonic()
     while True:
-        budget = (
-            batch_messages if max_messages is None else min(batch_messages, max_messages - total.received)
-        )
+        budget = batch_messages if max_messages is None else min(batch_messages, max_messages - total.received)
         if budget <= 0:
             break
         if max_seconds is not None and time.monotonic() - started >= max_seconds:
@@ -139,14 +136,27 @@ def consume(
             **{"xraylake.reason": reason},
         )
     if stats.errors:
-        get_run_logger().warning(
-            "consume errors (first %d): %s", len(stats.errors), "; ".join(stats.errors[:5])
-        )
+        get_run_logger().warning("consume errors (first %d): %s", len(stats.errors), "; ".join(stats.errors[:5]))
     summary_artifact(
         "xraylake-consume",
         f"consume: {stats.deleted} messages done, {stats.traces} traces, {stats.segments} segments, "
         f"{sum(stats.dead_lettered.values())} dead-lettered",
         [{"metric": k, "value": v} for k, v in data.items() if not isinstance(v, (dict, list))],
         notes=[f"dead-lettered {r}: {c}" for r, c in stats.dead_lettered.items()],
+    )
+    write_health(
+        config,
+        "consume",
+        [
+            run_row(
+                traces=stats.traces,
+                envelopes=stats.envelopes,
+                received=stats.received,
+                deleted=stats.deleted,
+                dead_lettered=sum(stats.dead_lettered.values()),
+                errors=len(stats.errors),
+                seconds=stats.stage_seconds.get("wall"),
+            )
+        ],
     )
     return Completed(message=f"{stats.deleted} messages consumed", data=data)

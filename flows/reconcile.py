@@ -26,6 +26,7 @@ from tasks import collector as col
 from tasks import reconcile as rec
 from tasks import xray
 from tasks.aws import log_client
+from tasks.health import run_row, write_health
 from tasks.index import client_for
 from xraylake.config import Config, load_config
 from xraylake.observe import emit, summary_artifact
@@ -257,6 +258,7 @@ def reconcile(
         notes.insert(0, f"repair: {report.repair.model_dump(exclude={'errors', 'consumed'})}")
     summary_artifact("xraylake-reconcile", title, report.summary_rows(), notes=notes + report.errors[:10])
     data = report.model_dump(mode="json")
+    write_health(config, "reconcile", [run_row(status="ok" if report.ok else "mismatch", errors=len(report.errors))])
     if fail_on_mismatch and not report.ok:
         return Failed(message=report.message(), data=data)
     return Completed(message=report.message(), data=data)

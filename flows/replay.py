@@ -22,6 +22,7 @@ from tasks import replay as replay_tasks
 from tasks.aws import log_client
 from tasks.consumer import BatchStats, Consumer
 from tasks.envelope import encode, parse_envelope
+from tasks.health import run_row, write_health
 from tasks.index import client_for, ensure_templates
 from tasks.mappings import index_templates
 from xraylake.config import Config, load_config
@@ -168,6 +169,19 @@ def replay(params: ReplayParameters, config_path: str | None = None) -> State:
         f"replay ({params.target}{', dry run' if params.dry_run else ''}): {totals['objects']} envelopes, "
         f"{totals['traces']} traces",
         [{"metric": k, "value": v} for k, v in data.items()],
+    )
+    write_health(
+        config,
+        "replay",
+        [
+            run_row(
+                traces=totals["traces"],
+                envelopes=totals["sent"],
+                errors=totals["failed_envelopes"],
+                target=params.target,
+                dry_run=params.dry_run,
+            )
+        ],
     )
     if totals["failed_envelopes"]:
         return Failed(message=f"{totals['failed_envelopes']} envelopes failed; run again to resume", data=data)

@@ -13,13 +13,16 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
+from deployments.limits import concurrency_name
 from tasks import collector as col
 from tasks import xray
+from tasks.health import account_rows, write_health
 from xraylake.config import Config, load_config
 from xraylake.observe import emit, summary_artifact
 
@@ -48,7 +51,19 @@ def select_targets(
 def sweep_account_task(
     collector: col.Collector, account: MemberAccount, region: str, now: datetime, options: dict[str, Any]
 ) -> col.AccountResult:
-    result = col.sweep_account(collector, account, region, now=now, **options)
+    # Bounded across runs and flows by the per-(account, region) limit `serve` creates (no-op without it).
+    try:
+        with concurrency(concurrency_name(account.account_id, region), occupy=1, strict=False, timeout_seconds=900):
+            result = col.sweep_account(collector, account, region, now=now, **options)
+    except TimeoutError as error:
+        result = col.AccountResult(
+            account.account_id,
+            account.name,
+            region,
+            status="failed",
+            error=f"X-Ray concurrency slot not free within 900 s: {error}",
+            error_kind="TimeoutError",
+        )
     if result.status == "failed":
         get_run_logger().error(
             "account %s (%s) region %s failed: %s", account.account_id, account.name, region, result.error
@@ -61,8 +76,11 @@ def finish(
     results: list[col.AccountResult],
     fail_on_account_errors: bool,
     extra: dict[str, Any] | None = None,
+    config: Config | None = None,
 ) -> State:
-    """Artifact, events, and the run's final state from per-account results."""
+    """Artifact, events, health documents, and the run's final state from per-account results."""
+    if config is not None:
+        write_health(config, kind, account_rows(results))
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         emit(
@@ -140,4 +158,4 @@ def sweep(
             for account, region in targets[start : start + max(1, concurrency)]
         ]
         results += [f.result() for f in futures]
-    return finish("sweep", results, fail_on_account_errors)
+    return finish("sweep", results, fail_on_account_errors, config=config)

@@ -17,6 +17,7 @@ from blocks import MemberAccount
 from tasks import archive, queue, watermark, xray
 from tasks.aws import MemberSessions, log_client
 from tasks.envelope import Envelope, Source, TimeWindow, WireMessage, build_envelope, encode, pack_traces
+from tasks.redact import RedactionPolicy, redact_trace
 from xraylake.config import Config
 from xraylake.errors import TransientError
 
@@ -30,6 +31,7 @@ class Collector:
     s3: Any
     sqs: Any
     limiters: xray.LimiterRegistry = field(default_factory=lambda: xray.DEFAULT_LIMITERS)
+    redaction: RedactionPolicy | None = field(default_factory=RedactionPolicy)
 
     @classmethod
     def from_config(cls, config: Config, limiters: xray.LimiterRegistry | None = None) -> Collector:
@@ -39,6 +41,7 @@ class Collector:
             s3=log_client("s3", config.archive.region),
             sqs=log_client("sqs", config.queue.region),
             limiters=limiters or xray.DEFAULT_LIMITERS,
+            redaction=RedactionPolicy() if config.redact_at_source else None,
         )
 
     @property
@@ -111,9 +114,14 @@ def envelopes_for(
     window: TimeWindow | None = None,
     execution: dict[str, Any] | None = None,
     collected_at: datetime | None = None,
+    redaction: RedactionPolicy | None = None,
 ) -> list[Envelope]:
-    """Pack traces by start hour and size into envelopes (pure)."""
+    """Pack traces by start hour and size into envelopes (pure); `redaction` masks secrets first."""
     collected = collected_at or datetime.now(UTC)
+    if redaction is not None:
+        traces = [redact_trace(t, redaction) for t in traces]
+        if execution is not None:
+            execution = redaction.redact_value(execution)
     return [
         build_envelope(
             source=source,
@@ -128,14 +136,11 @@ def envelopes_for(
     ]
 
 
-def send_envelopes(
-    collector: Collector, envelopes: Sequence[Envelope]
-) -> tuple[list[WireMessage], queue.SendReport]:
+def send_envelopes(collector: Collector, envelopes: Sequence[Envelope]) -> tuple[list[WireMessage], queue.SendReport]:
     """Encode, upload claim-check payloads first, then send; raises if SQS did not take them all."""
     config = collector.config
     messages = [
-        encode(e, collector.signing_key, config.archive.bucket, config.archive.payload_prefix)
-        for e in envelopes
+        encode(e, collector.signing_key, config.archive.bucket, config.archive.payload_prefix) for e in envelopes
     ]
     for message in messages:
         if message.claim_check:
@@ -168,15 +173,14 @@ def collect_window(
     )
     if batch.unprocessed:
         # Never advance past traces we could not fetch: the caller's watermark stays put.
-        raise TransientError(
-            f"{len(batch.unprocessed)} trace ids stayed unprocessed in {account.account_id}/{region}"
-        )
+        raise TransientError(f"{len(batch.unprocessed)} trace ids stayed unprocessed in {account.account_id}/{region}")
     envelopes = envelopes_for(
         batch.traces,
         source=source,
         account_id=account.account_id,
         region=region,
         window=TimeWindow(start=window.start, end=window.end),
+        redaction=collector.redaction,
     )
     messages, report = send_envelopes(collector, envelopes)
     result.traces = len(batch.traces)

@@ -12,7 +12,7 @@ import pyarrow as pa
 from blocks import MemberAccount
 from tasks.envelope import Envelope
 from tasks.index import IndexAction
-from tasks.redact import RedactionPolicy
+from tasks.redact import RedactionPolicy, redact_trace
 from tasks.transform import TraceContext, TraceDocuments, to_arrow, transform_trace
 
 _KIND_BY_INDEX_PART = (("-traces-", "traces"), ("-segments-", "segments"), ("otel-v1-apm-span", "spans"))
@@ -93,6 +93,8 @@ def transform_envelope(
     ctx = context_for(envelope, account)
     documents = []
     for trace in envelope.traces:
+        # Defence in depth: envelopes from older or member-run collectors may carry secrets.
+        trace = redact_trace(trace, redaction)
         trace_ctx = ctx
         if ctx.execution is None and execution_for is not None:
             details = execution_for(trace)

@@ -192,6 +192,8 @@ def verify(payload: bytes, signature: str | None, keys: Sequence[str]) -> None:
         return
     if not signature:
         raise EnvelopeError("signature", "envelope is not signed")
+    if not signature.isascii():
+        raise EnvelopeError("signature", "malformed signature (not ASCII)")
     for key in keys:
         if hmac.compare_digest(sign(payload, key), signature):
             return

@@ -510,7 +510,9 @@ def recollect(
     summary.not_in_xray += len(batch.missing) + len(batch.unprocessed)
     if not batch.traces:
         return
-    envelopes = col.envelopes_for(batch.traces, source="backfill", account_id=account_id, region=region)
+    envelopes = col.envelopes_for(
+        batch.traces, source="backfill", account_id=account_id, region=region, redaction=collector.redaction
+    )
     _, report = col.send_envelopes(collector, envelopes)
     summary.recollected_traces += len(batch.traces)
     summary.envelopes_sent += report.sent

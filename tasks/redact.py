@@ -224,3 +224,72 @@ def redact_url(url: str, replacement: str = "***") -> str:
     if hash_sep:
         base = f"{base}#{_mask_pairs(fragment, replacement) if '=' in fragment else fragment}"
     return base
+
+
+# ============================================================================ whole traces
+
+_SUSPECT = re.compile(r"\?|pass|token|secret|auth|api|card|cvv|ssn|private|session|cookie", re.IGNORECASE)
+_URL_KEYS = frozenset({"url", "request_url", "http.url"})
+
+
+def _mask(obj: Any, policy: RedactionPolicy, denied: Callable[[str], bool], depth: int = 0) -> tuple[Any, bool]:
+    """(obj with denied keys' values and URL query values masked, whether anything changed)."""
+    if depth > 64:
+        return obj, False
+    if isinstance(obj, dict):
+        changed = False
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            text_key = key if isinstance(key, str) else str(key)
+            if denied(text_key) and value not in (None, "", policy.replacement):
+                out[key] = policy.replacement
+                changed = True
+            elif text_key in _URL_KEYS and isinstance(value, str) and ("?" in value or "@" in value):
+                masked = redact_url(value, policy.replacement)
+                out[key] = masked
+                changed = changed or masked != value
+            else:
+                out[key], sub = _mask(value, policy, denied, depth + 1)
+                changed = changed or sub
+        return (out, True) if changed else (obj, False)
+    if isinstance(obj, list):
+        items = [_mask(item, policy, denied, depth + 1) for item in obj]
+        if any(sub for _, sub in items):
+            return [item for item, _ in items], True
+    return obj, False
+
+
+def redact_document(document: str, policy: RedactionPolicy) -> str:
+    """A segment Document with secrets masked; the original string when nothing needed masking
+    (most documents are not even parsed: a cheap scan rules them out)."""
+    if not _SUSPECT.search(document):
+        return document
+    try:
+        parsed = orjson.loads(document)
+    except orjson.JSONDecodeError:
+        return document  # not JSON: the transform reports it; nothing to walk
+    masked, changed = _mask(parsed, policy, policy.key_denied)
+    return orjson.dumps(masked).decode() if changed else document
+
+
+def redact_trace(trace: dict[str, Any], policy: RedactionPolicy) -> dict[str, Any]:
+    """A BatchGetTraces `Trace` with each segment Document redacted; the same object when clean.
+
+    Collectors apply it before envelopes are built, so nothing secret crosses SQS or lands in
+    the archive (redaction is deterministic: replays and envelope ids stay stable); the consumer
+    applies it again for envelopes from older or member-run collectors.
+    """
+    segments = trace.get("Segments")
+    if not isinstance(segments, list):
+        return trace
+    changed = False
+    out_segments = []
+    for segment in segments:
+        document = segment.get("Document") if isinstance(segment, dict) else None
+        if isinstance(document, str):
+            redacted = redact_document(document, policy)
+            if redacted is not document:
+                segment = {**segment, "Document": redacted}
+                changed = True
+        out_segments.append(segment)
+    return {**trace, "Segments": out_segments} if changed else trace

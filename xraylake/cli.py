@@ -392,7 +392,15 @@ def import_(
         err_console.print(f"[red]error:[/red] no such file: {', '.join(missing)}")
         raise typer.Exit(2)
     parsed = parse_files(files)
-    envelopes = col.envelopes_for(parsed.traces, source="import", account_id=account_id, region=region)
+    from tasks.redact import RedactionPolicy
+
+    envelopes = col.envelopes_for(
+        parsed.traces,
+        source="import",
+        account_id=account_id,
+        region=region,
+        redaction=RedactionPolicy() if cfg.redact_at_source else None,
+    )
     summary: dict[str, object] = {
         "segments_read": parsed.segments_read,
         "traces": len(parsed.traces),
@@ -708,3 +716,31 @@ def query(
         print_json(frame.to_dict(orient="records"))
         return
     console.print(table(f"{len(frame)} rows", [str(c) for c in frame.columns], frame.itertuples(index=False)))
+
+
+@app.command()
+def serve(
+    local: Annotated[
+        bool, typer.Option("--local", help="Also start a local Prefect server + UI (127.0.0.1) and the sandbox.")
+    ] = False,
+    port: Annotated[int, typer.Option(help="Local Prefect server port (with --local).")] = 4200,
+    home: HomeOption = None,
+    config: ConfigOption = None,
+    notify: Annotated[
+        str | None, typer.Option(help="Alert notification block: <block-type-slug>/<block-name>.")
+    ] = None,
+    schedules_off: Annotated[bool, typer.Option("--schedules-off", help="Register schedules inactive.")] = False,
+    only: Annotated[list[str] | None, typer.Option(help="Serve only these deployments (repeatable).")] = None,
+) -> None:
+    """Serve every deployment of prefect.yaml (schedules, UI forms, the collect trigger) until Ctrl-C."""
+    from deployments.serve import serve_all
+
+    serve_all(
+        local,
+        port=port,
+        home=home,
+        config_path=config,
+        notify=notify,
+        schedules_active=not schedules_off,
+        only=only,
+    )

@@ -35,6 +35,11 @@ class Config(BaseModel):
     queue: TraceQueue
     archive: ArchiveStore
     opensearch: OpenSearchTarget
+    redact_at_source: bool = Field(
+        default=True,
+        description="Collectors mask secrets in segment documents and execution input/output before "
+        "sending (nothing secret crosses SQS or lands in the archive); False keeps the originals.",
+    )
     signing_keys: list[SecretStr] = Field(
         default_factory=list,
         description="HMAC keys; the first signs, all verify (rotation overlap).",

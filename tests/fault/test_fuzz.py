@@ -162,12 +162,6 @@ def test_decode_only_raises_envelope_or_transient_errors_long(consumers, body, a
     _decode(consumers[which], body, attrs, sys_attrs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="tasks/envelope.verify: hmac.compare_digest(str, str) raises TypeError for a non-ASCII "
-    "signature attribute, which escapes Consumer.process and fails the whole batch",
-)
 def test_non_ascii_signature_is_poison_not_a_crash(consumers) -> None:  # type: ignore[no-untyped-def]
     message = queue.ReceivedMessage("m", "r", orjson.dumps(VALID).decode(), {"signature": "v1=\u00e9"}, {})
     with pytest.raises(env.EnvelopeError, match="signature"):

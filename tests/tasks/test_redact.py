@@ -158,3 +158,39 @@ def test_policy_is_a_hashable_value() -> None:
     POLICY.is_denied("warm the cache")
     assert RedactionPolicy() == POLICY
     assert RedactionPolicy.model_validate(POLICY.model_dump()) == POLICY
+
+
+def test_redact_trace_masks_urls_and_denied_keys_and_leaves_clean_documents_alone() -> None:
+    import orjson
+
+    from tasks.redact import RedactionPolicy, redact_trace
+
+    clean = orjson.dumps({"id": "a" * 16, "name": "svc", "http": {"request": {"url": "https://x/y"}}}).decode()
+    dirty = orjson.dumps(
+        {
+            "id": "b" * 16,
+            "name": "svc",
+            "http": {"request": {"url": "https://x/login?user=bob&token=s3cr3t"}},
+            "metadata": {"default": {"db_password": "hunter2", "rows": 3}},
+            "subsegments": [{"id": "c" * 16, "sql": {"url": "postgres://app:pw@db/x?sslpassword=zz"}}],
+        }
+    ).decode()
+    trace = {
+        "Id": "1-5f000000-" + "0" * 24,
+        "Segments": [
+            {"Id": "a", "Document": clean},
+            {"Id": "b", "Document": dirty},
+            {"Id": "n", "Document": "not json ?token=x"},
+        ],
+    }
+    out = redact_trace(trace, RedactionPolicy())
+    assert out["Segments"][0]["Document"] is clean  # untouched, not even re-serialised
+    assert out["Segments"][2]["Document"] == "not json ?token=x"  # the transform reports non-JSON
+    masked = out["Segments"][1]["Document"]
+    for secret in ("s3cr3t", "hunter2", "zz"):
+        assert secret not in masked
+    doc = orjson.loads(masked)
+    assert doc["http"]["request"]["url"] == "https://x/login?user=***&token=***"
+    assert doc["metadata"]["default"] == {"db_password": "***", "rows": 3}
+    assert trace["Segments"][1]["Document"] == dirty  # the input is not modified
+    assert redact_trace(out, RedactionPolicy()) == out  # idempotent: replays keep their envelope ids
