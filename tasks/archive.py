@@ -66,9 +66,7 @@ def batch_id(envelope_ids: Iterable[str]) -> str:
     return digest.hexdigest()[:20]
 
 
-def parquet_key(
-    store: ArchiveStore, table: str, account_id: str, region: str, dt: str, hour: str, part: str
-) -> str:
+def parquet_key(store: ArchiveStore, table: str, account_id: str, region: str, dt: str, hour: str, part: str) -> str:
     partition = f"account_id={account_id}/region={region}/dt={dt}/hour={hour}"
     return f"{store.parquet_prefix}/{table}/{partition}/part-{part}.parquet"
 

@@ -16,9 +16,7 @@ from typing import Any
 from tasks import stepfunctions as sfn
 from tasks.aws import DEFAULT_BOTO_CONFIG, MemberSessions
 
-_EXECUTION_IN_DOCUMENT = re.compile(
-    r'"(arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:(?:execution|express):[^"]+)"'
-)
+_EXECUTION_IN_DOCUMENT = re.compile(r'"(arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:(?:execution|express):[^"]+)"')
 FINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"})
 
 
@@ -59,9 +57,7 @@ class ExecutionDetails:
         if parsed.account_id not in self._accounts:
             return None
         try:
-            client = self._sessions.client(
-                parsed.account_id, parsed.region, "stepfunctions", DEFAULT_BOTO_CONFIG
-            )
+            client = self._sessions.client(parsed.account_id, parsed.region, "stepfunctions", DEFAULT_BOTO_CONFIG)
             self.calls += 1
             details = sfn.describe_execution(client, arn)
         except Exception:

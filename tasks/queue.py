@@ -19,9 +19,7 @@ BATCH_BYTE_BUDGET = SQS_MAX_MESSAGE_BYTES - 8 * 1024  # headroom for entry ids a
 SEND_ATTEMPTS = 6
 
 
-def plan_batches(
-    messages: Sequence[WireMessage], budget: int = BATCH_BYTE_BUDGET
-) -> Iterator[list[WireMessage]]:
+def plan_batches(messages: Sequence[WireMessage], budget: int = BATCH_BYTE_BUDGET) -> Iterator[list[WireMessage]]:
     """Groups of ≤ 10 messages whose summed size stays under the SQS batch limit."""
     batch: list[WireMessage] = []
     size = 0
@@ -159,8 +157,7 @@ def change_visibility(sqs: Any, queue_url: str, messages: Iterable[ReceivedMessa
     for start in range(0, len(items), MAX_BATCH_ENTRIES):
         chunk = items[start : start + MAX_BATCH_ENTRIES]
         entries = [
-            {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": seconds}
-            for i, m in enumerate(chunk)
+            {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": seconds} for i, m in enumerate(chunk)
         ]
         sqs.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
 

@@ -26,9 +26,7 @@ class ExecutionArn:
 
     @property
     def state_machine_arn(self) -> str:
-        return (
-            f"arn:{self.partition}:states:{self.region}:{self.account_id}:stateMachine:{self.state_machine}"
-        )
+        return f"arn:{self.partition}:states:{self.region}:{self.account_id}:stateMachine:{self.state_machine}"
 
 
 def parse_execution_arn(arn: str) -> ExecutionArn:

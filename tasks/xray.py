@@ -86,9 +86,7 @@ class Window:
             if value.tzinfo is None or value.utcoffset() is None:
                 raise ValueError(f"window {name} must be timezone-aware (UTC), got naive {value.isoformat()}")
         if self.start >= self.end:
-            raise ValueError(
-                f"window start {self.start.isoformat()} must be before end {self.end.isoformat()}"
-            )
+            raise ValueError(f"window start {self.start.isoformat()} must be before end {self.end.isoformat()}")
 
     @property
     def duration(self) -> timedelta:
@@ -107,9 +105,7 @@ def _utc(value: datetime, name: str) -> datetime:
     if not isinstance(value, datetime):
         raise TypeError(f"{name} must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(
-            f"{name} must be timezone-aware (e.g. datetime.now(UTC)), got naive {value.isoformat()}"
-        )
+        raise ValueError(f"{name} must be timezone-aware (e.g. datetime.now(UTC)), got naive {value.isoformat()}")
     return value.astimezone(UTC)
 
 
