@@ -13,9 +13,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import logging
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -160,6 +161,18 @@ def _run_flow(flow_fn, **parameters):  # type: ignore[no-untyped-def]
     return state, data
 
 
+def _parse_all(parse: Callable[[str], Any], **texts: str | None) -> dict[str, Any]:
+    """Parse each given option (None stays None); a bad value exits 2 naming the option."""
+    parsed: dict[str, Any] = {}
+    for name, text in texts.items():
+        try:
+            parsed[name] = parse(text) if text else None
+        except ValueError as error:
+            err_console.print(f"[red]error:[/red] --{name.replace('_', '-')} {text!r}: {error}")
+            raise typer.Exit(2) from None
+    return parsed
+
+
 def _account_table(title: str, accounts: list[dict[str, object]]) -> None:
     columns = [
         "account_id",
@@ -252,15 +265,11 @@ def backfill(
 
     from flows.backfill import backfill as backfill_flow
 
-    try:
-        start_at, end_at = datetime.fromisoformat(start), datetime.fromisoformat(end)
-    except ValueError as error:
-        err_console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+    times = _parse_all(datetime.fromisoformat, start=start, end=end)
     state, data = _run_flow(
         backfill_flow,
-        start=start_at,
-        end=end_at,
+        start=times["start"],
+        end=times["end"],
         accounts=accounts,
         regions=regions,
         chunk_minutes=chunk_minutes,
@@ -611,17 +620,12 @@ def compact(
 
     from flows.compact import compact as compact_flow
 
-    try:
-        first = date.fromisoformat(start_date) if start_date else None
-        last = date.fromisoformat(end_date) if end_date else None
-    except ValueError as error:
-        err_console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+    days = _parse_all(date.fromisoformat, start_date=start_date, end_date=end_date)
     state, data = _run_flow(
         compact_flow,
         accounts=accounts,
-        start_date=first,
-        end_date=last,
+        start_date=days["start_date"],
+        end_date=days["end_date"],
         tables=[t.value for t in tables] if tables else None,
         target_file_mb=target_file_mb,
         skip_recent_hours=skip_recent_hours,
@@ -660,16 +664,11 @@ def reconcile(
     from flows.reconcile import reconcile as reconcile_flow
     from tasks.reconcile import ReconcileReport
 
-    try:
-        start_at = datetime.fromisoformat(start) if start else None
-        end_at = datetime.fromisoformat(end) if end else None
-    except ValueError as error:
-        err_console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+    times = _parse_all(datetime.fromisoformat, start=start, end=end)
     state, data = _run_flow(
         reconcile_flow,
-        start=start_at,
-        end=end_at,
+        start=times["start"],
+        end=times["end"],
         accounts=accounts,
         regions=regions,
         lookback_hours=lookback_hours,
