@@ -80,6 +80,7 @@ def one_sample(config: Any, collector: Any, plan: Any, client: Any) -> dict[str,
     envelopes = col.envelopes_for(
         traces, source="collect", account_id=parsed.account_id, region=parsed.region,
         window=TimeWindow(start=started - pad, end=stopped + pad), execution=execution,
+        redaction=collector.redaction,
     )  # fmt: skip
     col.send_envelopes(collector, envelopes)
     sent = time.time()

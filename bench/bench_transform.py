@@ -9,6 +9,8 @@ Measured side by side, interleaved, best of R rounds each:
 - ours: `transform_trace` (trace, segment, span and service-map documents);
 - ours + Arrow: `transform_trace` + `to_arrow` per envelope-sized group (what the consumer runs);
 - peer: a pandas `json_normalize` transform producing the same trace and segment columns;
+- consumer path: `tasks.redact.redact_trace` (the consumer re-applies source redaction before
+  transforming, see `tasks.documents.transform_envelope`) + `transform_trace`, for reference;
 - allocation floor (not a transform): parse, then per (sub)segment only copy an empty segment
   document and span document of the real shapes and set ten fields — what any CPython
   transform emitting these documents pays before computing anything.
@@ -59,6 +61,18 @@ def ours(traces: list[dict[str, Any]], ctx: Any) -> int:
         docs = transform_trace(trace, ctx)
         segments += len(docs.segments)
         docs.spans  # noqa: B018 (materialised, whatever the implementation defers)
+    return segments
+
+
+def consumer_path(traces: list[dict[str, Any]], ctx: Any) -> int:
+    from tasks.redact import RedactionPolicy, redact_trace
+    from tasks.transform import transform_trace
+
+    policy = RedactionPolicy()
+    segments = 0
+    for trace in traces:
+        docs = transform_trace(redact_trace(trace, policy), ctx, policy)
+        segments += len(docs.segments)
     return segments
 
 
@@ -268,8 +282,9 @@ def best(fn: Any, rounds: int) -> tuple[float, int, float]:
 
 def measure(traces: list[dict[str, Any]], ctx: Any, rounds: int, with_peer: bool) -> dict[str, Any]:
     """Interleaved rounds so background load hits every contender alike."""
-    names = ["parse_only", "ours", "ours_arrow", "allocation_floor", *(["peer"] if with_peer else [])]
+    names = ["parse_only", "ours", "ours_arrow", "allocation_floor", "consumer_path", *(["peer"] if with_peer else [])]
     runs = {
+        "consumer_path": lambda: consumer_path(traces, ctx),
         "parse_only": lambda: parse_only(traces),
         "allocation_floor": lambda: allocation_floor(traces, ctx),
         "ours": lambda: ours(traces, ctx),

@@ -117,7 +117,12 @@ def percentile(values: list[float], p: float) -> float | None:
 
 
 def peak_rss_mb() -> float:
-    """Peak RSS of this process (Linux reports ru_maxrss in KiB)."""
+    """Peak RSS of this process image: VmHWM from /proc (ru_maxrss survives exec, so a child
+    started by fork+exec would report its parent's RSS at fork time); ru_maxrss elsewhere."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
