@@ -170,7 +170,7 @@ def cycle(base: Any, accounts: list[Any], scheduler: str, workers: int, shared: 
 def main() -> None:
     args = common.parse_args(__doc__.splitlines()[0])
     started = time.monotonic()
-    n = 30 if args.quick else 200
+    n = 16 if args.quick else 200
     plans: list[tuple[str, int, bool]] = (
         [("pool", 32, False), ("pool", 32, True)]
         if args.quick
