@@ -21,11 +21,15 @@ install: $(VENV)/.installed
 demo: install
 	$(RUN)/xraylake demo
 
+# Two workers: most test time is waiting on servers (visibility timeouts, subprocesses), and each
+# worker gets its own sandbox and Prefect server. Modules stay on one worker (module fixtures).
+XDIST ?= -n 2 --dist loadfile
+
 test: install
-	$(RUN)/pytest $(PYTEST_ARGS)
+	$(RUN)/pytest $(XDIST) $(PYTEST_ARGS)
 
 test-quick: install
-	$(RUN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(RUN)/pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(RUN)/ruff check .

@@ -36,7 +36,7 @@ def pipeline(config: Config, per_account: int = 6) -> dict[str, list[str]]:
     return ids
 
 
-def mismatch_events(account_id: str, attempts: int = 40) -> list[dict[str, Any]]:
+def mismatch_events(account_id: str, attempts: int = 120) -> list[dict[str, Any]]:
     """`xraylake.reconcile.mismatch` events of the account, from the Prefect server (they arrive async)."""
     body = {
         "filter": {
@@ -51,7 +51,7 @@ def mismatch_events(account_id: str, attempts: int = 40) -> list[dict[str, Any]]
             events = client.request("POST", "/events/filter", json=body).json()["events"]
         if events:
             break
-        time.sleep(0.25)
+        time.sleep(0.5)  # events reach the server asynchronously; a busy machine delays them
     return events
 
 
