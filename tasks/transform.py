@@ -1480,6 +1480,11 @@ def transform_trace(
         return builder.finish(trace)
     except Exception as error:  # last line of defence: an empty but valid result
         return _failed(builder, ctx, error)
+    finally:
+        # Each _Top and its walked tuple point at each other: break those cycles so the builder is
+        # freed by reference counting at once instead of waiting for (and feeding) the cyclic GC.
+        for top in builder.tops:
+            top.node = None
 
 
 _DEFAULT_POLICY = RedactionPolicy()
