@@ -511,7 +511,7 @@ class _TraceBuilder:
         depth: int,
         top: _Top | None,
         is_subsegment: bool,
-        fallback_id: str,
+        fallback_id: str | int,
         document: str | None,
     ) -> None:
         """One (sub)segment → its segment doc and span doc (written in place, hot path), then its
@@ -524,12 +524,14 @@ class _TraceBuilder:
         if type(raw) is str and 0 < len(raw) <= MAX_NAME:
             segment_id = raw
         else:
+            # a subsegment passes its position under the parent: the fallback is built only here
+            fallback = fallback_id if isinstance(fallback_id, str) else f"{parent_id}/{fallback_id}"
             if type(raw) is str and raw:
                 segment_id = raw[:MAX_NAME]
-            elif top is None and _SPAN_ID.fullmatch(fallback_id):
-                segment_id = fallback_id  # the wrapper's Id
+            elif top is None and _SPAN_ID.fullmatch(fallback):
+                segment_id = fallback  # the wrapper's Id
             else:
-                segment_id = _digest_hex(fallback_id, 8)
+                segment_id = _digest_hex(fallback, 8)
             problem(segment_id, f"missing or invalid id ({_text(raw, 40)!r}); using {segment_id}")
         raw = get("name")
         if type(raw) is str and 0 < len(raw) <= MAX_NAME:
@@ -867,7 +869,7 @@ class _TraceBuilder:
                 walk = self.walk
                 for position, child in enumerate(children):
                     if type(child) is dict:
-                        walk(child, segment_id, span_id, depth + 1, top, True, f"{segment_id}/{position}", None)
+                        walk(child, segment_id, span_id, depth + 1, top, True, position, None)
                     else:
                         shown = type(child).__name__
                         problem(segment_id, f"subsegments[{position}] is {shown}, not an object")
@@ -1142,7 +1144,7 @@ class _TraceBuilder:
             service_map=_service_map(nodes, group),
             problems=self.problems,
             segment_documents=[walked[5] for walked in nodes],
-            segment_annotations=[_json_or_none(walked[6]) for walked in nodes],
+            segment_annotations=[_safe_json(walked[6]) if walked[6] else None for walked in nodes],
             trace_annotations=_safe_json(typed) if typed else None,
         )
 
@@ -1342,10 +1344,6 @@ _RESOURCE_BLOCKS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
 
 
 _RESOURCE_BLOCK_MAP = dict(_RESOURCE_BLOCKS)
-
-
-def _json_or_none(value: dict[str, Any] | None) -> str | None:
-    return _safe_json(value) if value else None
 
 
 def _annotation_string(value: Any) -> str:
