@@ -66,10 +66,22 @@ def fresh_config(stack: SandboxStack, fresh_roster: Roster) -> Iterator[Config]:
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """A real temporary Prefect server for the session (flows, tasks, artifacts, events)."""
+    import threading
+
+    from prefect.server.api.server import SubprocessASGIServer
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    harness = prefect_test_harness(server_startup_timeout=120)
+    harness.__enter__()
+    server = SubprocessASGIServer._instances.get(None)
+    yield
+    # The harness drains the client's event queue without a time limit before stopping its server;
+    # on a loaded machine that can wait for good. Give it a minute, then stop the server anyway.
+    closer = threading.Thread(target=harness.__exit__, args=(None, None, None), daemon=True)
+    closer.start()
+    closer.join(timeout=60)
+    if closer.is_alive() and server is not None:
+        server.stop()
 
 
 @pytest.fixture
