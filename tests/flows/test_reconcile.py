@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
 import pytest
-from prefect.client.orchestration import get_client
+from prefect.events.clients import AssertingPassthroughEventsClient
+from prefect.events.worker import EventsWorker
 
 from flows.consume import run_consumer
 from flows.reconcile import default_window, reconcile
@@ -36,23 +37,26 @@ def pipeline(config: Config, per_account: int = 6) -> dict[str, list[str]]:
     return ids
 
 
-def mismatch_events(account_id: str, attempts: int = 120) -> list[dict[str, Any]]:
-    """`xraylake.reconcile.mismatch` events of the account, from the Prefect server (they arrive async)."""
-    body = {
-        "filter": {
-            "event": {"name": ["xraylake.reconcile.mismatch"]},
-            "resource": {"id": [f"aws.account.{account_id}"]},
-        },
-        "limit": 50,
-    }
-    events: list[dict[str, Any]] = []
-    for _ in range(attempts):
-        with get_client(sync_client=True) as client:
-            events = client.request("POST", "/events/filter", json=body).json()["events"]
-        if events:
-            break
-        time.sleep(0.5)  # events reach the server asynchronously; a busy machine delays them
-    return events
+@pytest.fixture
+def captured_events(monkeypatch: pytest.MonkeyPatch) -> Iterator[EventsWorker]:
+    """Events recorded client-side as they are emitted, and still sent on to the Prefect server
+    (Prefect's own passthrough test client): the server's copy can lag on a busy machine."""
+    AssertingPassthroughEventsClient.reset()
+    worker = EventsWorker.instance(AssertingPassthroughEventsClient)
+    monkeypatch.setattr(EventsWorker, "instance", lambda *_: worker)
+    yield worker
+    worker.drain()
+
+
+def mismatch_events(worker: EventsWorker, account_id: str) -> list[dict[str, Any]]:
+    """`xraylake.reconcile.mismatch` events emitted for the account."""
+    worker.drain()
+    return [
+        {"payload": event.payload, "resource": event.resource.id}
+        for client in AssertingPassthroughEventsClient.all
+        for event in client.events
+        if event.event == "xraylake.reconcile.mismatch" and event.resource.id == f"aws.account.{account_id}"
+    ]
 
 
 def window() -> tuple[datetime, datetime]:
@@ -75,7 +79,9 @@ def test_clean_system_reconciles_with_zero_mismatches(fresh_config: Config, conf
     assert all(r.xray is not None for r in report.rows)
 
 
-def test_deleted_index_document_and_raw_object_are_found_and_repaired(fresh_config: Config, config_file: str) -> None:
+def test_deleted_index_document_and_raw_object_are_found_and_repaired(
+    fresh_config: Config, config_file: str, captured_events: EventsWorker
+) -> None:
     ids = pipeline(fresh_config)
     first, second = list(ids)
     client = client_for(fresh_config.opensearch)
@@ -99,7 +105,7 @@ def test_deleted_index_document_and_raw_object_are_found_and_repaired(fresh_conf
     assert found.missing == {"xray": 0, "raw": len(ids[second]), "parquet": 0, "index": 1}
     assert [i for r in found.rows for i in r.missing_ids.get("index", [])] == [victim]
     assert {i for r in found.rows for i in r.missing_ids.get("raw", [])} == set(ids[second])
-    events = mismatch_events(second)
+    events = mismatch_events(captured_events, second)
     assert events, "no xraylake.reconcile.mismatch event"
     assert events[0]["payload"]["missing"]["raw"] == len(ids[second])
     assert events[0]["payload"]["repair"] is True
