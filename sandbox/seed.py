@@ -27,9 +27,7 @@ MAX_RECEIVE_COUNT = 5
 MEMBERS = [
     MemberAccount(account_id="012345678901", name="dev", environment="dev", regions=["us-east-1"]),
     MemberAccount(account_id="234567890123", name="qa", environment="qa", regions=["us-east-1"]),
-    MemberAccount(
-        account_id="345678901234", name="prod", environment="prod", regions=["us-east-1", "eu-west-1"]
-    ),
+    MemberAccount(account_id="345678901234", name="prod", environment="prod", regions=["us-east-1", "eu-west-1"]),
 ]
 
 READER_ACTIONS = [
@@ -119,9 +117,7 @@ def seed_queue(session: boto3.Session, org_id: str, name: str = QUEUE_NAME) -> T
         QueueName=f"{name}-dlq",
         Attributes={"MessageRetentionPeriod": str(14 * 24 * 3600), "SqsManagedSseEnabled": "true"},
     )["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     queue_arn = dlq_arn.removesuffix("-dlq")
     policy = {
         "Version": "2012-10-17",
@@ -144,9 +140,7 @@ def seed_queue(session: boto3.Session, org_id: str, name: str = QUEUE_NAME) -> T
             "ReceiveMessageWaitTimeSeconds": "20",
             "SqsManagedSseEnabled": "true",
             "Policy": json.dumps(policy),
-            "RedrivePolicy": json.dumps(
-                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}
-            ),
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}),
         },
     )["QueueUrl"]
     return TraceQueue(queue_url=queue_url, dlq_url=dlq_url, region=session.region_name or "us-east-1")

@@ -544,9 +544,7 @@ class StrictXRayFront:
         else:
             if self._destination(account, region) == "CloudWatchLogs":
                 self._count(account, pages_served=1)
-                return _json(
-                    200, {"TraceSummaries": [], "ApproximateTime": time.time(), "TracesProcessedCount": 0}
-                )
+                return _json(200, {"TraceSummaries": [], "ApproximateTime": time.time(), "TracesProcessedCount": 0})
             fetched = self._fetch_summaries(account, region, method, path, headers, request)
             if isinstance(fetched, _Answer):
                 return fetched
@@ -605,8 +603,18 @@ class StrictXRayFront:
             listed = {str(s.get("Id")) for s in kept}
             for trace_id in self._updated_between(account, region, start, end):
                 if trace_id not in listed:
-                    kept.append({"Id": trace_id, "IsPartial": True, "HasError": False, "HasFault": False,
-                                 "HasThrottle": False, "Annotations": {}, "ServiceIds": [], "Users": []})
+                    kept.append(
+                        {
+                            "Id": trace_id,
+                            "IsPartial": True,
+                            "HasError": False,
+                            "HasFault": False,
+                            "HasThrottle": False,
+                            "Annotations": {},
+                            "ServiceIds": [],
+                            "Users": [],
+                        }
+                    )
             summaries = kept
         for summary in summaries:  # moto spells it IsParital; AWS always sends IsPartial
             if "IsPartial" not in summary:
@@ -719,19 +727,13 @@ class StrictXRayFront:
 
     # ------------------------------------------------------------------ forwarding
 
-    def _forward(
-        self, account: str, method: str, path: str, headers: list[tuple[str, str]], body: bytes
-    ) -> _Answer:
+    def _forward(self, account: str, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> _Answer:
         parts = self._upstream_parts
-        connection_type = (
-            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        )
+        connection_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         connection = connection_type(parts.hostname or "127.0.0.1", parts.port, timeout=self.upstream_timeout)
         send_headers = {k: v for k, v in headers if k.lower() not in _HOP_BY_HOP}
         try:
-            connection.request(
-                method, path, body=body if body or method != "GET" else None, headers=send_headers
-            )
+            connection.request(method, path, body=body if body or method != "GET" else None, headers=send_headers)
             response = connection.getresponse()
             payload = response.read()
             relayed = [(k, v) for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP]

@@ -540,9 +540,7 @@ def _sql(
     trace_id: str | None = None,
     parent_id: str | None = None,
 ) -> dict[str, Any]:
-    host = (
-        f"{database}-db.cluster-{_stable(ctx.account_id, ctx.region, database, length=12, alphabet=_LOWER)}"
-    )
+    host = f"{database}-db.cluster-{_stable(ctx.account_id, ctx.region, database, length=12, alphabet=_LOWER)}"
     host += f".{ctx.region}.rds.amazonaws.com"
     sub: dict[str, Any] = {
         "id": _sid(rng),
@@ -568,9 +566,7 @@ def _sql(
     return sub
 
 
-def _calls(
-    rng: random.Random, ctx: _Ctx, calls: tuple[_Call, ...], start: float, end: float, **flags: Any
-) -> list:
+def _calls(rng: random.Random, ctx: _Ctx, calls: tuple[_Call, ...], start: float, end: float, **flags: Any) -> list:
     """Sequential downstream subsegments filling [start, end]."""
     subs: list[dict[str, Any]] = []
     if not calls:
@@ -582,9 +578,7 @@ def _calls(
         if call.kind in ("ddb_get", "ddb_put"):
             op = "GetItem" if call.kind == "ddb_get" else "PutItem"
             subs.append(
-                _dynamodb(
-                    rng, ctx, op, call.target, s, e, throttled=flags.get("throttled_table") == call.target
-                )
+                _dynamodb(rng, ctx, op, call.target, s, e, throttled=flags.get("throttled_table") == call.target)
             )
         elif call.kind == "sns":
             subs.append(_sns(rng, ctx, call.target, s, e))
@@ -901,9 +895,7 @@ def _plan_layout(rng: random.Random, spec: MachineSpec, status: str, plan: Plann
     return durations
 
 
-def step_functions_documents(
-    plan: PlannedExecution, facts: ExecutionFacts, trace_id: str
-) -> list[dict[str, Any]]:
+def step_functions_documents(plan: PlannedExecution, facts: ExecutionFacts, trace_id: str) -> list[dict[str, Any]]:
     """The segments Step Functions and its Lambda tasks emit for one execution (pure).
 
     Ids and request ids come from the plan's own seed, so they do not depend on `facts`; times
@@ -928,9 +920,7 @@ def step_functions_documents(
         sub: dict[str, Any] = {"id": _sid(rng), "name": state, "start_time": _t(s), "end_time": _t(e)}
         if kind == "task" and task is not None:
             declined = status == "FAILED" and state == decider
-            http_status = {
-                c.target: (402 if spec.service == "orders" else 403) for c in task.calls if c.kind == "http"
-            }
+            http_status = {c.target: (402 if spec.service == "orders" else 403) for c in task.calls if c.kind == "http"}
             invoke, lambda_segments = _lambda_invocation(
                 rng,
                 ctx,
@@ -968,9 +958,7 @@ def step_functions_documents(
     elif status == "TIMED_OUT":
         machine["fault"] = True
         machine["cause"] = {
-            "exceptions": [
-                _exception(rng, "States.Timeout", f"Execution timed out after {spec.timeout_seconds} s")
-            ]
+            "exceptions": [_exception(rng, "States.Timeout", f"Execution timed out after {spec.timeout_seconds} s")]
         }
     elif status == "ABORTED":
         machine["error"] = True
@@ -1076,17 +1064,14 @@ _APIS = (
 _USER_AGENTS = (
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) "
     "Version/17.4 Safari/605.1.15",
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/124.0 Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36",
     "okhttp/4.12.0",
     "python-requests/2.32.3",
 )
 
 
 def _client_ip(rng: random.Random) -> str:
-    return (
-        f"{rng.choice([81, 92, 185, 203])}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
-    )
+    return f"{rng.choice([81, 92, 185, 203])}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
 
 
 def _api_gateway_trace(rng: random.Random, ctx: _Ctx, start: float, status: str) -> list[dict[str, Any]]:
@@ -1235,9 +1220,7 @@ def _web_annotations_metadata(rng: random.Random, service: str) -> tuple[dict[st
                 "feature_flags": sorted(rng.sample(["new-checkout", "one-click", "dark-mode", "bnpl"], 2)),
             }
         },
-        service: {
-            "build": {"version": f"1.{rng.randint(30, 48)}.{rng.randint(0, 9)}", "commit": _sid(rng)[:12]}
-        },
+        service: {"build": {"version": f"1.{rng.randint(30, 48)}.{rng.randint(0, 9)}", "commit": _sid(rng)[:12]}},
     }
     return annotations, metadata
 
@@ -1662,9 +1645,7 @@ def _build_trace(
     return record
 
 
-def align_executions(
-    traffic: Traffic, facts: dict[str, ExecutionFacts], keep_planned_times: bool = False
-) -> Traffic:
+def align_executions(traffic: Traffic, facts: dict[str, ExecutionFacts], keep_planned_times: bool = False) -> Traffic:
     """A copy of `traffic` whose Step Functions traces follow what DescribeExecution returned.
 
     With `keep_planned_times`, only status/error/cause come from `facts` (times and trace ids
@@ -1721,12 +1702,8 @@ def put_documents(client: Any, documents: list[dict[str, Any]], where: str = "")
         response = client.put_trace_segments(TraceSegmentDocuments=batch)
         unprocessed = response.get("UnprocessedTraceSegments") or []
         if unprocessed:
-            sample = ", ".join(
-                f"{u.get('Id')}: {u.get('ErrorCode')} {u.get('Message')}" for u in unprocessed[:3]
-            )
-            raise TrafficWriteError(
-                f"{len(unprocessed)} of {len(batch)} segments unprocessed {where}: {sample}"
-            )
+            sample = ", ".join(f"{u.get('Id')}: {u.get('ErrorCode')} {u.get('Message')}" for u in unprocessed[:3])
+            raise TrafficWriteError(f"{len(unprocessed)} of {len(batch)} segments unprocessed {where}: {sample}")
         put += len(batch)
     return put
 
@@ -1867,8 +1844,7 @@ def write_traffic(
             client = sessions.client(item.account_id, item.region, "xray")
             put = put_documents(client, item.documents, f"in {item.account_id}/{item.region}")
         statuses = Counter(
-            facts[e.execution_arn].status if e.execution_arn in facts else e.planned_status
-            for e in item.executions
+            facts[e.execution_arn].status if e.execution_arn in facts else e.planned_status for e in item.executions
         )
         regions.append(
             RegionWrite(

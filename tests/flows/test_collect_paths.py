@@ -29,9 +29,7 @@ def front(stack: SandboxStack):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def traffic(fresh_config: Config):  # type: ignore[no-untyped-def]
-    planned = generate_traffic(
-        5, fresh_config.roster.accounts, traces_per_account=14, hours_back=2.0, now=time.time()
-    )
+    planned = generate_traffic(5, fresh_config.roster.accounts, traces_per_account=14, hours_back=2.0, now=time.time())
     report = write_traffic(planned, fresh_config.roster)
     return planned, report
 
@@ -192,21 +190,15 @@ def test_backfill_resumes_without_sending_finished_chunks_twice(
             "malformed",
         ),
         (
-            lambda p: collect(
-                execution_arn="arn:aws:states:us-east-1:999999999999:execution:m:e", config_path=p
-            ),
+            lambda p: collect(execution_arn="arn:aws:states:us-east-1:999999999999:execution:m:e", config_path=p),
             "not in the roster",
         ),
         (
-            lambda p: backfill(
-                start=datetime.now(UTC), end=datetime.now(UTC) - timedelta(hours=1), config_path=p
-            ),
+            lambda p: backfill(start=datetime.now(UTC), end=datetime.now(UTC) - timedelta(hours=1), config_path=p),
             "not after start",
         ),
         (
-            lambda p: backfill(
-                start=datetime.now(UTC) - timedelta(days=31), end=datetime.now(UTC), config_path=p
-            ),
+            lambda p: backfill(start=datetime.now(UTC) - timedelta(days=31), end=datetime.now(UTC), config_path=p),
             "30-day retention",
         ),
         (lambda p: sweep(regions=["ap-south-1"], config_path=p), "no account is enabled"),
@@ -219,7 +211,10 @@ def test_bad_input_fails_before_any_work(call, message: str, config_file: str, f
 
 
 def test_transaction_search_account_is_reported_not_silently_empty(
-    fresh_config: Config, config_file: str, traffic, stack: SandboxStack  # type: ignore[no-untyped-def]
+    fresh_config: Config,
+    config_file: str,
+    traffic,
+    stack: SandboxStack,  # type: ignore[no-untyped-def]
 ) -> None:
     switched = fresh_config.roster.accounts[2].account_id
     strict = front(stack)

@@ -58,9 +58,7 @@ def envelope_for(
 
 def send(config: Config, body: str, attributes: dict[str, str] | None = None) -> None:
     attrs = {k: {"DataType": "String", "StringValue": v} for k, v in (attributes or {}).items()}
-    boto3.client("sqs").send_message(
-        QueueUrl=config.queue.queue_url, MessageBody=body, MessageAttributes=attrs
-    )
+    boto3.client("sqs").send_message(QueueUrl=config.queue.queue_url, MessageBody=body, MessageAttributes=attrs)
 
 
 def send_envelope(config: Config, envelope: env.Envelope, key: str | None = "default") -> None:
@@ -111,9 +109,7 @@ def test_poison_messages_go_to_the_dlq_with_reasons_and_the_rest_is_indexed(fres
         "bytes": 10,
     }
     send(fresh_config, orjson.dumps(pointer | {"payload_ref": ref}).decode())
-    boto3.client("s3").put_object(
-        Bucket=fresh_config.archive.bucket, Key="payloads/tampered.json.gz", Body=b"x" * 10
-    )
+    boto3.client("s3").put_object(Bucket=fresh_config.archive.bucket, Key="payloads/tampered.json.gz", Body=b"x" * 10)
     send(
         fresh_config,
         orjson.dumps(pointer | {"payload_ref": ref | {"key": "payloads/tampered.json.gz"}}).decode(),
@@ -140,9 +136,7 @@ def test_poison_messages_go_to_the_dlq_with_reasons_and_the_rest_is_indexed(fres
     sqs = boto3.client("sqs")
     entries = [e for e, _ in dlq.peek(sqs, fresh_config.queue.dlq_url)]
     assert dlq.summarize(entries) == dict(stats.dead_lettered)
-    depth = sqs.get_queue_attributes(QueueUrl=fresh_config.queue.queue_url, AttributeNames=["All"])[
-        "Attributes"
-    ]
+    depth = sqs.get_queue_attributes(QueueUrl=fresh_config.queue.queue_url, AttributeNames=["All"])["Attributes"]
     assert depth["ApproximateNumberOfMessages"] == "0"
     assert depth["ApproximateNumberOfMessagesNotVisible"] == "0"
 

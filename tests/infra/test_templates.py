@@ -171,16 +171,12 @@ def member_session(account_id: str, region: str) -> boto3.Session:
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.name)
 def test_cfn_lint_clean(template: Path) -> None:
     findings = lint_file(template, config=LINT_CONFIG)
-    assert findings == [], "\n".join(
-        f"{f.rule.id} {f.message} ({f.filename}:{f.linenumber})" for f in findings
-    )
+    assert findings == [], "\n".join(f"{f.rule.id} {f.message} ({f.filename}:{f.linenumber})" for f in findings)
 
 
 def test_cfn_lint_harness_reports_findings() -> None:
     """Guards the test above: the same lint call does report a broken template."""
-    broken = LOG_TEMPLATE.read_text().replace(
-        "ReceiveMessageWaitTimeSeconds: 20", "ReceiveMessageWaitTimeSeconds: 21"
-    )
+    broken = LOG_TEMPLATE.read_text().replace("ReceiveMessageWaitTimeSeconds: 20", "ReceiveMessageWaitTimeSeconds: 21")
     findings = lint(broken, config=LINT_CONFIG)
     assert any("ReceiveMessageWaitTimeSeconds" in str(f.path) for f in findings), findings
 
@@ -250,9 +246,7 @@ def test_reader_role_outputs_its_arn() -> None:
 def test_queue_policy_admits_only_the_organization_and_denies_plain_http() -> None:
     template = load(LOG_TEMPLATE)
     policies = resources_of_type(template, "AWS::SQS::QueuePolicy")
-    by_queue = {
-        p["Properties"]["Queues"][0]["Ref"]: p["Properties"]["PolicyDocument"] for p in policies.values()
-    }
+    by_queue = {p["Properties"]["Queues"][0]["Ref"]: p["Properties"]["PolicyDocument"] for p in policies.values()}
     assert set(by_queue) == {"TraceQueue", "DeadLetterQueue"}
 
     queue_policy = by_queue["TraceQueue"]

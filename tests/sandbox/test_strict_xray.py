@@ -183,9 +183,7 @@ def test_throttles_past_the_bucket_with_throttled_exception(
         member.get_trace_summaries(**window())
 
 
-def test_buckets_are_per_account(
-    front: StrictXRayFront, sessions: MemberSessions, fresh_roster: Roster
-) -> None:
+def test_buckets_are_per_account(front: StrictXRayFront, sessions: MemberSessions, fresh_roster: Roster) -> None:
     first, second = (member_xray(sessions, a.account_id, front.url) for a in fresh_roster.accounts[:2])
     front.configure(rate_per_second=0.2, burst=1)
     first.get_trace_summaries(**window())

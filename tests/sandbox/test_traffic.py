@@ -122,9 +122,7 @@ def test_cross_account_trace_lives_in_two_accounts(traffic: Traffic) -> None:
     assert len(owners) == 2
     caller = next(r for r in traffic.traces if r.scenario == "cross_account_caller")
     callee = next(r for r in traffic.traces if r.scenario == "cross_account_callee")
-    call = next(
-        s for s in caller.documents[0]["subsegments"] if s.get("namespace") == "remote" and "http" in s
-    )
+    call = next(s for s in caller.documents[0]["subsegments"] if s.get("namespace") == "remote" and "http" in s)
     assert call["http"]["request"]["traced"] is True
     assert callee.documents[0]["parent_id"] == call["id"]
     assert callee.account_id != caller.account_id
@@ -172,9 +170,7 @@ def test_scenario_and_status_mix(traffic: Traffic) -> None:
     assert any(isinstance(c, dict) and c.get("working_directory") for c in causes)
     annotation_types = {type(v) for n in nodes for v in n.get("annotations", {}).values()}
     assert {str, int, float, bool} <= annotation_types
-    assert any(
-        isinstance(v, dict) for n in nodes for ns in n.get("metadata", {}).values() for v in ns.values()
-    )
+    assert any(isinstance(v, dict) for n in nodes for ns in n.get("metadata", {}).values() for v in ns.values())
     assert {e.planned_status for e in traffic.executions} == {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
 
@@ -223,9 +219,7 @@ def test_align_rebuilds_step_functions_traces_from_describe_results(traffic: Tra
     assert after.trace_id == f"1-{int(NOW - 30):08x}-{plan.trace_suffix}"
     assert after.documents[0]["start_time"] == NOW - 30.0
     assert after.documents[0]["end_time"] == NOW - 28.5
-    assert [n["id"] for d in after.documents for n in _walk(d)] == [
-        n["id"] for d in before.documents for n in _walk(d)
-    ]
+    assert [n["id"] for d in after.documents for n in _walk(d)] == [n["id"] for d in before.documents for n in _walk(d)]
     others = [document_json(d) for r in aligned.traces if r.execution != plan for d in r.documents]
     assert others == [document_json(d) for r in traffic.traces if r.execution != plan for d in r.documents]
 
@@ -310,9 +304,7 @@ def test_write_traffic_into_member_accounts(stack: Any, fresh_roster: Roster) ->
     record = next(r for r in planned.traces if r.completions)
     xray = sessions.client(record.account_id, record.region, "xray")
     trace = xray.batch_get_traces(TraceIds=[record.trace_id])["Traces"][0]
-    versions = [
-        orjson.loads(s["Document"]) for s in trace["Segments"] if s["Id"] == record.completions[0]["id"]
-    ]
+    versions = [orjson.loads(s["Document"]) for s in trace["Segments"] if s["Id"] == record.completions[0]["id"]]
     assert any("end_time" in v for v in versions)
 
 

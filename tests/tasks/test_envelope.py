@@ -39,9 +39,7 @@ def test_envelope_id_is_deterministic_and_content_addressed() -> None:
         source="sweep", account_id="012345678901", region="us-east-1", traces=traces, collected_at=NOW
     )
     again = env.build_envelope(source="replay", account_id="012345678901", region="us-east-1", traces=traces)
-    other_account = env.build_envelope(
-        source="sweep", account_id="112345678901", region="us-east-1", traces=traces
-    )
+    other_account = env.build_envelope(source="sweep", account_id="112345678901", region="us-east-1", traces=traces)
     assert first.envelope_id == again.envelope_id
     assert first.envelope_id != other_account.envelope_id
     assert len(first.envelope_id) == 32
@@ -101,9 +99,7 @@ def test_encode_picks_plain_gzip_or_claim_check() -> None:
         account_id="012345678901",
         region="us-east-1",
         collected_at=NOW,
-        traces=[
-            {"Id": "1-6b000000-000000000000000000000001", "Segments": [{"Id": "1", "Document": random_doc}]}
-        ],
+        traces=[{"Id": "1-6b000000-000000000000000000000001", "Segments": [{"Id": "1", "Document": random_doc}]}],
     )
     pointer = env.encode(big, "k", "bucket", "payloads")
     assert pointer.encoding == env.ENCODING_CLAIM_CHECK

@@ -14,9 +14,7 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
 def test_first_sweep_looks_back_and_ends_lag_before_now() -> None:
-    start, end = watermark.sweep_range(
-        None, NOW, timedelta(minutes=2), timedelta(minutes=5), timedelta(hours=1)
-    )  # type: ignore[misc]
+    start, end = watermark.sweep_range(None, NOW, timedelta(minutes=2), timedelta(minutes=5), timedelta(hours=1))  # type: ignore[misc]
     assert end == NOW - timedelta(minutes=2)
     assert start == end - timedelta(hours=1)
 

@@ -78,9 +78,7 @@ def test_plan_windows_smaller_max_window_sits_on_a_grid() -> None:
 
 def test_plan_windows_converts_other_timezones_to_utc() -> None:
     plus2 = timezone(timedelta(hours=2))
-    windows = plan_windows(
-        datetime(2026, 3, 1, 12, 30, tzinfo=plus2), datetime(2026, 3, 1, 13, 30, tzinfo=plus2)
-    )
+    windows = plan_windows(datetime(2026, 3, 1, 12, 30, tzinfo=plus2), datetime(2026, 3, 1, 13, 30, tzinfo=plus2))
     assert windows[0].start == utc(2026, 3, 1, 10, 30)
     assert windows[0].start.tzinfo is UTC
     assert len(windows) == 2
@@ -101,9 +99,7 @@ def test_plan_windows_max_window_above_an_hour_still_splits_hourly() -> None:
         (utc(2026, 1, 1, 1), utc(2026, 1, 1, 2), timedelta(0), "positive"),
     ],
 )
-def test_plan_windows_rejects_bad_input(
-    start: datetime, end: datetime, max_window: timedelta, message: str
-) -> None:
+def test_plan_windows_rejects_bad_input(start: datetime, end: datetime, max_window: timedelta, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         plan_windows(start, end, max_window)
 
@@ -119,9 +115,7 @@ def test_window_validates_itself() -> None:
     }
 
 
-_instants = st.datetimes(
-    min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC)
-)
+_instants = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC))
 
 
 @settings(max_examples=300, deadline=None)
@@ -268,9 +262,7 @@ def put_traces(client: Any, count: int, base: float, segments: int = 1) -> dict[
     flat = [d for group in docs.values() for d in group]
     for offset in range(0, len(flat), 50):
         assert (
-            client.put_trace_segments(TraceSegmentDocuments=flat[offset : offset + 50])[
-                "UnprocessedTraceSegments"
-            ]
+            client.put_trace_segments(TraceSegmentDocuments=flat[offset : offset + 50])["UnprocessedTraceSegments"]
             == []
         )
     return docs
@@ -284,9 +276,7 @@ def last_hour() -> Window:
 @pytest.fixture
 def front(stack: SandboxStack) -> Iterator[StrictXRayFront]:
     assert stack.config.aws_endpoint_url
-    with StrictXRayFront(
-        upstream=stack.config.aws_endpoint_url, page_size=3, rate_per_second=None
-    ) as running:
+    with StrictXRayFront(upstream=stack.config.aws_endpoint_url, page_size=3, rate_per_second=None) as running:
         yield running
 
 
@@ -332,9 +322,7 @@ def test_list_trace_ids_reads_every_page(client: Any, account: str, front: Stric
     assert front.account_stats(account)["pages_served"] == 4
 
 
-def test_batch_get_traces_returns_traces_as_aws_sent_them(
-    client: Any, account: str, front: StrictXRayFront
-) -> None:
+def test_batch_get_traces_returns_traces_as_aws_sent_them(client: Any, account: str, front: StrictXRayFront) -> None:
     put = put_traces(client, 7, time.time() - 900, segments=2)
     stats = XRayStats()
     ids = list(put)
@@ -353,9 +341,7 @@ def test_unprocessed_ids_are_retried(client: Any, account: str, front: StrictXRa
     put = put_traces(client, 10, time.time() - 800)
     front.configure(unprocessed_every=2, unprocessed_times=2)
     stats = XRayStats()
-    batch = batch_get_traces(
-        client, list(put), account_id=account, limiter=fast_limiter(), stats=stats, sleep=no_sleep
-    )
+    batch = batch_get_traces(client, list(put), account_id=account, limiter=fast_limiter(), stats=stats, sleep=no_sleep)
     assert sorted(t["Id"] for t in batch.traces) == sorted(put)
     assert batch.complete
     injected = front.stats()["unprocessed_injected"]
@@ -364,9 +350,7 @@ def test_unprocessed_ids_are_retried(client: Any, account: str, front: StrictXRa
     assert stats.unprocessed_failed == 0
 
 
-def test_unprocessed_ids_reported_when_retries_run_out(
-    client: Any, account: str, front: StrictXRayFront
-) -> None:
+def test_unprocessed_ids_reported_when_retries_run_out(client: Any, account: str, front: StrictXRayFront) -> None:
     put = put_traces(client, 3, time.time() - 700)
     front.configure(unprocessed_every=1, unprocessed_times=100)
     stats = XRayStats()
@@ -406,12 +390,8 @@ def test_throttling_raw_client_fails_but_reader_misses_nothing(
     front.configure(rate_per_second=4, burst=2)  # 7 calls (4 pages + 3 batches) need ~1.3 s
     stats = XRayStats()
     limiter = fast_limiter()  # the client side does not pace: the front must throttle
-    listing = list_trace_ids(
-        client, last_hour(), account_id=account, limiter=limiter, stats=stats, backoff=FAST
-    )
-    batch = batch_get_traces(
-        client, listing.trace_ids, account_id=account, limiter=limiter, stats=stats, backoff=FAST
-    )
+    listing = list_trace_ids(client, last_hour(), account_id=account, limiter=limiter, stats=stats, backoff=FAST)
+    batch = batch_get_traces(client, listing.trace_ids, account_id=account, limiter=limiter, stats=stats, backoff=FAST)
     assert sorted(t["Id"] for t in batch.traces) == sorted(put)  # zero missed
     assert stats.throttles > 0
     assert stats.retries == stats.throttles
@@ -424,12 +404,8 @@ def test_client_bucket_paces_below_the_front_limit(client: Any, account: str, fr
     front.configure(rate_per_second=20, burst=2)
     stats = XRayStats()
     limiter = TokenBucket(rate=15, burst=1)
-    listing = list_trace_ids(
-        client, last_hour(), account_id=account, limiter=limiter, stats=stats, backoff=FAST
-    )
-    batch = batch_get_traces(
-        client, listing.trace_ids, account_id=account, limiter=limiter, stats=stats, backoff=FAST
-    )
+    listing = list_trace_ids(client, last_hour(), account_id=account, limiter=limiter, stats=stats, backoff=FAST)
+    batch = batch_get_traces(client, listing.trace_ids, account_id=account, limiter=limiter, stats=stats, backoff=FAST)
     assert len(batch.traces) == len(put)
     assert stats.throttles == 0
     assert stats.wait_seconds > 0
@@ -458,9 +434,7 @@ def test_filter_expression_sent_stripped_or_fallen_back(
 
     front.filter_mode = "reject"
     stats = XRayStats()
-    listing = list_trace_ids(
-        client, last_hour(), filter_expression="fault", limiter=fast_limiter(), stats=stats
-    )
+    listing = list_trace_ids(client, last_hour(), filter_expression="fault", limiter=fast_limiter(), stats=stats)
     assert listing.client_side_filter_needed
     assert sorted(listing.trace_ids) == sorted(put)
     assert stats.filter_fallbacks == 1
@@ -511,9 +485,7 @@ def test_member_role_sees_only_its_own_account(sessions: MemberSessions, fresh_r
     assert set(foreign.unprocessed) | set(foreign.missing) == set(dev_ids)
 
 
-def test_transaction_search_detection(
-    client: Any, account: str, front: StrictXRayFront, stack: SandboxStack
-) -> None:
+def test_transaction_search_detection(client: Any, account: str, front: StrictXRayFront, stack: SandboxStack) -> None:
     state = detect_transaction_search(client, account_id=account, limiter=fast_limiter())
     assert state.status is TransactionSearchStatus.XRAY
     assert not state.xray_reads_empty
