@@ -228,7 +228,8 @@ def redact_url(url: str, replacement: str = "***") -> str:
 
 # ============================================================================ whole traces
 
-_SUSPECT = re.compile(r"\?|pass|token|secret|auth|api|card|cvv|ssn|private|session|cookie", re.IGNORECASE)
+# Searched on the lower-cased text: a case-sensitive search is ~9x faster than re.IGNORECASE here.
+_SUSPECT = re.compile(r"\?|pass|token|secret|auth|api|card|cvv|ssn|private|session|cookie")
 _URL_KEYS = frozenset({"url", "request_url", "http.url"})
 
 
@@ -262,7 +263,7 @@ def _mask(obj: Any, policy: RedactionPolicy, denied: Callable[[str], bool], dept
 def redact_document(document: str, policy: RedactionPolicy) -> str:
     """A segment Document with secrets masked; the original string when nothing needed masking
     (most documents are not even parsed: a cheap scan rules them out)."""
-    if not _SUSPECT.search(document):
+    if not _SUSPECT.search(document.lower()):
         return document
     try:
         parsed = orjson.loads(document)
