@@ -115,13 +115,18 @@ class SandboxStack:
 
 
 def _pid_alive(pid: int) -> bool:
+    """A running process; a zombie (exited, not yet reaped by its parent) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def read_state(home: Path | None = None) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ import boto3
 import pytest
 
 from sandbox import seed
-from sandbox.stack import down, read_state, up
+from sandbox.stack import _pid_alive, down, read_state, up
 from tasks.aws import MemberSessions
 from xraylake.config import load_config, sandbox_state_path
 
@@ -30,15 +30,8 @@ def port_open(url: str) -> bool:
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie child of ours counts as gone
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    except ChildProcessError:
-        return True
+    """Running, not a zombie (an exited child the container's init may never reap)."""
+    return _pid_alive(pid)
 
 
 @pytest.mark.slow
