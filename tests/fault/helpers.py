@@ -38,7 +38,7 @@ import boto3
 import orjson
 import pyarrow.compute as pc
 
-from tasks import archive, dlq, xray
+from tasks import archive, dlq, queue, xray
 from tasks import collector as col
 from tasks.aws import MemberSessions
 from tasks.envelope import parse_envelope, trace_epoch
@@ -234,14 +234,7 @@ def wait_for(predicate: Any, timeout: float, what: str, every: float = 0.05) -> 
 
 
 def queue_depth(config: Config, url: str | None = None) -> dict[str, int]:
-    attrs = boto3.client("sqs").get_queue_attributes(
-        QueueUrl=url or config.queue.queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return {
-        "visible": int(attrs["ApproximateNumberOfMessages"]),
-        "in_flight": int(attrs["ApproximateNumberOfMessagesNotVisible"]),
-    }
+    return queue.queue_depth(boto3.client("sqs"), url or config.queue.queue_url)
 
 
 def drain(config: Config, timeout: float = 60.0, **options: Any) -> Any:
