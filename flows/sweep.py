@@ -8,6 +8,8 @@ the UI show it) unless `fail_on_account_errors=False`. Each failure is also an
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,11 +51,20 @@ def select_targets(
 
 @task(name="sweep-account", cache_policy=NO_CACHE)  # I/O timeouts: botocore (tasks/aws.py)
 def sweep_account_task(
-    collector: col.Collector, account: MemberAccount, region: str, now: datetime, options: dict[str, Any]
+    collector: col.Collector,
+    account: MemberAccount,
+    region: str,
+    now: datetime,
+    options: dict[str, Any],
+    slots: threading.BoundedSemaphore | None = None,
 ) -> col.AccountResult:
-    # Bounded across runs and flows by the per-(account, region) limit `serve` creates (no-op without it).
+    # `slots` bounds this run's accounts in flight; the per-(account, region) limit `serve` creates
+    # bounds X-Ray work across runs and flows (no-op without it).
     try:
-        with concurrency(concurrency_name(account.account_id, region), occupy=1, strict=False, timeout_seconds=900):
+        with (
+            slots or contextlib.nullcontext(),
+            concurrency(concurrency_name(account.account_id, region), occupy=1, strict=False, timeout_seconds=900),
+        ):
             result = col.sweep_account(collector, account, region, now=now, **options)
     except TimeoutError as error:
         result = col.AccountResult(
@@ -119,7 +130,11 @@ def finish(
     return Completed(message=f"{totals['traces']} traces sent", data=data)
 
 
-@flow(name="sweep", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]
+# Threads are cheap waiting on I/O; `concurrency` (a semaphore) is what bounds the work.
+MAX_ACCOUNT_THREADS = 64
+
+
+@flow(name="sweep", task_runner=ThreadPoolTaskRunner(max_workers=MAX_ACCOUNT_THREADS))  # type: ignore[arg-type]
 def sweep(
     accounts: list[str] | None = None,
     regions: list[str] | None = None,
@@ -128,7 +143,7 @@ def sweep(
     max_window_minutes: int = 60,
     first_lookback_minutes: int = 60,
     time_range_type: xray.TimeRangeType = "Event",
-    concurrency: int = 8,
+    concurrency: int = 16,
     xray_rate_per_second: float | None = None,
     fail_on_account_errors: bool = True,
     config_path: str | None = None,
@@ -149,13 +164,16 @@ def sweep(
         "time_range_type": time_range_type,
         "run_id": str(flow_run.get_id() or ""),
     }
-    results: list[col.AccountResult] = []
-    for start in range(0, len(targets), max(1, concurrency)):
-        futures = [
-            sweep_account_task.with_options(task_run_name=f"sweep-{account.account_id}-{region}").submit(
-                collector, account, region, now, options
-            )
-            for account, region in targets[start : start + max(1, concurrency)]
-        ]
-        results += [f.result() for f in futures]
+    if not 1 <= concurrency <= MAX_ACCOUNT_THREADS:
+        raise ValueError(f"concurrency must be between 1 and {MAX_ACCOUNT_THREADS}, got {concurrency}")
+    # Every account is submitted at once and a slot frees as soon as one finishes: no batch waits
+    # for its slowest account (bench B3b: 86 s → 68 s per 200-account cycle before shared models).
+    slots = threading.BoundedSemaphore(concurrency)
+    futures = [
+        sweep_account_task.with_options(task_run_name=f"sweep-{account.account_id}-{region}").submit(
+            collector, account, region, now, options, slots
+        )
+        for account, region in targets
+    ]
+    results = [f.result() for f in futures]
     return finish("sweep", results, fail_on_account_errors, config=config)
