@@ -30,8 +30,8 @@ def consume_batch(consumer: Consumer, messages: list[queue.ReceivedMessage], vis
     sqs, url = consumer.sqs, consumer.config.queue.queue_url
     with queue.VisibilityHeartbeat(
         sqs, url, messages, timeout_seconds=visibility_timeout, every_seconds=max(5.0, visibility_timeout / 3)
-    ):
-        return consumer.process(messages)
+    ) as heartbeat:
+        return consumer.process(messages, on_done=heartbeat.forget)
 
 
 def receive_batch(

@@ -199,12 +199,23 @@ class VisibilityHeartbeat:
         self._sqs, self._queue_url, self._messages = sqs, queue_url, list(messages)
         self._timeout, self._every, self._on_error = timeout_seconds, every_seconds, on_error
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="sqs-visibility-heartbeat", daemon=True)
+
+    def forget(self, messages: Sequence[ReceivedMessage]) -> None:
+        """Stop extending messages that are done (deleted or dead-lettered)."""
+        gone = {m.message_id for m in messages}
+        with self._lock:
+            self._messages = [m for m in self._messages if m.message_id not in gone]
 
     def _run(self) -> None:
         while not self._stop.wait(self._every):
+            with self._lock:
+                messages = list(self._messages)
+            if not messages:
+                continue
             try:
-                change_visibility(self._sqs, self._queue_url, self._messages, self._timeout)
+                change_visibility(self._sqs, self._queue_url, messages, self._timeout)
             except Exception as error:  # a missed beat only risks a duplicate delivery
                 if self._on_error:
                     self._on_error(error)

@@ -13,10 +13,12 @@ import orjson
 import pytest
 
 from blocks import OpenSearchTarget
-from flows.consume import run_consumer
+from flows.consume import receive_batch, run_consumer
 from tasks import dlq
 from tasks import envelope as env
-from tasks.index import client_for
+from tasks.consumer import Consumer
+from tasks.index import client_for, ensure_templates
+from tasks.mappings import index_templates
 from xraylake.config import Config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -173,3 +175,27 @@ def test_opensearch_down_deletes_nothing_and_loses_nothing(fresh_config: Config)
     stats = run_consumer(fresh_config, wait_seconds=1, use_tasks=False)
     assert stats.deleted == 2
     assert indexed_trace_ids(fresh_config) == {t["Id"] for t in traces}
+
+
+def test_a_batch_is_ingested_in_byte_bounded_chunks_and_each_chunk_deleted_when_done(fresh_config: Config) -> None:
+    envelopes = [envelope_for(fresh_config, [make_trace(f"chunk-{i}-{j}") for j in range(3)]) for i in range(5)]
+    for envelope in envelopes:
+        send_envelope(fresh_config, envelope)
+    send_envelope(fresh_config, envelopes[0])  # a duplicate delivery of an envelope ingested in an earlier chunk
+    consumer = Consumer(fresh_config, boto3.client("s3"), boto3.client("sqs"), chunk_bytes=1)  # one per chunk
+    ensure_templates(consumer.opensearch, index_templates(consumer.index_prefix))
+    messages = receive_batch(consumer, batch_messages=10, wait_seconds=1, visibility_timeout=60)
+    assert len(messages) == 6
+    reported: list[list[str]] = []
+
+    stats = consumer.process(messages, on_done=lambda done: reported.append([m.message_id for m in done]))
+
+    assert (stats.envelopes, stats.duplicates, stats.deleted, stats.left_for_retry) == (5, 1, 6, 0)
+    assert stats.raw_objects == 5
+    assert stats.parquet_files >= 10  # traces + segments, one file per chunk and partition
+    assert sorted(m for done in reported for m in done) == sorted(m.message_id for m in messages)
+    assert len(reported) >= 5  # heard after each chunk, not once at the end
+    assert indexed_trace_ids(fresh_config) == {t["Id"] for e in envelopes for t in e.traces}
+    depth = boto3.client("sqs").get_queue_attributes(QueueUrl=fresh_config.queue.queue_url, AttributeNames=["All"])
+    assert depth["Attributes"]["ApproximateNumberOfMessages"] == "0"
+    assert depth["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "0"
