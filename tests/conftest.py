@@ -4,6 +4,7 @@ OpenSearch), and per-test isolation on top of it (fresh member accounts, queue, 
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 import uuid
@@ -66,8 +67,6 @@ def fresh_config(stack: SandboxStack, fresh_roster: Roster) -> Iterator[Config]:
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """A real temporary Prefect server for the session (flows, tasks, artifacts, events)."""
-    import threading
-
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.testing.utilities import prefect_test_harness
 
@@ -75,13 +74,20 @@ def prefect_harness() -> Iterator[None]:
     harness.__enter__()
     server = SubprocessASGIServer._instances.get(None)
     yield
-    # The harness drains the client's event queue without a time limit before stopping its server;
-    # on a loaded machine that can wait for good. Give it a minute, then stop the server anyway.
-    closer = threading.Thread(target=harness.__exit__, args=(None, None, None), daemon=True)
-    closer.start()
-    closer.join(timeout=60)
-    if closer.is_alive() and server is not None:
-        server.stop()
+    # The harness drains the log and event workers without a time limit before stopping its server;
+    # on a loaded machine that can wait for good. Drain them here with a bound first, so the
+    # harness's own drain finds nothing left, and stop the server even if its exit fails.
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        drained = worker.drain_all(timeout=60)
+        assert not inspect.isawaitable(drained)  # sync context: drain_all waits itself
+    try:
+        harness.__exit__(None, None, None)
+    finally:
+        if server is not None:
+            server.stop()
 
 
 @pytest.fixture
