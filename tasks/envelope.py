@@ -311,7 +311,8 @@ def check_payload(ref: PayloadRef, compressed: bytes) -> None:
 
 def body_to_raw(body: str, cap: int = MAX_DECOMPRESSED_BYTES) -> bytes:
     """An inline body (plain JSON or gzip+base64) to the envelope's canonical JSON bytes."""
-    if body.startswith("{"):
+    # `[` and `"` cannot start base64: such a body is JSON of the wrong shape (load_json names it).
+    if body.lstrip()[:1] in ("{", "[", '"'):
         raw = body.encode()
         if len(raw) > cap:
             raise EnvelopeError("oversize", f"envelope of {len(raw)} bytes exceeds {cap}")

@@ -128,6 +128,8 @@ def test_signature_verifies_with_current_or_previous_key() -> None:
     ("body", "reason"),
     [
         ("{not json", "bad-json"),
+        ('[{"schema": "xraylake.envelope.v1"}]', "bad-json"),
+        ('  {"schema": "xraylake.envelope.v1"', "bad-json"),
         ("!!!not-base64!!!", "bad-base64"),
         (base64.b64encode(b"not gzip at all").decode(), "bad-gzip"),
         (base64.b64encode(gzip.compress(b"{}", mtime=0)[:-6]).decode(), "bad-gzip"),
