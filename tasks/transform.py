@@ -1240,7 +1240,13 @@ class _TraceBuilder:
             described_start = _epoch_us(get("startDate"))
             described_stop = _epoch_us(get("stopDate"))
             if described_start is not None:
-                start_us, stop_us = described_start, described_stop
+                # A finished execution described without stopDate (seen for TIMED_OUT) keeps the
+                # state machine segment's end rather than losing its duration.
+                finished = fields["execution_status"] != "RUNNING"
+                start_us, stop_us = (
+                    described_start,
+                    described_stop if described_stop is not None or not finished else stop_us,
+                )
             elif described_stop is not None:
                 stop_us = described_stop
             for key, text_field, flag_field in (

@@ -1074,3 +1074,22 @@ def test_arbitrary_documents_never_raise(trace: Any, execution: Any) -> None:
 @given(trace=_trace_strategy, execution=_execution)
 def test_arbitrary_documents_never_raise_long(trace: Any, execution: Any) -> None:
     _never_raises(trace, execution)
+
+
+def test_a_finished_execution_described_without_stop_date_keeps_the_segment_end() -> None:
+    execution = {**load_fixture("xray/synthesized_describe_execution_failed"), "status": "TIMED_OUT"}
+    del execution["stopDate"]
+    docs = transform_trace(
+        load_fixture("xray/synthesized_stepfunctions_trace"), TraceContext(**_ctx_fields(), execution=execution)
+    )
+    trace = docs.trace
+    assert trace["execution_status"] == "TIMED_OUT"
+    assert trace["execution_start"] == "2024-09-22T10:13:20.100Z"
+    assert trace["execution_stop"] is not None and trace["execution_stop"] > trace["execution_start"]
+    assert trace["execution_duration_seconds"] and trace["execution_duration_seconds"] > 0
+
+    running = {**execution, "status": "RUNNING"}
+    docs = transform_trace(
+        load_fixture("xray/synthesized_stepfunctions_trace"), TraceContext(**_ctx_fields(), execution=running)
+    )
+    assert docs.trace["execution_stop"] is None and docs.trace["execution_duration_seconds"] is None
