@@ -100,6 +100,23 @@ class RedactionPolicy(BaseModel):
         """True when the value under `key` must be replaced."""
         return self.key_denied(key)
 
+    @cached_property
+    def document_suspect(self) -> Callable[[str], bool]:
+        """`document → bool`, a pre-filter that may over-report but never misses: a denied key's
+        normalised pattern (a short pattern's word included) found in the document with every
+        byte `normalise_key` drops deleted, a URL key and a `?` or `@`, or a letter escape."""
+        patterns = tuple(sorted(p.encode() for p in {normalise_key(p) for p in self.deny_keys} - {""}))
+
+        def suspect(document: str) -> bool:
+            if ("?" in document or "@" in document) and any(key in document for key in _QUOTED_URL_KEYS):
+                return True
+            if "\\" in document and _LETTER_ESCAPE.search(document):
+                return True
+            squeezed = document.lower().encode("utf-8", "surrogatepass").translate(None, _NOT_ALNUM_BYTES)
+            return any(pattern in squeezed for pattern in patterns)
+
+        return suspect
+
     # ------------------------------------------------------------------ values
 
     def redact_value(self, obj: Any) -> Any:
@@ -228,9 +245,13 @@ def redact_url(url: str, replacement: str = "***") -> str:
 
 # ============================================================================ whole traces
 
-# Searched on the lower-cased text: a case-sensitive search is ~9x faster than re.IGNORECASE here.
-_SUSPECT = re.compile(r"\?|pass|token|secret|auth|api|card|cvv|ssn|private|session|cookie")
 _URL_KEYS = frozenset({"url", "request_url", "http.url"})
+_QUOTED_URL_KEYS = tuple(f'"{key}"' for key in sorted(_URL_KEYS))
+# Every byte `normalise_key` drops: deleting them from the whole lower-cased document leaves each
+# key's normalised form as a substring, so a substring test can only over-report.
+_NOT_ALNUM_BYTES = bytes(b for b in range(256) if not (48 <= b <= 57 or 97 <= b <= 122))
+# JSON escapes that turn letters of the text into other characters of the key (`\u0070` → `p`).
+_LETTER_ESCAPE = re.compile(r"\\[bfnrtu]")
 
 
 def _mask(obj: Any, policy: RedactionPolicy, denied: Callable[[str], bool], depth: int = 0) -> tuple[Any, bool]:
@@ -263,7 +284,7 @@ def _mask(obj: Any, policy: RedactionPolicy, denied: Callable[[str], bool], dept
 def redact_document(document: str, policy: RedactionPolicy) -> str:
     """A segment Document with secrets masked; the original string when nothing needed masking
     (most documents are not even parsed: a cheap scan rules them out)."""
-    if not _SUSPECT.search(document.lower()):
+    if not policy.document_suspect(document):
         return document
     try:
         parsed = orjson.loads(document)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tasks.redact import DEFAULT_DENY_KEYS, RedactionPolicy, cap_utf8, key_words, normalise_key, redact_url
 
@@ -194,3 +196,55 @@ def test_redact_trace_masks_urls_and_denied_keys_and_leaves_clean_documents_alon
     assert doc["metadata"]["default"] == {"db_password": "***", "rows": 3}
     assert trace["Segments"][1]["Document"] == dirty  # the input is not modified
     assert redact_trace(out, RedactionPolicy()) == out  # idempotent: replays keep their envelope ids
+
+
+@pytest.mark.parametrize(
+    ("policy", "document", "secret"),
+    [
+        # a configured key that shares no fragment with the default list
+        (
+            RedactionPolicy(deny_keys=("date of birth",)),
+            {"metadata": {"default": {"DateOfBirth": "1970-01-01"}}},
+            "1970",
+        ),
+        # a password in the URL's userinfo and no query string
+        (POLICY, {"http": {"request": {"url": "https://bob:hunter2@example.com/x"}}}, "hunter2"),
+        # a denied key spelled with JSON escapes
+        (POLICY, '{"metadata": {"default": {"pass\\u0077ord": "hunter2"}}}', "hunter2"),
+        # a multi-word pattern written with separators
+        (POLICY, {"annotations": {"Credit-Card_Number": "4111111111111111"}}, "4111"),
+    ],
+)
+def test_the_document_pre_filter_never_skips_a_document_that_needs_masking(
+    policy: RedactionPolicy, document: object, secret: str
+) -> None:
+    from tasks.redact import redact_document
+
+    text = document if isinstance(document, str) else orjson.dumps(document).decode()
+    assert policy.document_suspect(text)
+    assert secret not in redact_document(text, policy)
+
+
+_KEYS = ["id", "name", "url", "request_url", "sql", "rows", "Token", "x-api-key", "SessionId", "sn", "cvv2", "pass"]
+
+
+@pytest.mark.slow
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    document=st.recursive(
+        st.one_of(st.none(), st.integers(-(2**40), 2**40), st.sampled_from(["a?b=1", "u:p@h", "https://h/x?q=1", "plain", "é"])),
+        lambda children: st.one_of(
+            st.lists(children, max_size=3),
+            st.dictionaries(st.one_of(st.sampled_from(_KEYS), st.text(max_size=8)), children, max_size=4),
+        ),
+        max_leaves=12,
+    ),
+    deny=st.lists(st.sampled_from(["password", "ssn", "api key", "x", "sn", "ab cd", "token"]), max_size=3),
+)
+def test_pre_filter_is_a_superset_of_what_masking_changes(document: object, deny: list[str]) -> None:
+    from tasks.redact import _mask
+
+    policy = RedactionPolicy(deny_keys=tuple(deny))
+    text = orjson.dumps(document).decode()
+    if not policy.document_suspect(text):
+        assert _mask(orjson.loads(text), policy, policy.key_denied) == (orjson.loads(text), False)
