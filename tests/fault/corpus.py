@@ -70,7 +70,7 @@ def build_corpus(config: Config) -> list[Poison]:
             base64.b64encode(gzip.compress(b"\0" * (80 * 1024 * 1024))).decode(),
         ),
         # not `{…}`: read as gzip+base64, which it is not
-        Poison("JSON array", "bad-base64", *signed([valid])),  # type: ignore[arg-type]
+        Poison("JSON array", "bad-json", *signed([valid])),  # type: ignore[arg-type]
         Poison("wrong schema version", "unknown-schema", *signed(valid | {"schema": "xraylake.envelope.v0"})),
         Poison("missing traces", "invalid-envelope", *signed({k: v for k, v in valid.items() if k != "traces"})),
         Poison("unknown account", "unknown-account", *signed(valid | {"account_id": "999999999999"})),
