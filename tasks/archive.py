@@ -16,15 +16,17 @@ import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from blocks import ArchiveStore
 from tasks.envelope import Envelope, EnvelopeError, PayloadRef, check_payload, trace_hour
 from xraylake.errors import TerminalError, classify_aws_error
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
 
 PARTITION_SCHEMA = pa.schema(
     [("account_id", pa.string()), ("region", pa.string()), ("dt", pa.string()), ("hour", pa.string())]
@@ -187,6 +189,9 @@ def s3_filesystem(region: str, endpoint_url: str | None) -> Any:
 
 def parquet_dataset(store: ArchiveStore, table: str, endpoint_url: str | None) -> ds.Dataset:
     """The Parquet lake of `table` (traces|segments) as a pyarrow dataset with string partitions."""
+    # Imported here: pyarrow.dataset loads pandas (~60 MB RSS) that the consumer never needs.
+    import pyarrow.dataset as ds
+
     filesystem = s3_filesystem(store.region, endpoint_url)
     return ds.dataset(
         f"{store.bucket}/{store.parquet_prefix}/{table}",

@@ -199,3 +199,13 @@ def test_a_batch_is_ingested_in_byte_bounded_chunks_and_each_chunk_deleted_when_
     depth = boto3.client("sqs").get_queue_attributes(QueueUrl=fresh_config.queue.queue_url, AttributeNames=["All"])
     assert depth["Attributes"]["ApproximateNumberOfMessages"] == "0"
     assert depth["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+
+def test_the_consumer_does_not_load_pandas() -> None:
+    """pandas (pulled in by pyarrow.dataset) costs ~60 MB of a consumer's ~300 MB budget (bench B4)."""
+    import subprocess
+    import sys
+
+    probe = "import sys, flows.consume, tasks.replay; print([m for m in ('pandas', 'duckdb') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
