@@ -7,13 +7,13 @@ each peak RSS belongs to that job alone:
 - consume: `flows.consume.receive_batch` + `consume_batch` until the queue is empty (batches of
   100 messages; `describe_executions=False` as in B2);
 - replay: the data path of `flows.replay.replay(target="direct", sinks=[index, parquet])` — its
-  task functions (`tasks.replay.partitions`, `list_partition`, `iter_raw`, `Consumer.ingest`)
+  task functions (`tasks.replay.partitions`, `list_partition`, `iter_chunks`, `Consumer.ingest`)
   over the raw archive the consume child wrote, without the Prefect run around it.
 
 The child reports its own high-water mark (VmHWM: `ru_maxrss` would include the parent's RSS at
 fork time, since Linux keeps it across exec); RUSAGE_CHILDREN is recorded for reference only.
 Memory of consume is bounded by one ingest chunk (`tasks.consumer.CHUNK_BYTES` of decoded JSON,
-about four envelopes packed to ~512 KB), not by the batch or the backlog: the 100k backlog is
+about two envelopes packed to ~512 KB), not by the batch or the backlog: the 100k backlog is
 also consumed with 20-message batches. About 200 MB of the peak is the interpreter with its
 imports (prefect, pyarrow.dataset, which loads pandas, boto3, opensearch-py), reported as
 `rss_after_imports_mb`. Baseline: the 10k run. Target: flat, ≤ 300 MB.
@@ -40,7 +40,7 @@ import common
 SEGMENTS_PER_TRACE = 11.0  # generated traffic's mean (measured by B1's workload)
 
 
-def child(job: str, config_path: str, batch: int) -> None:
+def child(job: str, config_path: str, batch: int, chunk_bytes: int | None) -> None:
     from xraylake.config import load_config
 
     config = load_config(config_path)
@@ -50,7 +50,7 @@ def child(job: str, config_path: str, batch: int) -> None:
 
     after_imports = common.peak_rss_mb()
     started = time.perf_counter()
-    out = consume(config, batch) if job == "consume" else replay_direct(config)
+    out = consume(config, batch, chunk_bytes) if job == "consume" else replay_direct(config)
     out.update(
         job=job,
         seconds=round(time.perf_counter() - started, 2),
@@ -62,10 +62,10 @@ def child(job: str, config_path: str, batch: int) -> None:
     print(json.dumps(out))
 
 
-def consume(config: Any, batch: int) -> dict[str, Any]:
+def consume(config: Any, batch: int, chunk_bytes: int | None) -> dict[str, Any]:
     from flows.consume import consume_batch, receive_batch
     from tasks.aws import log_client
-    from tasks.consumer import BatchStats, Consumer
+    from tasks.consumer import CHUNK_BYTES, BatchStats, Consumer
     from tasks.index import ensure_templates
     from tasks.mappings import index_templates
 
@@ -74,6 +74,7 @@ def consume(config: Any, batch: int) -> dict[str, Any]:
         log_client("s3", config.archive.region),
         log_client("sqs", config.queue.region),
         describe_executions=False,
+        chunk_bytes=chunk_bytes or CHUNK_BYTES,
     )
     ensure_templates(consumer.opensearch, index_templates(consumer.index_prefix))
     total = BatchStats()
@@ -87,6 +88,8 @@ def consume(config: Any, batch: int) -> dict[str, Any]:
         "traces": total.traces,
         "messages": total.deleted,
         "batch_messages": batch,
+        "chunk_bytes": consumer.chunk_bytes,
+        "parquet_files": total.parquet_files,
         "errors": total.errors[:3],
     }
 
@@ -95,7 +98,6 @@ def replay_direct(config: Any) -> dict[str, Any]:
     from tasks import replay as replay_tasks
     from tasks.aws import log_client
     from tasks.consumer import BatchStats, Consumer
-    from tasks.envelope import parse_envelope
 
     s3 = log_client("s3", config.archive.region)
     consumer = Consumer(
@@ -112,23 +114,25 @@ def replay_direct(config: Any) -> dict[str, Any]:
     largest = 0
     for part in replay_tasks.partitions(targets, start, end):
         keys = replay_tasks.list_partition(s3, config.archive, part)
-        items = [(parse_envelope(raw), raw) for _, raw in replay_tasks.iter_raw(s3, config.archive, keys)]
-        if items:
-            largest = max(largest, sum(len(s["Segments"]) for e, _ in items for s in e.traces))
-            consumer.ingest(items, stats, frozenset({"index", "parquet"}))
+        segments = 0
+        for chunk in replay_tasks.iter_chunks(s3, config.archive, keys):
+            segments += sum(len(t["Segments"]) for envelope, _ in chunk for t in envelope.traces)
+            consumer.ingest(chunk, stats, frozenset({"index", "parquet"}))
+        largest = max(largest, segments)
     return {
         "segments": stats.segments,
         "traces": stats.traces,
         "envelopes": stats.envelopes,
-        "largest_partition_documents": largest,
+        "largest_partition_segments": largest,
         "errors": stats.errors[:3],
     }
 
 
-def run_child(job: str, config_path: str, batch: int = 100) -> dict[str, Any]:
+def run_child(job: str, config_path: str, batch: int = 100, chunk_bytes: int | None = None) -> dict[str, Any]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    chunk = ["--chunk-bytes", str(chunk_bytes)] if chunk_bytes else []
     process = subprocess.run(
-        [sys.executable, __file__, "--child", job, "--config", config_path, "--batch", str(batch)],
+        [sys.executable, __file__, "--child", job, "--config", config_path, "--batch", str(batch), *chunk],
         capture_output=True,
         text=True,
         check=False,
@@ -142,7 +146,9 @@ def run_child(job: str, config_path: str, batch: int = 100) -> dict[str, Any]:
     return result
 
 
-def measure(base: Any, segments: int, batch: int = 100, replay: bool = True) -> dict[str, Any]:
+def measure(
+    base: Any, segments: int, batch: int = 100, replay: bool = True, chunk_bytes: int | None = None
+) -> dict[str, Any]:
     from tasks import collector as col
 
     accounts = common.member_accounts(4, prefix=f"05{len(str(segments))}")
@@ -161,7 +167,7 @@ def measure(base: Any, segments: int, batch: int = 100, replay: bool = True) -> 
         with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as handle:
             handle.write(config.to_json())
         try:
-            consumed = run_child("consume", handle.name, batch)
+            consumed = run_child("consume", handle.name, batch, chunk_bytes)
             common.log(f"consume: {consumed['segments']} segments, peak {consumed['peak_rss_mb']} MB")
             replayed = None
             if replay:
@@ -182,7 +188,8 @@ def main() -> None:
     if "--child" in sys.argv:
         job = sys.argv[sys.argv.index("--child") + 1]
         config_path = sys.argv[sys.argv.index("--config") + 1]
-        child(job, config_path, int(sys.argv[sys.argv.index("--batch") + 1]))
+        chunk = int(sys.argv[sys.argv.index("--chunk-bytes") + 1]) if "--chunk-bytes" in sys.argv else None
+        child(job, config_path, int(sys.argv[sys.argv.index("--batch") + 1]), chunk)
         return
     args = common.parse_args(
         __doc__.splitlines()[0],
@@ -195,6 +202,8 @@ def main() -> None:
             ),
         ),
     )
+    from tasks.consumer import CHUNK_BYTES  # not at module level: a child's baseline is measured before imports
+
     started = time.monotonic()
     # quick: a 4k-segment smoke run (10k takes ~30-60 s per job on a loaded 2-core sandbox)
     plan: list[tuple[int, bool]]  # (segments, replay too)
@@ -211,8 +220,9 @@ def main() -> None:
     with common.detached_sandbox() as base:
         for size, replay in plan:
             runs.append(measure(base, size, replay=replay))
-        if not (args.quick or args.million_only):  # batch size no longer moves memory: chunks do
+        if not (args.quick or args.million_only):  # the levers: messages per batch, bytes per chunk
             batch_runs.append(measure(base, 100_000, batch=20, replay=False))
+            batch_runs.append(measure(base, 100_000, replay=False, chunk_bytes=2 * CHUNK_BYTES))
     peaks = [max(r["consume"]["peak_rss_mb"], (r["replay"] or {}).get("peak_rss_mb", 0)) for r in runs]
     base_run = runs[0]
     replayed = [r for r in runs if r["replay"]]
@@ -235,11 +245,16 @@ def main() -> None:
         "growth_vs_smallest": growth,
         "consume_peak_rss_mb_by_batch_messages": {
             **({"100": by_batch["consume"]["peak_rss_mb"]} if by_batch else {}),
-            **{str(r["batch_messages"]): r["consume"]["peak_rss_mb"] for r in batch_runs},
+            **{str(r["batch_messages"]): r["consume"]["peak_rss_mb"] for r in batch_runs if r["batch_messages"] != 100},
+        },
+        "consume_peak_rss_mb_by_chunk_bytes": {
+            str(r["consume"]["chunk_bytes"]): r["consume"]["peak_rss_mb"]
+            for r in [*([by_batch] if by_batch else []), *batch_runs]
+            if r["batch_messages"] == 100
         },
         "consume_seconds_by_batch_messages": {
             **({"100": by_batch["consume"]["seconds"]} if by_batch else {}),
-            **{str(r["batch_messages"]): r["consume"]["seconds"] for r in batch_runs},
+            **{str(r["batch_messages"]): r["consume"]["seconds"] for r in batch_runs if r["batch_messages"] != 100},
         },
         "batch_runs": batch_runs,
         "million": "consume only" if args.million or args.million_only else "skipped: about an hour (see docstring)",

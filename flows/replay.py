@@ -21,7 +21,7 @@ from tasks import archive, queue
 from tasks import replay as replay_tasks
 from tasks.aws import log_client
 from tasks.consumer import BatchStats, Consumer
-from tasks.envelope import encode, parse_envelope
+from tasks.envelope import Envelope, encode
 from tasks.health import run_row, write_health
 from tasks.index import client_for, ensure_templates
 from tasks.mappings import index_templates
@@ -119,40 +119,47 @@ def replay(params: ReplayParameters, config_path: str | None = None) -> State:
     }
     stats = BatchStats()
     progress = _progress(len(parts))
+
+    def flush(items: list[tuple[Envelope, bytes]]) -> int:
+        """Send or ingest one chunk; returns how many envelopes of it failed."""
+        if params.dry_run or not items:
+            return 0
+        if params.target == "queue":
+            messages = []
+            for envelope, _ in items:
+                message = encode(envelope, signing_key, store.bucket, store.payload_prefix)
+                if message.claim_check:
+                    archive.put_claim_check(s3, *message.claim_check)
+                messages.append(message)
+            for batch in queue.plan_batches(messages):
+                limiter.wait(len(batch))
+                totals["sent"] += queue.send_messages(sqs, config.queue.queue_url, batch).sent
+            return 0
+        assert consumer is not None
+        limiter.wait(len(items))
+        failed = consumer.ingest(items, stats, frozenset(params.sinks))
+        totals["sent"] += len(items) - len(failed)
+        return len(failed)
+
     for number, part in enumerate(parts, 1):
         marker = f"{part.account_id}-{part.region}-{part.hour:%Y%m%dT%H}.done"
         if marker in done:
             totals["partitions_skipped"] += 1
             continue
         keys = replay_tasks.list_partition(s3, store, part)
-        items = []
-        for _key, raw in replay_tasks.iter_raw(s3, store, keys):
-            envelope = parse_envelope(raw)
-            totals["objects"] += 1
-            totals["traces"] += len(envelope.traces)
-            items.append((envelope, raw))
-        if not params.dry_run and items:
-            if params.target == "queue":
-                messages = []
-                for envelope, _ in items:
-                    message = encode(envelope, signing_key, store.bucket, store.payload_prefix)
-                    if message.claim_check:
-                        archive.put_claim_check(s3, *message.claim_check)
-                    messages.append(message)
-                for batch in queue.plan_batches(messages):
-                    limiter.wait(len(batch))
-                    totals["sent"] += queue.send_messages(sqs, config.queue.queue_url, batch).sent
-            else:
-                assert consumer is not None
-                limiter.wait(len(items))
-                failed = consumer.ingest(items, stats, frozenset(params.sinks))
-                totals["failed_envelopes"] += len(failed)
-                totals["sent"] += len(items) - len(failed)
-                if failed:
-                    logger.error("%s: %d envelopes failed: %s", part.label, len(failed), stats.errors[-3:])
-                    continue  # no checkpoint: the next run retries this partition
+        partition_failed = 0
+
+        # Chunk by chunk (tasks.replay.iter_chunks); the checkpoint only when every chunk succeeded.
+        for chunk in replay_tasks.iter_chunks(s3, store, keys):
+            totals["objects"] += len(chunk)
+            totals["traces"] += sum(len(envelope.traces) for envelope, _ in chunk)
+            partition_failed += flush(chunk)
+        if partition_failed:
+            totals["failed_envelopes"] += partition_failed
+            logger.error("%s: %d envelopes failed: %s", part.label, partition_failed, stats.errors[-3:])
+            continue  # no checkpoint: the next run retries this partition
         if not params.dry_run:
-            s3.put_object(Bucket=store.bucket, Key=checkpoint + marker, Body=str(len(items)).encode())
+            s3.put_object(Bucket=store.bucket, Key=checkpoint + marker, Body=str(len(keys)).encode())
         if progress is not None:
             update_progress_artifact(progress, progress=100.0 * number / max(1, len(parts)))
     data = {

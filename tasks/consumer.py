@@ -20,6 +20,7 @@ from tasks import archive, queue
 from tasks.aws import MemberSessions
 from tasks.documents import EnvelopeDocuments, transform_envelope
 from tasks.envelope import (
+    CHUNK_BYTES,
     MAX_DECOMPRESSED_BYTES,
     Envelope,
     EnvelopeError,
@@ -38,9 +39,6 @@ from xraylake.errors import TransientError
 
 MAX_BODY_BYTES = 1_048_576
 ALL_SINKS = frozenset({"raw", "parquet", "index"})
-# Decoded JSON ingested at once (about four envelopes packed to ~512 KB): bounds the consumer's
-# memory and the size of one bulk request; each chunk writes its own Parquet file per partition.
-CHUNK_BYTES = 2 * 1024 * 1024
 
 
 @dataclass

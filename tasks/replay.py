@@ -15,6 +15,7 @@ from typing import Any
 
 from blocks import ArchiveStore
 from tasks import archive
+from tasks.envelope import CHUNK_BYTES, Envelope, parse_envelope
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,23 @@ def list_partition(s3: Any, store: ArchiveStore, partition: RawPartition) -> lis
 def iter_raw(s3: Any, store: ArchiveStore, keys: list[str]) -> Iterator[tuple[str, bytes]]:
     for key in keys:
         yield key, archive.get_raw(s3, store.bucket, key)
+
+
+def iter_chunks(
+    s3: Any, store: ArchiveStore, keys: list[str], chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[list[tuple[Envelope, bytes]]]:
+    """The archived envelopes under `keys`, parsed, in chunks of about `chunk_bytes` of JSON: a
+    replay's memory follows the chunk, not the partition (an hour of a busy account)."""
+    chunk: list[tuple[Envelope, bytes]] = []
+    size = 0
+    for _key, raw in iter_raw(s3, store, keys):
+        chunk.append((parse_envelope(raw), raw))
+        size += len(raw)
+        if size >= chunk_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 class RateLimiter:

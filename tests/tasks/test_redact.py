@@ -232,7 +232,11 @@ _KEYS = ["id", "name", "url", "request_url", "sql", "rows", "Token", "x-api-key"
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     document=st.recursive(
-        st.one_of(st.none(), st.integers(-(2**40), 2**40), st.sampled_from(["a?b=1", "u:p@h", "https://h/x?q=1", "plain", "é"])),
+        st.one_of(
+            st.none(),
+            st.integers(-(2**40), 2**40),
+            st.sampled_from(["a?b=1", "u:p@h", "https://h/x?q=1", "plain", "é"]),
+        ),
         lambda children: st.one_of(
             st.lists(children, max_size=3),
             st.dictionaries(st.one_of(st.sampled_from(_KEYS), st.text(max_size=8)), children, max_size=4),
