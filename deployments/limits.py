@@ -6,7 +6,8 @@ these server-side limits do, one pair per roster (account, region):
 
 * `xray-<account>-<region>`       concurrency limit: how many collectors (tasks) may work on
   that account/region at once, whatever flow they belong to. Held for the duration of one
-  account task: `with concurrency(name, occupy=1, strict=False): …`.
+  account task: `with xray_slot(account_id, region): …` (below), which retries a failing
+  Prefect API and then works without the slot rather than failing the account.
 * `xray-rate-<account>-<region>`  rate limit (slot decay = calls per second, limit = burst): one
   slot per X-Ray API call, across every process: `rate_limit(name, strict=False)` just before
   the call. Optional (one extra request to the Prefect API per X-Ray call); the in-run token
@@ -21,11 +22,15 @@ editable in the UI under Concurrency.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
 
 from blocks import Roster
 
@@ -39,6 +44,49 @@ def concurrency_name(account_id: str, region: str) -> str:
 
 def rate_name(account_id: str, region: str) -> str:
     return f"xray-rate-{account_id}-{region}"
+
+
+@contextlib.contextmanager
+def xray_slot(
+    account_id: str,
+    region: str,
+    timeout_seconds: float = 900,
+    attempts: int = 3,
+    backoff_seconds: float = 1.0,
+) -> Iterator[bool]:
+    """Hold the `xray-<account>-<region>` slot while the body runs; yields False when the Prefect
+    API could not be asked (a missing limit counts as granted: `strict=False`).
+
+    The limit is a cross-run courtesy to X-Ray's quota, so the Prefect API failing to hand it out
+    (a 503 from a busy server, a refused connection) must not fail the account: after `attempts`
+    the body runs without it, paced by the run's own token bucket. A slot that stays busy for
+    `timeout_seconds` raises TimeoutError. A failed release is only logged: the lease expires.
+    """
+    logger = logging.getLogger(__name__)
+    name = concurrency_name(account_id, region)
+    held = contextlib.ExitStack()
+    granted = False
+    for attempt in range(1, attempts + 1):
+        try:
+            held.enter_context(
+                concurrency(name, occupy=1, strict=False, timeout_seconds=timeout_seconds, lease_duration=300)
+            )
+            granted = True
+            break
+        except TimeoutError:
+            raise
+        except Exception as error:  # the Prefect API, not X-Ray: retried, then worked around
+            if attempt == attempts:
+                logger.warning("concurrency slot %s unavailable (%s); working without it", name, error)
+            else:
+                time.sleep(backoff_seconds * 2 ** (attempt - 1))
+    try:
+        yield granted
+    finally:
+        try:
+            held.close()
+        except Exception as error:
+            logger.warning("releasing concurrency slot %s failed (%s); its lease expires on its own", name, error)
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
-from deployments.limits import concurrency_name
+from deployments.limits import xray_slot
 from tasks import collector as col
 from tasks import xray
 from tasks.health import account_rows, write_health
@@ -61,10 +60,7 @@ def sweep_account_task(
     # `slots` bounds this run's accounts in flight; the per-(account, region) limit `serve` creates
     # bounds X-Ray work across runs and flows (no-op without it).
     try:
-        with (
-            slots or contextlib.nullcontext(),
-            concurrency(concurrency_name(account.account_id, region), occupy=1, strict=False, timeout_seconds=900),
-        ):
+        with slots or contextlib.nullcontext(), xray_slot(account.account_id, region):
             result = col.sweep_account(collector, account, region, now=now, **options)
     except TimeoutError as error:
         result = col.AccountResult(
@@ -78,6 +74,23 @@ def sweep_account_task(
     if result.status == "failed":
         get_run_logger().error(
             "account %s (%s) region %s failed: %s", account.account_id, account.name, region, result.error
+        )
+    return result
+
+
+def _result_or_failure(future: Any, account: MemberAccount, region: str) -> col.AccountResult:
+    """The task's AccountResult; a task that crashed counts as that account failing, so the
+    other accounts' results, artifact and health documents are still written."""
+    try:
+        result: col.AccountResult = future.result()
+    except Exception as error:
+        return col.AccountResult(
+            account.account_id,
+            account.name,
+            region,
+            status="failed",
+            error=f"{type(error).__name__}: {error}",
+            error_kind=type(error).__name__,
         )
     return result
 
@@ -175,5 +188,5 @@ def sweep(
         )
         for account, region in targets
     ]
-    results = [f.result() for f in futures]
+    results = [_result_or_failure(f, account, region) for f, (account, region) in zip(futures, targets, strict=True)]
     return finish("sweep", results, fail_on_account_errors, config=config)

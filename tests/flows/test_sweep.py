@@ -93,3 +93,35 @@ def test_sweep_sends_exactly_the_traces_and_a_second_sweep_adds_only_overlap(
 def test_unknown_account_fails_before_any_work(config_file: str) -> None:
     with pytest.raises(ValueError, match="not in the roster"):
         sweep(accounts=["999999999999"], config_path=config_file)
+
+
+def test_a_prefect_api_that_fails_the_x_ray_slots_does_not_fail_any_account(
+    fresh_config: Config, config_file: str
+) -> None:
+    """503s on acquiring and releasing the per-account limits (seen from a busy Prefect server
+    with 200 accounts in flight): the sweep retries, works without the slot when it must, and
+    every account still completes."""
+    from urllib.parse import urlsplit
+
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from deployments.limits import ensure_limits
+    from sandbox.faults import FaultProxy, FaultRule
+
+    ensure_limits(fresh_config.roster)  # real limits: acquiring and releasing both reach the API
+    expected = set()
+    for account in fresh_config.roster.accounts:
+        expected |= set(put_simple_traces(fresh_config, account.account_id, 3))
+    api = PREFECT_API_URL.value()
+    with FaultProxy(api) as proxy:
+        unavailable = b'{"exception_message": "Service Unavailable"}'
+        acquire = proxy.add(FaultRule(path="increment-with-lease", status=503, response=unavailable, times=4))
+        release = proxy.add(FaultRule(path="decrement-with-lease", status=503, response=unavailable, times=2))
+        # No client-side retries: each 503 reaches xray_slot (Prefect's client retries 503s itself).
+        with temporary_settings({PREFECT_API_URL: proxy.url + urlsplit(api).path, PREFECT_CLIENT_MAX_RETRIES: 0}):
+            state = sweep(config_path=config_file, return_state=True)
+    assert state.is_completed(), state.message
+    data = state.result()
+    assert data["totals"]["failed"] == 0
+    assert acquire.hits == 4 and release.hits >= 1
+    assert {t["Id"] for e in drain(fresh_config) for t in e.traces} == expected
