@@ -1,12 +1,15 @@
 """Credentials and clients: the log account's own session, and assumed-role sessions per member.
 
-Assume role goes through prefect-aws `AwsCredentials` (`assume_role_arn` + ExternalId). Sessions
-are cached per (account, region) and refreshed before the role session expires, so runs longer
-than the session duration keep working; clients are cached with their session.
+The log account's own credentials come from a prefect-aws `AwsCredentials` block (default: the
+standard chain). Member roles are assumed with one STS client built from it, with exactly the
+parameters `member_credentials` gives prefect-aws (role ARN, session name, duration, ExternalId):
+`AwsCredentials(assume_role_arn=…).get_boto3_session()` builds two fresh boto3 sessions and an STS
+client per call (~100 ms CPU each), which dominated a 200-account sweep (bench B3b). Sessions are
+cached per (account, region) and refreshed before the role session expires, so runs longer than
+the session duration keep working; clients are cached with their session.
 
 Every session built here shares one botocore data loader: a fresh boto3 session re-reads and
-parses the service models and endpoint rules (~90 ms CPU per client), which dominated a sweep of
-200 accounts (bench B3b).
+parses the service models and endpoint rules (~90 ms CPU per client).
 """
 
 from __future__ import annotations
@@ -66,18 +69,26 @@ def shared_session(**kwargs: Any) -> boto3.Session:
     return boto3.Session(botocore_session=core, **kwargs)
 
 
-def member_credentials(roster: Roster, account_id: str, region: str) -> AwsCredentials:
-    external_id = roster.external_id.get_secret_value() or None
-    kwargs: dict[str, Any] = {
+def assume_role_params(roster: Roster, account_id: str) -> dict[str, Any]:
+    """AssumeRole parameters for a member's reader role."""
+    params: dict[str, Any] = {
+        "RoleArn": roster.role_arn(account_id),
         "RoleSessionName": f"xraylake-{account_id}",
         "DurationSeconds": roster.session_duration_seconds,
     }
+    external_id = roster.external_id.get_secret_value()
     if external_id:
-        kwargs["ExternalId"] = external_id
+        params["ExternalId"] = external_id
+    return params
+
+
+def member_credentials(roster: Roster, account_id: str, region: str) -> AwsCredentials:
+    """The member's reader role as a prefect-aws block (for a block per account, e.g. in the UI)."""
+    params = assume_role_params(roster, account_id)
     return AwsCredentials(
         region_name=region,
-        assume_role_arn=roster.role_arn(account_id),
-        assume_role_kwargs=kwargs,  # type: ignore[arg-type]
+        assume_role_arn=params.pop("RoleArn"),
+        assume_role_kwargs=params,  # type: ignore[arg-type]
     )
 
 
@@ -93,11 +104,25 @@ class _Member:
 class MemberSessions:
     """Thread-safe cache of assumed-role sessions and their clients, refreshed ahead of expiry."""
 
-    def __init__(self, roster: Roster, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, roster: Roster, clock: Callable[[], float] = time.monotonic, base: AwsCredentials | None = None
+    ) -> None:
         self._roster = roster
         self._clock = clock
+        self._base = base or AwsCredentials()
         self._lock = threading.Lock()
         self._members: dict[tuple[str, str], _Member] = {}
+        self._sts: Any = None
+
+    def _sts_client(self) -> Any:
+        """One STS client with the log account's credentials (refreshable ones keep refreshing)."""
+        with self._lock:
+            if self._sts is None:
+                session: Any = self._base.get_boto3_session()
+                home = next((r for a in self._roster.accounts for r in a.regions), "us-east-1")
+                region = self._base.region_name or session.region_name or home
+                self._sts = session.client("sts", region_name=region, config=DEFAULT_BOTO_CONFIG)
+            return self._sts
 
     def _member(self, account_id: str, region: str) -> _Member:
         key = (account_id, region)
@@ -107,15 +132,14 @@ class MemberSessions:
             if cached and cached.expires > now:
                 return cached
         try:
-            assumed = member_credentials(self._roster, account_id, region).get_boto3_session()
-            frozen = assumed.get_credentials().get_frozen_credentials()  # type: ignore[union-attr]
+            credentials = self._sts_client().assume_role(**assume_role_params(self._roster, account_id))["Credentials"]
         except Exception as error:  # translated: AccessDenied → AccountAccessError, throttling → transient
             translated = classify_aws_error(error, f"assume role {self._roster.role_arn(account_id)}")
             raise translated from error
         session = shared_session(
-            aws_access_key_id=frozen.access_key,
-            aws_secret_access_key=frozen.secret_key,
-            aws_session_token=frozen.token,
+            aws_access_key_id=credentials["AccessKeyId"],
+            aws_secret_access_key=credentials["SecretAccessKey"],
+            aws_session_token=credentials["SessionToken"],
             region_name=region,
         )
         member = _Member(now + max(60.0, self._roster.session_duration_seconds - _REFRESH_MARGIN_SECONDS), session)
@@ -152,6 +176,7 @@ __all__ = [
     "DEFAULT_BOTO_CONFIG",
     "AccountAccessError",
     "MemberSessions",
+    "assume_role_params",
     "log_client",
     "member_credentials",
     "shared_session",

@@ -40,3 +40,17 @@ def test_access_denied_on_assume_role_is_an_account_access_error(
         with pytest.raises(AccountAccessError, match="AccessDenied"):
             sessions.session(denied, "us-east-1")
         assert sessions.session(fresh_roster.accounts[0].account_id, "us-east-1")
+
+
+def test_the_prefect_aws_block_of_a_member_assumes_the_same_role(fresh_roster: Roster) -> None:
+    from tasks.aws import assume_role_params, member_credentials
+
+    account = fresh_roster.accounts[0].account_id
+    block = member_credentials(fresh_roster, account, "us-east-1")
+    params = assume_role_params(fresh_roster, account)
+    assert block.assume_role_arn == params["RoleArn"] == fresh_roster.role_arn(account)
+    assert params["ExternalId"] == fresh_roster.external_id.get_secret_value() != ""
+    via_prefect_aws = block.get_boto3_session().client("sts").get_caller_identity()
+    via_sessions = MemberSessions(fresh_roster).client(account, "us-east-1", "sts").get_caller_identity()
+    assert via_prefect_aws["Account"] == via_sessions["Account"] == account
+    assert via_prefect_aws["Arn"].split("/")[1] == via_sessions["Arn"].split("/")[1] == "xraylake-reader"
