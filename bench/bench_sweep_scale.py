@@ -111,7 +111,7 @@ def cycle(base: Any, accounts: list[Any], scheduler: str, workers: int, shared: 
         expected = set().union(*pool.map(lambda a: put_traces(writer, a.account_id, 3, now), accounts))
 
     timer = PhaseTimer()
-    timer.wrap(MemberSessions, "session", "assume_role")
+    timer.wrap(MemberSessions, "_member", "assume_role_or_cached")
     timer.wrap(watermark, "read", "watermark_read")
     timer.wrap(watermark, "advance", "watermark_write")
     timer.wrap(xray, "detect_transaction_search", "transaction_search_check")
