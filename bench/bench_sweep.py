@@ -5,9 +5,9 @@ The sandbox's strict X-Ray front enforces a token bucket per account (`rate_per_
 Each account holds T traces; a sweep lists and fetches them all (~0.3·T + 2 calls per account).
 Two schedulers run the same `tasks.collector.sweep_account` per account:
 
-- flow-as-is: what `flows.sweep.sweep` does today (accounts in batches of `concurrency` = 8 on
-  a thread pool of 8, each batch awaited before the next starts), emulated with plain threads
-  so no Prefect server is needed;
+- flow-as-is: what `flows.sweep.sweep` does (every account submitted at once, at most
+  `concurrency` = 32 working at a time), emulated with a plain pool of 32 threads so no Prefect
+  server is needed;
 - one worker per account: every account's sweep runs at once (N threads).
 
 Achieved rate = X-Ray read calls the front answered without throttling / sweep wall time.
@@ -29,7 +29,7 @@ import orjson
 
 RATE = 5.0  # R: X-Ray read calls per second per account (the strict front's bucket)
 PAGE_SIZE = 10
-FLOW_CONCURRENCY = 8  # flows.sweep.sweep(concurrency=8) on ThreadPoolTaskRunner(max_workers=8)
+FLOW_CONCURRENCY = 32  # flows.sweep.sweep's default `concurrency`
 READ_OPERATIONS = ("GetTraceSummaries", "BatchGetTraces", "GetTraceSegmentDestination")
 
 
@@ -129,10 +129,8 @@ def run(base: Any, front: Any, n: int, traces_per_account: int, scheduler: str) 
 
     started = time.perf_counter()
     if scheduler == "flow":
-        results = []
         with ThreadPoolExecutor(FLOW_CONCURRENCY) as pool:
-            for first in range(0, n, FLOW_CONCURRENCY):
-                results += list(pool.map(one, accounts[first : first + FLOW_CONCURRENCY]))
+            results = list(pool.map(one, accounts))
     else:
         with ThreadPoolExecutor(n) as pool:
             results = list(pool.map(one, accounts))

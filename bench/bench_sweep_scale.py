@@ -7,7 +7,7 @@ envelopes, advance the watermark. Phases are timed by wrapping the module functi
 calls (no behaviour change). Two schedulers run the same `tasks.collector.sweep_account`:
 
 - `pool`: `sweep_account` on a plain pool of 32 threads fed continuously (the library alone);
-- `flow` (full runs only): the real `sweep` Prefect flow (`concurrency` 16, task runs recorded by
+- `flow` (full runs only): the real `sweep` Prefect flow (`concurrency` 32, task runs recorded by
   a local Prefect test server), i.e. what the 5-minute deployment runs.
 
 Model loading, side by side: `shared` is `tasks.aws` as it is (one botocore data loader for every
@@ -179,7 +179,7 @@ def main() -> None:
     n = 16 if args.quick else 200
     plans: list[tuple[str, int, bool]] = [("pool", 32, False), ("pool", 32, True)]
     if not args.quick:
-        plans.append(("flow", 16, True))
+        plans.append(("flow", 32, True))
     runs = []
     with common.detached_sandbox() as base, prefect_server(not args.quick):
         for index, (scheduler, workers, shared) in enumerate(plans):

@@ -156,7 +156,7 @@ def sweep(
     max_window_minutes: int = 60,
     first_lookback_minutes: int = 60,
     time_range_type: xray.TimeRangeType = "Event",
-    concurrency: int = 16,
+    concurrency: int = 32,
     xray_rate_per_second: float | None = None,
     fail_on_account_errors: bool = True,
     config_path: str | None = None,

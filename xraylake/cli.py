@@ -209,7 +209,7 @@ def sweep(
     lag_seconds: int = 120,
     overlap_seconds: int = 300,
     first_lookback_minutes: int = 60,
-    concurrency: int = 16,
+    concurrency: int = 32,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
