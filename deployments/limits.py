@@ -26,7 +26,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prefect.client.orchestration import get_client
@@ -44,6 +44,26 @@ def concurrency_name(account_id: str, region: str) -> str:
 
 def rate_name(account_id: str, region: str) -> str:
     return f"xray-rate-{account_id}-{region}"
+
+
+def existing_limits(names: Iterable[str], page: int = 200) -> set[str] | None:
+    """Which of `names` exist as global concurrency limits, in a few API calls rather than one
+    per account (asking for a missing limit costs a request on the server all the same: bench
+    B3b, 200 accounts); None when the Prefect API cannot say."""
+    wanted = set(names)
+    found: set[str] = set()
+    try:
+        with get_client(sync_client=True) as client:
+            offset = 0
+            while True:
+                limits = client.read_global_concurrency_limits(limit=page, offset=offset)
+                found |= {limit.name for limit in limits} & wanted
+                if len(limits) < page:
+                    return found
+                offset += page
+    except Exception as error:  # the caller then asks per account, as without this check
+        logging.getLogger(__name__).warning("could not list concurrency limits (%s)", error)
+        return None
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
-from deployments.limits import xray_slot
+from deployments.limits import concurrency_name, existing_limits, xray_slot
 from tasks import collector as col
 from tasks import xray
 from tasks.health import account_rows, write_health
@@ -56,11 +56,13 @@ def sweep_account_task(
     now: datetime,
     options: dict[str, Any],
     slots: threading.BoundedSemaphore | None = None,
+    x_ray_limit: bool = True,
 ) -> col.AccountResult:
     # `slots` bounds this run's accounts in flight; the per-(account, region) limit `serve` creates
     # bounds X-Ray work across runs and flows (no-op without it).
     try:
-        with slots or contextlib.nullcontext(), xray_slot(account.account_id, region):
+        limit = xray_slot(account.account_id, region) if x_ray_limit else contextlib.nullcontext(True)
+        with slots or contextlib.nullcontext(), limit:
             result = col.sweep_account(collector, account, region, now=now, **options)
     except TimeoutError as error:
         result = col.AccountResult(
@@ -182,9 +184,18 @@ def sweep(
     # Every account is submitted at once and a slot frees as soon as one finishes: no batch waits
     # for its slowest account (bench B3b: 86 s → 68 s per 200-account cycle before shared models).
     slots = threading.BoundedSemaphore(concurrency)
+    # One listing instead of a slot request per account for limits that do not exist (B3b: a
+    # 200-account cycle took 25 s instead of 69 s on a local server); None: ask per account.
+    limited = existing_limits(concurrency_name(account.account_id, region) for account, region in targets)
     futures = [
         sweep_account_task.with_options(task_run_name=f"sweep-{account.account_id}-{region}").submit(
-            collector, account, region, now, options, slots
+            collector,
+            account,
+            region,
+            now,
+            options,
+            slots,
+            limited is None or concurrency_name(account.account_id, region) in limited,
         )
         for account, region in targets
     ]

@@ -125,3 +125,12 @@ def test_a_prefect_api_that_fails_the_x_ray_slots_does_not_fail_any_account(
     assert data["totals"]["failed"] == 0
     assert acquire.hits == 4 and release.hits >= 1
     assert {t["Id"] for e in drain(fresh_config) for t in e.traces} == expected
+
+
+def test_existing_limits_lists_only_the_limits_that_exist(fresh_config: Config) -> None:
+    from deployments.limits import concurrency_name, ensure_limits, existing_limits
+
+    first, second = fresh_config.roster.accounts[:2]
+    ensure_limits(fresh_config.roster.model_copy(update={"accounts": [first]}))
+    names = [concurrency_name(a.account_id, "us-east-1") for a in (first, second)]
+    assert existing_limits(names, page=1) == {names[0]}  # paged: one limit per request
