@@ -162,9 +162,9 @@ class Consumer:
         messages: Sequence[queue.ReceivedMessage],
         on_done: Callable[[Sequence[queue.ReceivedMessage]], None] | None = None,
     ) -> BatchStats:
-        """Decode the batch message by message and ingest it in chunks of at most `chunk_bytes`
-        of decoded JSON, deleting each chunk's messages once every sink took them: memory follows
-        the chunk, not the batch (Python documents take ~25× their JSON; bench B4).
+        """Decode the batch message by message and ingest it in chunks that close once they hold
+        `chunk_bytes` of decoded JSON, deleting each chunk's messages once every sink took them:
+        memory follows the chunk, not the batch (the documents take many times their JSON; B4).
         `on_done` hears of every message this call finished with (deleted or dead-lettered)."""
         stats = BatchStats(received=len(messages))
         pending: dict[str, list[Decoded]] = {}  # envelope id → every delivered copy, awaiting ingest
