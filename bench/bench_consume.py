@@ -77,16 +77,7 @@ def bulk_index_parallel(client: Any, actions: list[Any], threads: int = 2) -> An
     for ok, item in helpers.parallel_bulk(
         client, _bulk_actions(actions), thread_count=threads, chunk_size=500, raise_on_error=False
     ):
-        result = next(iter(item.values()))
-        if ok:
-            report.indexed += 1
-        elif result.get("status") == 409:
-            report.stale += 1
-        else:
-            report.failed += 1
-            report.failed_ids.add(str(result.get("_id")))
-            if len(report.errors) < 20:
-                report.errors.append({"id": result.get("_id"), "status": result.get("status")})
+        report.record(ok, item)
     return report
 
 

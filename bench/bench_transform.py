@@ -118,24 +118,12 @@ def allocation_floor(traces: list[dict[str, Any]], ctx: Any) -> int:
     return count
 
 
-_RESOURCE_KEYS = (
-    "table_name",
-    "queue_url",
-    "function_name",
-    "topic_arn",
-    "bucket_name",
-    "stream_name",
-    "state_machine_arn",
-    "execution_arn",
-    "secret_arn",
-    "key_id",
-)
-
-
 def peer(traces: list[dict[str, Any]], ctx: Any) -> int:
     """The classic pandas way: parse, flatten the subsegment tree into records, json_normalize,
     then derive the same trace and segment columns with vectorised pandas operations."""
     import pandas as pd
+
+    from tasks.transform import AWS_RESOURCE_KEYS  # the same resource preference as ours
 
     rows: list[dict[str, Any]] = []
     for trace in traces:
@@ -171,7 +159,7 @@ def peer(traces: list[dict[str, Any]], ctx: Any) -> int:
     status = pd.Series("ok", index=frame.index).mask(error, "error").mask(throttle, "throttle").mask(fault, "fault")
     resource = pd.Series([None] * len(frame), index=frame.index, dtype=object)
     resource_type = resource.copy()
-    for key in reversed(_RESOURCE_KEYS):
+    for key in reversed(AWS_RESOURCE_KEYS):
         values = column(f"aws_{key}")
         present = values.notna()
         resource = resource.mask(present, values)

@@ -35,6 +35,7 @@ from prefect.concurrency.sync import concurrency
 from blocks import Roster
 
 COLLECTORS_PER_ACCOUNT = 2
+SLOT_TIMEOUT_SECONDS = 900  # how long an account task waits for a busy X-Ray slot
 CALLS_PER_SECOND = 10.0  # same default as tasks/xray.py's in-run token bucket
 
 
@@ -70,7 +71,7 @@ def existing_limits(names: Iterable[str], page: int = 200) -> set[str] | None:
 def xray_slot(
     account_id: str,
     region: str,
-    timeout_seconds: float = 900,
+    timeout_seconds: float = SLOT_TIMEOUT_SECONDS,
     attempts: int = 3,
     backoff_seconds: float = 1.0,
 ) -> Iterator[bool]:

@@ -20,7 +20,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
-from deployments.limits import concurrency_name, existing_limits, xray_slot
+from deployments.limits import SLOT_TIMEOUT_SECONDS, concurrency_name, existing_limits, xray_slot
 from tasks import collector as col
 from tasks import xray
 from tasks.health import account_rows, write_health
@@ -70,7 +70,7 @@ def sweep_account_task(
             account.name,
             region,
             status="failed",
-            error=f"X-Ray concurrency slot not free within 900 s: {error}",
+            error=f"X-Ray concurrency slot not free within {SLOT_TIMEOUT_SECONDS} s: {error}",
             error_kind="TimeoutError",
         )
     if result.status == "failed":

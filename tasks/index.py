@@ -76,6 +76,29 @@ class BulkReport:
     def ok(self) -> bool:
         return self.failed == 0
 
+    def record(self, ok: bool, item: dict[str, Any], kinds: dict[tuple[str, str], str] | None = None) -> None:
+        """Count one item of a bulk response (`streaming_bulk`/`parallel_bulk` yield `(ok, item)`)."""
+        result = next(iter(item.values()))
+        if ok:
+            self.indexed += 1
+            if kinds is not None:
+                kind = kinds.get((result.get("_index", ""), result.get("_id", "")), "unknown")
+                self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+        elif result.get("status") == 409:
+            self.stale += 1
+        else:
+            self.failed += 1
+            self.failed_ids.add(str(result.get("_id")))
+            if len(self.errors) < 20:
+                self.errors.append(
+                    {
+                        "id": result.get("_id"),
+                        "index": result.get("_index"),
+                        "status": result.get("status"),
+                        "error": result.get("error"),
+                    }
+                )
+
 
 def _bulk_actions(actions: Iterable[IndexAction]) -> Iterator[dict[str, Any]]:
     for action in actions:
@@ -107,26 +130,7 @@ def bulk_index(client: OpenSearch, actions: list[IndexAction], max_retries: int 
             initial_backoff=1,
             max_backoff=30,
         ):
-            result = next(iter(item.values()))
-            key = (result.get("_index", ""), result.get("_id", ""))
-            kind = kinds.get(key, "unknown")
-            if ok:
-                report.indexed += 1
-                report.by_kind[kind] = report.by_kind.get(kind, 0) + 1
-            elif result.get("status") == 409:
-                report.stale += 1
-            else:
-                report.failed += 1
-                report.failed_ids.add(str(result.get("_id")))
-                if len(report.errors) < 20:
-                    report.errors.append(
-                        {
-                            "id": result.get("_id"),
-                            "index": result.get("_index"),
-                            "status": result.get("status"),
-                            "error": result.get("error"),
-                        }
-                    )
+            report.record(ok, item, kinds)
     except (os_exc.ConnectionError, os_exc.ConnectionTimeout, os_exc.TransportError) as error:
         status = getattr(error, "status_code", None)
         if isinstance(status, int) and 400 <= status < 500 and status != 429:

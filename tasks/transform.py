@@ -76,7 +76,7 @@ _SPAN_ID = re.compile(r"[0-9a-f]{16}")
 _STATE_MACHINE_ARN = re.compile(r"^(arn:[^:]+:states:[^:]*:[^:]*):(?:stateMachine|express|execution):([^:]+)")
 
 # X-Ray `aws` keys naming the resource a subsegment called, in order of preference.
-_AWS_RESOURCE_KEYS = (
+AWS_RESOURCE_KEYS = (
     "table_name",
     "queue_url",
     "function_name",
@@ -341,7 +341,7 @@ def _annotation_key(key: str) -> str:
 # ====================================================================== the walker
 
 _HEX = frozenset("0123456789abcdef")
-_RESOURCE_RANK = {key: rank for rank, key in enumerate(_AWS_RESOURCE_KEYS)}
+_RESOURCE_RANK = {key: rank for rank, key in enumerate(AWS_RESOURCE_KEYS)}
 _CLIENT_NAMESPACES = frozenset({"aws", "remote"})
 
 # A walked (sub)segment: (segment doc, span doc, start µs, end µs, its top-level _Top,

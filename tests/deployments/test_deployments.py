@@ -620,23 +620,14 @@ def test_two_consumer_processes_share_a_backlog_without_loss_or_duplicates(
 def test_ui_renders_the_replay_run_form(served: Path, prefect_server: LocalServer, tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
 
-    from tests.tasks.test_report import ensure_chromium, png_pixels
+    from tests.tasks.test_report import HEADLESS_FLAGS, ensure_chromium, png_pixels
 
     binary = ensure_chromium()
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("replay/replay")
     url = f"{prefect_server.url}/deployments/deployment/{deployment.id}/run"
     flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
+        *HEADLESS_FLAGS,
         "--window-size=1400,1600",
         "--virtual-time-budget=15000",
         # without these two, a loaded machine captures the page mid fade-in (text at ~10 % opacity)

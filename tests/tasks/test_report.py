@@ -292,20 +292,26 @@ def ensure_chromium() -> str:
     return CHROMIUM
 
 
+# Headless Chromium without the parts that reach out or flake on a loaded 2-core machine.
+HEADLESS_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+)
+
+
 def chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             binary,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--hide-scrollbars",
+            *HEADLESS_FLAGS,
             "--host-resolver-rules=MAP * ~NOTFOUND",  # nothing can be fetched from anywhere
             f"--user-data-dir={profile}",
             "--enable-logging=stderr",
