@@ -57,22 +57,28 @@ def sweep_account_task(
     options: dict[str, Any],
     slots: threading.BoundedSemaphore | None = None,
     x_ray_limit: bool = True,
+    slot_timeout_seconds: float = SLOT_TIMEOUT_SECONDS,
 ) -> col.AccountResult:
     # `slots` bounds this run's accounts in flight; the per-(account, region) limit `serve` creates
     # bounds X-Ray work across runs and flows (no-op without it).
-    try:
-        limit = xray_slot(account.account_id, region) if x_ray_limit else contextlib.nullcontext(True)
-        with slots or contextlib.nullcontext(), limit:
+    # Only taking the slot can time out here: sweep_account reports its own errors in the result.
+    with contextlib.ExitStack() as held:
+        if slots is not None:
+            held.enter_context(slots)
+        try:
+            if x_ray_limit:
+                held.enter_context(xray_slot(account.account_id, region, timeout_seconds=slot_timeout_seconds))
+        except TimeoutError as error:
+            result = col.AccountResult(
+                account.account_id,
+                account.name,
+                region,
+                status="failed",
+                error=f"X-Ray concurrency slot not free within {slot_timeout_seconds:g} s: {error}",
+                error_kind="TimeoutError",
+            )
+        else:
             result = col.sweep_account(collector, account, region, now=now, **options)
-    except TimeoutError as error:
-        result = col.AccountResult(
-            account.account_id,
-            account.name,
-            region,
-            status="failed",
-            error=f"X-Ray concurrency slot not free within {SLOT_TIMEOUT_SECONDS} s: {error}",
-            error_kind="TimeoutError",
-        )
     if result.status == "failed":
         get_run_logger().error(
             "account %s (%s) region %s failed: %s", account.account_id, account.name, region, result.error

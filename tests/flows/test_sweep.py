@@ -134,3 +134,38 @@ def test_existing_limits_lists_only_the_limits_that_exist(fresh_config: Config) 
     ensure_limits(fresh_config.roster.model_copy(update={"accounts": [first]}))
     names = [concurrency_name(a.account_id, "us-east-1") for a in (first, second)]
     assert existing_limits(names, page=1) == {names[0]}  # paged: one limit per request
+
+
+def test_an_account_whose_x_ray_slot_stays_busy_fails_alone_without_calling_x_ray(fresh_config: Config) -> None:
+    """Another run holds the account's `xray-*` slot: this run's task gives up after the slot
+    timeout, reports that account as failed for that reason and leaves its watermark alone."""
+    from datetime import UTC, datetime
+
+    from prefect import flow
+    from prefect.concurrency.sync import concurrency
+
+    from deployments.limits import concurrency_name, ensure_limits
+    from flows.sweep import sweep_account_task
+    from tasks import collector as col
+
+    account = fresh_config.roster.accounts[0]
+    ensure_limits(fresh_config.roster.model_copy(update={"accounts": [account]}), collectors=1)
+    put_simple_traces(fresh_config, account.account_id, 3)
+    collector = col.Collector.from_config(fresh_config)
+
+    @flow
+    def sweep_one() -> col.AccountResult:  # the task logs through its run's logger
+        return sweep_account_task.fn(collector, account, "us-east-1", datetime.now(UTC), {}, slot_timeout_seconds=1.0)
+
+    with concurrency(concurrency_name(account.account_id, "us-east-1"), occupy=1):  # the other run
+        result = sweep_one()
+    assert result.status == "failed" and result.error_kind == "TimeoutError"
+    assert "slot not free within 1 s" in (result.error or "")
+    assert result.traces == 0
+    mark = watermark.read(boto3.client("s3"), fresh_config.archive, account.account_id, "us-east-1")
+    assert mark.high_water is None
+    assert drain(fresh_config) == []
+
+    freed = sweep_one()
+    assert freed.status != "failed", freed.error
+    assert freed.traces == 3
