@@ -53,23 +53,27 @@ def flow_name(deployment: str) -> str:
 # ============================================================================ no server needed
 
 
-def test_prefect_yaml_loads_through_prefects_own_deploy_code() -> None:
-    from prefect.cli.deploy._config import _load_deploy_configs_and_actions, _merge_with_default_deploy_config
-    from prefect.cli.deploy._schedules import _construct_schedules
-    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+def prefect_yaml_deployments() -> list[dict[str, Any]]:
+    import yaml
+
+    document = yaml.safe_load((PROJECT / "prefect.yaml").read_text())  # anchors resolved
+    assert "pull" not in document  # prefect deploy records the project directory
+    return list(document["deployments"])
+
+
+def test_prefect_yaml_deployments_are_valid_for_their_flows() -> None:
+    """What `prefect deploy` checks before it registers anything, through Prefect's public models
+    (the real `prefect deploy --all` runs in test_prefect_deploy_registers_every_deployment)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+    from prefect.events import DeploymentEventTrigger
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.schema_tools import validate
-    from rich.console import Console
 
-    console = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - Prefect prints validation problems here
-    configs, actions = _load_deploy_configs_and_actions(PROJECT / "prefect.yaml", console=console)
+    configs = prefect_yaml_deployments()
     assert {c["name"] for c in configs} == EXPECTED
-    assert actions["pull"] is None  # prefect deploy records the project directory
-    built: dict[str, list[Any]] = {}
-    for raw in configs:
-        config = _merge_with_default_deploy_config(raw)
+    for config in configs:
         assert config["work_pool"]["name"] == "xraylake", config["name"]
         assert "xraylake" in config["tags"]
         flow: Any = load_flow_from_entrypoint(str(PROJECT / config["entrypoint"]))
@@ -78,26 +82,77 @@ def test_prefect_yaml_loads_through_prefects_own_deploy_code() -> None:
         # the parameters in prefect.yaml are valid for the flow (what enforce_parameter_schema checks)
         errors = validate(config["parameters"], schema, ignore_required=True)
         assert not errors, (config["name"], errors)
-        schedules = _construct_schedules(config, {}, console=console, is_interactive=lambda: False)
-        assert schedules is not None
-        built[config["name"]] = [s["schedule"] for s in schedules]
-        limit = ConcurrencyLimitConfig.model_validate(config["concurrency_limit"])
-        assert limit.limit >= 1
-        triggers = _initialize_deployment_triggers(config["name"], config.get("triggers") or [])
+        for schedule in config["schedules"]:
+            fields = {k: v for k, v in schedule.items() if k not in ("slug", "active")}
+            (IntervalSchedule if "interval" in fields else CronSchedule).model_validate(fields)
+        assert ConcurrencyLimitConfig.model_validate(config["concurrency_limit"]).limit >= 1
+        triggers = [DeploymentEventTrigger.model_validate(t) for t in config.get("triggers") or []]
         if config["name"] == "collect":
-            assert len(triggers) == 1
-            assert triggers[0].parameters == {"execution_arn": "{{ event.resource.id }}"}
+            (trigger,) = triggers
+            assert trigger.parameters == {"execution_arn": "{{ event.resource.id }}"}
     by_name = {c["name"]: c for c in configs}
     assert by_name["sweep"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
-    assert [s.interval for s in built["sweep"]] == [timedelta(minutes=5)]
-    assert [s.interval for s in built["consume"]] == [timedelta(minutes=1)]
     assert by_name["consume"]["parameters"]["until_empty"] is True
     assert by_name["consume-stream"]["parameters"]["until_empty"] is False
     assert by_name["consume-stream"]["schedules"][0]["active"] is False
-    assert [s.cron for s in built["compact"]] == ["15 * * * *"]
-    assert [s.cron for s in built["reconcile"]] == ["30 3 * * *"]
     for on_demand in ("replay", "backfill", "collect"):
         assert by_name[on_demand]["schedules"] == []
+
+
+@pytest.mark.slow
+def test_prefect_deploy_registers_every_deployment(tmp_path: Path) -> None:
+    """`prefect work-pool create` + `prefect deploy --all` on a server of its own (the module's
+    server serves the same deployment names), read back through the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = serve.start_local_server(
+        free_port(),
+        prefect_home=tmp_path / "prefect-home",
+        extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"},
+    )
+    try:
+        env = os.environ | {"PREFECT_API_URL": server.api_url, "PREFECT_HOME": str(tmp_path / "client")}
+        prefect = [sys.executable, "-m", "prefect"]
+        for command in (["work-pool", "create", "xraylake", "--type", "process"], ["--no-prompt", "deploy", "--all"]):
+            done = subprocess.run(prefect + command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, f"prefect {' '.join(command)}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        configs = {c["name"]: c for c in prefect_yaml_deployments()}
+        with temporary_settings({PREFECT_API_URL: server.api_url}), get_client(sync_client=True) as client:
+            for name, config in configs.items():
+                deployment = client.read_deployment_by_name(f"{flow_name(name)}/{name}")
+                assert deployment.work_pool_name == "xraylake"
+                assert deployment.work_queue_name == config["work_pool"]["work_queue_name"]
+                assert set(deployment.tags) == set(config["tags"])
+                assert deployment.parameters == config["parameters"]
+                assert deployment.enforce_parameter_schema
+                # no `pull` section: prefect deploy records this directory as the working directory
+                directory = {"directory": str(PROJECT)}
+                assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": directory}]
+                assert deployment.global_concurrency_limit is not None
+                assert deployment.global_concurrency_limit.limit == config["concurrency_limit"]["limit"]
+                assert deployment.concurrency_options is not None
+                strategy = deployment.concurrency_options.collision_strategy.value
+                assert strategy == config["concurrency_limit"]["collision_strategy"]
+                assert len(deployment.schedules) == len(config["schedules"])
+            schedules = {
+                name: [
+                    (s.schedule, s.active)
+                    for s in client.read_deployment_by_name(f"{flow_name(name)}/{name}").schedules
+                ]
+                for name in ("sweep", "consume", "consume-stream", "compact", "reconcile")
+            }
+            automations = [a for a in client.read_automations() if "collect" in a.name]
+        sweep_schedule, sweep_active = schedules["sweep"][0]
+        assert getattr(sweep_schedule, "interval", None) == timedelta(minutes=5) and sweep_active
+        assert getattr(schedules["consume"][0][0], "interval", None) == timedelta(minutes=1)
+        assert [(getattr(s, "cron", None), a) for s, a in schedules["consume-stream"]] == [("0 * * * *", False)]
+        assert getattr(schedules["compact"][0][0], "cron", None) == "15 * * * *"
+        assert getattr(schedules["reconcile"][0][0], "cron", None) == "30 3 * * *"
+        (automation,) = automations  # the collect deployment's trigger
+        assert automation.trigger.model_dump()["expect"] == {"xraylake.stepfunctions.execution.status-change"}
+    finally:
+        server.stop()
 
 
 def test_serve_builds_the_same_deployments_as_prefect_yaml() -> None:
