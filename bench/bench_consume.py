@@ -8,7 +8,11 @@ sweep sends them, claim-checks included) is consumed three ways, each on the sam
 - Lambda-style: one message at a time (MaxNumberOfMessages=1), the same decode and transform,
   one OpenSearch index request per document, one S3 put per message, one delete per message;
 - raw-sink bound: `opensearchpy.helpers.bulk` of the pre-built documents plus S3 puts of the
-  pre-built raw and Parquet objects (no queue, no decoding, no transform).
+  pre-built raw and Parquet objects (no queue, no decoding, no transform);
+- sink ceiling: the first SINK_SAMPLE pre-built documents indexed one request each into one empty
+  server and by `helpers.bulk` into another. Their ratio bounds what any consumer can gain over
+  the Lambda-style one on this OpenSearch, since both index the same documents and only the
+  request pattern differs.
 
 The consumer runs with `describe_executions=False`: the generated Step Functions traces name
 executions that do not exist in moto, and a failed DescribeExecution is not cached, so keeping
@@ -32,12 +36,14 @@ import gzip
 import io
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import common
 from opensearchpy import helpers
 
 LAMBDA_QUICK_MESSAGES = 3
+SINK_SAMPLE = 3000  # documents for the one-request-each half of the sink ceiling (~15 s)
 
 
 def build_backlog(config: Any, traces_by_account: dict[str, list[dict[str, Any]]]) -> list[Any]:
@@ -234,28 +240,32 @@ def run_lambda_style(config: Any, index_prefix: str, max_messages: int | None) -
     }
 
 
+def transformed(config: Any, envelopes: list[Any]) -> Iterator[tuple[Any, Any]]:
+    """(envelope, its documents) as the consumer transforms them, for the pre-built sinks."""
+    from tasks.documents import transform_envelope
+    from tasks.redact import RedactionPolicy
+
+    accounts = {a.account_id: a for a in config.roster.accounts}
+    for envelope in envelopes:
+        yield envelope, transform_envelope(envelope, accounts[envelope.account_id], RedactionPolicy())
+
+
 def run_sink_bound(config: Any, envelopes: list[Any], index_prefix: str) -> dict[str, Any]:
     """Only the sinks: bulk of pre-built documents, S3 puts of pre-built raw and Parquet objects."""
     import pyarrow.parquet as pq
 
-    from blocks import MemberAccount
     from tasks import archive
     from tasks.aws import log_client
-    from tasks.documents import transform_envelope
     from tasks.index import _bulk_actions, client_for, ensure_templates
     from tasks.mappings import index_templates
-    from tasks.redact import RedactionPolicy
 
     s3 = log_client("s3", config.archive.region)
     client = client_for(config.opensearch)
     ensure_templates(client, index_templates(index_prefix))
-    accounts = {a.account_id: a for a in config.roster.accounts}
     actions: list[dict[str, Any]] = []
     objects: list[tuple[str, bytes]] = []
     segments = 0
-    for envelope in envelopes:
-        account: MemberAccount = accounts[envelope.account_id]
-        result = transform_envelope(envelope, account, RedactionPolicy())
+    for envelope, result in transformed(config, envelopes):
         segments += len(result.segments)
         actions += list(_bulk_actions(result.index_actions(envelope.collected_at_ms, index_prefix)))
         raw = envelope.to_json()
@@ -291,6 +301,45 @@ def run_sink_bound(config: Any, envelopes: list[Any], index_prefix: str) -> dict
     }
 
 
+def run_sink_ceiling(config: Any, envelopes: list[Any], index_prefix: str, sample: int) -> dict[str, Any]:
+    """The same documents: one index request each vs `helpers.bulk`, each into an empty server."""
+    from tasks.index import _bulk_actions, client_for, ensure_templates
+    from tasks.mappings import index_templates
+
+    actions = [
+        a
+        for e, r in transformed(config, envelopes)
+        for a in _bulk_actions(r.index_actions(e.collected_at_ms, index_prefix))
+    ]
+    actions = actions[:sample]
+    seconds: dict[str, float] = {}
+    for mode in ("single", "bulk"):
+        with common.fresh_opensearch(config) as target:
+            client = client_for(target.opensearch)
+            ensure_templates(client, index_templates(index_prefix))
+            tick = time.perf_counter()
+            if mode == "bulk":
+                helpers.bulk(client, actions, chunk_size=1000, max_chunk_bytes=8 * 1024 * 1024)
+            else:
+                for action in actions:
+                    params = (
+                        {"version": action["version"], "version_type": "external_gte"} if "version" in action else {}
+                    )
+                    client.index(index=action["_index"], id=action["_id"], body=action["_source"], params=params)
+            seconds[mode] = time.perf_counter() - tick
+            client.indices.refresh(index=f"{index_prefix}-*,otel-*")
+            indexed = client.count(index=f"{index_prefix}-*,otel-*")["count"]
+            if indexed < len({(a["_index"], a["_id"]) for a in actions}):
+                raise RuntimeError(f"sink ceiling ({mode}): only {indexed} of {len(actions)} documents indexed")
+    single, bulk = len(actions) / seconds["single"], len(actions) / seconds["bulk"]
+    return {
+        "documents": len(actions),
+        "single_request_docs_per_second": round(single, 1),
+        "bulk_docs_per_second": round(bulk, 1),
+        "bulk_vs_single": round(bulk / single, 2),
+    }
+
+
 def main() -> None:
     args = common.parse_args(__doc__.splitlines()[0])
     started = time.monotonic()
@@ -306,6 +355,8 @@ def main() -> None:
         with common.fresh_opensearch(config) as target:
             sink = run_sink_bound(target, envelopes, "xray")
         common.log(f"raw-sink bound: {sink['segments_per_second']} segments/s")
+        ceiling = run_sink_ceiling(config, envelopes, "xray", 300 if args.quick else SINK_SAMPLE)
+        common.log(f"sink ceiling: bulk {ceiling['bulk_vs_single']} x one request per document")
 
         sent = send_backlog(config, envelopes)
         with common.fresh_opensearch(config) as target:
@@ -338,6 +389,10 @@ def main() -> None:
         "proposed_ratio_vs_raw_sink_bound": round(proposed["segments_per_second"] / sink["segments_per_second"], 3),
         "lambda_style": lam,
         "raw_sink_bound": sink,
+        "sink_ceiling": ceiling,
+        "speedup_vs_lambda_style_share_of_ceiling": round(vs_lambda / ceiling["bulk_vs_single"], 2)
+        if vs_lambda
+        else None,
         "segments_per_second": ours["segments_per_second"],
         "targets": {
             "speedup_vs_lambda_style": common.target(vs_lambda, 8.0),
