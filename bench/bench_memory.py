@@ -22,9 +22,9 @@ the in-memory OpenSearch indexes ~2,000 documents/s, 1M segments are ~2.3M docum
 --million-only writes `bench_memory_1m.json` with the 10k baseline measured in the same run.
 The in-memory OpenSearch itself cannot hold 1M segments: it keeps ~25 KB of RSS per document, so
 ~2.3M documents would need ~55 GB on this 24 GB machine (a first attempt had reached 13 GB at
-477k documents). During the 1M run the parent therefore deletes the xray and span indices each
-time they pass JANITOR_DOCUMENTS (`IndexJanitor`); the consumer's next bulk request recreates them
-from the templates. The consumer's code path is unchanged; the documents it indexed, and any it
+477k documents). During the 1M run the consume loop therefore deletes the xray and span indices
+between batches once they pass JANITOR_DOCUMENTS (`IndexJanitor`); the next bulk request
+recreates them from the templates. The consumer's code path is unchanged; the documents it indexed, and any it
 failed to (a bulk item racing a deletion), are reported with the run.
 """
 
@@ -36,7 +36,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -51,50 +50,28 @@ JANITOR_INDICES = "xray-*,otel-v1-apm-span-*"
 
 class IndexJanitor:
     """Deletes the consumer's indices whenever they hold more than `limit` documents, so the
-    in-memory OpenSearch server stays within the machine's memory during the 1M run."""
+    in-memory OpenSearch server stays within the machine's memory during the 1M run. Called by
+    the consume loop between batches: osmem-server 0.1.6 hung (both requests waiting, no CPU) when
+    a `_count` from another thread met the consumer's bulk request."""
 
-    def __init__(self, url: str, limit: int = JANITOR_DOCUMENTS, every_seconds: float = 5.0) -> None:
-        from opensearchpy import OpenSearch
-
-        self.client = OpenSearch(hosts=[url], timeout=120)
+    def __init__(self, client: Any, limit: int) -> None:
+        self.client = client
         self.limit = limit
-        self.every_seconds = every_seconds
         self.deletions = 0
         self.documents_deleted = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="index-janitor", daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_seconds):
-            try:
-                count = int(self.client.count(index=JANITOR_INDICES)["count"])
-                if count > self.limit:
-                    self.client.indices.delete(index=JANITOR_INDICES)
-                    self.deletions += 1
-                    self.documents_deleted += count
-            except Exception as error:  # an index missing right after a deletion, a slow answer
-                self.failures.append(f"{type(error).__name__}: {error}"[:200])
-
-    def __enter__(self) -> IndexJanitor:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(150)
+    def __call__(self) -> None:
+        count = int(self.client.count(index=JANITOR_INDICES)["count"])
+        if count > self.limit:
+            self.client.indices.delete(index=JANITOR_INDICES)
+            self.deletions += 1
+            self.documents_deleted += count
 
     def report(self) -> dict[str, Any]:
-        return {
-            "limit_documents": self.limit,
-            "deletions": self.deletions,
-            "documents_deleted": self.documents_deleted,
-            "failures": len(self.failures),
-            "first_failures": self.failures[:3],
-        }
+        return {"limit_documents": self.limit, "deletions": self.deletions, "documents_deleted": self.documents_deleted}
 
 
-def child(job: str, config_path: str, batch: int, chunk_bytes: int | None) -> None:
+def child(job: str, config_path: str, batch: int, chunk_bytes: int | None, janitor_documents: int | None) -> None:
     from xraylake.config import load_config
 
     config = load_config(config_path)
@@ -104,7 +81,7 @@ def child(job: str, config_path: str, batch: int, chunk_bytes: int | None) -> No
 
     after_imports = common.peak_rss_mb()
     started = time.perf_counter()
-    out = consume(config, batch, chunk_bytes) if job == "consume" else replay_direct(config)
+    out = consume(config, batch, chunk_bytes, janitor_documents) if job == "consume" else replay_direct(config)
     out.update(
         job=job,
         seconds=round(time.perf_counter() - started, 2),
@@ -116,7 +93,7 @@ def child(job: str, config_path: str, batch: int, chunk_bytes: int | None) -> No
     print(json.dumps(out))
 
 
-def consume(config: Any, batch: int, chunk_bytes: int | None) -> dict[str, Any]:
+def consume(config: Any, batch: int, chunk_bytes: int | None, janitor_documents: int | None) -> dict[str, Any]:
     from flows.consume import consume_batch, receive_batch
     from tasks.aws import log_client
     from tasks.consumer import CHUNK_BYTES, BatchStats, Consumer
@@ -132,12 +109,16 @@ def consume(config: Any, batch: int, chunk_bytes: int | None) -> dict[str, Any]:
     )
     ensure_templates(consumer.opensearch, index_templates(consumer.index_prefix))
     total = BatchStats()
+    janitor = IndexJanitor(consumer.opensearch, janitor_documents) if janitor_documents else None
     while True:
         messages = receive_batch(consumer, batch, 1, 600)
         if not messages:
             break
         total.merge(consume_batch.fn(consumer, messages, 600))
+        if janitor:
+            janitor()
     return {
+        **({"index_janitor": janitor.report()} if janitor else {}),
         "segments": total.segments,
         "traces": total.traces,
         "messages": total.deleted,
@@ -186,9 +167,16 @@ def replay_direct(config: Any) -> dict[str, Any]:
     }
 
 
-def run_child(job: str, config_path: str, batch: int = 100, chunk_bytes: int | None = None) -> dict[str, Any]:
+def run_child(
+    job: str,
+    config_path: str,
+    batch: int = 100,
+    chunk_bytes: int | None = None,
+    janitor_documents: int | None = None,
+) -> dict[str, Any]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     chunk = ["--chunk-bytes", str(chunk_bytes)] if chunk_bytes else []
+    chunk += ["--janitor-documents", str(janitor_documents)] if janitor_documents else []
     process = subprocess.run(
         [sys.executable, __file__, "--child", job, "--config", config_path, "--batch", str(batch), *chunk],
         capture_output=True,
@@ -230,12 +218,7 @@ def measure(
         with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as handle:
             handle.write(config.to_json())
         try:
-            if janitor_documents:
-                with IndexJanitor(config.opensearch.hosts[0], janitor_documents) as janitor:
-                    consumed = run_child("consume", handle.name, batch, chunk_bytes)
-                consumed["index_janitor"] = janitor.report()
-            else:
-                consumed = run_child("consume", handle.name, batch, chunk_bytes)
+            consumed = run_child("consume", handle.name, batch, chunk_bytes, janitor_documents)
             common.log(f"consume: {consumed['segments']} segments, peak {consumed['peak_rss_mb']} MB")
             replayed = None
             if replay:
@@ -257,7 +240,10 @@ def main() -> None:
         job = sys.argv[sys.argv.index("--child") + 1]
         config_path = sys.argv[sys.argv.index("--config") + 1]
         chunk = int(sys.argv[sys.argv.index("--chunk-bytes") + 1]) if "--chunk-bytes" in sys.argv else None
-        child(job, config_path, int(sys.argv[sys.argv.index("--batch") + 1]), chunk)
+        janitor = (
+            int(sys.argv[sys.argv.index("--janitor-documents") + 1]) if "--janitor-documents" in sys.argv else None
+        )
+        child(job, config_path, int(sys.argv[sys.argv.index("--batch") + 1]), chunk, janitor)
         return
     args = common.parse_args(
         __doc__.splitlines()[0],
