@@ -15,7 +15,7 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed, Failed, State
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from tasks import archive, queue
 from tasks import replay as replay_tasks
@@ -48,6 +48,12 @@ class ReplayParameters(BaseModel):
     )
     dry_run: bool = Field(default=False, description="Only count what the archive holds.")
     rate_per_second: float | None = Field(default=None, gt=0, description="Max messages/envelopes per second.")
+
+    @model_validator(mode="after")
+    def _range(self) -> ReplayParameters:
+        # the UI form and the CLI refuse a range the flow would refuse
+        self.start, self.end = replay_tasks.validate_range(self.start, self.end)
+        return self
 
 
 def replay_id(params: ReplayParameters) -> str:

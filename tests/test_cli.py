@@ -107,6 +107,29 @@ def test_bad_parameters_exit_2_with_a_clear_message(cli: CliRunner) -> None:
     )
 
 
+def test_a_range_the_flow_would_refuse_is_refused_before_any_flow_run(cli: CliRunner) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    def runs() -> int:
+        with get_client(sync_client=True) as client:
+            flows = FlowFilter(name=FlowFilterName(any_=["backfill", "replay"]))
+            return len(client.read_flow_runs(flow_filter=flows))
+
+    before = runs()
+    now = datetime.now(UTC)
+    old, older = (now - timedelta(days=40)).isoformat(), (now - timedelta(days=41)).isoformat()
+    assert "30-day retention" in run(cli, "backfill", "--start", older, "--end", old, code=2)["output"]
+    future = (now + timedelta(hours=2)).isoformat()
+    assert "in the future" in run(cli, "backfill", "--start", now.isoformat(), "--end", future, code=2)["output"]
+    naive = run(cli, "replay", "--start", "2026-11-20T00:00:00", "--end", "2026-11-21T00:00:00Z", code=2)
+    assert "need a time zone" in naive["output"]
+    assert "rate_per_second" in run(cli, "replay", "--start", older, "--end", old, "--rate", "0", code=2)["output"]
+    assert runs() == before
+
+
 def test_setup_and_report_json(cli: CliRunner, tmp_path: Path) -> None:
     setup = run(cli, "setup", "--json")
     assert {"xray-traces", "xray-segments", "otel-v1-apm-span", "xraylake-health"} <= set(setup["templates"])

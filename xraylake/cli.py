@@ -145,11 +145,16 @@ AccountsOption = Annotated[list[str] | None, typer.Option("--account", "-a", hel
 RegionsOption = Annotated[list[str] | None, typer.Option("--region", "-r", help="Region (repeatable).")]
 
 
-def _run_flow(flow_fn, **parameters):  # type: ignore[no-untyped-def]
-    """Run a flow, returning (state, data); a parameter error is printed without a traceback."""
+def _run_flow(flow_fn, check: Callable[[], object] | None = None, **parameters):  # type: ignore[no-untyped-def]
+    """Run a flow, returning (state, data); a parameter error is printed without a traceback.
+
+    `check` runs the flow's own pure parameter checks first, so bad input is refused before a
+    flow run starts (and before Prefect logs the failed run with its traceback)."""
     from prefect.states import State
 
     try:
+        if check is not None:
+            check()
         state: State = flow_fn(return_state=True, **parameters)
     except (ValueError, LookupError) as error:
         err_console.print(f"[red]error:[/red] {error}")
@@ -261,13 +266,15 @@ def backfill(
     json: JsonOption = False,
 ) -> None:
     """Collect a past range (≤ 30 days back), chunked; the same backfill again resumes."""
-    from datetime import datetime
+    from datetime import UTC, datetime
 
     from flows.backfill import backfill as backfill_flow
+    from flows.backfill import validate_range
 
     times = _parse_all(datetime.fromisoformat, start=start, end=end)
     state, data = _run_flow(
         backfill_flow,
+        check=lambda: validate_range(times["start"], times["end"], datetime.now(UTC)),
         start=times["start"],
         end=times["end"],
         accounts=accounts,
@@ -485,7 +492,9 @@ def replay(
             }
         )
     except ValidationError as error:
-        err_console.print(f"[red]error:[/red] {error}")
+        for problem in error.errors():
+            where = ".".join(str(part) for part in problem["loc"])
+            err_console.print(f"[red]error:[/red] {where + ': ' if where else ''}{problem['msg']}")
         raise typer.Exit(2) from None
     state, data = _run_flow(replay_flow, params=params, config_path=config)
     if json:
