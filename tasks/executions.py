@@ -30,11 +30,20 @@ def execution_arns(trace: dict[str, Any]) -> list[str]:
     return found
 
 
+# Finished executions described, kept so an overlap or in-progress re-collection of the same trace
+# costs no second DescribeExecution. Bounded: a consumer runs for an hour and each entry holds the
+# (capped) input and output.
+CACHED_EXECUTIONS = 4096
+
+
 class ExecutionDetails:
-    def __init__(self, sessions: MemberSessions, known_accounts: Iterable[str]) -> None:
+    def __init__(
+        self, sessions: MemberSessions, known_accounts: Iterable[str], cache_entries: int = CACHED_EXECUTIONS
+    ) -> None:
         self._sessions = sessions
         self._accounts = set(known_accounts)
         self._cache: dict[str, dict[str, Any]] = {}
+        self._cache_entries = cache_entries
         self._lock = threading.Lock()
         self.calls = 0
         self.failures = 0
@@ -65,5 +74,7 @@ class ExecutionDetails:
             return None
         if details.get("status") in FINAL_STATUSES:
             with self._lock:
+                if len(self._cache) >= self._cache_entries:
+                    del self._cache[next(iter(self._cache))]  # the oldest: dicts keep insertion order
                 self._cache[arn] = details
         return details

@@ -164,6 +164,9 @@ class TraceDocuments:
 
 # ====================================================================== coercion helpers
 
+# Epoch second → ISO text. Bounded (about 2 MB) because a long-running consumer sees every second
+# of every day: 16k entries cover 4.5 hours of distinct seconds, the span of most envelopes.
+SECOND_CACHE_ENTRIES = 16_384
 _second_cache: dict[int, str] = {}
 
 
@@ -171,7 +174,7 @@ def _base(second: int) -> str:
     text = _second_cache.get(second)
     if text is None:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        if len(_second_cache) > 200_000:
+        if len(_second_cache) >= SECOND_CACHE_ENTRIES:
             _second_cache.clear()
         _second_cache[second] = text
     return text

@@ -1093,3 +1093,16 @@ def test_a_finished_execution_described_without_stop_date_keeps_the_segment_end(
         load_fixture("xray/synthesized_stepfunctions_trace"), TraceContext(**_ctx_fields(), execution=running)
     )
     assert docs.trace["execution_stop"] is None and docs.trace["execution_duration_seconds"] is None
+
+
+def test_the_iso_second_cache_stays_bounded_and_correct() -> None:
+    from datetime import UTC, datetime
+
+    from tasks import transform
+
+    start = 1_767_225_600  # 2026-01-01T00:00:00Z
+    for second in range(start, start + transform.SECOND_CACHE_ENTRIES + 5_000):
+        text = transform.iso_ms(second * 1_000_000 + 123_000)
+        assert len(transform._second_cache) <= transform.SECOND_CACHE_ENTRIES
+    expected = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S") + ".123Z"
+    assert text == expected
