@@ -131,6 +131,18 @@ def fetch_claim_check(s3: Any, ref: PayloadRef) -> bytes:
     return compressed
 
 
+def return_arrow_memory_promptly() -> None:
+    """Use the system allocator for Arrow buffers in this process.
+
+    Arrow's default pool (mimalloc in the pyarrow wheels) keeps freed pages for reuse, so a
+    long-running consumer's peak RSS climbed with the volume consumed (B4: 279 MB at 10k segments,
+    309 MB at 1M; side by side over one 40k backlog, 288 MB and still rising vs 256 MB flat with
+    the system pool). The consumer's Arrow work is small tables per chunk, where the pool's speed
+    does not show."""
+    if pa.default_memory_pool().backend_name != "system":
+        pa.set_memory_pool(pa.system_memory_pool())
+
+
 def write_parquet(s3: Any, key: str, bucket: str, table: pa.Table) -> int:
     """One Parquet object (zstd) from an Arrow table; returns bytes written."""
     sink = io.BytesIO()

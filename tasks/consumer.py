@@ -119,6 +119,7 @@ class Consumer:
         self.executions = (
             ExecutionDetails(MemberSessions(config.roster), self.accounts) if describe_executions else None
         )
+        archive.return_arrow_memory_promptly()
 
     # ------------------------------------------------------------ decode + validate
 
