@@ -209,3 +209,18 @@ def test_the_consumer_does_not_load_pandas() -> None:
     probe = "import sys, flows.consume, tasks.replay; print([m for m in ('pandas', 'duckdb') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_consumer_returns_arrow_memory_to_the_system(config_file: str) -> None:
+    """Arrow's default pool (mimalloc) keeps freed pages: peak RSS climbed with volume (bench B4)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import pyarrow as pa; from xraylake.config import load_config; from tasks.consumer import Consumer; "
+        f"before = pa.default_memory_pool().backend_name; Consumer(load_config({config_file!r}), None, None); "
+        "print(before, pa.default_memory_pool().backend_name)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    before, after = out.stdout.split()
+    assert after == "system", f"the consumer kept Arrow's {before} pool"
