@@ -270,14 +270,27 @@ def _xraylake_home() -> Path:
     return xraylake_home()
 
 
+def _drain_api_workers() -> None:
+    """Send what this process's event and log workers hold, and stop them. Each is a process-wide
+    singleton bound to the API URL in force when it started; the next event or log line starts a
+    new one at the URL in force then (else events emitted after a switch reach the old server)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (EventsWorker, APILogWorker):
+        worker.drain_all(timeout=30)
+
+
 @contextlib.contextmanager
 def api_url(url: str) -> Iterator[None]:
     """Point this process (and the flow-run processes it starts) at `url`."""
     previous = os.environ.get("PREFECT_API_URL")
+    _drain_api_workers()
     os.environ["PREFECT_API_URL"] = url
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield
+            _drain_api_workers()
     finally:
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
