@@ -175,10 +175,10 @@ def run_child(
     janitor_documents: int | None = None,
 ) -> dict[str, Any]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    chunk = ["--chunk-bytes", str(chunk_bytes)] if chunk_bytes else []
-    chunk += ["--janitor-documents", str(janitor_documents)] if janitor_documents else []
+    options = ["--chunk-bytes", str(chunk_bytes)] if chunk_bytes else []
+    options += ["--janitor-documents", str(janitor_documents)] if janitor_documents else []
     process = subprocess.run(
-        [sys.executable, __file__, "--child", job, "--config", config_path, "--batch", str(batch), *chunk],
+        [sys.executable, __file__, "--child", job, "--config", config_path, "--batch", str(batch), *options],
         capture_output=True,
         text=True,
         check=False,

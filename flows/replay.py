@@ -84,7 +84,7 @@ def check_index_prefix(config: Config, prefix: str | None) -> str:
 def replay(params: ReplayParameters, config_path: str | None = None) -> State:
     """Re-send or re-ingest archived envelopes of a time range."""
     logger = get_run_logger()
-    start, end = replay_tasks.validate_range(params.start, params.end)
+    start, end = params.start, params.end  # checked and made UTC by ReplayParameters
     config = load_config(config_path)
     chosen = config.roster.select(params.accounts)
     targets: list[tuple[str, list[str]]] = []

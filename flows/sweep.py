@@ -192,18 +192,13 @@ def sweep(
     slots = threading.BoundedSemaphore(concurrency)
     # One listing instead of a slot request per account for limits that do not exist (B3b: a
     # 200-account cycle took 25 s instead of 69 s on a local server); None: ask per account.
-    limited = existing_limits(concurrency_name(account.account_id, region) for account, region in targets)
+    names = [concurrency_name(account.account_id, region) for account, region in targets]
+    limited = existing_limits(names)
     futures = [
         sweep_account_task.with_options(task_run_name=f"sweep-{account.account_id}-{region}").submit(
-            collector,
-            account,
-            region,
-            now,
-            options,
-            slots,
-            limited is None or concurrency_name(account.account_id, region) in limited,
+            collector, account, region, now, options, slots, limited is None or name in limited
         )
-        for account, region in targets
+        for (account, region), name in zip(targets, names, strict=True)
     ]
     results = [_result_or_failure(f, account, region) for f, (account, region) in zip(futures, targets, strict=True)]
     return finish("sweep", results, fail_on_account_errors, config=config)

@@ -119,8 +119,9 @@ def test_prefect_deploy_registers_every_deployment(tmp_path: Path) -> None:
             assert done.returncode == 0, f"prefect {' '.join(command)}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
         configs = {c["name"]: c for c in prefect_yaml_deployments()}
         with temporary_settings({PREFECT_API_URL: server.api_url}), get_client(sync_client=True) as client:
+            deployments = {name: client.read_deployment_by_name(f"{flow_name(name)}/{name}") for name in configs}
             for name, config in configs.items():
-                deployment = client.read_deployment_by_name(f"{flow_name(name)}/{name}")
+                deployment = deployments[name]
                 assert deployment.work_pool_name == "xraylake"
                 assert deployment.work_queue_name == config["work_pool"]["work_queue_name"]
                 assert set(deployment.tags) == set(config["tags"])
@@ -135,13 +136,7 @@ def test_prefect_deploy_registers_every_deployment(tmp_path: Path) -> None:
                 strategy = deployment.concurrency_options.collision_strategy.value
                 assert strategy == config["concurrency_limit"]["collision_strategy"]
                 assert len(deployment.schedules) == len(config["schedules"])
-            schedules = {
-                name: [
-                    (s.schedule, s.active)
-                    for s in client.read_deployment_by_name(f"{flow_name(name)}/{name}").schedules
-                ]
-                for name in ("sweep", "consume", "consume-stream", "compact", "reconcile")
-            }
+            schedules = {name: [(s.schedule, s.active) for s in d.schedules] for name, d in deployments.items()}
             automations = [a for a in client.read_automations() if "collect" in a.name]
         sweep_schedule, sweep_active = schedules["sweep"][0]
         assert getattr(sweep_schedule, "interval", None) == timedelta(minutes=5) and sweep_active
