@@ -29,7 +29,7 @@ def one_sample(config: Any, collector: Any, plan: Any, client: Any) -> dict[str,
     from sandbox import traffic
     from tasks import collector as col
     from tasks import stepfunctions as sfn
-    from tasks import xray
+    from tasks import windows, xray
     from tasks.aws import DEFAULT_BOTO_CONFIG
     from tasks.envelope import TimeWindow
 
@@ -69,7 +69,7 @@ def one_sample(config: Any, collector: Any, plan: Any, client: Any) -> dict[str,
     pad = timedelta(seconds=60)
     limiter = collector.limiters.get(parsed.account_id, parsed.region)
     trace_ids: list[str] = []
-    for window in xray.plan_windows(started - pad, stopped + pad):
+    for window in windows.plan_windows(started - pad, stopped + pad):
         listing = xray.list_trace_ids(
             xray_client, window, "Event", sfn.state_machine_filter(parsed.state_machine),
             account_id=parsed.account_id, limiter=limiter,

@@ -72,7 +72,7 @@ class IndexJanitor:
 
 
 def child(job: str, config_path: str, batch: int, chunk_bytes: int | None, janitor_documents: int | None) -> None:
-    from xraylake.config import load_config
+    from blocks.config import load_config
 
     config = load_config(config_path)
     baseline = common.peak_rss_mb()

@@ -234,8 +234,8 @@ def trace_context(account_id: str = "012345678901") -> Any:
 @contextlib.contextmanager
 def detached_sandbox(strict_xray: bool = True) -> Iterator[Any]:
     """A sandbox of our own in separate processes; yields its Config (environment applied)."""
+    from blocks.config import load_config, sandbox_state_path
     from sandbox.stack import down, up
-    from xraylake.config import load_config, sandbox_state_path
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     home = Path(tempfile.mkdtemp(prefix="xraylake-bench-"))

@@ -4,13 +4,14 @@ The deployments (names, entrypoints, schedules, parameters, tags, concurrency li
 collect trigger) are read from the project's `prefect.yaml`, the same file `prefect deploy`
 reads for work pools, so both ways of running stay identical. `serve_all()` turns each entry
 into `flow.to_deployment(...)` and calls `prefect.serve(...)`; before that it creates the
-per-account X-Ray limits (`deployments/limits.py`) and the alert automations
+per-account X-Ray limits (`tasks/limits.py`) and the alert automations
 (`deployments/automations.py`).
 
 `local=True` is the laptop path: a Prefect server on 127.0.0.1 (`prefect server start` in a
 subprocess, its database under `$XRAYLAKE_HOME/prefect`; an already running one on that port is
-reused), the sandbox (`sandbox.stack.up`), every deployment pointed at the sandbox config, and
-the UI address printed. Ctrl-C stops serving and the server this call started; the sandbox keeps
+reused), the local stack through `start_stack` (the CLI passes the sandbox's `up`: this layer
+never imports the sandbox), every deployment pointed at the config it returns, and the UI
+address printed. Ctrl-C stops serving and the server this call started; the sandbox keeps
 running (`xraylake sandbox down`).
 """
 
@@ -26,7 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -41,6 +42,8 @@ from prefect.schedules import Cron, Interval, RRule, Schedule
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.types.entrypoint import EntrypointType
 from pydantic import TypeAdapter
+
+from blocks.config import xraylake_home
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 PREFECT_YAML = PROJECT_DIR / "prefect.yaml"
@@ -229,7 +232,7 @@ def start_local_server(
     url = f"http://127.0.0.1:{port}"
     if server_healthy(url):
         return LocalServer(url, None)
-    home = prefect_home or _xraylake_home() / "prefect"
+    home = prefect_home or xraylake_home() / "prefect"
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / f"server-{port}.log"
     env = os.environ | {
@@ -262,12 +265,6 @@ def start_local_server(
         time.sleep(0.25)
     server.stop()
     raise RuntimeError(f"prefect server did not answer within {timeout:.0f} s; see {log_path}")
-
-
-def _xraylake_home() -> Path:
-    from xraylake.config import xraylake_home
-
-    return xraylake_home()
 
 
 def _drain_api_workers() -> None:
@@ -305,8 +302,8 @@ def setup_server_objects(config_path: str | None, notify: str | None, limits: bo
     """X-Ray limits (needs a config for the roster) and alert automations; returns notes to print."""
     notes: list[str] = []
     if limits:
-        from deployments.limits import ensure_limits
-        from xraylake.config import ConfigError, load_config
+        from blocks.config import ConfigError, load_config
+        from tasks.limits import ensure_limits
 
         try:
             config = load_config(config_path)
@@ -337,22 +334,24 @@ def serve_all(
     notify: str | None = None,
     create_limits: bool = True,
     create_automations: bool = True,
+    start_stack: Callable[[Path], str] | None = None,
 ) -> None:
-    """Serve every deployment of prefect.yaml until interrupted (see the module docstring)."""
+    """Serve every deployment of prefect.yaml until interrupted (see the module docstring).
+
+    With `local`, `start_stack(home)` brings up the local AWS/OpenSearch stack and returns its
+    config path (used when `config_path` is not given)."""
     server: LocalServer | None = None
     with contextlib.ExitStack() as stack:
         if local:
-            from sandbox.stack import up
-            from xraylake.config import sandbox_state_path
-
-            home = home or _xraylake_home()
+            home = home or xraylake_home()
             server = start_local_server(port, home / "prefect")
             stack.callback(server.stop)
             stack.enter_context(api_url(server.api_url))
             print(f"Prefect server: {server.url} ({'reused' if server.process is None else 'started'})", flush=True)
-            up(home)
-            config_path = config_path or str(sandbox_state_path(home))
-            print(f"Sandbox: up (config {config_path})", flush=True)
+            if start_stack is not None:
+                stack_config = start_stack(home)
+                config_path = config_path or stack_config
+                print(f"Local stack: up (config {stack_config})", flush=True)
         deployments = build_deployments(
             config_path=config_path, schedules_active=schedules_active, only=only, trigger_delay=trigger_delay
         )
@@ -367,7 +366,11 @@ def serve_all(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="xraylake serve", description="Serve every xraylake deployment.")
-    parser.add_argument("--local", action="store_true", help="also start a local Prefect server + UI and the sandbox")
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="also start a local Prefect server + UI (`xraylake serve --local` adds the sandbox)",
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="local server port (with --local)")
     parser.add_argument("--home", type=Path, help="xraylake home for --local (default $XRAYLAKE_HOME)")
     parser.add_argument("--config", help="config file every deployment uses (default: $XRAYLAKE_CONFIG / sandbox)")

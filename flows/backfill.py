@@ -19,11 +19,12 @@ from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
+from blocks.config import load_config
 from flows.sweep import finish, select_targets
 from tasks import archive, xray
 from tasks import collector as col
-from xraylake.config import load_config
-from xraylake.errors import aws_error_code
+from tasks.errors import aws_error_code
+from tasks.windows import Window, plan_windows
 
 XRAY_RETENTION = timedelta(days=30)
 
@@ -90,7 +91,7 @@ def backfill_account_task(
     collector: col.Collector,
     account: MemberAccount,
     region: str,
-    windows: list[xray.Window],
+    windows: list[Window],
     run_key: str,
     budget: ChunkBudget,
     progress_id: Any,
@@ -154,7 +155,7 @@ def backfill(
     config = load_config(config_path)
     targets = select_targets(config, accounts, regions)
     chunk = timedelta(minutes=chunk_minutes)
-    windows = xray.plan_windows(start, end, chunk)
+    windows = plan_windows(start, end, chunk)
     run_key = backfill_id([a.account_id for a, _ in targets], sorted({r for _, r in targets}), start, end, chunk)
     collector = col.Collector.from_config(config)
     total = len(windows) * len(targets)

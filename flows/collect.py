@@ -14,14 +14,14 @@ from datetime import UTC, datetime, timedelta
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 
+from blocks.config import load_config
+from flows.observe import emit, summary_artifact
 from tasks import collector as col
 from tasks import stepfunctions as sfn
-from tasks import xray
+from tasks import windows, xray
 from tasks.aws import DEFAULT_BOTO_CONFIG
 from tasks.envelope import TimeWindow
 from tasks.health import account_rows, write_health
-from xraylake.config import load_config
-from xraylake.observe import emit, summary_artifact
 
 
 @flow(name="collect")
@@ -56,7 +56,7 @@ def collect(execution_arn: str, padding_seconds: int = 60, config_path: str | No
         limiter = collector.limiters.get(account.account_id, parsed.region)
         stats = xray.XRayStats()
         trace_ids: list[str] = []
-        for window in xray.plan_windows(started - pad, stopped + pad):
+        for window in windows.plan_windows(started - pad, stopped + pad):
             listing = xray.list_trace_ids(
                 client,
                 window,

@@ -17,11 +17,11 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import ArchiveStore
+from blocks.config import load_config
+from flows.observe import emit, summary_artifact
 from tasks import compaction
 from tasks.aws import log_client
 from tasks.health import run_row, write_health
-from xraylake.config import load_config
-from xraylake.observe import emit, summary_artifact
 
 TableName = Literal["traces", "segments"]
 MIB = 1024 * 1024

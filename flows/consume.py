@@ -15,14 +15,14 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
+from blocks.config import Config, load_config
+from flows.observe import emit, summary_artifact
 from tasks import queue
 from tasks.aws import log_client
 from tasks.consumer import BatchStats, Consumer
 from tasks.health import run_row, write_health
 from tasks.index import ensure_templates
 from tasks.mappings import index_templates
-from xraylake.config import Config, load_config
-from xraylake.observe import emit, summary_artifact
 
 
 @task(name="consume-batch", timeout_seconds=900, cache_policy=NO_CACHE)

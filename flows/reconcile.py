@@ -21,6 +21,8 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
+from blocks.config import Config, load_config
+from flows.observe import emit, summary_artifact
 from flows.sweep import select_targets
 from tasks import collector as col
 from tasks import reconcile as rec
@@ -28,8 +30,6 @@ from tasks import xray
 from tasks.aws import log_client
 from tasks.health import run_row, write_health
 from tasks.index import client_for
-from xraylake.config import Config, load_config
-from xraylake.observe import emit, summary_artifact
 
 
 def default_window(

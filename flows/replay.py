@@ -17,6 +17,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field, model_validator
 
+from blocks.config import Config, load_config
+from flows.observe import summary_artifact
 from tasks import archive, queue
 from tasks import replay as replay_tasks
 from tasks.aws import log_client
@@ -25,8 +27,6 @@ from tasks.envelope import Envelope, encode
 from tasks.health import run_row, write_health
 from tasks.index import client_for, ensure_templates
 from tasks.mappings import index_templates
-from xraylake.config import Config, load_config
-from xraylake.observe import summary_artifact
 
 
 class ReplayParameters(BaseModel):

@@ -20,12 +20,12 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
-from deployments.limits import SLOT_TIMEOUT_SECONDS, concurrency_name, existing_limits, xray_slot
+from blocks.config import Config, load_config
+from flows.observe import emit, summary_artifact
 from tasks import collector as col
 from tasks import xray
 from tasks.health import account_rows, write_health
-from xraylake.config import Config, load_config
-from xraylake.observe import emit, summary_artifact
+from tasks.limits import SLOT_TIMEOUT_SECONDS, concurrency_name, existing_limits, xray_slot
 
 
 def select_targets(

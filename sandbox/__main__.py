@@ -7,8 +7,8 @@ import signal
 import threading
 from pathlib import Path
 
+from blocks.config import sandbox_state_path
 from sandbox.stack import SandboxStack, write_state
-from xraylake.config import sandbox_state_path
 
 
 def main() -> None:

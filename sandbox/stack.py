@@ -25,8 +25,8 @@ from moto.server import ThreadedMotoServer
 from osmem_server import OsmemServer
 
 from blocks import OpenSearchTarget
+from blocks.config import Config, sandbox_state_path
 from sandbox import seed
-from xraylake.config import Config, sandbox_state_path
 
 log = logging.getLogger(__name__)
 

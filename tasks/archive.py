@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from blocks import ArchiveStore
 from tasks.envelope import Envelope, EnvelopeError, PayloadRef, check_payload, trace_hour
-from xraylake.errors import TerminalError, classify_aws_error
+from tasks.errors import TerminalError, classify_aws_error
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds

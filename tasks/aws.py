@@ -28,7 +28,7 @@ from botocore.config import Config as BotoConfig
 from prefect_aws import AwsCredentials
 
 from blocks import Roster
-from xraylake.errors import AccountAccessError, classify_aws_error
+from tasks.errors import AccountAccessError, classify_aws_error
 
 # Retries are ours (token bucket + backoff in tasks/xray.py); botocore's own stay small and explicit.
 DEFAULT_BOTO_CONFIG = BotoConfig(

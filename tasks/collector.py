@@ -14,12 +14,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from blocks import MemberAccount
-from tasks import archive, queue, watermark, xray
+from blocks.config import Config
+from tasks import archive, queue, watermark, windows, xray
 from tasks.aws import MemberSessions, log_client
 from tasks.envelope import Envelope, Source, TimeWindow, WireMessage, build_envelope, encode, pack_traces
+from tasks.errors import TransientError
 from tasks.redact import RedactionPolicy, redact_trace
-from xraylake.config import Config
-from xraylake.errors import TransientError
 
 
 @dataclass
@@ -154,7 +154,7 @@ def collect_window(
     collector: Collector,
     account: MemberAccount,
     region: str,
-    window: xray.Window,
+    window: windows.Window,
     *,
     source: Source,
     stats: xray.XRayStats,
@@ -200,7 +200,7 @@ def sweep_account(
     now: datetime,
     lag: timedelta = watermark.DEFAULT_LAG,
     overlap: timedelta = watermark.DEFAULT_OVERLAP,
-    max_window: timedelta = xray.HOUR,
+    max_window: timedelta = windows.HOUR,
     first_lookback: timedelta = watermark.DEFAULT_FIRST_LOOKBACK,
     time_range_type: xray.TimeRangeType = "Event",
     run_id: str = "",
@@ -225,7 +225,7 @@ def sweep_account(
                 limiter=collector.limiters.get(account.account_id, region),
             )
             result.transaction_search = state.status.value
-            for window in xray.plan_windows(span[0], span[1], max_window):
+            for window in windows.plan_windows(span[0], span[1], max_window):
                 window_result = collect_window(
                     collector,
                     account,

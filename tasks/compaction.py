@@ -64,7 +64,7 @@ from pydantic import BaseModel, Field
 
 from blocks import ArchiveStore
 from tasks import archive
-from xraylake.errors import TerminalError, TransientError, classify_aws_error
+from tasks.errors import TerminalError, TransientError, classify_aws_error
 
 Table = Literal["traces", "segments"]
 TABLES: tuple[Table, ...] = ("traces", "segments")

@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from blocks.config import Config
 from tasks import archive, queue
 from tasks.aws import MemberSessions
 from tasks.documents import EnvelopeDocuments, transform_envelope
@@ -31,11 +32,10 @@ from tasks.envelope import (
     validate_envelope,
     verify,
 )
+from tasks.errors import TransientError
 from tasks.executions import ExecutionDetails
 from tasks.index import BulkReport, IndexAction, bulk_index, client_for
 from tasks.redact import RedactionPolicy
-from xraylake.config import Config
-from xraylake.errors import TransientError
 
 MAX_BODY_BYTES = 1_048_576
 ALL_SINKS = frozenset({"raw", "parquet", "index"})

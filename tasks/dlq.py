@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks import queue
-from xraylake.errors import aws_error_code, classify_aws_error
+from tasks.errors import aws_error_code, classify_aws_error
 
 # Attributes the consumer adds when dead-lettering; stripped again on redrive.
 DLQ_ATTRIBUTES = frozenset({"reason", "detail", "original_message_id", "dead_lettered_at"})

@@ -23,8 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from blocks.config import Config
 from tasks.report import HEALTH_FIELDS, HEALTH_INDEX, ensure_health_template
-from xraylake.config import Config
 
 log = logging.getLogger("xraylake.health")
 

@@ -17,7 +17,7 @@ from opensearchpy import exceptions as os_exc
 from opensearchpy.helpers import streaming_bulk
 
 from blocks import OpenSearchTarget
-from xraylake.errors import TerminalError, TransientError
+from tasks.errors import TerminalError, TransientError
 
 BULK_CHUNK_DOCS = 1000
 BULK_CHUNK_BYTES = 8 * 1024 * 1024

@@ -22,11 +22,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from blocks.config import Config
 from tasks import archive, compaction
 from tasks.aws import log_client
+from tasks.errors import TerminalError
 from tasks.transform import SEGMENT_SCHEMA, TRACE_SCHEMA
-from xraylake.config import Config
-from xraylake.errors import TerminalError
 
 LAKE_TABLES: dict[str, pa.Schema] = {"traces": TRACE_SCHEMA, "segments": SEGMENT_SCHEMA}
 _ATTEMPTS = 3

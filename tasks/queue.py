@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.envelope import SQS_MAX_MESSAGE_BYTES, WireMessage
-from xraylake.errors import TransientError, classify_aws_error
+from tasks.errors import TransientError, classify_aws_error
 
 MAX_BATCH_ENTRIES = 10
 BATCH_BYTE_BUDGET = SQS_MAX_MESSAGE_BYTES - 8 * 1024  # headroom for entry ids and encoding

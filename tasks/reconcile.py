@@ -39,15 +39,15 @@ from opensearchpy import exceptions as os_exc
 from pydantic import BaseModel, Field
 
 from blocks import MemberAccount
-from tasks import archive, lake, xray
+from blocks.config import Config
+from tasks import archive, lake, windows, xray
 from tasks import collector as col
 from tasks.consumer import BatchStats, Consumer
 from tasks.documents import EnvelopeDocuments
 from tasks.envelope import parse_envelope, trace_epoch
+from tasks.errors import TransientError
 from tasks.index import bulk_index
 from tasks.transform import to_arrow
-from xraylake.config import Config
-from xraylake.errors import TransientError
 
 SINKS = ("xray", "raw", "parquet", "index")
 ARCHIVE_SINKS = ("raw", "parquet", "index")
@@ -344,7 +344,7 @@ def observe_xray(
     client = collector.xray_client(account.account_id, region)
     limiter = collector.limiters.get(account.account_id, region)
     found: set[str] = set()
-    for window in xray.plan_windows(start, end, HOUR):
+    for window in windows.plan_windows(start, end, HOUR):
         if window.hour not in hours:
             continue
         listing = xray.list_trace_ids(client, window, time_range_type, account_id=account.account_id, limiter=limiter)

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from blocks import ArchiveStore
-from xraylake.errors import TransientError, aws_error_code, classify_aws_error
+from tasks.errors import TransientError, aws_error_code, classify_aws_error
 
 DEFAULT_LAG = timedelta(minutes=2)
 DEFAULT_OVERLAP = timedelta(minutes=5)

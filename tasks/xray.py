@@ -1,6 +1,6 @@
 """X-Ray reads for one (account, region): windows, summaries paging, 5-id batches, throttling.
 
-Pure logic first (no I/O): `plan_windows`, `TokenBucket` / `LimiterRegistry`, `Backoff`.
+Pure logic first (no I/O): `TokenBucket` / `LimiterRegistry`, `Backoff` (windows: `tasks.windows`).
 Then thin I/O over a boto3 X-Ray client built with `XRAY_BOTO_CONFIG` (botocore retries off,
 so every throttle is seen, counted and handled here):
 
@@ -13,7 +13,7 @@ so every throttle is seen, counted and handled here):
 
 Every call takes a token from the (account, region) bucket first; `ThrottledException` drains the
 bucket and backs off with full jitter; exhausted throttling → `TransientError`, AccessDenied →
-`AccountAccessError` (via `xraylake.errors.classify_aws_error`).
+`AccountAccessError` (via `tasks.errors.classify_aws_error`).
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from xraylake.errors import TransientError, aws_error_code, classify_aws_error
+from tasks.errors import TransientError, aws_error_code, classify_aws_error
+from tasks.windows import Window
 
 if TYPE_CHECKING:
     from mypy_boto3_xray import XRayClient
@@ -42,7 +43,6 @@ else:
 T = TypeVar("T")
 
 TimeRangeType = Literal["TraceId", "Event", "Service"]
-HOUR = timedelta(hours=1)
 MAX_BATCH_IDS = 5
 THROTTLE_CODES = frozenset(
     {
@@ -66,69 +66,6 @@ XRAY_BOTO_CONFIG = BotoConfig(
 )
 
 Sleep = Callable[[float], None]
-
-
-# =========================================================================== pure: windows
-
-
-@dataclass(frozen=True, order=True)
-class Window:
-    """[start, end) in UTC; never crosses an hour boundary when produced by `plan_windows`."""
-
-    start: datetime
-    end: datetime
-
-    def __post_init__(self) -> None:
-        for name in ("start", "end"):
-            value = getattr(self, name)
-            if not isinstance(value, datetime):
-                raise TypeError(f"window {name} must be a datetime, got {type(value).__name__}")
-            if value.tzinfo is None or value.utcoffset() is None:
-                raise ValueError(f"window {name} must be timezone-aware (UTC), got naive {value.isoformat()}")
-        if self.start >= self.end:
-            raise ValueError(f"window start {self.start.isoformat()} must be before end {self.end.isoformat()}")
-
-    @property
-    def duration(self) -> timedelta:
-        return self.end - self.start
-
-    @property
-    def hour(self) -> datetime:
-        """The UTC hour the window starts in (the archive's partition hour)."""
-        return self.start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-    def as_dict(self) -> dict[str, str]:
-        return {"start": self.start.isoformat(), "end": self.end.isoformat()}
-
-
-def _utc(value: datetime, name: str) -> datetime:
-    if not isinstance(value, datetime):
-        raise TypeError(f"{name} must be a datetime, got {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{name} must be timezone-aware (e.g. datetime.now(UTC)), got naive {value.isoformat()}")
-    return value.astimezone(UTC)
-
-
-def plan_windows(start: datetime, end: datetime, max_window: timedelta = HOUR) -> list[Window]:
-    """Windows covering [start, end) exactly: no gaps, no overlaps, each ≤ max_window and inside
-    one UTC hour. Boundaries sit on the grid hour + k·max_window, so the same range always
-    yields the same windows (max_window above one hour is treated as one hour).
-    """
-    start_utc, end_utc = _utc(start, "start"), _utc(end, "end")
-    if not isinstance(max_window, timedelta) or max_window <= timedelta(0):
-        raise ValueError(f"max_window must be a positive timedelta, got {max_window!r}")
-    if start_utc >= end_utc:
-        raise ValueError(f"start {start_utc.isoformat()} must be before end {end_utc.isoformat()}")
-    step = min(max_window, HOUR)
-    windows: list[Window] = []
-    cursor = start_utc
-    while cursor < end_utc:
-        hour = cursor.replace(minute=0, second=0, microsecond=0)
-        steps = (cursor - hour) // step  # grid cell of the cursor within its hour
-        boundary = min(hour + step * (steps + 1), hour + HOUR, end_utc)
-        windows.append(Window(cursor, boundary))
-        cursor = boundary
-    return windows
 
 
 # =========================================================================== pure: pacing
@@ -679,12 +616,10 @@ __all__ = [
     "TraceIdListing",
     "TransactionSearchState",
     "TransactionSearchStatus",
-    "Window",
     "XRayStats",
     "batch_get_traces",
     "detect_transaction_search",
     "limiter_for",
     "list_trace_ids",
-    "plan_windows",
     "xray_client",
 ]

@@ -14,9 +14,9 @@ import boto3
 import pytest
 
 from blocks import MemberAccount, OpenSearchTarget, Roster
+from blocks.config import Config
 from sandbox import seed
 from sandbox.stack import SandboxStack
-from xraylake.config import Config
 
 _account_numbers = itertools.count(1)
 

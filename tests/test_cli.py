@@ -9,9 +9,9 @@ import boto3
 import pytest
 from typer.testing import CliRunner
 
+from blocks.config import Config
 from tests.flows.test_consume import envelope_for, make_trace, send, send_envelope
 from xraylake.cli import app
-from xraylake.config import Config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 FIXTURES = Path(__file__).parent / "fixtures" / "xray"

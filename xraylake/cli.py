@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from xraylake.config import xraylake_home
+from blocks.config import sandbox_state_path, xraylake_home
 from xraylake.output import console, err_console, print_json, table
 
 # opensearch-py logs every 404 at WARNING (e.g. an optional index not created yet); errors still show.
@@ -324,10 +324,10 @@ def setup(
     json: JsonOption = False,
 ) -> None:
     """Create the index templates (idempotent), report cluster capabilities, optionally import dashboards."""
+    from blocks.config import load_config
     from tasks.index import capabilities, client_for, ensure_templates
     from tasks.mappings import index_templates
     from tasks.report import ensure_health_template
-    from xraylake.config import load_config
 
     cfg = load_config(config)
     client = client_for(cfg.opensearch)
@@ -388,11 +388,11 @@ def import_(
     json: JsonOption = False,
 ) -> None:
     """Import exported X-Ray traces or raw segment documents for one roster account."""
+    from blocks.config import load_config
     from tasks import collector as col
     from tasks.aws import log_client
     from tasks.consumer import BatchStats, Consumer
     from tasks.importer import parse_files
-    from xraylake.config import load_config
 
     cfg = load_config(config)
     try:
@@ -515,9 +515,9 @@ def dlq_list(limit: int = 100, config: ConfigOption = None, json: JsonOption = F
     """DLQ messages with their reasons (they stay in the DLQ)."""
     from dataclasses import asdict
 
+    from blocks.config import load_config
     from tasks import dlq
     from tasks.aws import log_client
-    from xraylake.config import load_config
 
     cfg = load_config(config)
     entries = [e for e, _ in dlq.peek(log_client("sqs", cfg.queue.region), cfg.queue.dlq_url, limit)]
@@ -536,11 +536,11 @@ def dlq_inspect(message_id: str, config: ConfigOption = None, json: JsonOption =
     """One DLQ message: attributes, reason and what its body decodes to."""
     from dataclasses import asdict
 
+    from blocks.config import load_config
     from tasks import dlq
     from tasks.aws import log_client
     from tasks.consumer import Consumer
     from tasks.envelope import EnvelopeError
-    from xraylake.config import load_config
 
     cfg = load_config(config)
     sqs = log_client("sqs", cfg.queue.region)
@@ -573,9 +573,9 @@ def dlq_redrive(
     """Move DLQ messages back to the queue (after the cause was fixed)."""
     from dataclasses import asdict
 
+    from blocks.config import load_config
     from tasks import dlq
     from tasks.aws import log_client
-    from xraylake.config import load_config
 
     cfg = load_config(config)
     report = dlq.redrive(log_client("sqs", cfg.queue.region), cfg.queue.dlq_url, cfg.queue.queue_url, reason, limit)
@@ -595,8 +595,8 @@ def report(
     json: JsonOption = False,
 ) -> None:
     """Headline numbers and a self-contained HTML report (Step Functions, services, accounts, health)."""
+    from blocks.config import load_config
     from tasks.report import parse_since, report_tables, run_report
-    from xraylake.config import load_config
 
     try:
         window = parse_since(since)
@@ -712,8 +712,8 @@ def query(
     json: JsonOption = False,
 ) -> None:
     """Ad-hoc SQL over the Parquet lake with DuckDB (no OpenSearch needed)."""
+    from blocks.config import load_config
     from tasks.lake import query as lake_query
-    from xraylake.config import load_config
 
     try:
         frame = lake_query(load_config(config), sql, max_rows=max_rows)
@@ -743,8 +743,15 @@ def serve(
     """Serve every deployment of prefect.yaml (schedules, UI forms, the collect trigger) until Ctrl-C."""
     from deployments.serve import serve_all
 
+    def start_sandbox(sandbox_home: Path) -> str:
+        from sandbox.stack import up
+
+        up(sandbox_home)
+        return str(sandbox_state_path(sandbox_home))
+
     serve_all(
         local,
+        start_stack=start_sandbox,
         port=port,
         home=home,
         config_path=config,

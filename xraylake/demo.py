@@ -69,12 +69,12 @@ def run_demo(
     report_path: Path | None = None,
 ) -> dict[str, Any]:
     """Run the demo; prints Rich tables to `console` (None: quiet) and returns everything as data."""
+    from blocks.config import load_config, sandbox_state_path
     from flows.consume import consume
     from flows.sweep import sweep
     from sandbox.stack import down, up
     from sandbox.traffic import complete_in_progress, generate_traffic, write_traffic
     from tasks.index import client_for
-    from xraylake.config import load_config, sandbox_state_path
 
     say: Callable[..., None] = console.print if console else (lambda *a, **k: None)
     timings: dict[str, float] = {}

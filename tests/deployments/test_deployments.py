@@ -30,15 +30,15 @@ import pytest
 from prefect.events import Event
 from prefect.events.schemas.events import ResourceSpecification
 
+from blocks.config import Config
 from deployments import automations as auto
-from deployments import limits, serve
+from deployments import serve
 from deployments.parameters import BackfillParameters, CollectParameters
 from deployments.serve import LocalServer
 from tasks import envelope as env
-from tasks import health, queue
+from tasks import health, limits, queue
 from tasks.index import client_for
 from tasks.report import HEALTH_INDEX
-from xraylake.config import Config
 
 PROJECT = Path(__file__).resolve().parents[2]
 WEBHOOK = json.loads((PROJECT / "deployments" / "webhook.json").read_text())

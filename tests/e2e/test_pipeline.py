@@ -7,13 +7,13 @@ import gzip
 import boto3
 import pytest
 
+from blocks.config import Config
 from flows.consume import consume
 from flows.sweep import sweep
 from tasks import archive
 from tasks.envelope import parse_envelope
 from tasks.index import client_for
 from tests.flows.test_sweep import put_simple_traces
-from xraylake.config import Config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -20,10 +20,10 @@ from typing import Any
 import boto3
 import orjson
 
+from blocks.config import Config
 from tasks import envelope as env
 from tasks.aws import MemberSessions
 from tests.fault import helpers as h
-from xraylake.config import Config
 
 
 @dataclass

@@ -38,12 +38,12 @@ import boto3
 import orjson
 import pyarrow.compute as pc
 
-from tasks import archive, dlq, queue, xray
+from blocks.config import Config
+from tasks import archive, dlq, queue, windows, xray
 from tasks import collector as col
 from tasks.aws import MemberSessions
 from tasks.envelope import parse_envelope, trace_epoch
 from tasks.index import client_for
-from xraylake.config import Config
 
 REPO = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
@@ -194,7 +194,7 @@ def consumer_script(config_path: str, **options: Any) -> str:
     args = ", ".join(f"{k}={v!r}" for k, v in options.items())
     return (
         "import sys\n"
-        "from xraylake.config import load_config\n"
+        "from blocks.config import load_config\n"
         "from flows.consume import run_consumer\n"
         f"config = load_config({config_path!r})\n"
         "print('consumer started', flush=True)\n"
@@ -310,7 +310,7 @@ def observe_xray(config: Config, account_ids: Iterable[str], start: datetime, en
     for account_id in account_ids:
         client = collector.xray_client(account_id, REGION)
         found: set[str] = set()
-        for window in xray.plan_windows(start, end):
+        for window in windows.plan_windows(start, end):
             found |= set(xray.list_trace_ids(client, window, "TraceId", account_id=account_id).trace_ids)
         out[account_id] = found
     return out

@@ -10,13 +10,13 @@ from typing import Any
 import boto3
 import pytest
 
+from blocks.config import Config
 from flows.sweep import sweep
 from sandbox.faults import FaultProxy, sts_access_denied
 from sandbox.stack import SandboxStack
 from sandbox.traffic import complete_in_progress, generate_traffic, write_traffic
 from tasks import watermark
 from tests.fault import helpers as h
-from xraylake.config import Config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

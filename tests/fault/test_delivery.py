@@ -11,6 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
+from blocks.config import Config
 from flows.compact import compact
 from flows.replay import ReplayParameters, replay
 from flows.sweep import sweep
@@ -20,7 +21,6 @@ from tasks import envelope as env
 from tasks import queue, watermark
 from tests.fault import helpers as h
 from tests.flows.test_sweep import drain
-from xraylake.config import Config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

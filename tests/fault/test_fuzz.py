@@ -32,10 +32,10 @@ from sandbox.stack import SandboxStack
 from tasks import envelope as env
 from tasks import queue
 from tasks.consumer import Consumer
+from tasks.errors import TransientError
 from tasks.transform import TraceContext, transform_trace
 from tests.fault import helpers as h
 from tests.fixtures import FIXTURES, load_fixture
-from xraylake.errors import TransientError
 
 ALLOWED = (env.EnvelopeError, TransientError)
 QUICK = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))

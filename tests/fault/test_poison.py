@@ -6,11 +6,11 @@ from __future__ import annotations
 import boto3
 import pytest
 
+from blocks.config import Config
 from flows.sweep import sweep
 from tasks import dlq
 from tests.fault import corpus
 from tests.fault import helpers as h
-from xraylake.config import Config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

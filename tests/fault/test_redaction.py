@@ -12,6 +12,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
+from blocks.config import Config
 from flows.collect import collect
 from flows.consume import run_consumer
 from sandbox.traffic import trace_id_for
@@ -19,7 +20,6 @@ from tasks import archive
 from tasks.aws import MemberSessions
 from tasks.index import client_for
 from tests.fault import helpers as h
-from xraylake.config import Config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -36,12 +36,12 @@ from prefect.client.orchestration import get_client
 from pydantic import SecretStr
 
 from blocks import OpenSearchTarget
+from blocks.config import Config
 from flows.consume import consume, run_consumer
 from flows.sweep import sweep
 from tasks import archive
 from tasks.index import client_for
 from tests.fault import helpers as h
-from xraylake.config import Config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -11,6 +11,7 @@ import boto3
 import pytest
 
 from blocks import OpenSearchTarget
+from blocks.config import Config
 from flows.consume import run_consumer
 from flows.sweep import sweep
 from sandbox.faults import (
@@ -23,7 +24,6 @@ from sandbox.faults import (
 )
 from sandbox.stack import SandboxStack
 from tests.fault import helpers as h
-from xraylake.config import Config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import boto3
 import pytest
 
+from blocks.config import Config
 from flows.backfill import backfill
 from flows.collect import collect
 from flows.sweep import sweep
@@ -18,7 +19,6 @@ from tasks import watermark
 from tasks import xray as xray_tasks
 from tasks.aws import MemberSessions
 from tests.flows.test_sweep import drain
-from xraylake.config import Config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -10,10 +10,10 @@ import pytest
 from prefect.exceptions import ParameterTypeError
 from prefect.states import State
 
+from blocks.config import Config
 from flows.compact import compact
 from tasks import archive, compaction, lake
 from tests.tasks.test_lake import HOUR_START, envelope, ingest_batches, make_trace
-from xraylake.config import Config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -13,13 +13,13 @@ import orjson
 import pytest
 
 from blocks import OpenSearchTarget
+from blocks.config import Config
 from flows.consume import receive_batch, run_consumer
 from tasks import dlq
 from tasks import envelope as env
 from tasks.consumer import Consumer
 from tasks.index import client_for, ensure_templates
 from tasks.mappings import index_templates
-from xraylake.config import Config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -217,7 +217,7 @@ def test_a_consumer_returns_arrow_memory_to_the_system(config_file: str) -> None
     import sys
 
     probe = (
-        "import pyarrow as pa; from xraylake.config import load_config; from tasks.consumer import Consumer; "
+        "import pyarrow as pa; from blocks.config import load_config; from tasks.consumer import Consumer; "
         f"before = pa.default_memory_pool().backend_name; Consumer(load_config({config_file!r}), None, None); "
         "print(before, pa.default_memory_pool().backend_name)"
     )

@@ -11,6 +11,7 @@ import pytest
 from prefect.events.clients import AssertingPassthroughEventsClient
 from prefect.events.worker import EventsWorker
 
+from blocks.config import Config
 from flows.consume import run_consumer
 from flows.reconcile import default_window, reconcile
 from tasks import archive
@@ -19,7 +20,6 @@ from tasks import reconcile as rec
 from tasks.envelope import parse_envelope
 from tasks.index import client_for
 from tests.flows.test_sweep import put_simple_traces
-from xraylake.config import Config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

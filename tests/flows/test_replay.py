@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
+from blocks.config import Config
 from flows.consume import run_consumer
 from flows.replay import ReplayParameters, replay
 from flows.sweep import sweep
@@ -15,7 +16,6 @@ from tasks.aws import log_client
 from tasks.index import client_for
 from tests.flows.test_consume import envelope_for, make_trace, send_envelope
 from tests.flows.test_sweep import put_simple_traces
-from xraylake.config import Config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

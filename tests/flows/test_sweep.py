@@ -8,11 +8,11 @@ import boto3
 import orjson
 import pytest
 
+from blocks.config import Config
 from flows.sweep import sweep
 from tasks import archive, watermark
 from tasks import envelope as env
 from tasks.aws import MemberSessions
-from xraylake.config import Config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -105,8 +105,8 @@ def test_a_prefect_api_that_fails_the_x_ray_slots_does_not_fail_any_account(
 
     from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
-    from deployments.limits import ensure_limits
     from sandbox.faults import FaultProxy, FaultRule
+    from tasks.limits import ensure_limits
 
     ensure_limits(fresh_config.roster)  # real limits: acquiring and releasing both reach the API
     expected = set()
@@ -128,7 +128,7 @@ def test_a_prefect_api_that_fails_the_x_ray_slots_does_not_fail_any_account(
 
 
 def test_existing_limits_lists_only_the_limits_that_exist(fresh_config: Config) -> None:
-    from deployments.limits import concurrency_name, ensure_limits, existing_limits
+    from tasks.limits import concurrency_name, ensure_limits, existing_limits
 
     first, second = fresh_config.roster.accounts[:2]
     ensure_limits(fresh_config.roster.model_copy(update={"accounts": [first]}))
@@ -144,9 +144,9 @@ def test_an_account_whose_x_ray_slot_stays_busy_fails_alone_without_calling_x_ra
     from prefect import flow
     from prefect.concurrency.sync import concurrency
 
-    from deployments.limits import concurrency_name, ensure_limits
     from flows.sweep import sweep_account_task
     from tasks import collector as col
+    from tasks.limits import concurrency_name, ensure_limits
 
     account = fresh_config.roster.accounts[0]
     ensure_limits(fresh_config.roster.model_copy(update={"accounts": [account]}), collectors=1)

@@ -14,10 +14,10 @@ from pathlib import Path
 import boto3
 import pytest
 
+from blocks.config import load_config, sandbox_state_path
 from sandbox import seed
 from sandbox.stack import _pid_alive, down, read_state, up
 from tasks.aws import MemberSessions
-from xraylake.config import load_config, sandbox_state_path
 
 ROOT = Path(__file__).resolve().parents[2]
 

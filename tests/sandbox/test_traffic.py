@@ -27,6 +27,7 @@ from sandbox.traffic import (
     generate_traffic,
     write_traffic,
 )
+from tasks import windows
 from tasks import xray as xray_tasks
 from tasks.aws import MemberSessions
 
@@ -238,8 +239,8 @@ def test_generating_a_thousand_traces_is_fast() -> None:
 
 def _summaries(client: Any, start: float, end: float) -> set[str]:
     """Every trace id in [start, end) through the strict X-Ray front (pages, ≤ 1 h windows)."""
-    windows = xray_tasks.plan_windows(datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC))
-    return {i for w in windows for i in xray_tasks.list_trace_ids(client, w).trace_ids}
+    planned = windows.plan_windows(datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC))
+    return {i for w in planned for i in xray_tasks.list_trace_ids(client, w).trace_ids}
 
 
 def test_write_traffic_into_member_accounts(stack: Any, fresh_roster: Roster) -> None:

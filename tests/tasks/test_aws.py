@@ -7,7 +7,7 @@ import pytest
 from blocks import Roster
 from sandbox.faults import FaultProxy, sts_access_denied
 from tasks.aws import MemberSessions
-from xraylake.errors import AccountAccessError
+from tasks.errors import AccountAccessError
 
 
 def test_sessions_are_cached_and_refreshed_ahead_of_expiry(fresh_roster: Roster) -> None:

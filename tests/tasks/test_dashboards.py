@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from blocks.config import Config
 from tasks import dashboards, mappings
 from tasks.dashboards import (
     NDJSON_PATH,
@@ -24,7 +25,6 @@ from tasks.dashboards import (
     saved_objects,
 )
 from tasks.report import HEALTH_FIELDS, HEALTH_INDEX, ensure_health_template, health_index_template
-from xraylake.config import Config
 
 REQUIRED_TITLES = {
     "Execution status of a step function",

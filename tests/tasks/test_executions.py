@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
+from blocks.config import Config
 from sandbox.traffic import generate_traffic, write_traffic
 from tasks.aws import MemberSessions
 from tasks.executions import FINAL_STATUSES, ExecutionDetails
-from xraylake.config import Config
 
 
 def test_finished_executions_are_described_once_and_the_cache_stays_bounded(fresh_config: Config) -> None:

@@ -10,13 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
+from blocks.config import Config
 from tasks import envelope as env
 from tasks import lake
 from tasks.aws import log_client
 from tasks.consumer import BatchStats, Consumer
 from tasks.index import ensure_templates
 from tasks.mappings import index_templates
-from xraylake.config import Config
 
 HOUR_START = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
 

@@ -6,9 +6,9 @@ import time
 
 import boto3
 
+from blocks.config import Config
 from tasks import archive, replay
 from tasks import envelope as env
-from xraylake.config import Config
 
 
 def test_a_partition_is_read_in_chunks_of_about_chunk_bytes(fresh_config: Config) -> None:

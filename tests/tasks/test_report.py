@@ -21,6 +21,7 @@ import pytest
 from opensearchpy import OpenSearch
 from rich.console import Console
 
+from blocks.config import Config
 from flows.consume import run_consumer
 from flows.sweep import sweep
 from sandbox.traffic import WriteReport, generate_traffic, write_traffic
@@ -35,7 +36,6 @@ from tasks.report import (
     report_tables,
     run_report,
 )
-from xraylake.config import Config
 
 SINCE = timedelta(hours=3)
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import boto3
 import pytest
 
+from blocks.config import Config
 from tasks import watermark
-from xraylake.config import Config
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

@@ -25,21 +25,19 @@ from sandbox.stack import SandboxStack
 from sandbox.strict_xray import StrictXRayFront
 from tasks import xray
 from tasks.aws import MemberSessions
+from tasks.errors import AccountAccessError, TerminalError, TransientError
+from tasks.windows import HOUR, Window, plan_windows
 from tasks.xray import (
-    HOUR,
     XRAY_BOTO_CONFIG,
     Backoff,
     LimiterRegistry,
     TokenBucket,
     TransactionSearchStatus,
-    Window,
     XRayStats,
     batch_get_traces,
     detect_transaction_search,
     list_trace_ids,
-    plan_windows,
 )
-from xraylake.errors import AccountAccessError, TerminalError, TransientError
 
 REGION = "us-east-1"
 FAST = Backoff(base=0.02, cap=0.2, max_attempts=30)

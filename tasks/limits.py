@@ -15,7 +15,7 @@ these server-side limits do, one pair per roster (account, region):
 
 Acquiring with `strict=False` is a no-op when a limit does not exist, so code that uses them
 runs unchanged without `xraylake serve` (tests, the CLI on an ephemeral server). Created and
-updated by name (idempotent) by `serve_all`, or `python -m deployments.limits`; visible and
+updated by name (idempotent) by `serve_all`, or `python -m tasks.limits`; visible and
 editable in the UI under Concurrency.
 """
 
@@ -146,11 +146,9 @@ def ensure_limits(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from xraylake.config import load_config
+    from blocks.config import load_config
 
-    parser = argparse.ArgumentParser(
-        prog="python -m deployments.limits", description="Create the per-account X-Ray limits."
-    )
+    parser = argparse.ArgumentParser(prog="python -m tasks.limits", description="Create the per-account X-Ray limits.")
     parser.add_argument("--config", help="config file (default: $XRAYLAKE_CONFIG or the sandbox)")
     parser.add_argument("--collectors", type=int, default=COLLECTORS_PER_ACCOUNT)
     parser.add_argument("--calls-per-second", type=float, default=CALLS_PER_SECOND)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from prefect.blocks.system import Secret
 
-from xraylake.config import ConfigError, load_config
+from blocks.config import ConfigError, load_config
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "config.aws.json"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "config.aws.json"
 
 
 @pytest.mark.usefixtures("prefect_harness")
