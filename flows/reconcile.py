@@ -109,7 +109,7 @@ def parquet_task(config: Config, targets: list[tuple[MemberAccount, str]], start
     except Exception as error:
         message = f"{type(error).__name__}: {error}"[:300]
         return {p: (None, message) for p in pairs}
-    return {p: (found.get(p, set()), None) for p in pairs}
+    return {p: (found.get(p, {}), None) for p in pairs}
 
 
 def observe(

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from blocks import ArchiveStore
-from tasks.envelope import Envelope, EnvelopeError, PayloadRef, check_payload, trace_hour
+from tasks.envelope import Envelope, EnvelopeError, PayloadRef, check_payload, envelope_partition
 from tasks.errors import TerminalError, classify_aws_error
 
 if TYPE_CHECKING:
@@ -38,17 +38,8 @@ def partition_path(account_id: str, region: str, hour: datetime) -> str:
     return f"account_id={account_id}/region={region}/dt={hour:%Y-%m-%d}/hour={hour:%H}"
 
 
-def envelope_hour(envelope: Envelope) -> datetime:
-    return (
-        trace_hour(envelope.traces[0])
-        if envelope.traces
-        else envelope.collected_at.replace(minute=0, second=0, microsecond=0)
-    )
-
-
 def raw_key(store: ArchiveStore, envelope: Envelope) -> str:
-    hour = envelope_hour(envelope)
-    partition = partition_path(envelope.account_id, envelope.region, hour)
+    partition = partition_path(envelope.account_id, envelope.region, envelope_partition(envelope).start)
     return f"{store.raw_prefix}/{partition}/{envelope.envelope_id}.json.gz"
 
 

@@ -132,7 +132,7 @@ def envelopes_for(
             execution=execution,
             collected_at=collected,
         )
-        for group in pack_traces(traces)
+        for group in pack_traces(traces, collected)
     ]
 
 

@@ -21,6 +21,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tasks.tracetime import Partition, trace_partition
+
 SCHEMA_V1 = "xraylake.envelope.v1"
 Source = Literal["sweep", "collect", "backfill", "replay", "import"]
 
@@ -134,40 +136,22 @@ def _strip_response_metadata(trace: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in trace.items() if k != "ResponseMetadata"}
 
 
-# ------------------------------------------------------------------ trace time
-
-
-def trace_epoch(trace_id: str) -> int | None:
-    """Start second encoded in an X-Ray trace id `1-<8 hex epoch>-<24 hex>`."""
-    parts = trace_id.split("-")
-    if len(parts) != 3 or len(parts[1]) != 8:
-        return None
-    try:
-        return int(parts[1], 16)
-    except ValueError:
-        return None
-
-
-def trace_hour(trace: dict[str, Any]) -> datetime:
-    """The partition hour of a trace: its start hour (from the id), UTC."""
-    epoch = trace_epoch(str(trace.get("Id", ""))) or 0
-    return datetime.fromtimestamp(epoch - epoch % 3600, UTC)
-
-
 # ------------------------------------------------------------------ packing
 
 
 def pack_traces(
-    traces: Iterable[dict[str, Any]], target_bytes: int = PACK_TARGET_BYTES
+    traces: Iterable[dict[str, Any]], collected_at: datetime, target_bytes: int = PACK_TARGET_BYTES
 ) -> Iterator[list[dict[str, Any]]]:
-    """Group traces by start hour, then fill groups up to `target_bytes` of JSON.
+    """Group traces by partition hour (`tasks.tracetime`), then fill groups up to `target_bytes`.
 
     Many small traces share an envelope; a trace larger than the target travels alone (and the
     encoder sends it through the claim-check when it is still too big after compression).
+    `collected_at` must be the envelopes' own: it decides the hour of traces whose id carries no
+    credible time.
     """
     by_hour: dict[datetime, list[dict[str, Any]]] = {}
     for trace in traces:
-        by_hour.setdefault(trace_hour(trace), []).append(trace)
+        by_hour.setdefault(trace_partition(trace, collected_at).start, []).append(trace)
     for hour in sorted(by_hour):
         group: list[dict[str, Any]] = []
         size = 0
@@ -228,11 +212,17 @@ class WireMessage:
         return len(self.body.encode()) + attribute_bytes
 
 
+def envelope_partition(envelope: Envelope) -> Partition:
+    """The partition of an envelope: its first trace's (the packer keeps one hour per envelope)."""
+    if envelope.traces:
+        return trace_partition(envelope.traces[0], envelope.collected_at)
+    return Partition.of(int(envelope.collected_at.timestamp()))
+
+
 def payload_key(prefix: str, envelope: Envelope) -> str:
-    hour = trace_hour(envelope.traces[0]) if envelope.traces else envelope.collected_at
     return (
         f"{prefix}/account_id={envelope.account_id}/region={envelope.region}/"
-        f"dt={hour:%Y-%m-%d}/{envelope.envelope_id}.json.gz"
+        f"dt={envelope_partition(envelope).dt}/{envelope.envelope_id}.json.gz"
     )
 
 

@@ -58,6 +58,7 @@ CONTEXT_FIELDS: dict[str, str] = {
 TRACE_FIELDS: dict[str, str] = {
     **CONTEXT_FIELDS,
     "trace_id": "keyword",
+    "partition_hour": "date",  # the hour every sink files the trace under (tasks.tracetime)
     "start": "date",
     "end": "date",
     "duration": "double",

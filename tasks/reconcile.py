@@ -1,13 +1,17 @@
 """Reconcile: trace ids in X-Ray vs the raw archive vs Parquet vs the index, per account, region, hour.
 
-A trace belongs to the hour of the epoch in its id (`1-<8 hex epoch>-…`): that is the archive's
-partition hour and the daily index's day, so each sink is read by the same rule:
+A trace belongs to its partition hour (`tasks.tracetime`: the epoch in its id when credible,
+else its earliest segment start, else its collection time): that is the archive's partition hour
+and the daily index's day in every sink. Each sink reports, per trace id, the second it places the
+trace at — the id epoch for credible ids (so windows stay second-precise), the start of its
+partition hour otherwise — and is read by the same rule:
 
 * X-Ray       GetTraceSummaries through the member role, windows ≤ 1 h (`TimeRangeType=TraceId` by
               default), only for hours inside the 30-day retention;
 * raw         every envelope under the hour partitions (`raw/account_id=…/region=…/dt=…/hour=…/`);
 * Parquet     the `traces` table (the compaction-aware file list of `tasks.compaction`);
-* index       the `<prefix>-traces` alias: account + region terms and a range on `trace_id` (fixed
+* index       the `<prefix>-traces` alias: account + region terms and a range on `partition_hour`
+              (documents written before that field existed: a range on `trace_id`, whose fixed
               width lowercase hex sorts like the epoch), paged with search_after.
 
 Per (account, region, hour) the reference set is the union of every sink that was read; a sink
@@ -32,7 +36,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 import pyarrow.dataset as ds
 from opensearchpy import OpenSearch
 from opensearchpy import exceptions as os_exc
@@ -40,11 +43,11 @@ from pydantic import BaseModel, Field
 
 from blocks import MemberAccount
 from blocks.config import Config
-from tasks import archive, lake, windows, xray
+from tasks import archive, lake, tracetime, windows, xray
 from tasks import collector as col
 from tasks.consumer import BatchStats, Consumer
 from tasks.documents import EnvelopeDocuments
-from tasks.envelope import parse_envelope, trace_epoch
+from tasks.envelope import parse_envelope
 from tasks.errors import TransientError
 from tasks.index import bulk_index
 from tasks.transform import to_arrow
@@ -57,6 +60,7 @@ INDEX_PAGE = 5000
 RAW_READERS = 16
 
 Target = tuple[str, str]  # (account_id, region)
+Positions = dict[str, int]  # trace id → the epoch second a sink places it at
 
 
 # ============================================================================ pure: window
@@ -97,17 +101,34 @@ def id_bounds(start: datetime, end: datetime) -> tuple[str, str]:
     return f"1-{low:08x}", f"1-{high:08x}"
 
 
-def trace_hour_of(trace_id: str) -> datetime | None:
-    epoch = trace_epoch(trace_id)
-    return None if epoch is None else datetime.fromtimestamp(epoch - epoch % 3600, UTC)
+def position(trace_id: str, collected_at: datetime, partition_start: datetime) -> int:
+    """Where a sink places a trace: its id epoch when credible (second-precise), else the start of
+    the partition hour the sink filed it under."""
+    epoch = tracetime.credible_id_epoch(trace_id, collected_at)
+    return epoch if epoch is not None else int(partition_start.timestamp())
+
+
+def hour_of_second(second: int) -> datetime:
+    return datetime.fromtimestamp(second - second % 3600, UTC)
 
 
 def in_window(trace_id: str, start: datetime, end: datetime) -> bool:
-    epoch = trace_epoch(trace_id)
+    """Whether a trace id's own epoch lies in [start, end) (ids X-Ray lists)."""
+    epoch = tracetime.id_epoch(trace_id)
     if epoch is None:
         return False
     low, high = epoch_bounds(start, end)
     return low <= epoch < high
+
+
+def xray_positions(trace_ids: Iterable[str]) -> Positions:
+    """X-Ray lists traces by the time in their ids."""
+    out: Positions = {}
+    for trace_id in trace_ids:
+        epoch = tracetime.id_epoch(trace_id)
+        if epoch is not None:
+            out[trace_id] = epoch
+    return out
 
 
 def xray_checkable(hours: Iterable[datetime], now: datetime, retention: timedelta = XRAY_RETENTION) -> set[datetime]:
@@ -121,28 +142,33 @@ def xray_checkable(hours: Iterable[datetime], now: datetime, retention: timedelt
 
 @dataclass
 class Observation:
-    """Trace ids every sink holds in the window, per (account, region)."""
+    """Trace ids every sink holds in the window, per (account, region), with where it puts each."""
 
     start: datetime
     end: datetime
-    ids: dict[str, dict[Target, set[str]]] = field(default_factory=lambda: {s: {} for s in SINKS})
+    ids: dict[str, dict[Target, Positions]] = field(default_factory=lambda: {s: {} for s in SINKS})
     raw_keys: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (account, region, id) → key
     errors: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (sink, account, region) → error
     xray_hours: set[datetime] = field(default_factory=set)
 
-    def add(self, sink: str, target: Target, ids: Iterable[str]) -> None:
-        bucket = self.ids[sink].setdefault(target, set())
-        bucket.update(i for i in ids if in_window(i, self.start, self.end))
+    def add(self, sink: str, target: Target, positions: Positions) -> None:
+        low, high = epoch_bounds(self.start, self.end)
+        bucket = self.ids[sink].setdefault(target, {})
+        bucket.update({t: second for t, second in positions.items() if low <= second < high})
 
-    def add_raw(self, target: Target, keys: dict[str, str]) -> None:
+    def add_raw(self, target: Target, found: dict[str, tuple[str, int]]) -> None:
         """Raw ids with the key of the envelope holding each (repair re-reads it)."""
-        inside = {t: k for t, k in keys.items() if in_window(t, self.start, self.end)}
-        self.add("raw", target, inside)
-        for trace_id, key in inside.items():
-            self.raw_keys[(target[0], target[1], trace_id)] = key
+        self.add("raw", target, {t: second for t, (_, second) in found.items()})
+        inside = self.ids["raw"][target]
+        for trace_id, (key, _) in found.items():
+            if trace_id in inside:
+                self.raw_keys[(target[0], target[1], trace_id)] = key
 
     def get(self, sink: str, target: Target) -> set[str]:
-        return self.ids[sink].get(target, set())
+        return set(self.ids[sink].get(target, {}))
+
+    def positions(self, sink: str, target: Target) -> Positions:
+        return self.ids[sink].get(target, {})
 
 
 class HourRow(BaseModel):
@@ -240,10 +266,8 @@ def compare(
             if sink in errors:
                 continue
             hours: dict[datetime, set[str]] = {}
-            for trace_id in observation.get(sink, target):
-                hour = trace_hour_of(trace_id)
-                if hour is not None:
-                    hours.setdefault(hour, set()).add(trace_id)
+            for trace_id, second in observation.positions(sink, target).items():
+                hours.setdefault(hour_of_second(second), set()).add(trace_id)
             by_hour[sink] = hours
             if sink != "xray":
                 totals[sink] += len(observation.get(sink, target))
@@ -314,7 +338,12 @@ def plan_repair(observation: Observation, targets: Sequence[Target]) -> RepairPl
                 key = observation.raw_keys[(target[0], target[1], trace_id)]
                 plan.reprocess.setdefault(key, {}).setdefault(trace_id, set()).add(sink)
         hours = observation.xray_hours
-        not_in_xray = [t for t in archived if t not in in_xray and trace_hour_of(t) in hours] if xray_ok else []
+        placed: Positions = {}
+        for sink in ARCHIVE_SINKS:
+            placed.update(observation.positions(sink, target))
+        not_in_xray = (
+            [t for t in archived if t not in in_xray and hour_of_second(placed[t]) in hours] if xray_ok else []
+        )
         if not_in_xray:
             plan.unrepairable["xray"] = plan.unrepairable.get("xray", 0) + len(not_in_xray)
     return plan
@@ -339,7 +368,7 @@ def observe_xray(
     end: datetime,
     hours: set[datetime],
     time_range_type: xray.TimeRangeType = "TraceId",
-) -> set[str]:
+) -> Positions:
     """Trace ids X-Ray lists for the hours in `hours` (each ≤ 1 h window clipped to the range)."""
     client = collector.xray_client(account.account_id, region)
     limiter = collector.limiters.get(account.account_id, region)
@@ -349,28 +378,36 @@ def observe_xray(
             continue
         listing = xray.list_trace_ids(client, window, time_range_type, account_id=account.account_id, limiter=limiter)
         found.update(listing.trace_ids)
-    return found
+    return xray_positions(found)
 
 
-def _envelope_trace_ids(s3: Any, bucket: str, key: str) -> list[str]:
-    data = orjson.loads(archive.get_raw(s3, bucket, key))
-    return [str(t.get("Id")) for t in data.get("traces") or [] if isinstance(t, dict) and t.get("Id")]
+def _envelope_positions(s3: Any, bucket: str, key: str) -> Positions:
+    """Each trace of a raw envelope with its position by the tracetime rule (raw keys are
+    partitioned by it, so a trace of a foreign, mixed-hour envelope shows where it really lies)."""
+    envelope = parse_envelope(archive.get_raw(s3, bucket, key))
+    out: Positions = {}
+    for trace in envelope.traces:
+        trace_id = trace.get("Id")
+        if isinstance(trace_id, str) and trace_id:
+            partition = tracetime.trace_partition(trace, envelope.collected_at)
+            out[trace_id] = position(trace_id, envelope.collected_at, partition.start)
+    return out
 
 
 def observe_raw(
     config: Config, s3: Any, account_id: str, region: str, start: datetime, end: datetime
-) -> dict[str, str]:
-    """trace id → raw key for every envelope in the window's hour partitions."""
+) -> dict[str, tuple[str, int]]:
+    """trace id → (raw key, position) for every envelope in the window's hour partitions."""
     store = config.archive
     keys: list[str] = []
     for hour in hours_of(start, end):
         prefix = f"{store.raw_prefix}/{archive.partition_path(account_id, region, hour)}/"
         keys += [o["Key"] for o in archive.list_keys(s3, store.bucket, prefix) if o["Key"].endswith(".json.gz")]
-    found: dict[str, str] = {}
+    found: dict[str, tuple[str, int]] = {}
     with ThreadPoolExecutor(max_workers=RAW_READERS) as pool:
-        for key, ids in zip(keys, pool.map(lambda k: _envelope_trace_ids(s3, store.bucket, k), keys), strict=True):
-            for trace_id in ids:
-                found.setdefault(trace_id, key)
+        for key, ids in zip(keys, pool.map(lambda k: _envelope_positions(s3, store.bucket, k), keys), strict=True):
+            for trace_id, second in ids.items():
+                found.setdefault(trace_id, (key, second))
     return found
 
 
@@ -382,8 +419,8 @@ def observe_parquet(
     start: datetime,
     end: datetime,
     attempts: int = 3,
-) -> dict[Target, set[str]]:
-    """Trace ids in the `traces` table per (account, region) within the window's dates."""
+) -> dict[Target, Positions]:
+    """Trace ids (with positions) in the `traces` table per (account, region) within the window's dates."""
     last = end - timedelta(microseconds=1)
     dts = sorted({h.strftime("%Y-%m-%d") for h in hours_of(start, end)})
     for attempt in range(attempts):
@@ -392,41 +429,50 @@ def observe_parquet(
             return {}
         try:
             table = dataset.to_table(
-                columns=["account_id", "region", "trace_id"],
+                columns=["account_id", "region", "trace_id", "collected_at", "dt", "hour"],
                 filter=ds.field("region").isin(list(regions)) & ds.field("dt").isin(dts),
             )
         except (FileNotFoundError, OSError):
             if attempt + 1 >= attempts:
                 raise
             continue  # a compaction swapped files between listing and scan: list again
-        out: dict[Target, set[str]] = {}
+        out: dict[Target, Positions] = {}
         for row in table.to_pylist():
-            out.setdefault((row["account_id"], row["region"]), set()).add(row["trace_id"])
+            partition_start = datetime.strptime(f"{row['dt']}T{row['hour']}", "%Y-%m-%dT%H").replace(tzinfo=UTC)
+            second = position(row["trace_id"], row["collected_at"], partition_start)
+            out.setdefault((row["account_id"], row["region"]), {})[row["trace_id"]] = second
         return out
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 def observe_index(
     client: OpenSearch, alias: str, account_id: str, region: str, start: datetime, end: datetime
-) -> set[str]:
-    """Trace ids of the account and region in the window, from the traces alias (search_after)."""
+) -> Positions:
+    """Trace ids (with positions) of the account and region in the window, from the traces alias
+    (search_after). Documents indexed before `partition_hour` existed are found by id range."""
     low, high = id_bounds(start, end)
-    query = {
+    first_hour = tracetime.hour_of(start)
+    placed = {"range": {"partition_hour": {"gte": first_hour.isoformat(), "lt": end.isoformat()}}}
+    legacy = {
         "bool": {
-            "filter": [
-                {"term": {"account_id": account_id}},
-                {"term": {"region": region}},
-                {"range": {"trace_id": {"gte": low, "lt": high}}},
-            ]
+            "must_not": [{"exists": {"field": "partition_hour"}}],
+            "filter": [{"range": {"trace_id": {"gte": low, "lt": high}}}],
         }
     }
-    found: set[str] = set()
+    query = {
+        "bool": {
+            "filter": [{"term": {"account_id": account_id}}, {"term": {"region": region}}],
+            "should": [placed, legacy],
+            "minimum_should_match": 1,
+        }
+    }
+    found: Positions = {}
     after: list[Any] | None = None
     try:
         while True:
             body: dict[str, Any] = {
                 "size": INDEX_PAGE,
-                "_source": ["trace_id"],
+                "_source": ["trace_id", "partition_hour", "collected_at"],
                 "sort": [{"trace_id": "asc"}],
                 "query": query,
                 "track_total_hits": False,
@@ -434,7 +480,10 @@ def observe_index(
             if after is not None:
                 body["search_after"] = after
             hits = client.search(index=alias, body=body)["hits"]["hits"]
-            found.update(h["_source"]["trace_id"] for h in hits if h.get("_source", {}).get("trace_id"))
+            for hit in hits:
+                placed_at = _index_position(hit.get("_source") or {})
+                if placed_at is not None:
+                    found[placed_at[0]] = placed_at[1]
             if len(hits) < INDEX_PAGE:
                 return found
             after = hits[-1]["sort"]
@@ -442,6 +491,19 @@ def observe_index(
         return found  # no traces index yet: everything is missing from the index
     except os_exc.TransportError as error:
         raise TransientError(f"OpenSearch search {alias}: {error}") from error
+
+
+def _index_position(source: dict[str, Any]) -> tuple[str, int] | None:
+    trace_id = source.get("trace_id")
+    if not isinstance(trace_id, str) or not trace_id:
+        return None
+    hour, collected = source.get("partition_hour"), source.get("collected_at")
+    if not hour or not collected:  # written before partition_hour: its id is all there is
+        epoch = tracetime.id_epoch(trace_id)
+        return None if epoch is None else (trace_id, epoch)
+    collected_at = datetime.fromisoformat(str(collected).replace("Z", "+00:00"))
+    partition_start = datetime.fromisoformat(str(hour).replace("Z", "+00:00"))
+    return trace_id, position(trace_id, collected_at, partition_start)
 
 
 def refresh(client: OpenSearch, alias: str) -> None:

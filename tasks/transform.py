@@ -33,14 +33,14 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
 import orjson
 import pyarrow as pa
 
-from tasks import mappings
+from tasks import mappings, tracetime
 from tasks.redact import RedactionPolicy
 
 __all__ = [
@@ -67,8 +67,8 @@ MAX_PROBLEMS = 200
 MAX_ANNOTATIONS = 200  # per (sub)segment
 MAX_TEXT = 4096  # any single string field
 MAX_NAME = 1024
-_MIN_TIME = 946684800.0  # 2000-01-01: X-Ray started in 2016
-_MAX_TIME = 4102444800.0  # 2100-01-01, inside date_nanos range
+_MIN_TIME = float(tracetime.MIN_EPOCH)
+_MAX_TIME = float(tracetime.MAX_EPOCH)
 _INT64 = 1 << 63
 
 _TRACE_ID = re.compile(r"1-([0-9a-fA-F]{8})-([0-9a-fA-F]{24})")
@@ -190,31 +190,7 @@ def iso_ns(us: int) -> str:
     return "%s.%06d000Z" % (_base(us // 1_000_000), us % 1_000_000)  # noqa: UP031 (faster)
 
 
-def _epoch_us(value: Any) -> int | None:
-    """X-Ray time (float seconds; numeric string; ISO string) → epoch µs, None when invalid."""
-    kind = type(value)
-    if kind is float or kind is int:
-        seconds = float(value) if kind is float else (float(value) if -_INT64 < value < _INT64 else -1.0)
-    elif kind is str:
-        try:
-            seconds = float(value)
-        except ValueError:
-            seconds = _iso_seconds(value)
-    elif isinstance(value, datetime):
-        seconds = (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
-    else:
-        return None
-    if _MIN_TIME <= seconds < _MAX_TIME:  # NaN fails both comparisons
-        return round(seconds * 1_000_000)
-    return None
-
-
-def _iso_seconds(text: str) -> float:
-    try:
-        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return -1.0
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+_epoch_us = tracetime.epoch_us
 
 
 def _long(value: Any) -> int | None:
@@ -302,11 +278,6 @@ def otel_span_id(segment_id: str) -> str:
     if len(lowered) == 16 and _SPAN_ID.fullmatch(lowered):
         return lowered
     return _digest_hex(segment_id, 8)
-
-
-def trace_epoch(xray_trace_id: str) -> int | None:
-    match = _TRACE_ID.fullmatch(xray_trace_id)
-    return int(match.group(1), 16) if match else None
 
 
 def service_map_hash(
@@ -1078,14 +1049,8 @@ class _TraceBuilder:
             end_us = None
         status = "fault" if has_fault else "throttle" if has_throttle else "error" if has_error else "ok"
 
-        epoch = trace_epoch(self.trace_id)
-        if epoch is not None and _MIN_TIME <= epoch < _MAX_TIME:
-            anchor = epoch
-        elif start_us is not None:
-            anchor = start_us // 1_000_000
-        else:
-            anchor = int(ctx.collected_at.timestamp())
-        stamp = _base(anchor)
+        anchor = tracetime.anchor_second(trace, ctx.collected_at)
+        partition = tracetime.Partition.of(anchor)
         if timeless:  # no usable time on the (sub)segment: anchor the span at the trace start
             fallback = iso_ns(start_us if start_us is not None else anchor * 1_000_000)
             for span in timeless:
@@ -1105,6 +1070,7 @@ class _TraceBuilder:
         trace_doc = {
             **self.context_fields,
             "trace_id": self.trace_id,
+            "partition_hour": partition.hour_iso,
             "start": iso_ms(start_us) if start_us is not None else None,
             "end": iso_ms(end_us) if end_us is not None else None,
             "duration": (end_us - start_us) / 1_000_000 if start_us is not None and end_us is not None else None,
@@ -1137,9 +1103,9 @@ class _TraceBuilder:
             trace_id=self.trace_id,
             account_id=ctx.account_id,
             region=ctx.region,
-            day=stamp[:10].replace("-", "."),
-            dt=stamp[:10],
-            hour=stamp[11:13],
+            day=partition.day,
+            dt=partition.dt,
+            hour=partition.hour,
             version=round(ctx.collected_at.timestamp() * 1000),
             trace=trace_doc,
             segments=[walked[0] for walked in nodes],
@@ -1486,7 +1452,7 @@ def transform_trace(
             builder.problem(None, "trace has no usable segment")
         return builder.finish(trace)
     except Exception as error:  # last line of defence: an empty but valid result
-        return _failed(builder, ctx, error)
+        return _failed(builder, ctx, trace, error)
     finally:
         # Each _Top and its walked tuple point at each other: break those cycles so the builder is
         # freed by reference counting at once instead of waiting for (and feeding) the cyclic GC.
@@ -1511,10 +1477,9 @@ def _first_trace_id(segments: Any) -> str | None:
     return None
 
 
-def _failed(builder: _TraceBuilder, ctx: TraceContext, error: Exception) -> TraceDocuments:
+def _failed(builder: _TraceBuilder, ctx: TraceContext, trace: Any, error: Exception) -> TraceDocuments:
     trace_id = builder.trace_id or "unknown"
-    anchor = trace_epoch(trace_id) or int(ctx.collected_at.timestamp())
-    stamp = _base(anchor)
+    partition = tracetime.trace_partition(trace if isinstance(trace, dict) else {}, ctx.collected_at)
     reason = f"trace not mapped: {type(error).__name__}: {error}"
     problems = [*builder.problems, {"segment_id": None, "reason": reason}]
     trace_doc: dict[str, Any] = dict.fromkeys(mappings.TRACE_FIELDS)
@@ -1522,6 +1487,7 @@ def _failed(builder: _TraceBuilder, ctx: TraceContext, error: Exception) -> Trac
     trace_doc.update(
         {
             "trace_id": trace_id,
+            "partition_hour": partition.hour_iso,
             "status": "ok",
             "services": [],
             "segment_count": 0,
@@ -1539,9 +1505,9 @@ def _failed(builder: _TraceBuilder, ctx: TraceContext, error: Exception) -> Trac
         trace_id=trace_id,
         account_id=ctx.account_id,
         region=ctx.region,
-        day=stamp[:10].replace("-", "."),
-        dt=stamp[:10],
-        hour=stamp[11:13],
+        day=partition.day,
+        dt=partition.dt,
+        hour=partition.hour,
         version=round(ctx.collected_at.timestamp() * 1000),
         trace=trace_doc,
         segments=[],

@@ -42,8 +42,9 @@ from blocks.config import Config
 from tasks import archive, dlq, queue, windows, xray
 from tasks import collector as col
 from tasks.aws import MemberSessions
-from tasks.envelope import parse_envelope, trace_epoch
+from tasks.envelope import parse_envelope
 from tasks.index import client_for
+from tasks.tracetime import id_epoch as trace_epoch
 
 REPO = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"

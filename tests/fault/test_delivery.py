@@ -18,7 +18,7 @@ from flows.sweep import sweep
 from sandbox.faults import FaultProxy, sqs_send_batch_partially_failed
 from sandbox.stack import SandboxStack
 from tasks import envelope as env
-from tasks import queue, watermark
+from tasks import queue, tracetime, watermark
 from tests.fault import helpers as h
 from tests.flows.test_sweep import drain
 
@@ -137,7 +137,7 @@ def test_partial_send_failure_holds_the_watermark_until_everything_is_sent(
         assert failed.is_failed() and always.hits >= 6
         for account in fresh_config.roster.accounts:  # never past data SQS did not take
             mark = watermark.read(s3, fresh_config.archive, account.account_id, h.REGION).high_water
-            oldest_unsent = min(env.trace_epoch(t) or 0 for t in expected[account.account_id])
+            oldest_unsent = min(tracetime.id_epoch(t) or 0 for t in expected[account.account_id])
             assert mark is None or mark.timestamp() <= oldest_unsent, (mark, oldest_unsent)
         proxy.clear()
         transient = proxy.add(sqs_send_batch_partially_failed(fail_last=1, times=2))

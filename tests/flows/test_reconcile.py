@@ -175,10 +175,12 @@ def test_compare_and_plan_repair() -> None:
     t = [f"1-{epoch + i:08x}-{i:024x}" for i in range(4)]
     target = ("012345678901", "us-east-1")
     obs = rec.Observation(start=start, end=end, xray_hours={start})
-    obs.add("xray", target, t)
-    obs.add_raw(target, {t[0]: "raw/k0", t[1]: "raw/k0", t[3]: "raw/k3"})  # t[2] lost from raw
-    obs.add("parquet", target, t[:3])  # t[3] missing in Parquet
-    obs.add("index", target, [t[0], t[2], t[3]])  # t[1] missing in the index
+    at = rec.xray_positions
+    obs.add("xray", target, at(t))
+    keys = {t[0]: "raw/k0", t[1]: "raw/k0", t[3]: "raw/k3"}  # t[2] lost from raw
+    obs.add_raw(target, {i: (keys[i], second) for i, second in at(list(keys)).items()})
+    obs.add("parquet", target, at(t[:3]))  # t[3] missing in Parquet
+    obs.add("index", target, at([t[0], t[2], t[3]]))  # t[1] missing in the index
     report = rec.compare(obs, [target], max_ids=10)
     assert not report.ok
     assert report.missing == {"xray": 0, "raw": 1, "parquet": 1, "index": 1}

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from tasks import envelope as env
+from tasks.tracetime import trace_partition
 
 NOW = datetime(2026, 11, 26, 10, 30, tzinfo=UTC)
 
@@ -65,11 +66,12 @@ def test_pack_groups_by_start_hour_and_size() -> None:
     small = [make_trace(base + i, f"s{i}", 1000) for i in range(50)]
     next_hour = [make_trace(base + 3600 + i, f"n{i}", 1000) for i in range(3)]
     huge = make_trace(base + 10, "huge", 2_000_000)
-    groups = list(env.pack_traces([*small, huge, *next_hour], target_bytes=20_000))
+    collected = datetime.fromtimestamp(base + 7200, UTC)
+    groups = list(env.pack_traces([*small, huge, *next_hour], collected, target_bytes=20_000))
     assert sum(len(g) for g in groups) == 54
     assert [g for g in groups if huge in g] == [[huge]]
     for group in groups:
-        assert len({env.trace_hour(t) for t in group}) == 1
+        assert len({trace_partition(t, collected) for t in group}) == 1
         if len(group) > 1:
             assert sum(len(orjson.dumps(t)) for t in group) <= 20_000
 

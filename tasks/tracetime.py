@@ -1,0 +1,198 @@
+"""When a trace happened, by one rule, for every sink (pure, no I/O).
+
+The envelope packer, the raw archive key, the claim-check key, the transform (Parquet partition
+and daily index), reconcile and replay all ask this module, so a trace lands in the same hour
+everywhere. The anchor second of a trace is the first that applies of:
+
+1. the epoch in its id (`1-<8 hex epoch>-<24 hex>`, or the same digits of a W3C 32-hex id) when it
+   is *credible*: within `ID_EPOCH_BEFORE` before and `ID_EPOCH_AFTER` after the collection time.
+   X-Ray keeps traces 30 days, so every id an X-Ray read returns qualifies without parsing a
+   document. (A W3C id from an OpenTelemetry SDK is random: its first 8 hex digits fall in that
+   span by chance about once in 1,700 ids);
+2. the id epoch when it agrees with the earliest segment start within `ID_AGREES_WITHIN` (an
+   imported file of old traces);
+3. the earliest plausible `start_time` of its (sub)segments;
+4. the id epoch when it is plausible and not in the future (an old trace with no usable times);
+5. the collection time.
+
+The id epoch is preferred because it never changes between re-collections of a growing trace;
+every rule is deterministic for the same trace content and collection time (a replay keeps both,
+so it lands where the original did).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+MIN_EPOCH = 946684800  # 2000-01-01: X-Ray started in 2016
+MAX_EPOCH = 4102444800  # 2100-01-01, inside OpenSearch's date_nanos range
+ID_EPOCH_BEFORE = timedelta(days=31)  # X-Ray retention (30 days) plus a day
+ID_EPOCH_AFTER = timedelta(hours=1)  # clock skew between a member account and the collector
+ID_AGREES_WITHIN = 86400  # seconds between an id epoch and the segments' start that still agree
+MAX_DEPTH = 64  # same cut as the transform's subsegment walk
+_INT64 = 2**63
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """The UTC hour a trace belongs to, in the spellings each sink uses."""
+
+    second: int  # the first second of the hour
+
+    @classmethod
+    def of(cls, second: int) -> Partition:
+        """The partition holding epoch second `second`."""
+        return cls(second - second % 3600)
+
+    @property
+    def start(self) -> datetime:
+        """The partition hour as an aware datetime."""
+        return datetime.fromtimestamp(self.second, UTC)
+
+    @property
+    def dt(self) -> str:
+        """`YYYY-MM-DD`: the archive's `dt=` partition."""
+        return time.strftime("%Y-%m-%d", time.gmtime(self.second))
+
+    @property
+    def hour(self) -> str:
+        """`HH`: the archive's `hour=` partition."""
+        return time.strftime("%H", time.gmtime(self.second))
+
+    @property
+    def day(self) -> str:
+        """`YYYY.MM.DD`: the daily index suffix (`<prefix>-traces-YYYY.MM.DD`)."""
+        return time.strftime("%Y.%m.%d", time.gmtime(self.second))
+
+    @property
+    def hour_iso(self) -> str:
+        """`YYYY-MM-DDTHH:00:00.000Z`: the trace document's `partition_hour` (same form as its other dates)."""
+        return time.strftime("%Y-%m-%dT%H:00:00.000Z", time.gmtime(self.second))
+
+
+def id_epoch(trace_id: Any) -> int | None:
+    """The epoch second written in an X-Ray (`1-<8 hex>-<24 hex>`) or W3C (32 hex) trace id, if
+    it has that shape and the second is plausible at all (2000–2100); None otherwise."""
+    if type(trace_id) is not str:
+        return None
+    if len(trace_id) == 35 and trace_id[:2] == "1-" and trace_id[10] == "-":
+        digits, rest = trace_id[2:10], trace_id[11:]
+    elif len(trace_id) == 32:
+        digits, rest = trace_id[:8], trace_id[8:]
+    else:
+        return None
+    if not (_HEX.issuperset(digits) and _HEX.issuperset(rest)):
+        return None
+    epoch = int(digits, 16)
+    return epoch if MIN_EPOCH <= epoch < MAX_EPOCH else None
+
+
+def credible_id_epoch(trace_id: Any, collected_at: datetime) -> int | None:
+    """`id_epoch` when it lies within the span X-Ray could have returned it at `collected_at`."""
+    epoch = id_epoch(trace_id)
+    if epoch is None:
+        return None
+    collected = collected_at.timestamp()
+    low = collected - ID_EPOCH_BEFORE.total_seconds()
+    high = collected + ID_EPOCH_AFTER.total_seconds()
+    return epoch if low <= epoch <= high else None
+
+
+def epoch_us(value: Any) -> int | None:
+    """X-Ray time (float seconds; numeric string; ISO string) → epoch µs, None when invalid or
+    outside 2000–2100."""
+    kind = type(value)
+    if kind is float or kind is int:
+        seconds = float(value) if kind is float else (float(value) if -_INT64 < value < _INT64 else -1.0)
+    elif kind is str:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = _iso_seconds(value)
+    elif isinstance(value, datetime):
+        seconds = (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    else:
+        return None
+    if MIN_EPOCH <= seconds < MAX_EPOCH:  # NaN fails both comparisons
+        return round(seconds * 1_000_000)
+    return None
+
+
+def _iso_seconds(text: str) -> float:
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return -1.0
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def _documents(trace: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    segments = trace.get("Segments")
+    if type(segments) is not list:
+        return
+    for wrapper in segments:
+        if not isinstance(wrapper, dict):
+            continue
+        document = wrapper.get("Document")
+        if isinstance(document, str):
+            try:
+                document = orjson.loads(document)
+            except orjson.JSONDecodeError:
+                continue
+        if isinstance(document, dict):
+            yield document
+
+
+def earliest_start_us(trace: dict[str, Any]) -> int | None:
+    """The earliest plausible `start_time` among a trace's segments and subsegments (µs)."""
+    earliest: int | None = None
+    stack: list[tuple[dict[str, Any], int]] = [(d, 0) for d in _documents(trace)]
+    while stack:
+        node, depth = stack.pop()
+        start = epoch_us(node.get("start_time"))
+        if start is not None and (earliest is None or start < earliest):
+            earliest = start
+        children = node.get("subsegments")
+        if type(children) is list and depth < MAX_DEPTH:
+            stack.extend((child, depth + 1) for child in children if isinstance(child, dict))
+    return earliest
+
+
+def anchor_second(trace: dict[str, Any], collected_at: datetime) -> int:
+    """The second a trace is filed under (the rule in the module docstring)."""
+    trace_id = trace.get("Id")
+    credible = credible_id_epoch(trace_id, collected_at)
+    if credible is not None:
+        return credible
+    epoch = id_epoch(trace_id)
+    start_us = earliest_start_us(trace)
+    if start_us is not None:
+        start = start_us // 1_000_000
+        return epoch if epoch is not None and abs(epoch - start) <= ID_AGREES_WITHIN else start
+    collected = int(collected_at.timestamp())
+    if epoch is not None and epoch <= collected + ID_EPOCH_AFTER.total_seconds():
+        return epoch
+    return collected
+
+
+def trace_partition(trace: dict[str, Any], collected_at: datetime) -> Partition:
+    return Partition.of(anchor_second(trace, collected_at))
+
+
+def id_partition(trace_id: str, collected_at: datetime | None = None) -> Partition | None:
+    """The partition of a trace known only by id (X-Ray listings): None when the id carries no
+    usable time. Without `collected_at` any plausible id epoch counts."""
+    epoch = id_epoch(trace_id) if collected_at is None else credible_id_epoch(trace_id, collected_at)
+    return None if epoch is None else Partition.of(epoch)
+
+
+def hour_of(value: datetime) -> datetime:
+    """The UTC hour containing `value`."""
+    return value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
