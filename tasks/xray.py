@@ -2,7 +2,8 @@
 
 Pacing (`TokenBucket`, `LimiterRegistry`, `Backoff`: `tasks.pacing`, re-exported here) and windows
 (`tasks.windows`) are pure. This module is the thin I/O over a boto3 X-Ray client built with
-`XRAY_BOTO_CONFIG` (botocore retries off, so every throttle is seen, counted and handled here):
+`XRAY_BOTO_CONFIG` (botocore retries off, so every throttle is seen, counted and handled here; the
+attempt table is in `tasks.retrying`):
 
 * `list_trace_ids`      GetTraceSummaries (Sampling=False), every NextToken page, ids de-duplicated;
                         a FilterExpression the endpoint rejects is dropped and reported.
@@ -27,11 +28,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tasks.errors import TransientError, aws_error_code, classify_aws_error
 from tasks.pacing import DEFAULT_BACKOFF, DEFAULT_LIMITERS, Backoff, LimiterRegistry, Sleep, TokenBucket, limiter_for
+from tasks.retrying import boto_config
 from tasks.windows import Window
 
 if TYPE_CHECKING:
@@ -58,13 +59,7 @@ THROTTLE_CODES = frozenset(
 FILTER_REJECTED_CODES = frozenset({"InternalFailure", "InvalidRequestException", "ValidationException"})
 
 # botocore retries OFF for X-Ray: throttles must reach our bucket + backoff to be counted and paced.
-# (botocore's `max_attempts` counts retries, not calls; `total_max_attempts=1` means one call.)
-XRAY_BOTO_CONFIG = BotoConfig(
-    retries={"mode": "standard", "total_max_attempts": 1},
-    connect_timeout=5,
-    read_timeout=30,
-    max_pool_connections=32,
-)
+XRAY_BOTO_CONFIG = boto_config("xray")
 
 # =========================================================================== stats and results
 
