@@ -47,6 +47,7 @@ from tasks.documents import EnvelopeDocuments
 from tasks.envelope import parse_envelope, trace_epoch
 from tasks.errors import TransientError
 from tasks.index import bulk_index
+from tasks.retrying import reread
 from tasks.transform import to_arrow
 
 SINKS = ("xray", "raw", "parquet", "index")
@@ -383,27 +384,25 @@ def observe_parquet(
     end: datetime,
     attempts: int = 3,
 ) -> dict[Target, set[str]]:
-    """Trace ids in the `traces` table per (account, region) within the window's dates."""
+    """Trace ids in the `traces` table per (account, region) within the window's dates (listed
+    again, up to `attempts` listings, when a compaction swaps files between listing and scan)."""
     last = end - timedelta(microseconds=1)
     dts = sorted({h.strftime("%Y-%m-%d") for h in hours_of(start, end)})
-    for attempt in range(attempts):
+
+    def scan() -> dict[Target, set[str]]:
         dataset = lake.lake_dataset(config, "traces", list(account_ids), start.date(), last.date(), s3=s3)
         if dataset is None:
             return {}
-        try:
-            table = dataset.to_table(
-                columns=["account_id", "region", "trace_id"],
-                filter=ds.field("region").isin(list(regions)) & ds.field("dt").isin(dts),
-            )
-        except (FileNotFoundError, OSError):
-            if attempt + 1 >= attempts:
-                raise
-            continue  # a compaction swapped files between listing and scan: list again
+        table = dataset.to_table(
+            columns=["account_id", "region", "trace_id"],
+            filter=ds.field("region").isin(list(regions)) & ds.field("dt").isin(dts),
+        )
         out: dict[Target, set[str]] = {}
         for row in table.to_pylist():
             out.setdefault((row["account_id"], row["region"]), set()).add(row["trace_id"])
         return out
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    return reread(FileNotFoundError, OSError, attempts=attempts).run("reconcile Parquet scan", scan)
 
 
 def observe_index(

@@ -6,12 +6,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import httpx
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.states import Completed, Failed
 
 from tasks import aws, retrying
 from tasks.errors import AccountAccessError, TerminalError, TransientError, is_transient, is_transient_error
+from tasks.limits import _prefect_api_transient
 from tasks.pacing import Backoff
 from tasks.retrying import RetryPolicy, boto_config, reread
 
@@ -146,6 +149,21 @@ def test_is_transient_error_and_the_prefect_retry_condition_agree() -> None:
         assert is_transient_error(error) is expected
         assert is_transient(None, None, Failed(data=error)) is expected
     assert is_transient(None, None, Completed(data=1)) is False
+
+
+def test_the_x_ray_slot_retries_only_an_unavailable_prefect_api() -> None:
+    def wrapped(status: int) -> ConcurrencySlotAcquisitionError:
+        request = httpx.Request("POST", "http://prefect/api/v2/concurrency_limits/increment-with-lease")
+        cause = httpx.HTTPStatusError("x", request=request, response=httpx.Response(status, request=request))
+        try:
+            raise ConcurrencySlotAcquisitionError("Unable to acquire concurrency slots") from cause
+        except ConcurrencySlotAcquisitionError as error:
+            return error
+
+    assert _prefect_api_transient(wrapped(503)) and _prefect_api_transient(wrapped(429))
+    assert not _prefect_api_transient(wrapped(422))
+    assert _prefect_api_transient(httpx.ConnectError("refused"))
+    assert not _prefect_api_transient(TimeoutError("slot stayed busy"))
 
 
 @pytest.mark.parametrize(
