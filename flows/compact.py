@@ -21,6 +21,7 @@ from blocks.config import load_config
 from flows.observe import emit, summary_artifact
 from tasks import compaction
 from tasks.aws import log_client
+from tasks.errors import is_transient
 from tasks.health import run_row, write_health
 
 TableName = Literal["traces", "segments"]
@@ -52,7 +53,8 @@ def validate(
     return chosen
 
 
-@task(name="compact-plan", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+# A whole new plan, seconds later: only for transient errors (throttling, 5xx, the lake changing while listed).
+@task(name="compact-plan", retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient, cache_policy=NO_CACHE)
 def plan_task(
     store: ArchiveStore,
     tables: list[str],

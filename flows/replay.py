@@ -27,6 +27,7 @@ from tasks.envelope import Envelope, encode
 from tasks.health import run_row, write_health
 from tasks.index import client_for, ensure_templates
 from tasks.mappings import index_templates
+from tasks.pacing import rate_limiter
 
 
 class ReplayParameters(BaseModel):
@@ -108,7 +109,7 @@ def replay(params: ReplayParameters, config_path: str | None = None) -> State:
         if params.dry_run
         else {o["Key"].rsplit("/", 1)[-1] for o in archive.list_keys(s3, store.bucket, checkpoint)}
     )
-    limiter = replay_tasks.RateLimiter(params.rate_per_second)
+    limiter = rate_limiter(params.rate_per_second)  # None: as fast as the sinks go
     sqs = log_client("sqs", config.queue.region)
     consumer = None
     if params.target == "direct" and not params.dry_run:
@@ -138,11 +139,13 @@ def replay(params: ReplayParameters, config_path: str | None = None) -> State:
                     archive.put_claim_check(s3, *message.claim_check)
                 messages.append(message)
             for batch in queue.plan_batches(messages):
-                limiter.wait(len(batch))
+                if limiter is not None:
+                    limiter.acquire(len(batch), debt=True)
                 totals["sent"] += queue.send_messages(sqs, config.queue.queue_url, batch).sent
             return 0
         assert consumer is not None
-        limiter.wait(len(items))
+        if limiter is not None:
+            limiter.acquire(len(items), debt=True)
         failed = consumer.ingest(items, stats, frozenset(params.sinks))
         totals["sent"] += len(items) - len(failed)
         return len(failed)

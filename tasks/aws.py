@@ -10,6 +10,9 @@ the session duration keep working; clients are cached with their session.
 
 Every session built here shares one botocore data loader: a fresh boto3 session re-reads and
 parses the service models and endpoint rules (~90 ms CPU per client).
+
+Every client gets its service's botocore retry setting from `tasks.retrying.boto_config`, where
+the table of botocore calls × our attempts per client lives.
 """
 
 from __future__ import annotations
@@ -29,14 +32,10 @@ from prefect_aws import AwsCredentials
 
 from blocks import Roster
 from tasks.errors import AccountAccessError, classify_aws_error
+from tasks.retrying import boto_config
 
-# Retries are ours (token bucket + backoff in tasks/xray.py); botocore's own stay small and explicit.
-DEFAULT_BOTO_CONFIG = BotoConfig(
-    retries={"mode": "standard", "total_max_attempts": 3},
-    connect_timeout=5,
-    read_timeout=30,
-    max_pool_connections=32,
-)
+# A service without an entry in tasks.retrying's table (botocore: 3 calls, ours: 1).
+DEFAULT_BOTO_CONFIG = boto_config("default")
 
 _REFRESH_MARGIN_SECONDS = 300
 
@@ -121,7 +120,7 @@ class MemberSessions:
                 session: Any = self._base.get_boto3_session()
                 home = next((r for a in self._roster.accounts for r in a.regions), "us-east-1")
                 region = self._base.region_name or session.region_name or home
-                self._sts = session.client("sts", region_name=region, config=DEFAULT_BOTO_CONFIG)
+                self._sts = session.client("sts", region_name=region, config=boto_config("sts"))
             return self._sts
 
     def _member(self, account_id: str, region: str) -> _Member:
@@ -152,7 +151,7 @@ class MemberSessions:
 
     def client(self, account_id: str, region: str, service: str, config: BotoConfig | None = None) -> Any:
         member = self._member(account_id, region)
-        config = config or DEFAULT_BOTO_CONFIG
+        config = config or boto_config(service)
         key = (service, id(config))
         with member.lock:
             client = member.clients.get(key)
@@ -167,9 +166,9 @@ class MemberSessions:
 
 
 def log_client(service: str, region: str, config: BotoConfig | None = None) -> Any:
-    """A client with the log account's own credentials (queue, archive)."""
+    """A client with the log account's own credentials (queue, archive); retries per `boto_config`."""
     session: Any = shared_session(region_name=region)
-    return session.client(service, config=config or DEFAULT_BOTO_CONFIG)
+    return session.client(service, config=config or boto_config(service))
 
 
 __all__ = [

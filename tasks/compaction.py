@@ -65,6 +65,7 @@ from pydantic import BaseModel, Field
 from blocks import ArchiveStore
 from tasks import archive
 from tasks.errors import TerminalError, TransientError, classify_aws_error
+from tasks.retrying import reread
 
 Table = Literal["traces", "segments"]
 TABLES: tuple[Table, ...] = ("traces", "segments")
@@ -507,16 +508,15 @@ def snapshot(
     end_date: date | None = None,
     attempts: int = 3,
 ) -> list[PartitionView]:
-    """The protocol-aware view of a table: one listing, marker contents where they matter."""
-    for attempt in range(attempts):
-        try:
-            listings = list_table(s3, store, table, accounts)
-            chosen = select_partitions(listings, accounts, start_date, end_date)
-            return [resolve(listings[p], load_markers(s3, store, listings[p])) for p in chosen]
-        except SnapshotChanged:
-            if attempt + 1 >= attempts:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
+    """The protocol-aware view of a table: one listing, marker contents where they matter
+    (listed again, up to `attempts` listings, when a marker vanishes while it is read)."""
+
+    def view() -> list[PartitionView]:
+        listings = list_table(s3, store, table, accounts)
+        chosen = select_partitions(listings, accounts, start_date, end_date)
+        return [resolve(listings[p], load_markers(s3, store, listings[p])) for p in chosen]
+
+    return reread(SnapshotChanged, attempts=attempts).run(f"snapshot of {table}", view)
 
 
 def visible_files(

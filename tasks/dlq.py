@@ -93,8 +93,10 @@ def redrive(
     report = RedriveReport()
     if reason is None and limit is None:
         try:
-            arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-            handle = sqs.start_message_move_task(SourceArn=arn)["TaskHandle"]
+            attributes = queue.call(sqs, "get_queue_attributes", QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+            handle = queue.call(sqs, "start_message_move_task", SourceArn=attributes["Attributes"]["QueueArn"])[
+                "TaskHandle"
+            ]
             report.method, report.task_handle = "StartMessageMoveTask", handle
             return report
         except Exception as error:  # moto: not implemented → fall back
@@ -119,7 +121,9 @@ def redrive(
                 report.kept += 1
                 continue
             attributes = {k: v for k, v in message.attributes.items() if k not in DLQ_ATTRIBUTES}
-            sqs.send_message(
+            queue.call(
+                sqs,
+                "send_message",
                 QueueUrl=queue_url,
                 MessageBody=message.body,
                 MessageAttributes={k: {"DataType": "String", "StringValue": v} for k, v in attributes.items() if v},

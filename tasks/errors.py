@@ -31,16 +31,24 @@ TRANSIENT_AWS_CODES = frozenset(
         "Throttling",
         "TooManyRequestsException",
         "RequestLimitExceeded",
+        "RequestThrottled",  # SQS
+        "RequestThrottledException",
+        "ProvisionedThroughputExceededException",
+        "BandwidthLimitExceeded",
         "SlowDown",
         "ServiceUnavailable",
         "InternalFailure",
         "InternalError",
         "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
         "ExpiredToken",
         "ExpiredTokenException",
         "RequestExpired",
     }
 )
+"""What botocore's standard retry mode treats as throttling or transient (less its ambiguous
+`LimitExceededException`), plus expired credentials: SQS relies on this list instead of botocore."""
 ACCESS_CODES = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "InvalidClientTokenId"})
 
 
@@ -68,14 +76,17 @@ def classify_aws_error(error: BaseException, context: str = "") -> XraylakeError
     return TerminalError(f"{prefix}{type(error).__name__}: {error}")
 
 
+def is_transient_error(error: BaseException) -> bool:
+    """Worth retrying: a TransientError, or a raw botocore/network error `classify_aws_error` calls transient."""
+    if isinstance(error, XraylakeError):
+        return isinstance(error, TransientError)
+    return isinstance(classify_aws_error(error), TransientError)
+
+
 def is_transient(_task: Any, _run: Any, state: Any) -> bool:
-    """Prefect `retry_condition_fn`: retry only TransientError (and untranslated network errors)."""
+    """Prefect `retry_condition_fn`: retry a task run only when it failed with a transient error."""
     try:
         state.result()
-    except TransientError:
-        return True
-    except (BotoConnectionError, TimeoutError, ConnectionError):
-        return True
-    except Exception:
-        return False
+    except Exception as error:
+        return is_transient_error(error)
     return False

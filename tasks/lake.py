@@ -25,7 +25,8 @@ import pyarrow.dataset as ds
 from blocks.config import Config
 from tasks import archive, compaction
 from tasks.aws import log_client
-from tasks.errors import TerminalError
+from tasks.errors import TerminalError, TransientError
+from tasks.retrying import reread
 from tasks.transform import SEGMENT_SCHEMA, TRACE_SCHEMA
 
 LAKE_TABLES: dict[str, pa.Schema] = {"traces": TRACE_SCHEMA, "segments": SEGMENT_SCHEMA}
@@ -77,6 +78,10 @@ def lake_dataset(
     )
 
 
+class _Vanished(TransientError):
+    """A file of the listing was gone when DuckDB scanned it."""
+
+
 def _vanished(error: duckdb.Error) -> bool:
     text = str(error)
     return "Path does not exist" in text or "NoSuchKey" in text or "No such file" in text
@@ -97,7 +102,8 @@ def query(config: Config, sql: str, *, max_rows: int | None = None) -> pd.DataFr
     except duckdb.Error as error:
         raise QueryError(str(error)) from error
     s3 = log_client("s3", config.archive.region)
-    for attempt in range(_ATTEMPTS):
+
+    def run() -> pd.DataFrame:
         datasets = {name: lake_dataset(config, name, s3=s3) for name in LAKE_TABLES}
         if all(d is None for d in datasets.values()):
             raise EmptyLakeError(
@@ -119,14 +125,16 @@ def query(config: Config, sql: str, *, max_rows: int | None = None) -> pd.DataFr
                 frame: pd.DataFrame = (relation if max_rows is None else relation.limit(max_rows)).df()
                 return frame
             except duckdb.Error as error:
-                if _vanished(error) and attempt + 1 < _ATTEMPTS:
-                    continue  # a compaction swapped files between listing and scan: list again
-                if _vanished(error):
-                    raise LakeError(f"the lake changed during the query ({error}); run it again") from error
+                if _vanished(error):  # a compaction swapped files between listing and scan: list again
+                    raise _Vanished(str(error)) from error
                 raise QueryError(str(error)) from error
         finally:
             connection.close()
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    try:
+        return reread(_Vanished, attempts=_ATTEMPTS).run("lake query", run)
+    except _Vanished as changed:
+        raise LakeError(f"the lake changed during the query ({changed}); run it again") from changed.__cause__
 
 
 __all__ = ["EmptyLakeError", "LakeError", "QueryError", "dataset_schema", "lake_dataset", "query"]

@@ -7,7 +7,8 @@ these server-side limits do, one pair per roster (account, region):
 * `xray-<account>-<region>`       concurrency limit: how many collectors (tasks) may work on
   that account/region at once, whatever flow they belong to. Held for the duration of one
   account task: `with xray_slot(account_id, region): …` (below), which retries a failing
-  Prefect API and then works without the slot rather than failing the account.
+  Prefect API (`tasks.retrying` policy, transient errors only) and then works without the slot
+  rather than failing the account.
 * `xray-rate-<account>-<region>`  rate limit (slot decay = calls per second, limit = burst): one
   slot per X-Ray API call, across every process: `rate_limit(name, strict=False)` just before
   the call. Optional (one extra request to the Prefect API per X-Ray call); the in-run token
@@ -25,14 +26,16 @@ import argparse
 import contextlib
 import logging
 import sys
-import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import httpx
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 
 from blocks import Roster
+from tasks.errors import is_transient_error
+from tasks.retrying import PREFECT_API, RetryPolicy
 
 COLLECTORS_PER_ACCOUNT = 2
 SLOT_TIMEOUT_SECONDS = 900  # how long an account task waits for a busy X-Ray slot
@@ -67,40 +70,57 @@ def existing_limits(names: Iterable[str], page: int = 200) -> set[str] | None:
         return None
 
 
+def _prefect_api_transient(error: BaseException) -> bool:
+    """A Prefect API failure worth asking again: 429/5xx or no connection, also when Prefect wraps
+    it (ConcurrencySlotAcquisitionError from the HTTP error); never a slot that stayed busy."""
+    if isinstance(error, TimeoutError):
+        return False
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, httpx.HTTPStatusError):
+            return cause.response.status_code == 429 or cause.response.status_code >= 500
+        if isinstance(cause, httpx.TransportError):
+            return True
+        cause = cause.__cause__
+    return is_transient_error(error)
+
+
+SLOT_POLICY = replace(PREFECT_API, retry_if=_prefect_api_transient)
+
+
 @contextlib.contextmanager
 def xray_slot(
     account_id: str,
     region: str,
     timeout_seconds: float = SLOT_TIMEOUT_SECONDS,
-    attempts: int = 3,
-    backoff_seconds: float = 1.0,
+    policy: RetryPolicy = SLOT_POLICY,
 ) -> Iterator[bool]:
     """Hold the `xray-<account>-<region>` slot while the body runs; yields False when the Prefect
     API could not be asked (a missing limit counts as granted: `strict=False`).
 
     The limit is a cross-run courtesy to X-Ray's quota, so the Prefect API failing to hand it out
-    (a 503 from a busy server, a refused connection) must not fail the account: after `attempts`
-    the body runs without it, paced by the run's own token bucket. A slot that stays busy for
-    `timeout_seconds` raises TimeoutError. A failed release is only logged: the lease expires.
+    (a 503 from a busy server, a refused connection) must not fail the account: after `policy`'s
+    attempts (transient API errors only) the body runs without it, paced by the run's own token
+    bucket. A slot that stays busy for `timeout_seconds` raises TimeoutError. A failed release is
+    only logged: the lease expires.
     """
     logger = logging.getLogger(__name__)
     name = concurrency_name(account_id, region)
     held = contextlib.ExitStack()
     granted = False
-    for attempt in range(1, attempts + 1):
-        try:
-            held.enter_context(
-                concurrency(name, occupy=1, strict=False, timeout_seconds=timeout_seconds, lease_duration=300)
-            )
-            granted = True
-            break
-        except TimeoutError:
-            raise
-        except Exception as error:  # the Prefect API, not X-Ray: retried, then worked around
-            if attempt == attempts:
-                logger.warning("concurrency slot %s unavailable (%s); working without it", name, error)
-            else:
-                time.sleep(backoff_seconds * 2 ** (attempt - 1))
+
+    def acquire() -> None:
+        held.enter_context(
+            concurrency(name, occupy=1, strict=False, timeout_seconds=timeout_seconds, lease_duration=300)
+        )
+
+    try:
+        policy.run(f"concurrency slot {name}", acquire)
+        granted = True
+    except TimeoutError:
+        raise
+    except Exception as error:  # the Prefect API, not X-Ray: retried, then worked around
+        logger.warning("concurrency slot %s unavailable (%s); working without it", name, error)
     try:
         yield granted
     finally:

@@ -1,6 +1,8 @@
 """The org SQS queue: size-aware batch send, long-poll receive, delete, visibility, dead-lettering.
 
-Pure batch planning (`plan_batches`) is separate from the thin boto3 calls.
+Pure batch planning (`plan_batches`) is separate from the thin boto3 calls. SQS clients do not
+retry inside botocore (`tasks.retrying.boto_config`): every call here is retried by a
+`tasks.retrying` policy instead (SendMessageBatch 6 attempts, the others 3).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Any
 
 from tasks.envelope import SQS_MAX_MESSAGE_BYTES, WireMessage
 from tasks.errors import TransientError, classify_aws_error
+from tasks.retrying import SQS_CALL, SQS_SEND, RetryPolicy
 
 MAX_BATCH_ENTRIES = 10
 BATCH_BYTE_BUDGET = SQS_MAX_MESSAGE_BYTES - 8 * 1024  # headroom for entry ids and encoding
-SEND_ATTEMPTS = 6
+SEND_ATTEMPTS = SQS_SEND.attempts
 
 
 def plan_batches(messages: Sequence[WireMessage], budget: int = BATCH_BYTE_BUDGET) -> Iterator[list[WireMessage]]:
@@ -48,8 +51,15 @@ class SendReport:
     message_ids: dict[str, str] = field(default_factory=dict)
 
 
-def send_messages(sqs: Any, queue_url: str, messages: Sequence[WireMessage]) -> SendReport:
-    """Send every message; per-entry `Failed` entries are retried with backoff.
+class _EntriesFailed(TransientError):
+    """SQS answered, but listed some entries as `Failed` (not sender faults): send those again."""
+
+
+def send_messages(
+    sqs: Any, queue_url: str, messages: Sequence[WireMessage], policy: RetryPolicy = SQS_SEND
+) -> SendReport:
+    """Send every message; a failing call and per-entry `Failed` entries are retried by `policy`
+    (`SQS_SEND`: 6 attempts per batch, full-jitter backoff; the SQS client itself does not retry).
 
     Raises TransientError if some entries still fail after the retries: the caller must then not
     advance its watermark (what was accepted stays accepted; duplicates are harmless).
@@ -57,7 +67,8 @@ def send_messages(sqs: Any, queue_url: str, messages: Sequence[WireMessage]) -> 
     report = SendReport()
     for batch in plan_batches(messages):
         pending = {str(i): message for i, message in enumerate(batch)}
-        for attempt in range(SEND_ATTEMPTS):
+
+        def attempt(pending: dict[str, WireMessage] = pending) -> None:
             entries = [
                 {"Id": entry_id, "MessageBody": m.body, "MessageAttributes": _attributes(m.attributes)}
                 for entry_id, m in pending.items()
@@ -65,19 +76,15 @@ def send_messages(sqs: Any, queue_url: str, messages: Sequence[WireMessage]) -> 
             try:
                 response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
             except Exception as error:
-                translated = classify_aws_error(error, "SendMessageBatch")
-                if not isinstance(translated, TransientError) or attempt == SEND_ATTEMPTS - 1:
-                    raise translated from error
-                time.sleep(min(5.0, 0.2 * 2**attempt))
-                continue
+                raise classify_aws_error(error, "SendMessageBatch") from error
             for ok in response.get("Successful", []):
                 message = pending.pop(ok["Id"])
                 report.sent += 1
                 report.bytes += message.size
                 report.message_ids[message.envelope_id] = ok["MessageId"]
-            failed = response.get("Failed", [])
             if not pending:
-                break
+                return
+            failed = response.get("Failed", [])
             report.entry_retries += len(failed)
             sender_faults = [f for f in failed if f.get("SenderFault")]
             if sender_faults:
@@ -85,11 +92,20 @@ def send_messages(sqs: Any, queue_url: str, messages: Sequence[WireMessage]) -> 
                     RuntimeError(f"SQS rejected entries: {sender_faults[0].get('Message')}"),
                     "SendMessageBatch",
                 )
-            time.sleep(min(5.0, 0.2 * 2**attempt))
-        if pending:
-            raise TransientError(f"{len(pending)} messages still failing after {SEND_ATTEMPTS} attempts")
+            raise _EntriesFailed(f"SendMessageBatch: {len(pending)} of {len(entries)} entries failed")
+
+        try:
+            policy.run("SendMessageBatch", attempt)
+        except _EntriesFailed as error:
+            raise TransientError(f"{len(pending)} messages still failing after {policy.attempts} attempts") from error
         report.batches += 1
     return report
+
+
+def call(sqs: Any, operation: str, **params: Any) -> Any:
+    """One SQS call retried by `SQS_CALL` (the client itself does not retry: see tasks.retrying)."""
+    method = getattr(sqs, operation)
+    return SQS_CALL.run("".join(part.title() for part in operation.split("_")), lambda: method(**params))
 
 
 @dataclass(frozen=True)
@@ -122,7 +138,7 @@ def receive(
     if visibility_timeout is not None:
         kwargs["VisibilityTimeout"] = visibility_timeout
     try:
-        response = sqs.receive_message(**kwargs)
+        response = call(sqs, "receive_message", **kwargs)
     except Exception as error:
         raise classify_aws_error(error, "ReceiveMessage") from error
     return [
@@ -145,7 +161,7 @@ def delete(sqs: Any, queue_url: str, messages: Iterable[ReceivedMessage]) -> lis
         chunk = items[start : start + MAX_BATCH_ENTRIES]
         entries = [{"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(chunk)]
         try:
-            response = sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+            response = call(sqs, "delete_message_batch", QueueUrl=queue_url, Entries=entries)
         except Exception as error:
             raise classify_aws_error(error, "DeleteMessageBatch") from error
         failed += [chunk[int(f["Id"])].message_id for f in response.get("Failed", [])]
@@ -159,7 +175,7 @@ def change_visibility(sqs: Any, queue_url: str, messages: Iterable[ReceivedMessa
         entries = [
             {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": seconds} for i, m in enumerate(chunk)
         ]
-        sqs.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
+        call(sqs, "change_message_visibility_batch", QueueUrl=queue_url, Entries=entries)
 
 
 def dead_letter(sqs: Any, dlq_url: str, message: ReceivedMessage, reason: str, detail: str) -> None:
@@ -177,9 +193,10 @@ def dead_letter(sqs: Any, dlq_url: str, message: ReceivedMessage, reason: str, d
             break
         ordered.setdefault(k, v)
     try:
-        sqs.send_message(
-            QueueUrl=dlq_url, MessageBody=message.body or "(empty)", MessageAttributes=_attributes(ordered)
-        )
+        call(
+            sqs, "send_message",
+            QueueUrl=dlq_url, MessageBody=message.body or "(empty)", MessageAttributes=_attributes(ordered),
+        )  # fmt: skip
     except Exception as error:
         raise classify_aws_error(error, "SendMessage to DLQ") from error
 
@@ -232,7 +249,9 @@ class VisibilityHeartbeat:
 
 
 def queue_depth(sqs: Any, queue_url: str) -> dict[str, int]:
-    attrs = sqs.get_queue_attributes(
+    attrs = call(
+        sqs,
+        "get_queue_attributes",
         QueueUrl=queue_url,
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]

@@ -50,6 +50,7 @@ from tasks.documents import EnvelopeDocuments
 from tasks.envelope import parse_envelope
 from tasks.errors import TransientError
 from tasks.index import bulk_index
+from tasks.retrying import reread
 from tasks.transform import to_arrow
 
 SINKS = ("xray", "raw", "parquet", "index")
@@ -420,29 +421,28 @@ def observe_parquet(
     end: datetime,
     attempts: int = 3,
 ) -> dict[Target, Positions]:
-    """Trace ids (with positions) in the `traces` table per (account, region) within the window's dates."""
+    """Trace ids (with positions) in the `traces` table per (account, region) within the window's
+    dates (listed again, up to `attempts` listings, when a compaction swaps files between listing
+    and scan)."""
     last = end - timedelta(microseconds=1)
     dts = sorted({h.strftime("%Y-%m-%d") for h in hours_of(start, end)})
-    for attempt in range(attempts):
+
+    def scan() -> dict[Target, Positions]:
         dataset = lake.lake_dataset(config, "traces", list(account_ids), start.date(), last.date(), s3=s3)
         if dataset is None:
             return {}
-        try:
-            table = dataset.to_table(
-                columns=["account_id", "region", "trace_id", "collected_at", "dt", "hour"],
-                filter=ds.field("region").isin(list(regions)) & ds.field("dt").isin(dts),
-            )
-        except (FileNotFoundError, OSError):
-            if attempt + 1 >= attempts:
-                raise
-            continue  # a compaction swapped files between listing and scan: list again
+        table = dataset.to_table(
+            columns=["account_id", "region", "trace_id", "collected_at", "dt", "hour"],
+            filter=ds.field("region").isin(list(regions)) & ds.field("dt").isin(dts),
+        )
         out: dict[Target, Positions] = {}
         for row in table.to_pylist():
             partition_start = datetime.strptime(f"{row['dt']}T{row['hour']}", "%Y-%m-%dT%H").replace(tzinfo=UTC)
             second = position(row["trace_id"], row["collected_at"], partition_start)
             out.setdefault((row["account_id"], row["region"]), {})[row["trace_id"]] = second
         return out
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    return reread(FileNotFoundError, OSError, attempts=attempts).run("reconcile Parquet scan", scan)
 
 
 def observe_index(

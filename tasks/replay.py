@@ -2,12 +2,11 @@
 
 The archive, not SQS (14-day retention), is the replay store. Re-sent envelopes keep their
 envelope_id and collected_at, so versioned index writes never let an old replay overwrite newer data.
+A replay's rate limit is `tasks.pacing.rate_limiter` (a token bucket whose batches may go into debt).
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -81,23 +80,3 @@ def iter_chunks(
             chunk, size = [], 0
     if chunk:
         yield chunk
-
-
-class RateLimiter:
-    """At most `rate` events per second (None: unlimited), so a replay does not starve live traffic."""
-
-    def __init__(self, rate: float | None) -> None:
-        self._interval = 1.0 / rate if rate else 0.0
-        self._next = time.monotonic()
-        self._lock = threading.Lock()
-
-    def wait(self, count: int = 1) -> None:
-        if not self._interval:
-            return
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self._interval * count
-        delay = slot - now
-        if delay > 0:
-            time.sleep(delay)

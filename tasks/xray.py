@@ -1,8 +1,9 @@
 """X-Ray reads for one (account, region): windows, summaries paging, 5-id batches, throttling.
 
-Pure logic first (no I/O): `TokenBucket` / `LimiterRegistry`, `Backoff` (windows: `tasks.windows`).
-Then thin I/O over a boto3 X-Ray client built with `XRAY_BOTO_CONFIG` (botocore retries off,
-so every throttle is seen, counted and handled here):
+Pacing (`TokenBucket`, `LimiterRegistry`, `Backoff`: `tasks.pacing`, re-exported here) and windows
+(`tasks.windows`) are pure. This module is the thin I/O over a boto3 X-Ray client built with
+`XRAY_BOTO_CONFIG` (botocore retries off, so every throttle is seen, counted and handled here; the
+attempt table is in `tasks.retrying`):
 
 * `list_trace_ids`      GetTraceSummaries (Sampling=False), every NextToken page, ids de-duplicated;
                         a FilterExpression the endpoint rejects is dropped and reported.
@@ -21,16 +22,17 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tasks.errors import TransientError, aws_error_code, classify_aws_error
+from tasks.pacing import DEFAULT_BACKOFF, DEFAULT_LIMITERS, Backoff, LimiterRegistry, Sleep, TokenBucket, limiter_for
+from tasks.retrying import boto_config
 from tasks.windows import Window
 
 if TYPE_CHECKING:
@@ -57,156 +59,7 @@ THROTTLE_CODES = frozenset(
 FILTER_REJECTED_CODES = frozenset({"InternalFailure", "InvalidRequestException", "ValidationException"})
 
 # botocore retries OFF for X-Ray: throttles must reach our bucket + backoff to be counted and paced.
-# (botocore's `max_attempts` counts retries, not calls; `total_max_attempts=1` means one call.)
-XRAY_BOTO_CONFIG = BotoConfig(
-    retries={"mode": "standard", "total_max_attempts": 1},
-    connect_timeout=5,
-    read_timeout=30,
-    max_pool_connections=32,
-)
-
-Sleep = Callable[[float], None]
-
-
-# =========================================================================== pure: pacing
-
-
-class TokenBucket:
-    """Thread-safe token bucket: `rate` tokens per second, at most `burst` stored."""
-
-    def __init__(
-        self,
-        rate: float,
-        burst: float | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Sleep = time.sleep,
-    ) -> None:
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = threading.Lock()
-        self.rate = 0.0
-        self.burst = 0.0
-        self.configure(rate, burst)
-        self._tokens = self.burst
-        self._stamp = clock()
-
-    def configure(self, rate: float, burst: float | None = None) -> None:
-        if rate <= 0:
-            raise ValueError(f"rate must be > 0 tokens/s, got {rate}")
-        size = max(1.0, rate) if burst is None else float(burst)
-        if size < 1:
-            raise ValueError(f"burst must be >= 1, got {burst}")
-        with self._lock:
-            self.rate, self.burst = float(rate), size
-            if hasattr(self, "_tokens"):
-                self._tokens = min(self._tokens, size)
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-
-    @property
-    def tokens(self) -> float:
-        with self._lock:
-            self._refill()
-            return self._tokens
-
-    def try_acquire(self, tokens: float = 1.0) -> bool:
-        with self._lock:
-            self._refill()
-            if self._tokens >= tokens:
-                self._tokens -= tokens
-                return True
-            return False
-
-    def acquire(self, tokens: float = 1.0, timeout: float | None = None) -> float:
-        """Take `tokens`, sleeping as needed; returns seconds waited (TimeoutError past `timeout`)."""
-        if tokens > self.burst:
-            raise ValueError(f"cannot take {tokens} tokens from a bucket of {self.burst}")
-        waited = 0.0
-        while True:
-            with self._lock:
-                self._refill()
-                if self._tokens >= tokens:
-                    self._tokens -= tokens
-                    return waited
-                wait = (tokens - self._tokens) / self.rate
-            if timeout is not None and waited + wait > timeout:
-                raise TimeoutError(f"token bucket: no token within {timeout:.2f} s")
-            self._sleep(wait)
-            waited += wait
-
-    def drain(self) -> None:
-        """Empty the bucket (after a throttle: everyone sharing it slows down)."""
-        with self._lock:
-            self._refill()
-            self._tokens = 0.0
-
-
-class LimiterRegistry:
-    """One `TokenBucket` per (account, region): X-Ray throttles per account and region."""
-
-    def __init__(self, rate: float = 10.0, burst: float | None = None) -> None:
-        TokenBucket(rate, burst)  # validate early
-        self._rate, self._burst = rate, burst
-        self._lock = threading.Lock()
-        self._buckets: dict[tuple[str, str], TokenBucket] = {}
-
-    def get(self, account_id: str, region: str) -> TokenBucket:
-        with self._lock:
-            bucket = self._buckets.get((account_id, region))
-            if bucket is None:
-                bucket = self._buckets[(account_id, region)] = TokenBucket(self._rate, self._burst)
-            return bucket
-
-    def configure(self, rate: float, burst: float | None = None) -> None:
-        """New defaults, applied to every existing bucket too."""
-        TokenBucket(rate, burst)
-        with self._lock:
-            self._rate, self._burst = rate, burst
-            for bucket in self._buckets.values():
-                bucket.configure(rate, burst)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._buckets.clear()
-
-
-DEFAULT_LIMITERS = LimiterRegistry()
-
-
-def limiter_for(account_id: str, region: str) -> TokenBucket:
-    return DEFAULT_LIMITERS.get(account_id, region)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter: delay(n) = uniform(0, min(cap, base·2ⁿ)).
-
-    `max_attempts` counts calls, so max_attempts=6 means 5 retries after the first throttle.
-    """
-
-    base: float = 0.2
-    cap: float = 10.0
-    max_attempts: int = 8
-
-    def __post_init__(self) -> None:
-        if self.base < 0 or self.cap < 0:
-            raise ValueError("backoff base and cap must be >= 0")
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-
-    def ceiling(self, attempt: int) -> float:
-        return min(self.cap, self.base * (2 ** max(0, attempt)))
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        return (rng or random).uniform(0.0, self.ceiling(attempt))
-
-
-DEFAULT_BACKOFF = Backoff()
-
+XRAY_BOTO_CONFIG = boto_config("xray")
 
 # =========================================================================== stats and results
 

@@ -1,11 +1,10 @@
-"""tasks/xray.py: pure planning and pacing without servers, then the reads over real HTTP
+"""tasks/xray.py: pure window planning without servers (pacing: test_pacing.py), then the reads over real HTTP
 (moto behind the strict X-Ray front)."""
 
 from __future__ import annotations
 
 import itertools
 import json
-import random
 import secrets
 import threading
 import time
@@ -30,7 +29,6 @@ from tasks.windows import HOUR, Window, plan_windows
 from tasks.xray import (
     XRAY_BOTO_CONFIG,
     Backoff,
-    LimiterRegistry,
     TokenBucket,
     TransactionSearchStatus,
     XRayStats,
@@ -137,87 +135,6 @@ def test_plan_windows_properties(start: datetime, length: timedelta, max_window:
     if max_window >= HOUR:
         hours = {w.hour for w in windows}
         assert len(hours) == len(windows)
-
-
-# =========================================================================== pacing
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-def test_token_bucket_burst_then_rate() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(rate=2.0, burst=3, clock=clock, sleep=clock.sleep)
-    assert [bucket.acquire() for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert bucket.acquire() == pytest.approx(0.5)
-    assert bucket.acquire() == pytest.approx(0.5)
-    assert not bucket.try_acquire()
-    clock.now += 10
-    assert bucket.tokens == pytest.approx(3.0)  # capped at burst
-    bucket.drain()
-    assert not bucket.try_acquire()
-    with pytest.raises(TimeoutError):
-        bucket.acquire(timeout=0.1)
-    with pytest.raises(ValueError, match="cannot take"):
-        bucket.acquire(tokens=5)
-    with pytest.raises(ValueError, match="rate"):
-        TokenBucket(rate=0)
-    with pytest.raises(ValueError, match="burst"):
-        TokenBucket(rate=1, burst=0.5)
-
-
-def test_token_bucket_is_thread_safe_and_paces_real_time() -> None:
-    bucket = TokenBucket(rate=100.0, burst=1)
-    taken: list[float] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        for _ in range(10):
-            bucket.acquire()
-            with lock:
-                taken.append(time.monotonic())
-
-    started = time.monotonic()
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(taken) == 40
-    assert time.monotonic() - started >= 0.36  # 39 tokens after the first at 100/s
-
-
-def test_limiter_registry_one_bucket_per_account_and_region() -> None:
-    registry = LimiterRegistry(rate=5, burst=2)
-    assert registry.get("011111111111", "us-east-1") is registry.get("011111111111", "us-east-1")
-    assert registry.get("011111111111", "us-east-1") is not registry.get("011111111111", "eu-west-1")
-    assert registry.get("011111111111", "us-east-1") is not registry.get("022222222222", "us-east-1")
-    registry.configure(rate=50, burst=7)
-    assert registry.get("011111111111", "us-east-1").rate == 50
-    assert registry.get("011111111111", "us-east-1").burst == 7
-
-
-@given(attempt=st.integers(min_value=0, max_value=60), seed=st.integers())
-def test_backoff_full_jitter_bounds(attempt: int, seed: int) -> None:
-    backoff = Backoff(base=0.1, cap=3.0, max_attempts=5)
-    delay = backoff.delay(attempt, random.Random(seed))
-    assert 0.0 <= delay <= min(3.0, 0.1 * 2**attempt)
-    assert backoff.ceiling(attempt) <= 3.0
-
-
-def test_backoff_validates() -> None:
-    with pytest.raises(ValueError, match="max_attempts"):
-        Backoff(max_attempts=0)
 
 
 def test_stats_merge_and_copy() -> None:
