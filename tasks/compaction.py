@@ -5,7 +5,7 @@ files, and a trace collected twice in different batches (sweep overlap, redelive
 duplicate rows until something merges them.
 
 What compaction does, per partition (`parquet/<table>/account_id=…/region=…/dt=…/hour=…/`):
-read every *visible* file, keep one row per key — (trace_id, segment_id) for segments,
+read every *visible* file, keep one row per key — (account_id, trace_id, segment_id) for segments,
 (account_id, trace_id) for traces (account_id is a partition constant) — the one with the latest
 `collected_at` (ties: highest envelope_id), sort by key, and write files of about `target_bytes`.
 
@@ -71,7 +71,7 @@ Table = Literal["traces", "segments"]
 TABLES: tuple[Table, ...] = ("traces", "segments")
 DEDUP_KEYS: dict[str, tuple[str, ...]] = {
     "traces": ("account_id", "trace_id"),
-    "segments": ("trace_id", "segment_id"),
+    "segments": ("account_id", "trace_id", "segment_id"),
 }
 ORDER_COLUMN = "collected_at"
 TIEBREAK_COLUMN = "envelope_id"

@@ -138,26 +138,30 @@ class TraceDocuments:
     segment_annotations: list[str | None] = field(default_factory=list)
     trace_annotations: str | None = None
 
+    # Every id a member account can influence starts with the account: trace and segment ids
+    # travel in request headers, so without it one roster account could overwrite another's
+    # documents by reusing its ids (a newer collected_at wins the external version).
     @property
     def trace_doc_id(self) -> str:
         return f"{self.account_id}:{self.trace_id}"
 
     def segment_doc_id(self, segment: dict[str, Any]) -> str:
-        return f"{self.trace_id}:{segment['segment_id']}"
+        return f"{self.account_id}:{self.trace_id}:{segment['segment_id']}"
 
-    @staticmethod
-    def span_doc_id(span: dict[str, Any]) -> str:
-        return f"{span['traceId']}{span['spanId']}"
+    def span_doc_id(self, span: dict[str, Any]) -> str:
+        return f"{self.account_id}:{span['traceId']}{span['spanId']}"
 
     def index_requests(self, prefix: str = "xray") -> Iterator[IndexRequest]:
         """Every document with its index and id (version them all with `self.version`)."""
         yield IndexRequest(mappings.traces_index(self.day, prefix), self.trace_doc_id, self.trace, "traces")
         segment_index = mappings.segments_index(self.day, prefix)
+        segment_prefix = f"{self.account_id}:{self.trace_id}:"
         for segment in self.segments:
-            yield IndexRequest(segment_index, f"{self.trace_id}:{segment['segment_id']}", segment, "segments")
+            yield IndexRequest(segment_index, segment_prefix + segment["segment_id"], segment, "segments")
         span_index = mappings.spans_index(self.day)
+        span_prefix = f"{self.account_id}:"
         for span in self.spans:
-            yield IndexRequest(span_index, f"{span['traceId']}{span['spanId']}", span, "spans")
+            yield IndexRequest(span_index, f"{span_prefix}{span['traceId']}{span['spanId']}", span, "spans")
         for relation in self.service_map:
             yield IndexRequest(mappings.SERVICE_MAP_INDEX, relation["hashId"], relation, "service-map")
 

@@ -271,10 +271,12 @@ def test_scorekeep_index_requests(scorekeep: TraceDocuments) -> None:
     assert (first.index, first.doc_id) == ("xray-traces-2017.07.08", scorekeep.trace_doc_id)
     segment = next(r for r in requests if r.kind == "segments")
     assert segment.index == "xray-segments-2017.07.08"
-    assert segment.doc_id == f"1-59602603-23fc5b688855d396af79b496:{segment.source['segment_id']}"
+    assert segment.doc_id == f"012345678901:1-59602603-23fc5b688855d396af79b496:{segment.source['segment_id']}"
+    assert segment.doc_id == scorekeep.segment_doc_id(segment.source)
     span = next(r for r in requests if r.kind == "spans")
     assert span.index == "otel-v1-apm-span-2017.07.08"
-    assert span.doc_id == f"5960260323fc5b688855d396af79b496{span.source['spanId']}"
+    assert span.doc_id == f"012345678901:5960260323fc5b688855d396af79b496{span.source['spanId']}"
+    assert span.doc_id == scorekeep.span_doc_id(span.source)
     relation = next(r for r in requests if r.kind == "service-map")
     assert relation.index == "otel-v1-apm-service-map"
     assert relation.doc_id == relation.source["hashId"]
