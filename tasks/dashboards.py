@@ -1,7 +1,7 @@
 """OpenSearch Dashboards saved objects for xraylake, generated from the index mappings.
 
 `saved_objects()` builds every object (index patterns, visualizations, one dashboard) from the
-field lists in `tasks.mappings` and the pipeline-health template in `tasks.report`, so a renamed
+field lists and the pipeline-health template in `tasks.mappings`, so a renamed
 field breaks the structural test instead of an operator's chart. `write_ndjson()` writes
 `dashboards/xraylake.ndjson` (committed; regenerate with `python -m tasks.dashboards`), and
 `import_dashboards(url, ndjson_path)` posts it to a running OpenSearch Dashboards:
@@ -29,7 +29,6 @@ from typing import Any
 import orjson
 
 from tasks import mappings
-from tasks.report import HEALTH_INDEX, health_index_template
 
 NDJSON_PATH = Path(__file__).resolve().parent.parent / "dashboards" / "xraylake.ndjson"
 DASHBOARD_ID = "xraylake-overview"
@@ -37,7 +36,7 @@ OSD_VERSION = "2.11.0"
 _NAMESPACE = uuid.UUID("5d6c3f1e-8a4b-4c55-9a58-6f1f0e2b7a11")
 
 # index pattern id → (title, time field, mapping); ids are the titles (stable, readable).
-TRACES, SEGMENTS, SPANS, HEALTH = "xray-traces", "xray-segments", mappings.SPAN_INDEX_PREFIX, HEALTH_INDEX
+TRACES, SEGMENTS, SPANS, HEALTH = "xray-traces", "xray-segments", mappings.SPAN_INDEX_PREFIX, mappings.HEALTH_INDEX
 
 
 def _index_pattern_sources() -> dict[str, tuple[str, dict[str, Any]]]:
@@ -46,7 +45,7 @@ def _index_pattern_sources() -> dict[str, tuple[str, dict[str, Any]]]:
         TRACES: ("start", templates["xray-traces"]["template"]["mappings"]),
         SEGMENTS: ("start", templates["xray-segments"]["template"]["mappings"]),
         SPANS: ("startTime", templates[mappings.SPAN_INDEX_PREFIX]["template"]["mappings"]),
-        HEALTH: ("timestamp", health_index_template()["template"]["mappings"]),
+        HEALTH: ("timestamp", mappings.health_index_template()["template"]["mappings"]),
     }
 
 

@@ -36,13 +36,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from tasks.mappings import HEALTH_INDEX
+
 __all__ = [
-    "HEALTH_FIELDS",
-    "HEALTH_INDEX",
     "ReportData",
     "build_report",
-    "ensure_health_template",
-    "health_index_template",
     "parse_since",
     "render_html",
     "report_tables",
@@ -51,71 +49,11 @@ __all__ = [
 
 TRACES_ALIAS = "xray-traces"
 SEGMENTS_ALIAS = "xray-segments"
-HEALTH_INDEX = "xraylake-health"
 FAILED_STATUSES = ("FAILED", "TIMED_OUT", "ABORTED")
 STATUS_ORDER = ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED", "RUNNING", "PENDING_REDRIVE", "UNKNOWN")
 MAX_ROWS = 25
 DASH = "\u2013"  # shown for a missing value
 MAX_BUCKETS = 48
-
-# ------------------------------------------------------------------------------ health template
-
-HEALTH_FIELDS: dict[str, str] = {
-    "kind": "keyword",  # sweep | consume | backfill | replay | collect | reconcile | compact
-    "flow_run_id": "keyword",
-    "flow_run_name": "keyword",
-    "timestamp": "date",
-    "account_id": "keyword",
-    "account_name": "keyword",
-    "region": "keyword",
-    "status": "keyword",
-    "watermark_lag_seconds": "double",
-    "dead_lettered": "long",
-    "traces": "long",
-    "envelopes": "long",
-    "errors": "long",
-    "seconds": "double",
-}
-_HEALTH_TYPES: dict[str, dict[str, Any]] = {
-    "keyword": {"type": "keyword", "ignore_above": 1024},
-    "date": {"type": "date"},
-    "double": {"type": "double"},
-    "long": {"type": "long"},
-}
-
-
-def health_index_template() -> dict[str, Any]:
-    """`PUT _index_template/xraylake-health`: one document per run (and per account for sweeps).
-
-    Unknown fields are mapped dynamically, strings as keywords, so a later field never conflicts.
-    """
-    return {
-        "index_patterns": [HEALTH_INDEX, f"{HEALTH_INDEX}-*"],
-        "priority": 200,
-        "version": 1,
-        "template": {
-            "settings": {},
-            "mappings": {
-                "dynamic": True,
-                "date_detection": False,
-                "dynamic_templates": [
-                    {
-                        "strings_as_keyword": {
-                            "match_mapping_type": "string",
-                            "mapping": dict(_HEALTH_TYPES["keyword"]),
-                        }
-                    }
-                ],
-                "properties": {name: dict(_HEALTH_TYPES[kind]) for name, kind in HEALTH_FIELDS.items()},
-            },
-        },
-        "_meta": {"managed_by": "xraylake"},
-    }
-
-
-def ensure_health_template(client: Any) -> None:
-    client.indices.put_index_template(name=HEALTH_INDEX, body=health_index_template())
-
 
 # --------------------------------------------------------------------------------------- models
 

@@ -24,7 +24,8 @@ from tasks.dashboards import (
     render_ndjson,
     saved_objects,
 )
-from tasks.report import HEALTH_FIELDS, HEALTH_INDEX, ensure_health_template, health_index_template
+from tasks.index import ensure_health_template
+from tasks.mappings import HEALTH_FIELDS, HEALTH_INDEX, health_index_template
 
 REQUIRED_TITLES = {
     "Execution status of a step function",

@@ -25,12 +25,11 @@ from blocks.config import Config
 from flows.consume import run_consumer
 from flows.sweep import sweep
 from sandbox.traffic import WriteReport, generate_traffic, write_traffic
-from tasks.index import client_for
+from tasks.index import client_for, ensure_health_template
+from tasks.mappings import HEALTH_INDEX
 from tasks.report import (
-    HEALTH_INDEX,
     ReportData,
     build_report,
-    ensure_health_template,
     parse_since,
     render_html,
     report_tables,
