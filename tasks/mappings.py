@@ -29,6 +29,7 @@ import copy
 from typing import Any
 
 TEMPLATE_VERSION = 1
+INDEX_PREFIX = "xray"  # `OpenSearchTarget.index_prefix` unless configured otherwise
 SPAN_INDEX_PREFIX = "otel-v1-apm-span"
 SERVICE_MAP_INDEX = "otel-v1-apm-service-map"
 
@@ -254,16 +255,13 @@ def _template(
     }
 
 
-def index_templates(prefix: str = "xray") -> dict[str, dict[str, Any]]:
+def index_templates(prefix: str = INDEX_PREFIX) -> dict[str, dict[str, Any]]:
     """Composable `_index_template` bodies by template name."""
     xray_settings = {"index.mapping.total_fields.limit": 2000}
+    traces, segments = traces_alias(prefix), segments_alias(prefix)
     return {
-        f"{prefix}-traces": _template(
-            [f"{prefix}-traces-*"], xray_mapping(TRACE_FIELDS), f"{prefix}-traces", xray_settings
-        ),
-        f"{prefix}-segments": _template(
-            [f"{prefix}-segments-*"], xray_mapping(SEGMENT_FIELDS), f"{prefix}-segments", xray_settings
-        ),
+        traces: _template([f"{traces}-*"], xray_mapping(TRACE_FIELDS), traces, xray_settings),
+        segments: _template([f"{segments}-*"], xray_mapping(SEGMENT_FIELDS), segments, xray_settings),
         SPAN_INDEX_PREFIX: _template([f"{SPAN_INDEX_PREFIX}-*"], span_mapping(), SPAN_INDEX_PREFIX, {}),
         SERVICE_MAP_INDEX: _template([SERVICE_MAP_INDEX], service_map_mapping(), None, {}),
     }
@@ -307,13 +305,23 @@ def health_index_template() -> dict[str, Any]:
 # ---------------------------------------------------------------------- index names
 
 
-def traces_index(day: str, prefix: str = "xray") -> str:
+def traces_alias(prefix: str = INDEX_PREFIX) -> str:
+    """The read alias over every daily traces index (and the traces template's name)."""
+    return f"{prefix}-traces"
+
+
+def segments_alias(prefix: str = INDEX_PREFIX) -> str:
+    """The read alias over every daily segments index (and the segments template's name)."""
+    return f"{prefix}-segments"
+
+
+def traces_index(day: str, prefix: str = INDEX_PREFIX) -> str:
     """`day` is `YYYY.MM.DD` (TraceDocuments.day)."""
-    return f"{prefix}-traces-{day}"
+    return f"{traces_alias(prefix)}-{day}"
 
 
-def segments_index(day: str, prefix: str = "xray") -> str:
-    return f"{prefix}-segments-{day}"
+def segments_index(day: str, prefix: str = INDEX_PREFIX) -> str:
+    return f"{segments_alias(prefix)}-{day}"
 
 
 def spans_index(day: str) -> str:

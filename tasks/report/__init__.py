@@ -1,6 +1,7 @@
 """The xraylake report: OpenSearch aggregations → `ReportData` → one self-contained HTML file.
 
-`build_report(client, since, now)` asks the read aliases (`xray-traces`, `xray-segments`, and the
+`build_report(client, since, now, index_prefix=…)` asks the read aliases (`<prefix>-traces`,
+`<prefix>-segments`: `xray-…` by default, the target's `index_prefix` from `run_report`, and the
 pipeline-health index when it exists) for:
 
 - Step Functions executions by status per state machine, summed / average / p50 / p95 / max
@@ -55,7 +56,7 @@ def run_report(config: Any, since: timedelta | str, out_path: str | Path | None 
 
     window = parse_since(since) if isinstance(since, str) else since
     client = client_for(config.opensearch)
-    data = build_report(client, window)
+    data = build_report(client, window, index_prefix=config.opensearch.index_prefix)
     if out_path is not None:
         path = Path(out_path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
 
+from tasks import mappings
+
 FAILED_STATUSES = ("FAILED", "TIMED_OUT", "ABORTED")
 STATUS_ORDER = ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED", "RUNNING", "PENDING_REDRIVE", "UNKNOWN")
 
@@ -161,6 +163,8 @@ class ReportData(BaseModel):
     failed_executions_total: int = 0
     health: HealthSummary | None = None
     notes: list[str] = Field(default_factory=list)
+    traces_alias: str = Field(default=mappings.traces_alias(), description="where traces were read")
+    segments_alias: str = Field(default=mappings.segments_alias(), description="where segments were read")
 
 
 # ------------------------------------------------------------------------------------- --since

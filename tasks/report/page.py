@@ -19,7 +19,6 @@ from tasks.mappings import HEALTH_INDEX
 from tasks.report.charts import STATUS_COLORS, color, svg_hbar, svg_latency, svg_time_chart
 from tasks.report.format import DASH, fmt_int, fmt_pct, fmt_seconds, fmt_span, fmt_time
 from tasks.report.model import STATUS_ORDER, ExecutionRow, ReportData, TimeSeries
-from tasks.report.queries import SEGMENTS_ALIAS, TRACES_ALIAS
 
 TEMPLATE = "report.html.j2"
 STYLESHEET = "report.css"
@@ -91,8 +90,6 @@ def render_html(data: ReportData) -> str:
         slowest=lines(data.slowest_executions[:15]),
         trace_note=any(r.status_source == "trace" for r in executions),
         health_index=HEALTH_INDEX,
-        traces_alias=TRACES_ALIAS,
-        segments_alias=SEGMENTS_ALIAS,
     )
 
 

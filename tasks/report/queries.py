@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tasks import mappings
 from tasks.mappings import HEALTH_INDEX
 from tasks.report.model import (
     FAILED_STATUSES,
@@ -25,8 +26,6 @@ from tasks.report.model import (
     TimeSeries,
 )
 
-TRACES_ALIAS = "xray-traces"
-SEGMENTS_ALIAS = "xray-segments"
 MAX_ROWS = 25
 MAX_BUCKETS = 48
 
@@ -192,8 +191,13 @@ def _status_sorted(counts: dict[str, int]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
 
 
-def build_report(client: Any, since: timedelta, now: datetime | None = None) -> ReportData:
-    """Everything the report shows, from OpenSearch aggregations over [now - since, now]."""
+def build_report(
+    client: Any, since: timedelta, now: datetime | None = None, *, index_prefix: str = mappings.INDEX_PREFIX
+) -> ReportData:
+    """Everything the report shows, from OpenSearch aggregations over [now - since, now].
+
+    `index_prefix` is the target's (`OpenSearchTarget.index_prefix`): it names the read aliases.
+    """
     if since.total_seconds() <= 0:
         raise ValueError("since must be a positive duration")
     end = (now or datetime.now(UTC)).astimezone(UTC)
@@ -201,7 +205,13 @@ def build_report(client: Any, since: timedelta, now: datetime | None = None) -> 
     tr = TimeRange(start=start, end=end, since_seconds=since.total_seconds(), interval_seconds=choose_interval(since))
     axis = _time_axis(tr)
     in_range = _range_filter("start", start, end)
-    data = ReportData(generated_at=datetime.now(UTC), range=tr, headline=Headline())
+    data = ReportData(
+        generated_at=datetime.now(UTC),
+        range=tr,
+        headline=Headline(),
+        traces_alias=mappings.traces_alias(index_prefix),
+        segments_alias=mappings.segments_alias(index_prefix),
+    )
     _traffic(client, data, tr, axis, in_range)
     _executions(client, data, tr, axis, in_range)
     _services(client, data, in_range)
@@ -216,7 +226,7 @@ def build_report(client: Any, since: timedelta, now: datetime | None = None) -> 
             "gives the exact status."
         )
     if data.headline.traces == 0:
-        data.notes.append("No traces in this time range (or the xray-traces alias does not exist yet).")
+        data.notes.append(f"No traces in this time range (or the {data.traces_alias} alias does not exist yet).")
     return data
 
 
@@ -241,7 +251,7 @@ def _traffic(client: Any, data: ReportData, tr: TimeRange, axis: list[datetime],
             "over_time": _histogram("start", tr, accounts={"terms": {"field": "account_id", "size": 1000}}),
         },
     }
-    result = _search(client, TRACES_ALIAS, body)
+    result = _search(client, data.traces_alias, body)
     if result is None:
         return
     aggs = result.get("aggregations", {})
@@ -317,7 +327,7 @@ def _executions(client: Any, data: ReportData, tr: TimeRange, axis: list[datetim
             ),
         },
     }
-    result = _search(client, TRACES_ALIAS, body)
+    result = _search(client, data.traces_alias, body)
     if result is None:
         return
     aggs = result.get("aggregations", {})
@@ -358,7 +368,7 @@ def _executions(client: Any, data: ReportData, tr: TimeRange, axis: list[datetim
 
     slowest = _search(
         client,
-        TRACES_ALIAS,
+        data.traces_alias,
         {
             "size": MAX_ROWS,
             "query": _bool_query(in_range, sfn, {"exists": {"field": duration}}),
@@ -369,7 +379,7 @@ def _executions(client: Any, data: ReportData, tr: TimeRange, axis: list[datetim
     data.slowest_executions = [_execution_row(h["_source"]) for h in (slowest or {}).get("hits", {}).get("hits", [])]
     failed = _search(
         client,
-        TRACES_ALIAS,
+        data.traces_alias,
         {
             "size": MAX_ROWS * 2,
             "track_total_hits": True,
@@ -380,10 +390,10 @@ def _executions(client: Any, data: ReportData, tr: TimeRange, axis: list[datetim
     )
     data.failed_executions = [_execution_row(h["_source"]) for h in (failed or {}).get("hits", {}).get("hits", [])]
     data.failed_executions_total = _total(failed)
-    _fill_errors_from_segments(client, data.failed_executions)
+    _fill_errors_from_segments(client, data.segments_alias, data.failed_executions)
 
 
-def _fill_errors_from_segments(client: Any, rows: list[ExecutionRow]) -> None:
+def _fill_errors_from_segments(client: Any, segments_alias: str, rows: list[ExecutionRow]) -> None:
     """Executions collected by the sweep carry no DescribeExecution error: use the state machine
     segment's exception (the Fail state's error / States.Timeout) instead."""
     missing = {row.trace_id for row in rows if not row.error and row.trace_id}
@@ -391,7 +401,7 @@ def _fill_errors_from_segments(client: Any, rows: list[ExecutionRow]) -> None:
         return
     result = _search(
         client,
-        SEGMENTS_ALIAS,
+        segments_alias,
         {
             "size": len(missing) * 4,
             "query": _bool_query(
@@ -439,7 +449,7 @@ def _services(client: Any, data: ReportData, in_range: dict[str, Any]) -> None:
             }
         },
     }
-    result = _search(client, SEGMENTS_ALIAS, body)
+    result = _search(client, data.segments_alias, body)
     if result is None:
         return
     data.headline.service_segments = _total(result)
@@ -488,7 +498,7 @@ def _exceptions(client: Any, data: ReportData, in_range: dict[str, Any]) -> None
             }
         },
     }
-    result = _search(client, SEGMENTS_ALIAS, body)
+    result = _search(client, data.segments_alias, body)
     if result is None:
         return
     data.headline.exception_segments = _total(result)

@@ -37,6 +37,7 @@ from tasks.report import (
     run_report,
 )
 from tasks.report.model import AccountStats, ExecutionRow, Headline, ServiceStats, TimeRange
+from tests.tasks.conftest import PREFIXED_AT
 
 SINCE = timedelta(hours=3)
 
@@ -142,6 +143,30 @@ def test_page_comes_from_the_packaged_template_and_escapes_every_value() -> None
     assert page.count('<svg class="chart"') >= 7
     assert 'data-chart="service-status"' in page
     assert '<span class="pill" style="background:#d9483b">FAILED</span>' in page
+
+
+# ------------------------------------------------------------------------------ index prefix
+
+
+def test_report_reads_the_indices_of_the_target_index_prefix(prefixed_config: Config, tmp_path: Path) -> None:
+    client = client_for(prefixed_config.opensearch)
+    data = build_report(client, SINCE, PREFIXED_AT, index_prefix=prefixed_config.opensearch.index_prefix)
+    assert (data.traces_alias, data.segments_alias) == ("acme-traces", "acme-segments")
+    assert [a.account_name for a in data.accounts] == ["acme"]
+    assert (data.headline.traces, data.headline.executions, data.headline.failed_executions) == (1, 1, 1)
+    assert data.headline.service_segments == 4  # the acme trace's, not the decoy's too
+    assert {e.exception_type: e.occurrences for e in data.top_exceptions} == {"States.TaskFailed": 2}
+    page = render_html(data)
+    assert "<code>acme-traces</code>" in page
+    assert "<code>acme-segments</code>" in page
+    assert "decoy" not in page
+    assert "xray-traces" not in page
+    # The default prefix reads the decoy: the two sets of indices really differ.
+    assert [a.account_name for a in build_report(client, SINCE, PREFIXED_AT).accounts] == ["decoy"]
+    # run_report takes the prefix from the target (the last hour has no data: the note names the alias).
+    recent = run_report(prefixed_config, "1h", tmp_path / "recent.html")
+    assert recent.traces_alias == "acme-traces"
+    assert "acme-traces alias" in recent.notes[-1]
 
 
 # ---------------------------------------------------------------------------------- numbers
