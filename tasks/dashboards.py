@@ -1,10 +1,15 @@
 """OpenSearch Dashboards saved objects for xraylake, generated from the index mappings.
 
-`saved_objects()` builds every object (index patterns, visualizations, one dashboard) from the
-field lists in `tasks.mappings` and the pipeline-health template in `tasks.report`, so a renamed
-field breaks the structural test instead of an operator's chart. `write_ndjson()` writes
-`dashboards/xraylake.ndjson` (committed; regenerate with `python -m tasks.dashboards`), and
-`import_dashboards(url, ndjson_path)` posts it to a running OpenSearch Dashboards:
+`saved_objects(index_prefix)` builds every object (index patterns, visualizations, one dashboard)
+from the field lists and the pipeline-health template in `tasks.mappings`, so a renamed field
+breaks the structural test instead of an operator's chart. The traces and segments index patterns
+are the target's read aliases, `<index_prefix>-traces` and `<index_prefix>-segments`; for a prefix
+other than `xray` the visualization and dashboard ids carry the prefix too, so pipelines with
+different prefixes can share one Dashboards. `write_ndjson()` writes `dashboards/xraylake.ndjson`
+(the default prefix, committed; regenerate with `python -m tasks.dashboards`, or
+`python -m tasks.dashboards <prefix>` for `dashboards/xraylake-<prefix>.ndjson`), and
+`import_dashboards(url, ndjson_path)` posts it to a running OpenSearch Dashboards
+(`import_dashboards(url, index_prefix=…)` posts the objects generated for that prefix):
 
     POST <url>/_dashboards/api/saved_objects/_import?overwrite=true
          multipart/form-data, field `file` = the ndjson; header `osd-xsrf: true`
@@ -22,31 +27,32 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from tasks import mappings
-from tasks.report import HEALTH_INDEX, health_index_template
 
 NDJSON_PATH = Path(__file__).resolve().parent.parent / "dashboards" / "xraylake.ndjson"
 DASHBOARD_ID = "xraylake-overview"
 OSD_VERSION = "2.11.0"
 _NAMESPACE = uuid.UUID("5d6c3f1e-8a4b-4c55-9a58-6f1f0e2b7a11")
 
-# index pattern id → (title, time field, mapping); ids are the titles (stable, readable).
-TRACES, SEGMENTS, SPANS, HEALTH = "xray-traces", "xray-segments", mappings.SPAN_INDEX_PREFIX, HEALTH_INDEX
+# Index pattern ids are the titles (stable, readable); traces and segments follow the index prefix.
+SPANS, HEALTH = mappings.SPAN_INDEX_PREFIX, mappings.HEALTH_INDEX
 
 
-def _index_pattern_sources() -> dict[str, tuple[str, dict[str, Any]]]:
-    templates = mappings.index_templates("xray")
+def _index_pattern_sources(index_prefix: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """index pattern id → (time field, mapping)."""
+    templates = mappings.index_templates(index_prefix)
+    traces, segments = mappings.traces_alias(index_prefix), mappings.segments_alias(index_prefix)
     return {
-        TRACES: ("start", templates["xray-traces"]["template"]["mappings"]),
-        SEGMENTS: ("start", templates["xray-segments"]["template"]["mappings"]),
+        traces: ("start", templates[traces]["template"]["mappings"]),
+        segments: ("start", templates[segments]["template"]["mappings"]),
         SPANS: ("startTime", templates[mappings.SPAN_INDEX_PREFIX]["template"]["mappings"]),
-        HEALTH: ("timestamp", health_index_template()["template"]["mappings"]),
+        HEALTH: ("timestamp", mappings.health_index_template()["template"]["mappings"]),
     }
 
 
@@ -159,10 +165,11 @@ class Vis:
     description: str = ""
     width: int = 24
     height: int = 15
+    scope: str = ""  # the index prefix when it is not the default: ids stay apart per prefix
 
     @property
     def id(self) -> str:
-        return str(uuid.uuid5(_NAMESPACE, self.slug))
+        return str(uuid.uuid5(_NAMESPACE, f"{self.scope}/{self.slug}" if self.scope else self.slug))
 
     def saved_object(self) -> dict[str, Any]:
         vis_state = {"title": self.title, "type": self.vis_type, "params": self.params, "aggs": self.aggs}
@@ -326,12 +333,21 @@ SFN_QUERY = "step_functions:true"
 SERVICE_QUERY = "is_subsegment:false"
 
 
-def visualizations() -> list[Vis]:
+def _scope(index_prefix: str) -> str:
+    return "" if index_prefix == mappings.INDEX_PREFIX else index_prefix
+
+
+def visualizations(index_prefix: str = mappings.INDEX_PREFIX) -> list[Vis]:
+    traces, segments = mappings.traces_alias(index_prefix), mappings.segments_alias(index_prefix)
+    return [replace(vis, scope=_scope(index_prefix)) for vis in _visualizations(traces, segments)]
+
+
+def _visualizations(traces: str, segments: str) -> list[Vis]:
     return [
         Vis(
             "traces-total",
             "Traces",
-            TRACES,
+            traces,
             "metric",
             [
                 _count(1, "Traces"),
@@ -344,7 +360,7 @@ def visualizations() -> list[Vis]:
         Vis(
             "executions-total",
             "Step Functions executions",
-            TRACES,
+            traces,
             "metric",
             [
                 _count(1, "Executions"),
@@ -358,7 +374,7 @@ def visualizations() -> list[Vis]:
         Vis(
             "execution-status",
             "Execution status of a step function",
-            TRACES,
+            traces,
             "histogram",
             [
                 _count(1, "Executions"),
@@ -372,7 +388,7 @@ def visualizations() -> list[Vis]:
         Vis(
             "execution-duration-sum",
             "Sum of step function execution duration",
-            TRACES,
+            traces,
             "histogram",
             [
                 _agg(1, "sum", "metric", field="execution_duration_seconds", customLabel="Duration (s)"),
@@ -385,7 +401,7 @@ def visualizations() -> list[Vis]:
         Vis(
             "execution-duration-percentiles",
             "Step function execution duration p50 / p95",
-            TRACES,
+            traces,
             "line",
             [
                 _agg(1, "percentiles", "metric", field="execution_duration_seconds", percents=[50, 95]),
@@ -398,7 +414,7 @@ def visualizations() -> list[Vis]:
         Vis(
             "traces-per-account",
             "Traces per account and environment",
-            TRACES,
+            traces,
             "histogram",
             [
                 _count(1, "Traces"),
@@ -412,7 +428,7 @@ def visualizations() -> list[Vis]:
         Vis(
             "service-status-rate",
             "Error, fault and throttle rate per service",
-            SEGMENTS,
+            segments,
             "histogram",
             [
                 _count(1, "Segments"),
@@ -426,7 +442,7 @@ def visualizations() -> list[Vis]:
         Vis(
             "service-latency",
             "Latency percentiles per service",
-            SEGMENTS,
+            segments,
             "table",
             [
                 _agg(1, "percentiles", "metric", field="duration", percents=[50, 90, 95, 99]),
@@ -440,7 +456,7 @@ def visualizations() -> list[Vis]:
         Vis(
             "top-exceptions",
             "Top exceptions",
-            SEGMENTS,
+            segments,
             "table",
             [
                 _count(1, "Segments"),
@@ -454,7 +470,7 @@ def visualizations() -> list[Vis]:
         Vis(
             "slowest-executions",
             "Slowest step function executions",
-            TRACES,
+            traces,
             "table",
             [
                 _agg(1, "max", "metric", field="execution_duration_seconds", customLabel="Duration (s)"),
@@ -469,7 +485,7 @@ def visualizations() -> list[Vis]:
         Vis(
             "failed-executions",
             "Failed step function executions",
-            TRACES,
+            traces,
             "table",
             [
                 _count(1, "Executions"),
@@ -537,8 +553,9 @@ def visualizations() -> list[Vis]:
 # ------------------------------------------------------------------------------------ dashboard
 
 
-def dashboard(vis: list[Vis]) -> dict[str, Any]:
+def dashboard(vis: list[Vis], index_prefix: str = mappings.INDEX_PREFIX) -> dict[str, Any]:
     """One dashboard, panels laid out in a 48-column grid, rows packed left to right."""
+    scope = _scope(index_prefix)
     panels: list[dict[str, Any]] = []
     references: list[dict[str, Any]] = []
     x = y = row_height = 0
@@ -559,10 +576,10 @@ def dashboard(vis: list[Vis]) -> dict[str, Any]:
         x += item.width
         row_height = max(row_height, item.height)
     return {
-        "id": DASHBOARD_ID,
+        "id": f"{DASHBOARD_ID}-{scope}" if scope else DASHBOARD_ID,
         "type": "dashboard",
         "attributes": {
-            "title": "xraylake: X-Ray traces and Step Functions",
+            "title": "xraylake: X-Ray traces and Step Functions" + (f" ({scope}-*)" if scope else ""),
             "description": "Step Functions executions, services, exceptions and pipeline health "
             "across the organization's accounts.",
             "hits": 0,
@@ -582,23 +599,31 @@ def dashboard(vis: list[Vis]) -> dict[str, Any]:
     }
 
 
-def saved_objects() -> list[dict[str, Any]]:
+def saved_objects(index_prefix: str = mappings.INDEX_PREFIX) -> list[dict[str, Any]]:
     """Index patterns first, then visualizations, then the dashboard (import resolves in order)."""
-    vis = visualizations()
+    vis = visualizations(index_prefix)
     patterns = [
-        index_pattern(pid, time_field, mapping) for pid, (time_field, mapping) in _index_pattern_sources().items()
+        index_pattern(pid, time_field, mapping)
+        for pid, (time_field, mapping) in _index_pattern_sources(index_prefix).items()
     ]
-    return [*patterns, *(v.saved_object() for v in vis), dashboard(vis)]
+    return [*patterns, *(v.saved_object() for v in vis), dashboard(vis, index_prefix)]
 
 
-def render_ndjson(objects: list[dict[str, Any]] | None = None) -> bytes:
+def render_ndjson(objects: list[dict[str, Any]] | None = None, index_prefix: str = mappings.INDEX_PREFIX) -> bytes:
     """One object per line, keys sorted: regenerating yields byte-identical output."""
-    return b"".join(orjson.dumps(o, option=orjson.OPT_SORT_KEYS) + b"\n" for o in (objects or saved_objects()))
+    objects = objects or saved_objects(index_prefix)
+    return b"".join(orjson.dumps(o, option=orjson.OPT_SORT_KEYS) + b"\n" for o in objects)
 
 
-def write_ndjson(path: Path = NDJSON_PATH) -> Path:
+def ndjson_name(index_prefix: str = mappings.INDEX_PREFIX) -> str:
+    """`xraylake.ndjson` for the default prefix, `xraylake-<prefix>.ndjson` for another."""
+    scope = _scope(index_prefix)
+    return f"xraylake-{scope}.ndjson" if scope else "xraylake.ndjson"
+
+
+def write_ndjson(path: Path = NDJSON_PATH, index_prefix: str = mappings.INDEX_PREFIX) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(render_ndjson())
+    path.write_bytes(render_ndjson(index_prefix=index_prefix))
     return path
 
 
@@ -647,6 +672,7 @@ def import_dashboards(
     url: str,
     ndjson_path: str | Path = NDJSON_PATH,
     *,
+    index_prefix: str | None = None,
     base_path: str = "_dashboards",
     username: str | None = None,
     password: str | None = None,
@@ -655,14 +681,20 @@ def import_dashboards(
 ) -> dict[str, Any]:
     """Import the saved objects (overwriting ours); returns Dashboards' JSON answer.
 
-    Raises `DashboardsImportError` on an HTTP error or when the answer says `success: false`.
+    `index_prefix`: post the objects generated for that prefix (the target's `index_prefix`)
+    instead of the file. Raises `DashboardsImportError` on an HTTP error or when the answer says
+    `success: false`.
     """
     import ssl
     import urllib.error
     import urllib.request
 
-    path = Path(ndjson_path)
-    request_url, headers, body = import_request(url, path.read_bytes(), filename=path.name, base_path=base_path)
+    if index_prefix is None:
+        path = Path(ndjson_path)
+        ndjson, filename = path.read_bytes(), path.name
+    else:
+        ndjson, filename = render_ndjson(index_prefix=index_prefix), ndjson_name(index_prefix)
+    request_url, headers, body = import_request(url, ndjson, filename=filename, base_path=base_path)
     if username is not None:
         token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"
@@ -686,4 +718,7 @@ def import_dashboards(
 
 
 if __name__ == "__main__":  # pragma: no cover - regeneration helper
-    print(write_ndjson())
+    import sys
+
+    prefix = sys.argv[1] if len(sys.argv) > 1 else mappings.INDEX_PREFIX
+    print(write_ndjson(NDJSON_PATH.with_name(ndjson_name(prefix)), prefix))

@@ -1,7 +1,7 @@
 """Pipeline-health documents: one per run (and per account/region for collecting runs).
 
 `write_health(config, kind, rows)` writes them to the `xraylake-health` index (template in
-`tasks/report.py`, which also reads them for the report's "Pipeline health" section). Every
+`tasks/mappings.py`; the report reads them for its "Pipeline health" section). Every
 document carries kind, flow_run_id, flow_run_name and timestamp (from the running flow, else
 generated); the rows add account_id, account_name, region, status, watermark_lag_seconds,
 dead_lettered, traces, envelopes, errors, seconds (or anything else: unknown fields map as
@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from blocks.config import Config
-from tasks.report import HEALTH_FIELDS, HEALTH_INDEX, ensure_health_template
+from tasks.mappings import HEALTH_FIELDS, HEALTH_INDEX
 
 log = logging.getLogger("xraylake.health")
 
@@ -119,9 +119,9 @@ def write_health(
     try:
         run_id, run_name = _flow_run()
         documents = health_documents(kind, rows, flow_run_id=run_id, flow_run_name=run_name)
-        if client is None:
-            from tasks.index import client_for
+        from tasks.index import client_for, ensure_health_template
 
+        if client is None:
             client = client_for(config.opensearch)
         ensure_health_template(client)
         body: list[dict[str, Any]] = []

@@ -18,6 +18,7 @@ from opensearchpy.helpers import streaming_bulk
 
 from blocks import OpenSearchTarget
 from tasks.errors import TerminalError, TransientError
+from tasks.mappings import HEALTH_INDEX, health_index_template
 
 BULK_CHUNK_DOCS = 1000
 BULK_CHUNK_BYTES = 8 * 1024 * 1024
@@ -154,6 +155,11 @@ def ensure_templates(client: OpenSearch, templates: dict[str, dict[str, Any]]) -
             raise TransientError(f"put index template {name}: {error}") from error
         names.append(name)
     return names
+
+
+def ensure_health_template(client: Any) -> None:
+    """Create or update the pipeline-health template (`xraylake-health`, see `tasks.mappings`)."""
+    client.indices.put_index_template(name=HEALTH_INDEX, body=health_index_template())
 
 
 def capabilities(client: OpenSearch) -> dict[str, bool]:

@@ -7,6 +7,9 @@ Four composable index templates (`PUT _index_template/<name>` bodies):
 - `otel-v1-apm-span`  → daily `otel-v1-apm-span-YYYY.MM.DD`, read alias `otel-v1-apm-span`
 - `otel-v1-apm-service-map` → the single `otel-v1-apm-service-map` index
 
+and the pipeline-health template (`health_index_template()`, `xraylake-health`: one document per
+run, written by `tasks.health`, read by the report), installed by `tasks.index.ensure_health_template`.
+
 The xray templates are `dynamic: false` (an unknown field is kept in `_source`, never mapped, so
 it can never conflict) except under `annotations` (every value a keyword) and `annotations_num`
 (numeric annotation values, as double): whatever value types accounts send, no annotation can
@@ -26,6 +29,7 @@ import copy
 from typing import Any
 
 TEMPLATE_VERSION = 1
+INDEX_PREFIX = "xray"  # `OpenSearchTarget.index_prefix` unless configured otherwise
 SPAN_INDEX_PREFIX = "otel-v1-apm-span"
 SERVICE_MAP_INDEX = "otel-v1-apm-service-map"
 
@@ -252,31 +256,73 @@ def _template(
     }
 
 
-def index_templates(prefix: str = "xray") -> dict[str, dict[str, Any]]:
+def index_templates(prefix: str = INDEX_PREFIX) -> dict[str, dict[str, Any]]:
     """Composable `_index_template` bodies by template name."""
     xray_settings = {"index.mapping.total_fields.limit": 2000}
+    traces, segments = traces_alias(prefix), segments_alias(prefix)
     return {
-        f"{prefix}-traces": _template(
-            [f"{prefix}-traces-*"], xray_mapping(TRACE_FIELDS), f"{prefix}-traces", xray_settings
-        ),
-        f"{prefix}-segments": _template(
-            [f"{prefix}-segments-*"], xray_mapping(SEGMENT_FIELDS), f"{prefix}-segments", xray_settings
-        ),
+        traces: _template([f"{traces}-*"], xray_mapping(TRACE_FIELDS), traces, xray_settings),
+        segments: _template([f"{segments}-*"], xray_mapping(SEGMENT_FIELDS), segments, xray_settings),
         SPAN_INDEX_PREFIX: _template([f"{SPAN_INDEX_PREFIX}-*"], span_mapping(), SPAN_INDEX_PREFIX, {}),
         SERVICE_MAP_INDEX: _template([SERVICE_MAP_INDEX], service_map_mapping(), None, {}),
     }
 
 
+# ---------------------------------------------------------------------- pipeline health
+
+HEALTH_INDEX = "xraylake-health"
+HEALTH_FIELDS: dict[str, str] = {
+    "kind": "keyword",  # sweep | consume | backfill | replay | collect | reconcile | compact
+    "flow_run_id": "keyword",
+    "flow_run_name": "keyword",
+    "timestamp": "date",
+    "account_id": "keyword",
+    "account_name": "keyword",
+    "region": "keyword",
+    "status": "keyword",
+    "watermark_lag_seconds": "double",
+    "dead_lettered": "long",
+    "traces": "long",
+    "envelopes": "long",
+    "errors": "long",
+    "seconds": "double",
+}
+
+
+def health_index_template() -> dict[str, Any]:
+    """`PUT _index_template/xraylake-health`: one document per run (and per account for sweeps).
+
+    Unknown fields are mapped dynamically, strings as keywords, so a later field never conflicts.
+    """
+    mapping = {
+        "dynamic": True,
+        "date_detection": False,
+        "dynamic_templates": [{"strings_as_keyword": {"match_mapping_type": "string", "mapping": dict(_KEYWORD)}}],
+        "properties": _properties(HEALTH_FIELDS),
+    }
+    return _template([HEALTH_INDEX, f"{HEALTH_INDEX}-*"], mapping, None, {})
+
+
 # ---------------------------------------------------------------------- index names
 
 
-def traces_index(day: str, prefix: str = "xray") -> str:
+def traces_alias(prefix: str = INDEX_PREFIX) -> str:
+    """The read alias over every daily traces index (and the traces template's name)."""
+    return f"{prefix}-traces"
+
+
+def segments_alias(prefix: str = INDEX_PREFIX) -> str:
+    """The read alias over every daily segments index (and the segments template's name)."""
+    return f"{prefix}-segments"
+
+
+def traces_index(day: str, prefix: str = INDEX_PREFIX) -> str:
     """`day` is `YYYY.MM.DD` (TraceDocuments.day)."""
-    return f"{prefix}-traces-{day}"
+    return f"{traces_alias(prefix)}-{day}"
 
 
-def segments_index(day: str, prefix: str = "xray") -> str:
-    return f"{prefix}-segments-{day}"
+def segments_index(day: str, prefix: str = INDEX_PREFIX) -> str:
+    return f"{segments_alias(prefix)}-{day}"
 
 
 def spans_index(day: str) -> str:

@@ -325,9 +325,8 @@ def setup(
 ) -> None:
     """Create the index templates (idempotent), report cluster capabilities, optionally import dashboards."""
     from blocks.config import load_config
-    from tasks.index import capabilities, client_for, ensure_templates
+    from tasks.index import capabilities, client_for, ensure_health_template, ensure_templates
     from tasks.mappings import index_templates
-    from tasks.report import ensure_health_template
 
     cfg = load_config(config)
     client = client_for(cfg.opensearch)

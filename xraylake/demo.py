@@ -20,8 +20,10 @@ from rich.console import Console
 from xraylake.output import table
 
 
-def _aggregate_per_account(client: Any) -> dict[str, dict[str, Any]]:
-    client.indices.refresh(index="xray-*")
+def _aggregate_per_account(client: Any, index_prefix: str) -> dict[str, dict[str, Any]]:
+    from tasks.mappings import segments_alias, traces_alias
+
+    client.indices.refresh(index=f"{index_prefix}-*")
     body = {
         "size": 0,
         "aggs": {
@@ -34,7 +36,7 @@ def _aggregate_per_account(client: Any) -> dict[str, dict[str, Any]]:
             }
         },
     }
-    result = client.search(index="xray-traces", body=body)
+    result = client.search(index=traces_alias(index_prefix), body=body)
     out: dict[str, dict[str, Any]] = {}
     for bucket in result["aggregations"]["accounts"]["buckets"]:
         out[bucket["key"]] = {
@@ -43,7 +45,7 @@ def _aggregate_per_account(client: Any) -> dict[str, dict[str, Any]]:
             "executions": {b["key"]: b["doc_count"] for b in bucket["executions"]["buckets"]},
         }
     segments = client.search(
-        index="xray-segments",
+        index=segments_alias(index_prefix),
         body={"size": 0, "aggs": {"accounts": {"terms": {"field": "account_id", "size": 1000}}}},
     )
     for bucket in segments["aggregations"]["accounts"]["buckets"]:
@@ -75,6 +77,7 @@ def run_demo(
     from sandbox.stack import down, up
     from sandbox.traffic import complete_in_progress, generate_traffic, write_traffic
     from tasks.index import client_for
+    from tasks.mappings import SERVICE_MAP_INDEX, SPAN_INDEX_PREFIX, segments_alias, traces_alias
 
     say: Callable[..., None] = console.print if console else (lambda *a, **k: None)
     timings: dict[str, float] = {}
@@ -183,7 +186,7 @@ def run_demo(
             "dead_lettered_total",
         )
     }
-    indexed = _aggregate_per_account(client_for(config.opensearch))
+    indexed = _aggregate_per_account(client_for(config.opensearch), config.opensearch.index_prefix)
     names = {a.account_id: a.name for a in config.roster.accounts}
     result["indexed"] = [{"account_id": a, "account": names.get(a, "?")} | v for a, v in sorted(indexed.items())]
     say(
@@ -266,7 +269,12 @@ def run_demo(
 
     result["where"] = {
         "opensearch": sandbox_state["opensearch_url"],
-        "read_aliases": ["xray-traces", "xray-segments", "otel-v1-apm-span", "otel-v1-apm-service-map"],
+        "read_aliases": [
+            traces_alias(config.opensearch.index_prefix),
+            segments_alias(config.opensearch.index_prefix),
+            SPAN_INDEX_PREFIX,
+            SERVICE_MAP_INDEX,
+        ],
         "raw_archive": f"s3://{config.archive.bucket}/{config.archive.raw_prefix}/account_id=…/region=…/dt=…/hour=…/",
         "parquet": f"s3://{config.archive.bucket}/{config.archive.parquet_prefix}/{{traces,segments}}/…",
         "queue": config.queue.queue_url,

@@ -38,7 +38,7 @@ from deployments.serve import LocalServer
 from tasks import envelope as env
 from tasks import health, limits, queue
 from tasks.index import client_for
-from tasks.report import HEALTH_INDEX
+from tasks.mappings import HEALTH_INDEX
 
 PROJECT = Path(__file__).resolve().parents[2]
 WEBHOOK = json.loads((PROJECT / "deployments" / "webhook.json").read_text())

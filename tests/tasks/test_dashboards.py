@@ -24,7 +24,8 @@ from tasks.dashboards import (
     render_ndjson,
     saved_objects,
 )
-from tasks.report import HEALTH_FIELDS, HEALTH_INDEX, ensure_health_template, health_index_template
+from tasks.index import client_for, ensure_health_template
+from tasks.mappings import HEALTH_FIELDS, HEALTH_INDEX, health_index_template
 
 REQUIRED_TITLES = {
     "Execution status of a step function",
@@ -191,6 +192,34 @@ def test_health_template_names_the_documented_fields(fresh_config: Config) -> No
     assert mapping["account_id"]["type"] == "keyword"  # never a number: ids keep their leading zero
     assert mapping["timestamp"]["type"] == "date"
     assert mapping["watermark_lag_seconds"]["type"] == "double"
+
+
+def test_dashboards_point_at_the_indices_of_the_target_index_prefix(prefixed_config: Config, recorder: Any) -> None:
+    prefix = prefixed_config.opensearch.index_prefix
+    objects = saved_objects(prefix)
+    assert "xray-traces" not in render_ndjson(index_prefix=prefix).decode()
+    assert "xray-segments" not in render_ndjson(index_prefix=prefix).decode()
+    patterns = {o["id"]: o for o in objects if o["type"] == "index-pattern"}
+    assert set(patterns) == {"acme-traces", "acme-segments", "otel-v1-apm-span", HEALTH_INDEX}
+    # Visualizations and the dashboard get ids of their own: both prefixes can live in one Dashboards.
+    default_ids = {o["id"] for o in saved_objects() if o["type"] != "index-pattern"}
+    for vis in (o for o in objects if o["type"] == "visualization"):
+        assert {r["id"] for r in vis["references"]} <= set(patterns), vis["attributes"]["title"]
+        assert vis["id"] not in default_ids
+    (board,) = [o for o in objects if o["type"] == "dashboard"]
+    assert board["id"] not in default_ids
+    # On the real cluster, each pattern's title finds this prefix's documents (not the decoy's).
+    client = client_for(prefixed_config.opensearch)
+    for pattern_id in ("acme-traces", "acme-segments"):
+        attributes = patterns[pattern_id]["attributes"]
+        hits = client.search(index=attributes["title"], body={"size": 50})["hits"]["hits"]
+        assert {h["_source"]["account_name"] for h in hits} == {"acme"}, pattern_id
+        assert all(attributes["timeFieldName"] in h["_source"] for h in hits)
+    # Importing for the prefix posts these objects, not the committed default file.
+    url, handler = recorder
+    import_dashboards(url, index_prefix=prefix)
+    (request,) = handler.requests
+    assert _multipart_file(request) == ("xraylake-acme.ndjson", render_ndjson(index_prefix=prefix))
 
 
 # --------------------------------------------------------------------------- import over HTTP

@@ -15,6 +15,7 @@ import subprocess
 import zlib
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -25,17 +26,18 @@ from blocks.config import Config
 from flows.consume import run_consumer
 from flows.sweep import sweep
 from sandbox.traffic import WriteReport, generate_traffic, write_traffic
-from tasks.index import client_for
+from tasks.index import client_for, ensure_health_template
+from tasks.mappings import HEALTH_INDEX
 from tasks.report import (
-    HEALTH_INDEX,
     ReportData,
     build_report,
-    ensure_health_template,
     parse_since,
     render_html,
     report_tables,
     run_report,
 )
+from tasks.report.model import AccountStats, ExecutionRow, Headline, ServiceStats, TimeRange
+from tests.tasks.conftest import PREFIXED_AT
 
 SINCE = timedelta(hours=3)
 
@@ -109,6 +111,62 @@ def test_report_on_an_empty_cluster_is_empty_not_an_error(fresh_config: Config, 
     assert data.health is None
     assert out.read_text().startswith("<!DOCTYPE html>")
     assert "no data" in out.read_text()
+
+
+# --------------------------------------------------------------------------------- the page
+
+
+def test_page_comes_from_the_packaged_template_and_escapes_every_value() -> None:
+    """The template and its CSS are package files (they ship in the wheel); autoescaping covers
+    every value the data brings, while the charts (escaped by the chart kit) stay markup."""
+    files = resources.files("tasks.report").joinpath("templates")
+    css = files.joinpath("report.css").read_text(encoding="utf-8")
+    assert files.joinpath("report.html.j2").is_file()
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    hostile = "<script>alert(1)</script>"
+    data = ReportData(
+        title=f"ops & {hostile}",
+        generated_at=now,
+        range=TimeRange(start=now - SINCE, end=now, since_seconds=SINCE.total_seconds(), interval_seconds=300),
+        headline=Headline(traces=3, accounts=1),
+        accounts=[AccountStats(account_id="011111111111", account_name=hostile, traces=3)],
+        services=[ServiceStats(service=hostile, segments=3, errors=1, error_rate=1 / 3, latency_p50=0.2)],
+        failed_executions=[ExecutionRow(execution_name="run-1", status="FAILED", cause=f"bad {hostile}")],
+        failed_executions_total=1,
+        notes=[f"note {hostile}"],
+    )
+    page = render_html(data)
+    assert_self_contained(page)
+    assert f"<style>\n{css}</style>" in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "ops &amp; &lt;script&gt;" in page
+    assert page.count('<svg class="chart"') >= 7
+    assert 'data-chart="service-status"' in page
+    assert '<span class="pill" style="background:#d9483b">FAILED</span>' in page
+
+
+# ------------------------------------------------------------------------------ index prefix
+
+
+def test_report_reads_the_indices_of_the_target_index_prefix(prefixed_config: Config, tmp_path: Path) -> None:
+    client = client_for(prefixed_config.opensearch)
+    data = build_report(client, SINCE, PREFIXED_AT, index_prefix=prefixed_config.opensearch.index_prefix)
+    assert (data.traces_alias, data.segments_alias) == ("acme-traces", "acme-segments")
+    assert [a.account_name for a in data.accounts] == ["acme"]
+    assert (data.headline.traces, data.headline.executions, data.headline.failed_executions) == (1, 1, 1)
+    assert data.headline.service_segments == 4  # the acme trace's, not the decoy's too
+    assert {e.exception_type: e.occurrences for e in data.top_exceptions} == {"States.TaskFailed": 2}
+    page = render_html(data)
+    assert "<code>acme-traces</code>" in page
+    assert "<code>acme-segments</code>" in page
+    assert "decoy" not in page
+    assert "xray-traces" not in page
+    # The default prefix reads the decoy: the two sets of indices really differ.
+    assert [a.account_name for a in build_report(client, SINCE, PREFIXED_AT).accounts] == ["decoy"]
+    # run_report takes the prefix from the target (the last hour has no data: the note names the alias).
+    recent = run_report(prefixed_config, "1h", tmp_path / "recent.html")
+    assert recent.traces_alias == "acme-traces"
+    assert "acme-traces alias" in recent.notes[-1]
 
 
 # ---------------------------------------------------------------------------------- numbers
