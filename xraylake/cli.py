@@ -338,7 +338,7 @@ def setup(
     if dashboards:
         from tasks.dashboards import import_dashboards
 
-        imported = import_dashboards(dashboards)
+        imported = import_dashboards(dashboards, index_prefix=cfg.opensearch.index_prefix)
     if json:
         print_json({"templates": names, "capabilities": caps, "dashboards": imported})
     else:
