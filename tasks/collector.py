@@ -19,6 +19,7 @@ from tasks import archive, queue, watermark, windows, xray
 from tasks.aws import MemberSessions, log_client
 from tasks.envelope import Envelope, Source, TimeWindow, WireMessage, build_envelope, encode, pack_traces
 from tasks.errors import TransientError
+from tasks.ids import trace_id_problem
 from tasks.redact import RedactionPolicy, redact_trace
 
 
@@ -60,6 +61,7 @@ class WindowResult:
     envelopes: int = 0
     bytes: int = 0
     claim_checks: int = 0
+    traces_refused: int = 0
     envelope_ids: list[str] = field(default_factory=list)
     trace_ids: list[str] = field(default_factory=list)
 
@@ -80,6 +82,7 @@ class AccountResult:
     envelopes: int = 0
     bytes: int = 0
     claim_checks: int = 0
+    traces_refused: int = 0  # trace ids outside X-Ray's and W3C's formats: never sent
     throttles: int = 0
     retries: int = 0
     watermark_before: str | None = None
@@ -97,6 +100,7 @@ class AccountResult:
         self.envelopes += result.envelopes
         self.bytes += result.bytes
         self.claim_checks += result.claim_checks
+        self.traces_refused += result.traces_refused
         self.envelope_ids += result.envelope_ids
         self.trace_ids += result.trace_ids
 
@@ -115,9 +119,21 @@ def envelopes_for(
     execution: dict[str, Any] | None = None,
     collected_at: datetime | None = None,
     redaction: RedactionPolicy | None = None,
+    refused: list[dict[str, str]] | None = None,
 ) -> list[Envelope]:
-    """Pack traces by start hour and size into envelopes (pure); `redaction` masks secrets first."""
+    """Pack traces by start hour and size into envelopes (pure); `redaction` masks secrets first.
+
+    A trace whose id is neither an X-Ray nor a W3C trace id is left out and, when `refused` is
+    given, reported there ({trace_id, reason})."""
     collected = collected_at or datetime.now(UTC)
+    valid = []
+    for trace in traces:
+        reason = trace_id_problem(trace.get("Id"))
+        if reason is None:
+            valid.append(trace)
+        elif refused is not None:
+            refused.append({"trace_id": repr(trace.get("Id"))[:80], "reason": reason})
+    traces = valid
     if redaction is not None:
         traces = [redact_trace(t, redaction) for t in traces]
         if execution is not None:
@@ -174,6 +190,7 @@ def collect_window(
     if batch.unprocessed:
         # Never advance past traces we could not fetch: the caller's watermark stays put.
         raise TransientError(f"{len(batch.unprocessed)} trace ids stayed unprocessed in {account.account_id}/{region}")
+    refused: list[dict[str, str]] = []
     envelopes = envelopes_for(
         batch.traces,
         source=source,
@@ -181,14 +198,16 @@ def collect_window(
         region=region,
         window=TimeWindow(start=window.start, end=window.end),
         redaction=collector.redaction,
+        refused=refused,
     )
     messages, report = send_envelopes(collector, envelopes)
-    result.traces = len(batch.traces)
+    result.traces = len(batch.traces) - len(refused)
+    result.traces_refused = len(refused)
     result.envelopes = report.sent
     result.bytes = report.bytes
     result.claim_checks = sum(1 for m in messages if m.claim_check)
     result.envelope_ids = [e.envelope_id for e in envelopes]
-    result.trace_ids = [t["Id"] for t in batch.traces]
+    result.trace_ids = [t["Id"] for t in batch.traces if trace_id_problem(t.get("Id")) is None]
     return result
 
 

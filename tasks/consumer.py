@@ -66,6 +66,8 @@ class BatchStats:
     parquet_files: int = 0
     parquet_bytes: int = 0
     transform_problems: int = 0
+    traces_rejected: int = 0  # traces whose id is no trace id: in the raw archive, never indexed
+    rejections: list[str] = field(default_factory=list)  # their reasons (the first 20)
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     errors: list[str] = field(default_factory=list)
 
@@ -283,6 +285,8 @@ class Consumer:
         stats.segments += len(result.segments)
         stats.spans += len(result.spans)
         stats.transform_problems += len(result.problems)
+        stats.traces_rejected += len(result.rejected)
+        stats.rejections += [f"envelope {envelope.envelope_id}: {r['reason']}" for r in result.rejected[:5]]
         return result
 
     def _write_parquet(self, results: dict[str, EnvelopeDocuments], stats: BatchStats) -> set[str]:

@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from blocks import MemberAccount
 from tasks.envelope import Envelope
+from tasks.ids import trace_id_problem
 from tasks.index import IndexAction
 from tasks.redact import RedactionPolicy, redact_trace
 from tasks.transform import TraceContext, TraceDocuments, to_arrow, transform_trace
@@ -30,6 +31,7 @@ class EnvelopeDocuments:
     envelope_id: str
     documents: list[TraceDocuments]
     problems: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, str]] = field(default_factory=list)  # traces refused whole: {trace_id, reason}
 
     @property
     def traces(self) -> list[dict[str, Any]]:
@@ -92,7 +94,12 @@ def transform_envelope(
     """`execution_for(trace)` supplies Step Functions details when the envelope has none."""
     ctx = context_for(envelope, account)
     documents = []
+    rejected = []
     for trace in envelope.traces:
+        refused = trace_id_problem(trace.get("Id"))
+        if refused is not None:  # kept in the raw archive (lossless), never indexed
+            rejected.append({"trace_id": repr(trace.get("Id"))[:80], "reason": refused})
+            continue
         # Defence in depth: envelopes from older or member-run collectors may carry secrets.
         trace = redact_trace(trace, redaction)
         trace_ctx = ctx
@@ -102,4 +109,4 @@ def transform_envelope(
                 trace_ctx = replace(ctx, execution=details)
         documents.append(transform_trace(trace, trace_ctx, redaction))
     problems = [{"trace_id": d.trace_id, **problem} for d in documents for problem in d.problems]
-    return EnvelopeDocuments(envelope.envelope_id, documents, problems)
+    return EnvelopeDocuments(envelope.envelope_id, documents, problems, rejected)

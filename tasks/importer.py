@@ -13,6 +13,9 @@ from typing import Any
 
 import orjson
 
+from tasks.ids import segment_id_problem, trace_id_problem
+from tasks.tracetime import MAX_EPOCH, MIN_EPOCH
+
 DAEMON_HEADER = {"format": "json", "version": 1}
 
 
@@ -67,12 +70,58 @@ def _documents(text: str, name: str, result: ImportResult) -> Iterable[tuple[str
 
 
 def _segment_problem(document: dict[str, Any]) -> str | None:
+    """Why a segment document cannot be imported (X-Ray's own required fields and id formats)."""
     for key in ("trace_id", "id", "name", "start_time"):
         if key not in document:
             return f"segment document lacks {key!r}"
-    if "end_time" not in document and not document.get("in_progress"):
+    reason = trace_id_problem(document["trace_id"]) or segment_id_problem(document["id"])
+    if reason:
+        return reason
+    if not isinstance(document["name"], str) or not document["name"]:
+        return f"name {document['name']!r} is not a non-empty string"
+    if not _is_time(document["start_time"]):
+        return f"start_time {document['start_time']!r} is not epoch seconds"
+    end = document.get("end_time")
+    if end is None and document.get("in_progress") is not True:
         return "segment document has neither end_time nor in_progress"
+    if end is not None and not _is_time(end):
+        return f"end_time {end!r} is not epoch seconds"
     return None
+
+
+def _is_time(value: Any) -> bool:
+    return type(value) in (int, float) and MIN_EPOCH <= value < MAX_EPOCH
+
+
+def _trace_segments(trace: dict[str, Any], where: str, result: ImportResult) -> list[dict[str, Any]] | None:
+    """The usable segments of a batch-get-traces `Trace` (each refused one named), or None when the
+    trace itself is unusable."""
+    reason = trace_id_problem(trace.get("Id"))
+    if reason:
+        result.reject(where, reason)
+        return None
+    segments = trace.get("Segments")
+    if not isinstance(segments, list):
+        result.reject(where, f"Segments is {type(segments).__name__}, not a list")
+        return None
+    kept = []
+    for number, segment in enumerate(segments):
+        spot = f"{where}.Segments[{number}]"
+        document = segment.get("Document") if isinstance(segment, dict) else None
+        if not isinstance(document, str):
+            result.reject(spot, f"Document is {type(document).__name__}, not a JSON string")
+            continue
+        try:
+            parsed = orjson.loads(document)
+        except orjson.JSONDecodeError as error:
+            result.reject(spot, f"Document is not JSON: {error}")
+            continue
+        problem = _segment_problem(parsed) if isinstance(parsed, dict) else "Document is not a JSON object"
+        if problem:
+            result.reject(spot, problem)
+            continue
+        kept.append(segment)
+    return kept
 
 
 def parse_files(paths: Iterable[Path]) -> ImportResult:
@@ -88,12 +137,16 @@ def parse_files(paths: Iterable[Path]) -> ImportResult:
         for raw, document in _documents(text, str(path), result):
             if isinstance(document.get("Traces"), list):  # batch-get-traces output
                 for index, trace in enumerate(document["Traces"]):
-                    if not isinstance(trace, dict) or not isinstance(trace.get("Id"), str):
-                        result.reject(f"{path}:Traces[{index}]", "trace without Id")
+                    where = f"{path}:Traces[{index}]"
+                    if not isinstance(trace, dict):
+                        result.reject(where, f"trace is {type(trace).__name__}, not an object")
                         continue
-                    segments = [s for s in trace.get("Segments") or [] if isinstance(s, dict)]
+                    segments = _trace_segments(trace, where, result)
+                    if not segments:
+                        continue
                     result.segments_read += len(segments)
-                    by_trace[trace["Id"]] = {k: v for k, v in trace.items() if k != "ResponseMetadata"}
+                    kept = {k: v for k, v in trace.items() if k != "ResponseMetadata"}
+                    by_trace[trace["Id"]] = kept | {"Segments": segments}
                 continue
             problem = _segment_problem(document)
             if problem:
@@ -114,7 +167,7 @@ def parse_files(paths: Iterable[Path]) -> ImportResult:
 def _duration(segments: list[dict[str, Any]]) -> float:
     starts, ends = [], []
     for segment in segments:
-        document = orjson.loads(segment["Document"])
+        document = orjson.loads(segment["Document"])  # every Document here was parsed once already
         if isinstance(document.get("start_time"), (int, float)):
             starts.append(float(document["start_time"]))
         if isinstance(document.get("end_time"), (int, float)):

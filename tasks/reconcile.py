@@ -49,6 +49,7 @@ from tasks.consumer import BatchStats, Consumer
 from tasks.documents import EnvelopeDocuments
 from tasks.envelope import parse_envelope
 from tasks.errors import TransientError
+from tasks.ids import is_trace_id
 from tasks.index import bulk_index
 from tasks.retrying import reread
 from tasks.transform import to_arrow
@@ -384,12 +385,13 @@ def observe_xray(
 
 def _envelope_positions(s3: Any, bucket: str, key: str) -> Positions:
     """Each trace of a raw envelope with its position by the tracetime rule (raw keys are
-    partitioned by it, so a trace of a foreign, mixed-hour envelope shows where it really lies)."""
+    partitioned by it, so a trace of a foreign, mixed-hour envelope shows where it really lies).
+    Traces the consumer refuses for their id are left out, as they are from every other sink."""
     envelope = parse_envelope(archive.get_raw(s3, bucket, key))
     out: Positions = {}
     for trace in envelope.traces:
         trace_id = trace.get("Id")
-        if isinstance(trace_id, str) and trace_id:
+        if isinstance(trace_id, str) and is_trace_id(trace_id):
             partition = tracetime.trace_partition(trace, envelope.collected_at)
             out[trace_id] = position(trace_id, envelope.collected_at, partition.start)
     return out

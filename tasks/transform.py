@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from tasks import mappings, tracetime
+from tasks import ids, mappings, tracetime
 from tasks.redact import RedactionPolicy
 
 __all__ = [
@@ -497,20 +497,19 @@ class _TraceBuilder:
         problem = self.problem
         get = node.get
 
-        # ---- identity
+        # ---- identity: ids become document ids, so a (sub)segment without a 16-hex id is refused
+        # with its subsegments (X-Ray itself refuses such documents), and the reason recorded.
         raw = get("id")
-        if type(raw) is str and 0 < len(raw) <= MAX_NAME:
+        if type(raw) is str and len(raw) == 16 and (_HEX.issuperset(raw) or ids.segment_id_problem(raw) is None):
             segment_id = raw
+        elif top is None and isinstance(fallback_id, str) and ids.segment_id_problem(fallback_id) is None:
+            segment_id = fallback_id  # BatchGetTraces' Segment.Id: the id X-Ray filed it under
+            problem(segment_id, f"{ids.segment_id_problem(raw)}; using the segment's Id {segment_id}")
         else:
-            # a subsegment passes its position under the parent: the fallback is built only here
-            fallback = fallback_id if isinstance(fallback_id, str) else f"{parent_id}/{fallback_id}"
-            if type(raw) is str and raw:
-                segment_id = raw[:MAX_NAME]
-            elif top is None and _SPAN_ID.fullmatch(fallback):
-                segment_id = fallback  # the wrapper's Id
-            else:
-                segment_id = _digest_hex(fallback, 8)
-            problem(segment_id, f"missing or invalid id ({_text(raw, 40)!r}); using {segment_id}")
+            where = fallback_id if isinstance(fallback_id, str) else f"{parent_id}/{fallback_id}"
+            reason = ids.segment_id_problem(raw)
+            problem(_text(where, 64), f"{reason}: (sub)segment and its subsegments not indexed")
+            return
         raw = get("name")
         if type(raw) is str and 0 < len(raw) <= MAX_NAME:
             name = raw
@@ -1047,18 +1046,27 @@ class _TraceBuilder:
             span["traceGroupFields.endTime"] = group_end
             span["traceGroupFields.durationInNanos"] = group_duration
             span["traceGroupFields.statusCode"] = group_status
-            if span["startTime"] is None:
-                timeless.append(span)
+            if span["startTime"] is None or doc["start"] is None:
+                timeless.append((doc, span))
         if start_us is not None and end_us is not None and end_us < start_us:
             end_us = None
         status = "fault" if has_fault else "throttle" if has_throttle else "error" if has_error else "ok"
 
         anchor = tracetime.anchor_second(trace, ctx.collected_at)
         partition = tracetime.Partition.of(anchor)
-        if timeless:  # no usable time on the (sub)segment: anchor the span at the trace start
-            fallback = iso_ns(start_us if start_us is not None else anchor * 1_000_000)
-            for span in timeless:
-                span["startTime"] = span["endTime"] = fallback
+        measured_start = start_us
+        if start_us is None and nodes:
+            # No (sub)segment has a usable start: the trace is placed at its anchor (never a null
+            # start in the index or Parquet), and says so.
+            self.problem(None, "no segment has a usable start_time: start is the trace's anchor time")
+            start_us = anchor * 1_000_000
+        if timeless and start_us is not None:  # no usable time on the (sub)segment: the trace start
+            fallback = iso_ns(start_us)
+            for doc, span in timeless:
+                if span["startTime"] is None:
+                    span["startTime"] = span["endTime"] = fallback
+                if doc["start"] is None:
+                    doc["start"] = fallback[:23] + "Z"
 
         annotations: dict[str, Any] = {}
         annotations_num: dict[str, Any] = {}
@@ -1077,7 +1085,9 @@ class _TraceBuilder:
             "partition_hour": partition.hour_iso,
             "start": iso_ms(start_us) if start_us is not None else None,
             "end": iso_ms(end_us) if end_us is not None else None,
-            "duration": (end_us - start_us) / 1_000_000 if start_us is not None and end_us is not None else None,
+            "duration": (end_us - measured_start) / 1_000_000
+            if measured_start is not None and end_us is not None
+            else None,
             "xray_duration": _float(trace.get("Duration")),
             "root_segment_id": root.segment_id if root is not None else None,
             "root_service_name": root_doc["name"] if root_doc is not None else None,

@@ -16,6 +16,7 @@ from blocks.config import Config
 from flows.consume import run_consumer
 from tasks import archive, tracetime
 from tasks import collector as col
+from tasks import envelope as env
 from tasks import reconcile as rec
 from tasks.index import client_for
 
@@ -24,9 +25,9 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 ODD_IDS = {
     "epoch 0": "1-00000000-000000000000000000000a01",
     "future": "1-f0000000-000000000000000000000a02",
-    "malformed": "1-zzzzzzzz-000000000000000000000a03",
     "w3c": "4bf92f3577b34da6a3ce929d0e0e4736",
 }
+MALFORMED = "1-zzzzzzzz-000000000000000000000a03"  # refused by id validation, kept in the raw archive
 
 
 def odd_trace(trace_id: str, start: float) -> dict[str, Any]:
@@ -44,13 +45,24 @@ def test_odd_trace_ids_share_one_partition_in_every_sink_and_reconcile_counts_th
     now = datetime.now(UTC)
     start = time.time() - 20 * 60  # 20 minutes ago
     hour = tracetime.hour_of(datetime.fromtimestamp(start, UTC))
-    traces = [odd_trace(trace_id, start + i) for i, trace_id in enumerate(ODD_IDS.values())]
+    traces = [odd_trace(trace_id, start + i) for i, trace_id in enumerate([*ODD_IDS.values(), MALFORMED])]
     collector = col.Collector.from_config(fresh_config)
-    envelopes = col.envelopes_for(traces, source="sweep", account_id=account.account_id, region="us-east-1")
-    assert len(envelopes) == 1  # one partition hour: one envelope
+    refused: list[dict[str, str]] = []
+    envelopes = col.envelopes_for(
+        traces, source="sweep", account_id=account.account_id, region="us-east-1", refused=refused
+    )
+    assert [r["trace_id"] for r in refused] == [repr(MALFORMED)]  # the collector refuses it first
+    # A member-run collector of an older version could still send it: the consumer refuses it too.
+    envelopes = [
+        env.build_envelope(
+            source="sweep", account_id=account.account_id, region="us-east-1", traces=traces, collected_at=now
+        )
+    ]
     col.send_envelopes(collector, envelopes)
     stats = run_consumer(fresh_config, wait_seconds=1, use_tasks=False)
     assert stats.traces == len(ODD_IDS), stats.errors
+    assert stats.traces_rejected == 1
+    assert "neither 1-<8 hex>-<24 hex>" in stats.rejections[0]
 
     # raw: the envelope's key names the segments' hour, not 1970 or 2097
     s3 = boto3.client("s3")

@@ -583,8 +583,9 @@ def test_content_length_as_a_string_and_times_out_of_range() -> None:
     docs = transform_trace(segment_trace("xray/otel_indep_subsegment_content_length_string"), CTX)
     (segment,) = docs.segments
     assert segment["http_content_length"] == 861
-    assert segment["start"] is None
+    assert segment["start"] == "2016-11-04T21:02:41.000Z"  # no usable start: the trace's anchor, said below
     assert segment["end"] is None
+    assert docs.trace["duration"] is None
     reasons = _reasons(docs)
     assert "http.response.content_length '861' coerced" in reasons
     assert "invalid start_time '14782323361.271'" in reasons
@@ -805,14 +806,16 @@ def test_limit_exceeded_marks_partial() -> None:
     assert "LimitExceeded: X-Ray truncated this trace" in _reasons(docs)
 
 
-def test_missing_ids_and_names_are_derived_deterministically() -> None:
+def test_a_missing_segment_id_comes_from_the_wrapper_and_an_id_less_subsegment_is_refused() -> None:
     trace = _trace({**BASE, "subsegments": [{"start_time": BASE["start_time"], "end_time": BASE["end_time"]}]})
     trace["Segments"][0]["Id"] = "00000000000000aa"
     first, second = transform_trace(trace, CTX), transform_trace(copy.deepcopy(trace), CTX)
     assert [s["segment_id"] for s in first.segments] == [s["segment_id"] for s in second.segments]
-    assert first.segments[0]["segment_id"] == "00000000000000aa"  # the wrapper's Id
+    assert [s["segment_id"] for s in first.segments] == ["00000000000000aa"]  # the wrapper's Id
     assert first.segments[0]["name"] == "unknown"
-    assert first.segments[1]["parent_id"] == "00000000000000aa"
+    reasons = _reasons(first)
+    assert "segment id None is a NoneType, not a string; using the segment's Id 00000000000000aa" in reasons
+    assert "segment id None is a NoneType, not a string: (sub)segment and its subsegments not indexed" in reasons
     _assert_well_formed(first)
 
 
@@ -1108,3 +1111,37 @@ def test_the_iso_second_cache_stays_bounded_and_correct() -> None:
         assert len(transform._second_cache) <= transform.SECOND_CACHE_ENTRIES
     expected = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S") + ".123Z"
     assert text == expected
+
+
+def test_segments_without_a_sixteen_hex_id_are_refused_with_their_subsegments() -> None:
+    trace_id = "1-5759e988-bd862e3fe1be46a994272793"
+    start = 1465510280.0
+    good = {"id": "70de5b6f19ff9a0a", "trace_id": trace_id, "name": "api", "start_time": start, "end_time": start + 1}
+    child = {"id": "1111111111111111", "name": "inner", "start_time": start, "end_time": start + 0.1}
+    bad = {"id": "../etc", "trace_id": trace_id, "name": "evil", "start_time": start, "end_time": start + 1}
+    bad_sub = {"id": "x", "name": "db", "start_time": start, "end_time": start + 0.2, "subsegments": [child]}
+    good["subsegments"] = [bad_sub]
+    trace = {
+        "Id": trace_id,
+        "Segments": [{"Id": "a", "Document": orjson.dumps(d).decode()} for d in (good, bad)],
+    }
+    docs = transform_trace(trace, CTX)
+    assert [s["segment_id"] for s in docs.segments] == ["70de5b6f19ff9a0a"]
+    assert [s["spanId"] for s in docs.spans] == ["70de5b6f19ff9a0a"]
+    reasons = [p["reason"] for p in docs.problems]
+    assert any("segment id '../etc' is not 16 hex digits" in r for r in reasons), reasons
+    assert any("segment id 'x' is not 16 hex digits" in r for r in reasons), reasons
+
+
+def test_a_trace_without_any_usable_start_is_placed_at_its_anchor_and_says_so() -> None:
+    trace_id = "1-5759e988-bd862e3fe1be46a994272793"
+    document = {"id": "70de5b6f19ff9a0a", "trace_id": trace_id, "name": "api", "start_time": "yesterday"}
+    document["end_time"] = 1465510281.0
+    docs = transform_trace(
+        {"Id": trace_id, "Segments": [{"Id": "a", "Document": orjson.dumps(document).decode()}]}, CTX
+    )
+    assert docs.trace["start"] == docs.segments[0]["start"] == "2016-06-09T22:11:20.000Z"  # the id's epoch
+    assert docs.trace["duration"] is None  # not measured: never made up
+    reasons = [p["reason"] for p in docs.problems]
+    assert "invalid start_time 'yesterday'" in reasons
+    assert "no segment has a usable start_time: start is the trace's anchor time" in reasons
