@@ -9,16 +9,14 @@ change. `dry_run` only counts. Resumable: each finished partition leaves a check
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
-from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed, Failed, State
-from pydantic import BaseModel, Field, model_validator
 
 from blocks.config import Config, load_config
 from flows.observe import summary_artifact
+from flows.parameters import ReplayParameters, takes
 from tasks import archive, queue
 from tasks import replay as replay_tasks
 from tasks.aws import log_client
@@ -29,35 +27,10 @@ from tasks.index import client_for, ensure_templates
 from tasks.mappings import index_templates
 
 
-class ReplayParameters(BaseModel):
-    """What to replay (the Prefect UI renders this as the run form)."""
-
-    start: datetime = Field(description="Trace start time, from (UTC).")
-    end: datetime = Field(description="Trace start time, until (exclusive).")
-    accounts: list[str] | None = Field(default=None, description="Roster account ids; empty = all.")
-    regions: list[str] | None = Field(default=None, description="Regions; empty = each account's regions.")
-    target: Literal["queue", "direct"] = Field(
-        default="queue", description="queue: re-send to the org queue; direct: write the sinks in-process."
-    )
-    sinks: list[Literal["index", "parquet", "raw"]] = Field(
-        default=["index"], description="direct only: which sinks to write."
-    )
-    index_prefix: str | None = Field(
-        default=None,
-        description="direct only: write into `<prefix>-traces-*` etc. (re-index after a mapping change).",
-    )
-    dry_run: bool = Field(default=False, description="Only count what the archive holds.")
-    rate_per_second: float | None = Field(default=None, gt=0, description="Max messages/envelopes per second.")
-
-    @model_validator(mode="after")
-    def _range(self) -> ReplayParameters:
-        # the UI form and the CLI refuse a range the flow would refuse
-        self.start, self.end = replay_tasks.validate_range(self.start, self.end)
-        return self
-
-
 def replay_id(params: ReplayParameters) -> str:
-    return hashlib.sha256(params.model_dump_json(exclude={"dry_run", "rate_per_second"}).encode()).hexdigest()[:16]
+    """Same range, accounts, regions, target, sinks and prefix ⇒ same id (and checkpoints)."""
+    exclude = {"dry_run", "rate_per_second"}
+    return hashlib.sha256(params.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
 
 def check_index_prefix(config: Config, prefix: str | None) -> str:
@@ -81,19 +54,13 @@ def check_index_prefix(config: Config, prefix: str | None) -> str:
 
 
 @flow(name="replay")
-def replay(params: ReplayParameters, config_path: str | None = None) -> State:
+@takes(ReplayParameters)
+def replay(params: ReplayParameters, config_path: str | None) -> State:
     """Re-send or re-ingest archived envelopes of a time range."""
     logger = get_run_logger()
     start, end = params.start, params.end  # checked and made UTC by ReplayParameters
     config = load_config(config_path)
-    chosen = config.roster.select(params.accounts)
-    targets: list[tuple[str, list[str]]] = []
-    for account in chosen:
-        regions = params.regions or account.regions
-        unknown = [r for r in regions if r not in account.regions]
-        if unknown and params.accounts:
-            raise ValueError(f"region(s) {', '.join(unknown)} not enabled for account {account.account_id}")
-        targets.append((account.account_id, [r for r in regions if r in account.regions]))
+    targets = params.targets(config)
     s3 = log_client("s3", config.archive.region)
     store = config.archive
     probe = s3.list_objects_v2(Bucket=store.bucket, Prefix=f"{store.raw_prefix}/", MaxKeys=1)
