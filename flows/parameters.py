@@ -284,6 +284,11 @@ class ReplayParameters(FlowParameters):
     )
     dry_run: bool = Field(default=False, description="Only count what the archive holds.")
     rate_per_second: float | None = Field(default=None, gt=0, description="Max messages/envelopes per second.")
+    force: bool = Field(
+        default=False,
+        description="Replay partitions again that an earlier run of this replay finished "
+        "(by default the same replay resumes and skips them).",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> ReplayParameters:

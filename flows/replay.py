@@ -3,7 +3,8 @@
 `target="queue"` re-sends the raw archive for the consumer; `target="direct"` transforms in-process
 and writes the chosen sinks — also the way to re-index into a new index prefix after a mapping
 change. `dry_run` only counts. Resumable: each finished partition leaves a checkpoint under
-`state/replay/<replay_id>/`, and the same replay run again skips it.
+`state/replay/<replay_id>/`, and the same replay run again skips it (`partitions_skipped`);
+`force=True` replays those partitions again.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tasks.mappings import index_templates
 
 def replay_id(params: ReplayParameters) -> str:
     """Same range, accounts, regions, target, sinks and prefix ⇒ same id (and checkpoints)."""
-    exclude = {"dry_run", "rate_per_second"}
+    exclude = {"dry_run", "rate_per_second", "force"}
     return hashlib.sha256(params.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
 
@@ -70,9 +71,10 @@ def replay(params: ReplayParameters, config_path: str | None) -> State:
     parts = replay_tasks.partitions(targets, start, end)
     run_key = replay_id(params)
     checkpoint = f"{store.state_prefix}/replay/{run_key}/"
+    # `force` replays finished partitions again (their checkpoints are rewritten as they finish)
     done = (
         set()
-        if params.dry_run
+        if params.dry_run or params.force
         else {o["Key"].rsplit("/", 1)[-1] for o in archive.list_keys(s3, store.bucket, checkpoint)}
     )
     limiter = replay_tasks.RateLimiter(params.rate_per_second)
@@ -139,6 +141,7 @@ def replay(params: ReplayParameters, config_path: str | None) -> State:
         "replay_id": run_key,
         "target": params.target,
         "dry_run": params.dry_run,
+        "force": params.force,
         "index_prefix": prefix,
     } | totals
     if params.target == "direct":
@@ -165,7 +168,13 @@ def replay(params: ReplayParameters, config_path: str | None) -> State:
     )
     if totals["failed_envelopes"]:
         return Failed(message=f"{totals['failed_envelopes']} envelopes failed; run again to resume", data=data)
-    return Completed(message=f"{totals['sent']} envelopes replayed", data=data)
+    message = f"{totals['sent']} envelopes replayed"
+    if totals["partitions_skipped"]:
+        message += (
+            f"; {totals['partitions_skipped']} of {totals['partitions']} partitions skipped, "
+            "already replayed by an earlier run of this replay (force=True replays them again)"
+        )
+    return Completed(message=message, data=data)
 
 
 def _progress(total: int):  # type: ignore[no-untyped-def]

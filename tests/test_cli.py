@@ -243,3 +243,25 @@ def test_invalid_or_incomplete_config_files_exit_2_before_any_flow_run(
         cli, "import", str(FIXTURES / "scorekeep_batch_get_traces.json"), "--account-id", account, "--config", str(bad)
     )
     assert message in imported
+
+
+def test_replay_again_says_why_nothing_was_sent_and_force_replays(cli: CliRunner, fresh_config: Config) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tests.flows.test_sweep import put_simple_traces
+
+    put_simple_traces(fresh_config, fresh_config.roster.accounts[0].account_id, 3)
+    run(cli, "sweep", "--json")
+    run(cli, "consume", "--wait-seconds", "1", "--json")
+    now = datetime.now(UTC)
+    window = ["--start", (now - timedelta(hours=2)).isoformat(), "--end", (now + timedelta(minutes=1)).isoformat()]
+    first = run(cli, "replay", *window, "--json")
+    assert first["sent"] >= 1
+    assert first["partitions_skipped"] == 0
+    again = run(cli, "replay", *window)["output"]
+    assert "0 envelopes replayed" in again
+    assert "already replayed them (a replay resumes); `--force` replays them again" in again
+    forced = run(cli, "replay", *window, "--force", "--json")
+    assert forced["sent"] == first["sent"]
+    assert forced["partitions_skipped"] == 0
+    assert forced["force"] is True

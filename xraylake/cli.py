@@ -487,6 +487,9 @@ def replay(
     index_prefix: Annotated[str | None, typer.Option(help="direct: write into <prefix>-traces-* etc.")] = None,
     dry_run: bool = False,
     rate: Annotated[float | None, typer.Option(help="Max messages per second.")] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replay partitions an earlier run of the same replay finished (default: resume).")
+    ] = False,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -505,13 +508,20 @@ def replay(
         index_prefix=index_prefix,
         dry_run=dry_run,
         rate_per_second=rate,
+        force=force,
     )
     state, data = _run_flow(replay_flow, params, config)
     if json:
         print_json({"state": state.type.value, "message": state.message} | data)
     else:
         console.print(table("replay", ["metric", "value"], list(data.items())))
-        console.print(f"{state.type.value}: {state.message}")
+        console.print(f"{state.type.value}: {state.message}", soft_wrap=True)
+        if data.get("partitions_skipped"):
+            console.print(
+                f"{data['partitions_skipped']} of {data['partitions']} partitions were skipped: an earlier run of "
+                "this replay already replayed them (a replay resumes); `--force` replays them again",
+                soft_wrap=True,
+            )
     if not state.is_completed():
         raise typer.Exit(1)
 

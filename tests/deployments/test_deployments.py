@@ -217,6 +217,7 @@ def test_parameter_schemas_render_typed_forms() -> None:
     assert replay_props["start"] == replay_props["start"] | {"type": "string", "format": "date-time"}
     assert replay_props["target"]["enum"] == ["queue", "direct"]
     assert replay_props["sinks"]["items"]["enum"] == ["index", "parquet", "raw"]
+    assert replay_props["force"] == replay_props["force"] | {"type": "boolean", "default": False}
     assert set(schemas["replay"]["required"]) == {"start", "end"}
     backfill_props = schemas["backfill"]["properties"]
     assert backfill_props["chunk_minutes"] | {"minimum": 1, "maximum": 60} == backfill_props["chunk_minutes"]
@@ -486,7 +487,7 @@ def test_served_deployments_carry_schedules_limits_tags_and_the_trigger(served: 
         assert sweep.enforce_parameter_schema
         replay = client.read_deployment_by_name("replay/replay")
         assert replay.parameter_openapi_schema is not None
-        assert "index_prefix" in replay.parameter_openapi_schema["properties"]  # the flat form of ReplayParameters
+        assert "force" in replay.parameter_openapi_schema["properties"]  # the flat form of ReplayParameters
         (automation,) = client.read_automations_by_name("collect-on-execution-status-change")
         collect = client.read_deployment_by_name("collect/collect")
         (action,) = automation.actions
@@ -745,6 +746,6 @@ def test_ui_renders_the_replay_run_form(served: Path, prefect_server: LocalServe
         check=False,
     ).stdout
     shot.with_suffix(".html").write_text(dom)
-    for label in ("Start", "End", "Target", "Sinks", "Index Prefix", "Dry Run", "Rate Per Second"):
+    for label in ("Start", "End", "Target", "Sinks", "Index Prefix", "Dry Run", "Rate Per Second", "Force"):
         assert label in dom, label
     assert "Trace start time, from (UTC)." in dom  # the field descriptions of ReplayParameters

@@ -72,6 +72,14 @@ def test_dry_run_counts_and_queue_replay_reingests_without_duplicates(ingested: 
     again = replay(**params, config_path=config_file, return_state=True)
     assert again.result()["sent"] == 0
     assert again.result()["partitions_skipped"] == again.result()["partitions"]
+    assert "force=True replays them again" in str(again.message)
+    # force: the same range again, every partition (same envelope ids: the index stays the same)
+    forced = replay(**params, force=True, config_path=config_file, return_state=True).result()
+    assert forced["sent"] == dry["objects"]
+    assert forced["partitions_skipped"] == 0
+    assert forced["replay_id"] == again.result()["replay_id"]  # force is not part of the replay's identity
+    assert run_consumer(ingested, wait_seconds=1, use_tasks=False).deleted == dry["objects"]
+    assert documents(ingested, "xray-traces") == before
 
 
 def test_reindex_into_a_new_prefix_and_refuse_a_colliding_one(ingested: Config, config_file: str) -> None:
