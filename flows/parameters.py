@@ -28,7 +28,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 from blocks import MemberAccount
 from blocks.config import Config
-from tasks import reconcile as rec
 from tasks import replay as replay_tasks
 from tasks import stepfunctions as sfn
 from tasks.compaction import TABLES
@@ -353,8 +352,10 @@ class ReconcileParameters(FlowParameters):
 
     def window(self, now: datetime) -> tuple[datetime, datetime]:
         """[start, end) in UTC as of `now` (empty bounds filled in), checked."""
+        from tasks.reconcile import validate_window  # here: it loads duckdb and pandas (~60 MB a consumer spares)
+
         start, end = default_window(self.start, self.end, self.lookback_hours, self.settle_minutes, now)
-        return rec.validate_window(start, end, now)
+        return validate_window(start, end, now)
 
     def targets(self, config: Config) -> list[tuple[MemberAccount, str]]:
         return config.roster.targets(self.accounts, self.regions)
