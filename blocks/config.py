@@ -82,6 +82,8 @@ def resolve_secrets(data: dict[str, Any]) -> dict[str, Any]:
     `signing_key_secrets: [current, previous]`, `roster.external_id_secret` and
     `opensearch.password_secret` let a config file name secrets instead of holding them.
     """
+    if not isinstance(data, dict):
+        return data  # validation names what is wrong
     data = dict(data)
     names = data.pop("signing_key_secrets", None)
     if names:
@@ -90,6 +92,8 @@ def resolve_secrets(data: dict[str, Any]) -> dict[str, Any]:
         ("roster", "external_id_secret", "external_id"),
         ("opensearch", "password_secret", "password"),
     ):
+        if not isinstance(data.get(section) or {}, dict):
+            continue
         block = dict(data.get(section) or {})
         name = block.pop(field, None)
         if name:

@@ -229,6 +229,7 @@ def test_bad_configuration_or_parameters_exit_2_before_any_flow_run(
     [
         ("{not json", "not valid JSON"),
         ('{"log_account_id": "123456789012"}', "roster"),
+        ('{"roster": 1, "opensearch": []}', "roster"),
     ],
 )
 def test_invalid_or_incomplete_config_files_exit_2_before_any_flow_run(
