@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from blocks import ArchiveStore, OpenSearchTarget, Roster, TraceQueue
 
 
-class ConfigError(RuntimeError):
-    """No usable configuration (no sandbox running and no config file)."""
+class ConfigError(ValueError):
+    """No usable configuration: no sandbox running and no config file, or one that cannot be read,
+    is not JSON or is not a valid configuration. The message is one line naming the problem."""
 
 
 class Config(BaseModel):
@@ -81,6 +82,8 @@ def resolve_secrets(data: dict[str, Any]) -> dict[str, Any]:
     `signing_key_secrets: [current, previous]`, `roster.external_id_secret` and
     `opensearch.password_secret` let a config file name secrets instead of holding them.
     """
+    if not isinstance(data, dict):
+        return data  # validation names what is wrong
     data = dict(data)
     names = data.pop("signing_key_secrets", None)
     if names:
@@ -89,6 +92,8 @@ def resolve_secrets(data: dict[str, Any]) -> dict[str, Any]:
         ("roster", "external_id_secret", "external_id"),
         ("opensearch", "password_secret", "password"),
     ):
+        if not isinstance(data.get(section) or {}, dict):
+            continue
         block = dict(data.get(section) or {})
         name = block.pop(field, None)
         if name:
@@ -114,7 +119,29 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             f"no configuration at {source}: run `xraylake sandbox up` for the local stack, "
             "or set XRAYLAKE_CONFIG to a config file for real AWS"
         )
-    data = orjson.loads(source.read_bytes())
-    config = Config.model_validate(resolve_secrets(data.get("config", data)))
+    try:
+        data = orjson.loads(source.read_bytes())
+    except OSError as error:
+        raise ConfigError(f"cannot read the configuration {source}: {error.strerror or error}") from None
+    except orjson.JSONDecodeError as error:
+        raise ConfigError(f"configuration {source} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration {source} is not a JSON object")
+    try:
+        config = Config.model_validate(resolve_secrets(data.get("config", data)))
+    except ValidationError as error:
+        raise ConfigError(f"configuration {source} is invalid: {problems(error)}") from None
+    except ValueError as error:  # e.g. a Prefect Secret it names does not exist
+        raise ConfigError(f"configuration {source}: {error}") from None
     config.apply_environment()
     return config
+
+
+def problems(error: ValidationError) -> str:
+    """A pydantic error as one line: `where: what` for each problem, `; ` between them."""
+    parts = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"])
+        what = problem["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {what}" if where else what)
+    return "; ".join(parts)

@@ -50,6 +50,23 @@ class Roster(Block):
             return list(self.accounts)
         return [self.get(str(a)) for a in account_ids]
 
+    def targets(self, account_ids: list[str] | None, regions: list[str] | None) -> list[tuple[MemberAccount, str]]:
+        """(account, region) pairs to work on; unknown accounts, or regions an explicitly named
+        account has not enabled, raise before any work."""
+        pairs: list[tuple[MemberAccount, str]] = []
+        for account in self.select(account_ids):
+            wanted = regions or account.regions
+            not_enabled = [r for r in wanted if r not in account.regions]
+            if not_enabled and account_ids:
+                raise ValueError(
+                    f"region(s) {', '.join(not_enabled)} not enabled for account {account.account_id} "
+                    f"({account.name}); enabled: {', '.join(account.regions)}"
+                )
+            pairs += [(account, r) for r in wanted if r in account.regions]
+        if not pairs:
+            raise ValueError(f"no account is enabled in region(s) {', '.join(regions or [])}")
+        return pairs
+
     def role_arn(self, account_id: str) -> str:
         return f"arn:aws:iam::{account_id}:role/{self.role_name}"
 

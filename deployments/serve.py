@@ -152,6 +152,23 @@ def build_triggers(spec: DeploymentSpec, delay_seconds: float | None = None) -> 
     return triggers
 
 
+def check_parameters(spec: DeploymentSpec, flow: Flow[..., Any], parameters: dict[str, Any]) -> None:
+    """Refuse deployment and schedule parameters the flow's parameter model refuses (its JSON
+    schema, `flows/parameters.py`), naming the deployment, before anything is registered."""
+    from prefect.utilities.schema_tools import validate
+
+    schema = flow.parameters.model_dump_for_openapi()
+    for where, values in [("parameters", parameters)] + [
+        (f"schedule {item.get('slug') or i}", item.get("parameters") or {})
+        for i, item in enumerate(spec.schedules, start=1)
+    ]:
+        unknown = sorted(set(values) - set(schema["properties"]))
+        problems = [f"unknown parameter(s) {', '.join(unknown)}"] if unknown else []
+        problems += [error.message for error in validate(values, schema, ignore_required=True)]
+        if problems:
+            raise ValueError(f"deployment {spec.name} {where}: {'; '.join(problems)}")
+
+
 def build_deployments(
     specs: Sequence[DeploymentSpec] | None = None,
     *,
@@ -172,7 +189,9 @@ def build_deployments(
         parameters = dict(spec.parameters)
         if config_path:
             parameters["config_path"] = config_path
-        deployment = load_flow(spec).to_deployment(
+        flow = load_flow(spec)
+        check_parameters(spec, flow, parameters)
+        deployment = flow.to_deployment(
             name=spec.name,
             description=spec.description or None,
             tags=spec.tags,

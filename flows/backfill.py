@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from prefect import flow, task
@@ -20,30 +20,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
 from blocks.config import load_config
-from flows.sweep import finish, select_targets
+from flows.parameters import BackfillParameters, takes
+from flows.sweep import finish
 from tasks import archive, xray
 from tasks import collector as col
 from tasks.errors import aws_error_code
 from tasks.windows import Window, plan_windows
-
-XRAY_RETENTION = timedelta(days=30)
-
-
-def validate_range(start: datetime, end: datetime, now: datetime) -> tuple[datetime, datetime]:
-    if start.tzinfo is None or end.tzinfo is None:
-        raise ValueError("start and end need a time zone (e.g. 2026-11-20T00:00:00Z)")
-    start, end = start.astimezone(UTC), end.astimezone(UTC)
-    if end <= start:
-        raise ValueError(f"end {end.isoformat()} is not after start {start.isoformat()}")
-    oldest = now - XRAY_RETENTION
-    if start < oldest:
-        raise ValueError(
-            f"start {start.isoformat()} is older than X-Ray's 30-day retention (oldest: {oldest.isoformat()}); "
-            "older traces can only be replayed from the archive (`xraylake replay`)"
-        )
-    if end > now:
-        raise ValueError(f"end {end.isoformat()} is in the future")
-    return start, end
 
 
 def backfill_id(accounts: list[str], regions: list[str], start: datetime, end: datetime, chunk: timedelta) -> str:
@@ -121,45 +103,25 @@ def backfill_account_task(
         result.status = "failed"
         result.error = f"{aws_error_code(error) or type(error).__name__}: {error}"[:500]
         result.error_kind = type(error).__name__
-    result.throttles = int(stats.throttles)
-    result.retries = int(stats.retries)
+    result.count_calls(stats)
     return result
 
 
 @flow(name="backfill", task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
-def backfill(
-    start: datetime,
-    end: datetime,
-    accounts: list[str] | None = None,
-    regions: list[str] | None = None,
-    chunk_minutes: int = 60,
-    max_chunks: int | None = None,
-    fail_on_account_errors: bool = True,
-    config_path: str | None = None,
-) -> State:
+@takes(BackfillParameters)
+def backfill(params: BackfillParameters, config_path: str | None) -> State:
     """Collect [start, end) for the accounts; `max_chunks` bounds one run (the next run resumes).
 
-    Args:
-        start: Trace time from (UTC), at most 30 days back (X-Ray's retention).
-        end: Trace time until (exclusive), not in the future.
-        accounts: Roster account ids (12 digits); empty = every roster account.
-        regions: Regions; empty = each account's enabled regions.
-        chunk_minutes: Window per chunk and checkpoint, 1-60 minutes.
-        max_chunks: Collect at most this many chunks in this run; the same backfill again resumes.
-        fail_on_account_errors: End the run Failed when an account failed (the others still finish).
-        config_path: Config file; default $XRAYLAKE_CONFIG or the running sandbox.
-    """
-    if not 1 <= chunk_minutes <= 60:
-        raise ValueError("chunk_minutes must be between 1 and 60 (X-Ray windows stay ≤ 1 h)")
-    start, end = validate_range(start, end, datetime.now(UTC))
+    An account whose chunks this run's `max_chunks` did not reach ends with status `partial`."""
+    start, end = params.start, params.end  # checked and made UTC by BackfillParameters
     config = load_config(config_path)
-    targets = select_targets(config, accounts, regions)
-    chunk = timedelta(minutes=chunk_minutes)
+    targets = params.targets(config)
+    chunk = timedelta(minutes=params.chunk_minutes)
     windows = plan_windows(start, end, chunk)
     run_key = backfill_id([a.account_id for a, _ in targets], sorted({r for _, r in targets}), start, end, chunk)
     collector = col.Collector.from_config(config)
     total = len(windows) * len(targets)
-    budget = ChunkBudget(max_chunks if max_chunks is not None else total)
+    budget = ChunkBudget(params.max_chunks if params.max_chunks is not None else total)
     progress_id = None
     try:
         progress_id = create_progress_artifact(
@@ -181,4 +143,4 @@ def backfill(
         "chunks_skipped": budget.skipped,
         "complete": budget.finished + budget.skipped == total,
     }
-    return finish("backfill", results, fail_on_account_errors, extra, config=config)
+    return finish("backfill", results, params.fail_on_account_errors, extra, config=config)

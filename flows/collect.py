@@ -16,6 +16,7 @@ from prefect.states import Completed, Failed, State
 
 from blocks.config import load_config
 from flows.observe import emit, summary_artifact
+from flows.parameters import CollectParameters, takes
 from tasks import collector as col
 from tasks import stepfunctions as sfn
 from tasks import windows, xray
@@ -25,22 +26,11 @@ from tasks.health import account_rows, write_health
 
 
 @flow(name="collect")
-def collect(execution_arn: str, padding_seconds: int = 60, config_path: str | None = None) -> State:
-    """Collect the X-Ray traces of one Step Functions execution and send them to the org queue.
-
-    Args:
-        execution_arn: arn:aws:states:<region>:<account>:execution:<state machine>:<name>.
-        padding_seconds: Look this much before the start and after the stop for its segments.
-        config_path: Config file; default $XRAYLAKE_CONFIG or the running sandbox.
-    """
-    parsed = sfn.parse_execution_arn(execution_arn)
+@takes(CollectParameters)
+def collect(params: CollectParameters, config_path: str | None) -> State:
+    """Collect the X-Ray traces of one Step Functions execution and send them to the org queue."""
     config = load_config(config_path)
-    account = config.roster.get(parsed.account_id)
-    if parsed.region not in account.regions:
-        raise ValueError(
-            f"region {parsed.region} is not enabled for account {account.account_id} ({account.name}); "
-            f"enabled: {', '.join(account.regions)}"
-        )
+    account, parsed = params.target(config)
     collector = col.Collector.from_config(config)
     result = col.AccountResult(account.account_id, account.name, parsed.region)
     logger = get_run_logger()
@@ -51,7 +41,7 @@ def collect(execution_arn: str, padding_seconds: int = 60, config_path: str | No
         started = datetime.fromisoformat(str(execution["startDate"]))
         stop_date = execution.get("stopDate")
         stopped = datetime.fromisoformat(str(stop_date)) if stop_date else datetime.now(UTC)
-        pad = timedelta(seconds=padding_seconds)
+        pad = timedelta(seconds=params.padding_seconds)
         client = collector.xray_client(account.account_id, parsed.region)
         limiter = collector.limiters.get(account.account_id, parsed.region)
         stats = xray.XRayStats()
@@ -86,7 +76,7 @@ def collect(execution_arn: str, padding_seconds: int = 60, config_path: str | No
         result.envelopes = report.sent
         result.envelope_ids = [e.envelope_id for e in envelopes]
         result.bytes = report.bytes
-        result.throttles = int(stats.throttles)
+        result.count_calls(stats)
         if not traces:
             logger.warning("no X-Ray trace mentions %s yet (sampling, or not yet indexed by X-Ray)", parsed.arn)
     except Exception as error:

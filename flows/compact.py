@@ -9,7 +9,7 @@ it again with nothing new changes nothing. Deploy it with a concurrency limit of
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -19,38 +19,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks import ArchiveStore
 from blocks.config import load_config
 from flows.observe import emit, summary_artifact
+from flows.parameters import CompactParameters, takes
 from tasks import compaction
 from tasks.aws import log_client
 from tasks.errors import is_transient
 from tasks.health import run_row, write_health
 
-TableName = Literal["traces", "segments"]
 MIB = 1024 * 1024
 PARTITIONS_PER_TASK = 25
-
-
-def validate(
-    tables: list[TableName] | None,
-    start_date: date | None,
-    end_date: date | None,
-    target_file_mb: int,
-    orphan_grace_minutes: int,
-    skip_recent_hours: int = 0,
-) -> list[str]:
-    """Parameter checks that need no I/O; returns the tables to compact."""
-    chosen: list[str] = list(dict.fromkeys(tables or compaction.TABLES))
-    unknown = [t for t in chosen if t not in compaction.TABLES]
-    if unknown:
-        raise ValueError(f"unknown table(s) {', '.join(unknown)}: expected traces and/or segments")
-    if start_date and end_date and end_date < start_date:
-        raise ValueError(f"end_date {end_date.isoformat()} is before start_date {start_date.isoformat()}")
-    if not 1 <= target_file_mb <= 4096:
-        raise ValueError("target_file_mb must be between 1 and 4096")
-    if skip_recent_hours < 0:
-        raise ValueError("skip_recent_hours must not be negative")
-    if orphan_grace_minutes < 10:
-        raise ValueError("orphan_grace_minutes must be at least 10 (a concurrent run may still be writing)")
-    return chosen
 
 
 # A whole new plan, seconds later: only for transient errors (throttling, 5xx, the lake changing while listed).
@@ -109,18 +85,8 @@ def totals(results: list[compaction.PartitionResult], planned: int) -> dict[str,
 
 
 @flow(name="compact", task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
-def compact(
-    accounts: list[str] | None = None,
-    start_date: date | None = None,
-    end_date: date | None = None,
-    tables: list[TableName] | None = None,
-    target_file_mb: int = 128,
-    rewrite_single_files: bool = False,
-    skip_recent_hours: int = 0,
-    orphan_grace_minutes: int = 360,
-    dry_run: bool = False,
-    config_path: str | None = None,
-) -> State:
+@takes(CompactParameters)
+def compact(params: CompactParameters, config_path: str | None) -> State:
     """Merge each partition's small Parquet files into ~`target_file_mb` files without duplicate rows.
 
     `accounts`, `start_date`/`end_date` (inclusive, by the `dt` partition) narrow the partitions;
@@ -130,26 +96,24 @@ def compact(
     Completed unless some partition failed (failures are per partition: the others are still
     compacted; a failed one is left as it was, readers unaffected).
     """
-    chosen = validate(tables, start_date, end_date, target_file_mb, orphan_grace_minutes, skip_recent_hours)
     config = load_config(config_path)
-    if accounts:
-        accounts = [a.account_id for a in config.roster.select(accounts)]  # unknown ids fail here
+    accounts = params.account_ids(config)  # unknown ids fail here
     store = config.archive
     plans = plan_task(
         store,
-        chosen,
+        params.chosen_tables,
         accounts,
-        start_date,
-        end_date,
-        target_file_mb * MIB,
-        timedelta(minutes=orphan_grace_minutes),
-        rewrite_single_files,
-        timedelta(hours=skip_recent_hours),
+        params.start_date,
+        params.end_date,
+        params.target_file_mb * MIB,
+        timedelta(minutes=params.orphan_grace_minutes),
+        params.rewrite_single_files,
+        timedelta(hours=params.skip_recent_hours),
     )
     work = [p for p in plans if p.has_work]
     logger = get_run_logger()
     logger.info("compact: %d partitions listed, %d with work", len(plans), len(work))
-    if dry_run:
+    if params.dry_run:
         rows = [
             {
                 "partition": p.partition.label,

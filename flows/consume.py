@@ -17,6 +17,7 @@ from prefect.states import Completed, State
 
 from blocks.config import Config, load_config
 from flows.observe import emit, summary_artifact
+from flows.parameters import ConsumeParameters, takes
 from tasks import queue
 from tasks.aws import log_client
 from tasks.consumer import BatchStats, Consumer
@@ -103,30 +104,11 @@ def run_consumer(
 
 
 @flow(name="consume")
-def consume(
-    until_empty: bool = True,
-    max_messages: int | None = None,
-    max_seconds: float | None = None,
-    batch_messages: int = 100,
-    wait_seconds: int = 20,
-    visibility_timeout: int = 300,
-    config_path: str | None = None,
-) -> State:
+@takes(ConsumeParameters)
+def consume(params: ConsumeParameters, config_path: str | None) -> State:
     """Drain the org queue into the archive (raw + Parquet) and OpenSearch."""
-    if not 1 <= batch_messages <= 1000:
-        raise ValueError("batch_messages must be between 1 and 1000")
-    if not 0 <= wait_seconds <= 20:
-        raise ValueError("wait_seconds must be between 0 and 20 (the SQS long-poll maximum)")
     config = load_config(config_path)
-    stats = run_consumer(
-        config,
-        until_empty=until_empty,
-        max_messages=max_messages,
-        max_seconds=max_seconds,
-        batch_messages=batch_messages,
-        wait_seconds=wait_seconds,
-        visibility_timeout=visibility_timeout,
-    )
+    stats = run_consumer(config, **params.flow_kwargs())
     data: dict[str, Any] = stats.as_dict()
     for reason, count in stats.dead_lettered.items():
         emit(

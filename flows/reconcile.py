@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -23,7 +23,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks import MemberAccount
 from blocks.config import Config, load_config
 from flows.observe import emit, summary_artifact
-from flows.sweep import select_targets
+from flows.parameters import ReconcileParameters, takes
 from tasks import collector as col
 from tasks import reconcile as rec
 from tasks import xray
@@ -31,23 +31,6 @@ from tasks.aws import log_client
 from tasks.health import run_row, write_health
 from tasks.index import client_for
 from tasks.mappings import traces_alias
-
-
-def default_window(
-    start: datetime | None, end: datetime | None, lookback_hours: int, settle_minutes: int, now: datetime
-) -> tuple[datetime, datetime]:
-    """Missing bounds: end = the last whole hour that settled, start = end - lookback_hours."""
-    if lookback_hours < 1:
-        raise ValueError("lookback_hours must be at least 1")
-    if settle_minutes < 0:
-        raise ValueError("settle_minutes must not be negative")
-    if end is None:
-        settled = now - timedelta(minutes=settle_minutes)
-        end = settled if start is not None else settled.replace(minute=0, second=0, microsecond=0)
-    if start is None:
-        start = end - timedelta(hours=lookback_hours)
-    return start, end
-
 
 # ----------------------------------------------------------------------------- observing (tasks)
 
@@ -199,49 +182,34 @@ def emit_mismatches(report: rec.ReconcileReport, *, after_repair: bool, repair: 
 
 
 @flow(name="reconcile", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]
-def reconcile(
-    start: datetime | None = None,
-    end: datetime | None = None,
-    accounts: list[str] | None = None,
-    regions: list[str] | None = None,
-    lookback_hours: int = 24,
-    settle_minutes: int = 30,
-    repair: bool = False,
-    consume_after_repair: bool = True,
-    time_range_type: xray.TimeRangeType = "TraceId",
-    max_ids: int = 50,
-    fail_on_mismatch: bool = False,
-    config_path: str | None = None,
-) -> State:
+@takes(ReconcileParameters)
+def reconcile(params: ReconcileParameters, config_path: str | None) -> State:
     """Compare trace ids per account/region/hour across X-Ray, raw archive, Parquet and index.
 
     Without `start`/`end`: the last `lookback_hours` whole hours that ended `settle_minutes` ago.
     The state's data is the `ReconcileReport` (as JSON); `ok` is False on any mismatch or error.
     """
     now = datetime.now(UTC)
-    start, end = default_window(start, end, lookback_hours, settle_minutes, now)
-    start, end = rec.validate_window(start, end, now)
-    if max_ids < 0:
-        raise ValueError("max_ids must not be negative")
+    start, end = params.window(now)
     config = load_config(config_path)
-    targets = select_targets(config, accounts, regions)  # unknown accounts/regions fail here
+    targets = params.targets(config)  # unknown accounts/regions fail here
     collector = col.Collector.from_config(config)
     pairs = [(a.account_id, r) for a, r in targets]
     logger = get_run_logger()
 
-    observation = observe(config, collector, targets, start, end, now, time_range_type)
-    report = rec.compare(observation, pairs, max_ids, now)
+    observation = observe(config, collector, targets, start, end, now, params.time_range_type)
+    report = rec.compare(observation, pairs, params.max_ids, now)
     logger.info("reconcile %s → %s: %s", start.isoformat(), end.isoformat(), report.message())
     if not report.ok:
-        emit_mismatches(report, after_repair=False, repair=repair)
+        emit_mismatches(report, after_repair=False, repair=params.repair)
 
-    if repair and not report.ok:
+    if params.repair and not report.ok:
         plan = rec.plan_repair(observation, pairs)
         summary = repair_task(config, collector, plan)
-        if summary.envelopes_sent and consume_after_repair:
+        if summary.envelopes_sent and params.consume_after_repair:
             summary.consumed = drain_queue(config)
-        observation = observe(config, collector, targets, start, end, datetime.now(UTC), time_range_type)
-        after = rec.compare(observation, pairs, max_ids)
+        observation = observe(config, collector, targets, start, end, datetime.now(UTC), params.time_range_type)
+        after = rec.compare(observation, pairs, params.max_ids)
         after.before = report
         after.repair = summary
         report = after
@@ -260,6 +228,6 @@ def reconcile(
     summary_artifact("xraylake-reconcile", title, report.summary_rows(), notes=notes + report.errors[:10])
     data = report.model_dump(mode="json")
     write_health(config, "reconcile", [run_row(status="ok" if report.ok else "mismatch", errors=len(report.errors))])
-    if fail_on_mismatch and not report.ok:
+    if params.fail_on_mismatch and not report.ok:
         return Failed(message=report.message(), data=data)
     return Completed(message=report.message(), data=data)

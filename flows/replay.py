@@ -3,22 +3,21 @@
 `target="queue"` re-sends the raw archive for the consumer; `target="direct"` transforms in-process
 and writes the chosen sinks — also the way to re-index into a new index prefix after a mapping
 change. `dry_run` only counts. Resumable: each finished partition leaves a checkpoint under
-`state/replay/<replay_id>/`, and the same replay run again skips it.
+`state/replay/<replay_id>/`, and the same replay run again skips it (`partitions_skipped`);
+`force=True` replays those partitions again.
 """
 
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
-from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed, Failed, State
-from pydantic import BaseModel, Field, model_validator
 
 from blocks.config import Config, load_config
 from flows.observe import summary_artifact
+from flows.parameters import ReplayParameters, takes
 from tasks import archive, queue
 from tasks import replay as replay_tasks
 from tasks.aws import log_client
@@ -30,35 +29,10 @@ from tasks.mappings import index_templates
 from tasks.pacing import rate_limiter
 
 
-class ReplayParameters(BaseModel):
-    """What to replay (the Prefect UI renders this as the run form)."""
-
-    start: datetime = Field(description="Trace start time, from (UTC).")
-    end: datetime = Field(description="Trace start time, until (exclusive).")
-    accounts: list[str] | None = Field(default=None, description="Roster account ids; empty = all.")
-    regions: list[str] | None = Field(default=None, description="Regions; empty = each account's regions.")
-    target: Literal["queue", "direct"] = Field(
-        default="queue", description="queue: re-send to the org queue; direct: write the sinks in-process."
-    )
-    sinks: list[Literal["index", "parquet", "raw"]] = Field(
-        default=["index"], description="direct only: which sinks to write."
-    )
-    index_prefix: str | None = Field(
-        default=None,
-        description="direct only: write into `<prefix>-traces-*` etc. (re-index after a mapping change).",
-    )
-    dry_run: bool = Field(default=False, description="Only count what the archive holds.")
-    rate_per_second: float | None = Field(default=None, gt=0, description="Max messages/envelopes per second.")
-
-    @model_validator(mode="after")
-    def _range(self) -> ReplayParameters:
-        # the UI form and the CLI refuse a range the flow would refuse
-        self.start, self.end = replay_tasks.validate_range(self.start, self.end)
-        return self
-
-
 def replay_id(params: ReplayParameters) -> str:
-    return hashlib.sha256(params.model_dump_json(exclude={"dry_run", "rate_per_second"}).encode()).hexdigest()[:16]
+    """Same range, accounts, regions, target, sinks and prefix ⇒ same id (and checkpoints)."""
+    exclude = {"dry_run", "rate_per_second", "force"}
+    return hashlib.sha256(params.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
 
 def check_index_prefix(config: Config, prefix: str | None) -> str:
@@ -82,19 +56,13 @@ def check_index_prefix(config: Config, prefix: str | None) -> str:
 
 
 @flow(name="replay")
-def replay(params: ReplayParameters, config_path: str | None = None) -> State:
+@takes(ReplayParameters)
+def replay(params: ReplayParameters, config_path: str | None) -> State:
     """Re-send or re-ingest archived envelopes of a time range."""
     logger = get_run_logger()
     start, end = params.start, params.end  # checked and made UTC by ReplayParameters
     config = load_config(config_path)
-    chosen = config.roster.select(params.accounts)
-    targets: list[tuple[str, list[str]]] = []
-    for account in chosen:
-        regions = params.regions or account.regions
-        unknown = [r for r in regions if r not in account.regions]
-        if unknown and params.accounts:
-            raise ValueError(f"region(s) {', '.join(unknown)} not enabled for account {account.account_id}")
-        targets.append((account.account_id, [r for r in regions if r in account.regions]))
+    targets = params.targets(config)
     s3 = log_client("s3", config.archive.region)
     store = config.archive
     probe = s3.list_objects_v2(Bucket=store.bucket, Prefix=f"{store.raw_prefix}/", MaxKeys=1)
@@ -104,9 +72,10 @@ def replay(params: ReplayParameters, config_path: str | None = None) -> State:
     parts = replay_tasks.partitions(targets, start, end)
     run_key = replay_id(params)
     checkpoint = f"{store.state_prefix}/replay/{run_key}/"
+    # `force` replays finished partitions again (their checkpoints are rewritten as they finish)
     done = (
         set()
-        if params.dry_run
+        if params.dry_run or params.force
         else {o["Key"].rsplit("/", 1)[-1] for o in archive.list_keys(s3, store.bucket, checkpoint)}
     )
     limiter = rate_limiter(params.rate_per_second)  # None: as fast as the sinks go
@@ -175,6 +144,7 @@ def replay(params: ReplayParameters, config_path: str | None = None) -> State:
         "replay_id": run_key,
         "target": params.target,
         "dry_run": params.dry_run,
+        "force": params.force,
         "index_prefix": prefix,
     } | totals
     if params.target == "direct":
@@ -201,7 +171,13 @@ def replay(params: ReplayParameters, config_path: str | None = None) -> State:
     )
     if totals["failed_envelopes"]:
         return Failed(message=f"{totals['failed_envelopes']} envelopes failed; run again to resume", data=data)
-    return Completed(message=f"{totals['sent']} envelopes replayed", data=data)
+    message = f"{totals['sent']} envelopes replayed"
+    if totals["partitions_skipped"]:
+        message += (
+            f"; {totals['partitions_skipped']} of {totals['partitions']} partitions skipped, "
+            "already replayed by an earlier run of this replay (force=True replays them again)"
+        )
+    return Completed(message=message, data=data)
 
 
 def _progress(total: int):  # type: ignore[no-untyped-def]

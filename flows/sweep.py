@@ -22,30 +22,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks import MemberAccount
 from blocks.config import Config, load_config
 from flows.observe import emit, summary_artifact
+from flows.parameters import MAX_ACCOUNT_THREADS, SweepParameters, takes
 from tasks import collector as col
 from tasks import xray
 from tasks.health import account_rows, write_health
 from tasks.limits import SLOT_TIMEOUT_SECONDS, concurrency_name, existing_limits, xray_slot
-
-
-def select_targets(
-    config: Config, accounts: list[str] | None, regions: list[str] | None
-) -> list[tuple[MemberAccount, str]]:
-    """(account, region) pairs to work on; unknown accounts or regions fail before any work."""
-    chosen = config.roster.select(accounts)
-    pairs: list[tuple[MemberAccount, str]] = []
-    for account in chosen:
-        wanted = regions or account.regions
-        not_enabled = [r for r in wanted if r not in account.regions]
-        if not_enabled and accounts:
-            raise ValueError(
-                f"region(s) {', '.join(not_enabled)} not enabled for account {account.account_id} "
-                f"({account.name}); enabled: {', '.join(account.regions)}"
-            )
-        pairs += [(account, r) for r in wanted if r in account.regions]
-    if not pairs:
-        raise ValueError(f"no account is enabled in region(s) {', '.join(regions or [])}")
-    return pairs
 
 
 @task(name="sweep-account", cache_policy=NO_CACHE)  # I/O timeouts: botocore (tasks/aws.py)
@@ -151,45 +132,26 @@ def finish(
     return Completed(message=f"{totals['traces']} traces sent", data=data)
 
 
-# Threads are cheap waiting on I/O; `concurrency` (a semaphore) is what bounds the work.
-MAX_ACCOUNT_THREADS = 64
-
-
 @flow(name="sweep", task_runner=ThreadPoolTaskRunner(max_workers=MAX_ACCOUNT_THREADS))  # type: ignore[arg-type]
-def sweep(
-    accounts: list[str] | None = None,
-    regions: list[str] | None = None,
-    lag_seconds: int = 120,
-    overlap_seconds: int = 300,
-    max_window_minutes: int = 60,
-    first_lookback_minutes: int = 60,
-    time_range_type: xray.TimeRangeType = "Event",
-    concurrency: int = 32,
-    xray_rate_per_second: float | None = None,
-    fail_on_account_errors: bool = True,
-    config_path: str | None = None,
-) -> State:
+@takes(SweepParameters)
+def sweep(params: SweepParameters, config_path: str | None) -> State:
     """Collect new traces of every roster account (or `accounts`) and send them to the org queue."""
-    if not 1 <= max_window_minutes <= 60:
-        raise ValueError("max_window_minutes must be between 1 and 60 (X-Ray windows stay ≤ 1 h)")
     config = load_config(config_path)
-    targets = select_targets(config, accounts, regions)
-    limiters = xray.LimiterRegistry(rate=xray_rate_per_second) if xray_rate_per_second else None
+    targets = params.targets(config)
+    limiters = xray.LimiterRegistry(rate=params.xray_rate_per_second) if params.xray_rate_per_second else None
     collector = col.Collector.from_config(config, limiters)
     now = datetime.now(UTC)
     options = {
-        "lag": timedelta(seconds=lag_seconds),
-        "overlap": timedelta(seconds=overlap_seconds),
-        "max_window": timedelta(minutes=max_window_minutes),
-        "first_lookback": timedelta(minutes=first_lookback_minutes),
-        "time_range_type": time_range_type,
+        "lag": timedelta(seconds=params.lag_seconds),
+        "overlap": timedelta(seconds=params.overlap_seconds),
+        "max_window": timedelta(minutes=params.max_window_minutes),
+        "first_lookback": timedelta(minutes=params.first_lookback_minutes),
+        "time_range_type": params.time_range_type,
         "run_id": str(flow_run.get_id() or ""),
     }
-    if not 1 <= concurrency <= MAX_ACCOUNT_THREADS:
-        raise ValueError(f"concurrency must be between 1 and {MAX_ACCOUNT_THREADS}, got {concurrency}")
     # Every account is submitted at once and a slot frees as soon as one finishes: no batch waits
     # for its slowest account (bench B3b: 86 s → 68 s per 200-account cycle before shared models).
-    slots = threading.BoundedSemaphore(concurrency)
+    slots = threading.BoundedSemaphore(params.concurrency)
     # One listing instead of a slot request per account for limits that do not exist (B3b: a
     # 200-account cycle took 25 s instead of 69 s on a local server); None: ask per account.
     names = [concurrency_name(account.account_id, region) for account, region in targets]
@@ -201,4 +163,4 @@ def sweep(
         for (account, region), name in zip(targets, names, strict=True)
     ]
     results = [_result_or_failure(f, account, region) for f, (account, region) in zip(futures, targets, strict=True)]
-    return finish("sweep", results, fail_on_account_errors, config=config)
+    return finish("sweep", results, params.fail_on_account_errors, config=config)

@@ -73,7 +73,7 @@ class AccountResult:
     account_id: str
     account_name: str
     region: str
-    status: str = "ok"  # ok | failed | idle
+    status: str = "ok"  # ok | failed | idle | partial (a backfill's max_chunks ran out first)
     error: str | None = None
     error_kind: str | None = None
     windows: int = 0
@@ -103,6 +103,11 @@ class AccountResult:
         self.traces_refused += result.traces_refused
         self.envelope_ids += result.envelope_ids
         self.trace_ids += result.trace_ids
+
+    def count_calls(self, stats: xray.XRayStats) -> None:
+        """Throttles and retries the same way for every flow (unprocessed trace ids asked again count)."""
+        self.throttles = int(stats.throttles)
+        self.retries = int(stats.retries + stats.unprocessed_retried)
 
     def summary(self) -> dict[str, Any]:
         """Without the id lists (those are for tests and reconcile, not for tables)."""
@@ -265,7 +270,6 @@ def sweep_account(
         result.status = "failed"
         result.error = str(error)[:500]
         result.error_kind = type(error).__name__
-    result.throttles = int(stats.throttles)
-    result.retries = int(stats.retries + stats.unprocessed_retried)
+    result.count_calls(stats)
     result.seconds = round(time.monotonic() - started, 3)
     return result

@@ -167,3 +167,102 @@ def test_reconcile_compact_and_query_after_the_pipeline(cli: CliRunner, fresh_co
     rows = run(cli, "query", "SELECT count(*) AS n FROM segments", "--json")
     assert rows == [{"n": 15}]
     assert "Parser Error" in run(cli, "query", "SELEC nonsense", code=2)["output"]
+
+
+# ------------------------------------------------------------ refused before any flow run (issue 15)
+
+
+def flow_runs() -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.count_flow_runs()
+
+
+def refused(cli: CliRunner, *args: str) -> str:
+    """Exit code 2 and one line naming what is wrong, no traceback, and no flow run created."""
+    before = flow_runs()
+    result = cli.invoke(app, list(args))
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output, result.output
+    assert len(lines) == 1, result.output
+    assert flow_runs() == before, f"{args} started a flow run"
+    return lines[0]
+
+
+def future(hours: int = 2) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) + timedelta(hours=hours)).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sweep", "--config", "/nonexistent.json"], "no configuration at /nonexistent.json"),
+        (["consume", "--config", "/nonexistent.json"], "no configuration at /nonexistent.json"),
+        (["reconcile", "--config", "/nonexistent.json"], "no configuration at /nonexistent.json"),
+        (["compact", "--config", "/nonexistent.json"], "no configuration at /nonexistent.json"),
+        (["sweep", "--account", "999999999999"], "not in the roster"),
+        (["sweep", "--account", "12345"], "12 digits"),
+        (["sweep", "--region", "mars-1"], "mars-1"),
+        (["sweep", "--concurrency", "0"], "concurrency"),
+        (["collect", "not-an-arn"], "malformed"),
+        (["collect", "arn:aws:states:us-east-1:123456789012:stateMachine:sm"], "malformed"),
+        (["collect", "arn:aws:states:us-east-1:999999999999:execution:sm:run-1"], "not in the roster"),
+        (["reconcile", "--end", future()], "in the future"),
+        (["reconcile", "--account", "999999999999"], "not in the roster"),
+        (["consume", "--wait-seconds", "60"], "wait_seconds"),
+        (["compact", "--target-file-mb", "0"], "target_file_mb"),
+        (["compact", "--start-date", "2026-11-02", "--end-date", "2026-11-01"], "before start_date"),
+    ],
+)
+def test_bad_configuration_or_parameters_exit_2_before_any_flow_run(
+    cli: CliRunner, args: list[str], message: str
+) -> None:
+    assert message in refused(cli, *args)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"log_account_id": "123456789012"}', "roster"),
+        ('{"roster": 1, "opensearch": []}', "roster"),
+    ],
+)
+def test_invalid_or_incomplete_config_files_exit_2_before_any_flow_run(
+    cli: CliRunner, tmp_path: Path, content: str, message: str, fresh_config: Config
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    for command in (["sweep"], ["consume"], ["reconcile"]):
+        assert message in refused(cli, *command, "--config", str(bad))
+    account = fresh_config.roster.accounts[0].account_id
+    imported = refused(
+        cli, "import", str(FIXTURES / "scorekeep_batch_get_traces.json"), "--account-id", account, "--config", str(bad)
+    )
+    assert message in imported
+
+
+def test_replay_again_says_why_nothing_was_sent_and_force_replays(cli: CliRunner, fresh_config: Config) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tests.flows.test_sweep import put_simple_traces
+
+    put_simple_traces(fresh_config, fresh_config.roster.accounts[0].account_id, 3)
+    run(cli, "sweep", "--json")
+    run(cli, "consume", "--wait-seconds", "1", "--json")
+    now = datetime.now(UTC)
+    window = ["--start", (now - timedelta(hours=2)).isoformat(), "--end", (now + timedelta(minutes=1)).isoformat()]
+    first = run(cli, "replay", *window, "--json")
+    assert first["sent"] >= 1
+    assert first["partitions_skipped"] == 0
+    again = run(cli, "replay", *window)["output"]
+    assert "0 envelopes replayed" in again
+    assert "already replayed them (a replay resumes); `--force` replays them again" in again
+    forced = run(cli, "replay", *window, "--force", "--json")
+    assert forced["sent"] == first["sent"]
+    assert forced["partitions_skipped"] == 0
+    assert forced["force"] is True

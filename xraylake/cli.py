@@ -13,15 +13,21 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import logging
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
+from rich.markup import escape
 
 from blocks.config import sandbox_state_path, xraylake_home
 from xraylake.output import console, err_console, print_json, table
+
+if TYPE_CHECKING:
+    from blocks.config import Config
+    from flows.parameters import FlowParameters
+
+P = TypeVar("P", bound="FlowParameters")
 
 # opensearch-py logs every 404 at WARNING (e.g. an optional index not created yet); errors still show.
 logging.getLogger("opensearch").setLevel(logging.ERROR)
@@ -145,37 +151,52 @@ AccountsOption = Annotated[list[str] | None, typer.Option("--account", "-a", hel
 RegionsOption = Annotated[list[str] | None, typer.Option("--region", "-r", help="Region (repeatable).")]
 
 
-def _run_flow(flow_fn, check: Callable[[], object] | None = None, **parameters):  # type: ignore[no-untyped-def]
-    """Run a flow, returning (state, data); a parameter error is printed without a traceback.
+def _refuse(message: str) -> NoReturn:
+    """Exit 2 with one line naming what is wrong (before any flow run)."""
+    err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(2)
 
-    `check` runs the flow's own pure parameter checks first, so bad input is refused before a
-    flow run starts (and before Prefect logs the failed run with its traceback)."""
-    from prefect.states import State
+
+def _config(path: str | None) -> Config:
+    """The configuration, or exit 2 naming why there is none (missing, not JSON, invalid)."""
+    from blocks.config import ConfigError, load_config
 
     try:
-        if check is not None:
-            check()
-        state: State = flow_fn(return_state=True, **parameters)
+        return load_config(path)
+    except ConfigError as error:
+        _refuse(str(error))
+
+
+def _parameters(model: type[P], **values: Any) -> P:
+    """The flow's parameter model from the command's options, or exit 2 naming the bad value."""
+    from pydantic import ValidationError
+
+    from blocks.config import problems
+
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        _refuse(problems(error))
+
+
+def _run_flow(flow_fn, params: FlowParameters, config_path: str | None):  # type: ignore[no-untyped-def]
+    """Run a flow with validated parameters, returning (state, data).
+
+    The configuration and what the parameters need from it (accounts in the roster, regions
+    enabled) are checked first: a problem exits 2 with one line before a flow run exists."""
+    from prefect.states import State
+
+    config = _config(config_path)
+    try:
+        params.check(config)
     except (ValueError, LookupError) as error:
-        err_console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        _refuse(str(error))
+    state: State = flow_fn(return_state=True, config_path=config_path, **params.flow_kwargs())
     data = state.result(raise_on_failure=False)
     if isinstance(data, BaseException):
-        err_console.print(f"[red]error:[/red] {data}")
+        err_console.print(f"[red]error:[/red] {escape(str(data))}", soft_wrap=True)
         raise typer.Exit(2 if isinstance(data, (ValueError, LookupError)) else 1)
     return state, data
-
-
-def _parse_all(parse: Callable[[str], Any], **texts: str | None) -> dict[str, Any]:
-    """Parse each given option (None stays None); a bad value exits 2 naming the option."""
-    parsed: dict[str, Any] = {}
-    for name, text in texts.items():
-        try:
-            parsed[name] = parse(text) if text else None
-        except ValueError as error:
-            err_console.print(f"[red]error:[/red] --{name.replace('_', '-')} {text!r}: {error}")
-            raise typer.Exit(2) from None
-    return parsed
 
 
 def _account_table(title: str, accounts: list[dict[str, object]]) -> None:
@@ -219,18 +240,19 @@ def sweep(
     json: JsonOption = False,
 ) -> None:
     """Incremental sweep: new traces of every account since its watermark → the org queue."""
+    from flows.parameters import SweepParameters
     from flows.sweep import sweep as sweep_flow
 
-    state, data = _run_flow(
-        sweep_flow,
+    params = _parameters(
+        SweepParameters,
         accounts=accounts,
         regions=regions,
         lag_seconds=lag_seconds,
         overlap_seconds=overlap_seconds,
         first_lookback_minutes=first_lookback_minutes,
         concurrency=concurrency,
-        config_path=config,
     )
+    state, data = _run_flow(sweep_flow, params, config)
     _finish(state, data, json, "sweep")
 
 
@@ -242,8 +264,10 @@ def collect(
 ) -> None:
     """Collect the traces of one Step Functions execution (the per-execution trigger path)."""
     from flows.collect import collect as collect_flow
+    from flows.parameters import CollectParameters
 
-    state, data = _run_flow(collect_flow, execution_arn=execution_arn, config_path=config)
+    params = _parameters(CollectParameters, execution_arn=execution_arn)
+    state, data = _run_flow(collect_flow, params, config)
     public = {k: v for k, v in data.items() if k != "result"}
     if json:
         print_json({"state": state.type.value, "message": state.message} | public)
@@ -266,23 +290,19 @@ def backfill(
     json: JsonOption = False,
 ) -> None:
     """Collect a past range (≤ 30 days back), chunked; the same backfill again resumes."""
-    from datetime import UTC, datetime
-
     from flows.backfill import backfill as backfill_flow
-    from flows.backfill import validate_range
+    from flows.parameters import BackfillParameters
 
-    times = _parse_all(datetime.fromisoformat, start=start, end=end)
-    state, data = _run_flow(
-        backfill_flow,
-        check=lambda: validate_range(times["start"], times["end"], datetime.now(UTC)),
-        start=times["start"],
-        end=times["end"],
+    params = _parameters(
+        BackfillParameters,
+        start=start,
+        end=end,
         accounts=accounts,
         regions=regions,
         chunk_minutes=chunk_minutes,
         max_chunks=max_chunks,
-        config_path=config,
     )
+    state, data = _run_flow(backfill_flow, params, config)
     _finish(state, data, json, "backfill")
 
 
@@ -297,15 +317,16 @@ def consume(
 ) -> None:
     """Drain the org queue into the archive (raw JSON + Parquet) and OpenSearch."""
     from flows.consume import consume as consume_flow
+    from flows.parameters import ConsumeParameters
 
-    state, data = _run_flow(
-        consume_flow,
+    params = _parameters(
+        ConsumeParameters,
         until_empty=until_empty,
         max_messages=max_messages,
         max_seconds=max_seconds,
         wait_seconds=wait_seconds,
-        config_path=config,
     )
+    state, data = _run_flow(consume_flow, params, config)
     if json:
         print_json({"state": state.type.value} | data)
     else:
@@ -324,11 +345,10 @@ def setup(
     json: JsonOption = False,
 ) -> None:
     """Create the index templates (idempotent), report cluster capabilities, optionally import dashboards."""
-    from blocks.config import load_config
     from tasks.index import capabilities, client_for, ensure_health_template, ensure_templates
     from tasks.mappings import index_templates
 
-    cfg = load_config(config)
+    cfg = _config(config)
     client = client_for(cfg.opensearch)
     names = ensure_templates(client, index_templates(cfg.opensearch.index_prefix))
     ensure_health_template(client)
@@ -387,13 +407,12 @@ def import_(
     json: JsonOption = False,
 ) -> None:
     """Import exported X-Ray traces or raw segment documents for one roster account."""
-    from blocks.config import load_config
     from tasks import collector as col
     from tasks.aws import log_client
     from tasks.consumer import BatchStats, Consumer
     from tasks.importer import parse_files
 
-    cfg = load_config(config)
+    cfg = _config(config)
     try:
         account = cfg.roster.get(account_id)
     except ValueError as error:
@@ -467,40 +486,41 @@ def replay(
     index_prefix: Annotated[str | None, typer.Option(help="direct: write into <prefix>-traces-* etc.")] = None,
     dry_run: bool = False,
     rate: Annotated[float | None, typer.Option(help="Max messages per second.")] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replay partitions an earlier run of the same replay finished (default: resume).")
+    ] = False,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
     """Re-send archived envelopes to the queue, or re-ingest them directly (e.g. into a new index)."""
-    from pydantic import ValidationError
-
-    from flows.replay import ReplayParameters
+    from flows.parameters import ReplayParameters
     from flows.replay import replay as replay_flow
 
-    try:
-        params = ReplayParameters.model_validate(
-            {
-                "start": start,
-                "end": end,
-                "accounts": accounts,
-                "regions": regions,
-                "target": target,
-                "sinks": sink or ["index"],
-                "index_prefix": index_prefix,
-                "dry_run": dry_run,
-                "rate_per_second": rate,
-            }
-        )
-    except ValidationError as error:
-        for problem in error.errors():
-            where = ".".join(str(part) for part in problem["loc"])
-            err_console.print(f"[red]error:[/red] {where + ': ' if where else ''}{problem['msg']}")
-        raise typer.Exit(2) from None
-    state, data = _run_flow(replay_flow, params=params, config_path=config)
+    params = _parameters(
+        ReplayParameters,
+        start=start,
+        end=end,
+        accounts=accounts,
+        regions=regions,
+        target=target,
+        sinks=sink or ["index"],
+        index_prefix=index_prefix,
+        dry_run=dry_run,
+        rate_per_second=rate,
+        force=force,
+    )
+    state, data = _run_flow(replay_flow, params, config)
     if json:
         print_json({"state": state.type.value, "message": state.message} | data)
     else:
         console.print(table("replay", ["metric", "value"], list(data.items())))
-        console.print(f"{state.type.value}: {state.message}")
+        console.print(f"{state.type.value}: {state.message}", soft_wrap=True)
+        if data.get("partitions_skipped"):
+            console.print(
+                f"{data['partitions_skipped']} of {data['partitions']} partitions were skipped: an earlier run of "
+                "this replay already replayed them (a replay resumes); `--force` replays them again",
+                soft_wrap=True,
+            )
     if not state.is_completed():
         raise typer.Exit(1)
 
@@ -514,11 +534,10 @@ def dlq_list(limit: int = 100, config: ConfigOption = None, json: JsonOption = F
     """DLQ messages with their reasons (they stay in the DLQ)."""
     from dataclasses import asdict
 
-    from blocks.config import load_config
     from tasks import dlq
     from tasks.aws import log_client
 
-    cfg = load_config(config)
+    cfg = _config(config)
     entries = [e for e, _ in dlq.peek(log_client("sqs", cfg.queue.region), cfg.queue.dlq_url, limit)]
     if json:
         print_json(
@@ -535,13 +554,12 @@ def dlq_inspect(message_id: str, config: ConfigOption = None, json: JsonOption =
     """One DLQ message: attributes, reason and what its body decodes to."""
     from dataclasses import asdict
 
-    from blocks.config import load_config
     from tasks import dlq
     from tasks.aws import log_client
     from tasks.consumer import Consumer
     from tasks.envelope import EnvelopeError
 
-    cfg = load_config(config)
+    cfg = _config(config)
     sqs = log_client("sqs", cfg.queue.region)
     found = [(e, m) for e, m in dlq.peek(sqs, cfg.queue.dlq_url, 1000) if e.message_id == message_id]
     if not found:
@@ -572,11 +590,10 @@ def dlq_redrive(
     """Move DLQ messages back to the queue (after the cause was fixed)."""
     from dataclasses import asdict
 
-    from blocks.config import load_config
     from tasks import dlq
     from tasks.aws import log_client
 
-    cfg = load_config(config)
+    cfg = _config(config)
     report = dlq.redrive(log_client("sqs", cfg.queue.region), cfg.queue.dlq_url, cfg.queue.queue_url, reason, limit)
     if json:
         print_json(asdict(report))
@@ -594,14 +611,13 @@ def report(
     json: JsonOption = False,
 ) -> None:
     """Headline numbers and a self-contained HTML report (Step Functions, services, accounts, health)."""
-    from blocks.config import load_config
     from tasks.report import parse_since, report_tables, run_report
 
     try:
         window = parse_since(since)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--since") from None
-    data = run_report(load_config(config), window, out)
+    data = run_report(_config(config), window, out)
     if json:
         print_json(data.model_dump(mode="json"))
         return
@@ -624,23 +640,21 @@ def compact(
     json: JsonOption = False,
 ) -> None:
     """Merge small Parquet files per partition and drop duplicate rows (latest collected_at wins)."""
-    from datetime import date
-
     from flows.compact import compact as compact_flow
+    from flows.parameters import CompactParameters
 
-    days = _parse_all(date.fromisoformat, start_date=start_date, end_date=end_date)
-    state, data = _run_flow(
-        compact_flow,
+    params = _parameters(
+        CompactParameters,
         accounts=accounts,
-        start_date=days["start_date"],
-        end_date=days["end_date"],
+        start_date=start_date,
+        end_date=end_date,
         tables=[t.value for t in tables] if tables else None,
         target_file_mb=target_file_mb,
         skip_recent_hours=skip_recent_hours,
         rewrite_single_files=rewrite_single_files,
         dry_run=dry_run,
-        config_path=config,
     )
+    state, data = _run_flow(compact_flow, params, config)
     if json:
         print_json({"state": state.type.value, "message": state.message} | data)
     else:
@@ -667,23 +681,21 @@ def reconcile(
     json: JsonOption = False,
 ) -> None:
     """Prove nothing was lost: X-Ray vs raw archive vs Parquet vs index, per account and hour."""
-    from datetime import datetime
-
+    from flows.parameters import ReconcileParameters
     from flows.reconcile import reconcile as reconcile_flow
     from tasks.reconcile import ReconcileReport
 
-    times = _parse_all(datetime.fromisoformat, start=start, end=end)
-    state, data = _run_flow(
-        reconcile_flow,
-        start=times["start"],
-        end=times["end"],
+    params = _parameters(
+        ReconcileParameters,
+        start=start,
+        end=end,
         accounts=accounts,
         regions=regions,
         lookback_hours=lookback_hours,
         settle_minutes=settle_minutes,
         repair=repair,
-        config_path=config,
     )
+    state, data = _run_flow(reconcile_flow, params, config)
     result = ReconcileReport.model_validate(data)
     if json:
         print_json({"state": state.type.value} | data)
@@ -711,11 +723,10 @@ def query(
     json: JsonOption = False,
 ) -> None:
     """Ad-hoc SQL over the Parquet lake with DuckDB (no OpenSearch needed)."""
-    from blocks.config import load_config
     from tasks.lake import query as lake_query
 
     try:
-        frame = lake_query(load_config(config), sql, max_rows=max_rows)
+        frame = lake_query(_config(config), sql, max_rows=max_rows)
     except (ValueError, LookupError) as error:
         err_console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None

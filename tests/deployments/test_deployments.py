@@ -33,7 +33,6 @@ from prefect.events.schemas.events import ResourceSpecification
 from blocks.config import Config
 from deployments import automations as auto
 from deployments import serve
-from deployments.parameters import BackfillParameters, CollectParameters
 from deployments.serve import LocalServer
 from tasks import envelope as env
 from tasks import health, limits, queue
@@ -174,47 +173,87 @@ def test_serve_builds_the_same_deployments_as_prefect_yaml() -> None:
     assert [s.active for d in paused for s in d.schedules or []] == [False]
     with pytest.raises(ValueError, match="unknown deployment"):
         serve.build_deployments(only=["nope"])
+    # parameters the flow's model refuses fail before anything is registered
+    typo = serve.DeploymentSpec(name="typo", entrypoint="flows/sweep.py:sweep", parameters={"lag": 5, "concurrency": 0})
+    with pytest.raises(ValueError, match=r"deployment typo parameters: unknown parameter\(s\) lag; 0 is less than"):
+        serve.build_deployments([typo])
 
 
 def test_parameter_schemas_render_typed_forms() -> None:
+    """Each flow's Prefect schema (the UI form, what enforce_parameter_schema checks) is its
+    parameter model's: one flat field each, with the model's types, limits and descriptions."""
     from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools import validate
 
+    from flows import parameters as fp
     from flows.backfill import backfill
     from flows.collect import collect
+    from flows.compact import compact
+    from flows.consume import consume
+    from flows.reconcile import reconcile
     from flows.replay import replay
+    from flows.sweep import sweep
 
-    replay_schema = parameter_schema(replay.fn).model_dump_for_openapi()
-    model = replay_schema["definitions"]["ReplayParameters"]
-    assert replay_schema["properties"]["params"]["$ref"] == "#/definitions/ReplayParameters"
-    assert model["properties"]["start"] == model["properties"]["start"] | {"type": "string", "format": "date-time"}
-    assert model["properties"]["end"]["format"] == "date-time"
-    assert model["properties"]["target"]["enum"] == ["queue", "direct"]
-    assert model["properties"]["dry_run"]["type"] == "boolean"
-    assert model["properties"]["sinks"]["items"]["enum"] == ["index", "parquet", "raw"]
-    assert set(model["required"]) == {"start", "end"}
+    schemas = {}
+    for flow, model in [
+        (sweep, fp.SweepParameters),
+        (collect, fp.CollectParameters),
+        (backfill, fp.BackfillParameters),
+        (consume, fp.ConsumeParameters),
+        (replay, fp.ReplayParameters),
+        (reconcile, fp.ReconcileParameters),
+        (compact, fp.CompactParameters),
+    ]:
+        schema = parameter_schema(flow.fn).model_dump_for_openapi()
+        expected = model.model_json_schema()
+        assert set(schema["properties"]) == set(expected["properties"]) | {"config_path"}, flow.name
+        for name, field in expected["properties"].items():
+            assert schema["properties"][name] == field | {"position": schema["properties"][name]["position"]}
+            assert field.get("description"), (flow.name, name)
+        assert set(schema.get("required", [])) == set(expected.get("required", [])), flow.name
+        schemas[flow.name] = schema
 
-    backfill_schema = parameter_schema(backfill.fn).model_dump_for_openapi()
-    props = backfill_schema["properties"]
-    assert props["start"]["format"] == props["end"]["format"] == "date-time"
-    assert props["chunk_minutes"]["type"] == "integer"
-    assert {"type": "array", "items": {"type": "string"}} in props["accounts"]["anyOf"]
-    assert parameter_schema(collect.fn).model_dump_for_openapi()["required"] == ["execution_arn"]
-
-    # the typed models proposed for backfill and collect
-    typed = BackfillParameters.model_json_schema()["properties"]
-    assert typed["start"]["format"] == "date-time"
-    assert typed["chunk_minutes"] | {"minimum": 1, "maximum": 60} == typed["chunk_minutes"]
-    assert all(p.get("description") for p in typed.values())
-    arn = CollectParameters.model_json_schema()["properties"]["execution_arn"]
-    assert re.match(arn["pattern"], "arn:aws:states:us-east-1:012345678901:execution:orders:run-42")
+    replay_props = schemas["replay"]["properties"]
+    assert replay_props["start"] == replay_props["start"] | {"type": "string", "format": "date-time"}
+    assert replay_props["target"]["enum"] == ["queue", "direct"]
+    assert replay_props["sinks"]["items"]["enum"] == ["index", "parquet", "raw"]
+    assert replay_props["force"] == replay_props["force"] | {"type": "boolean", "default": False}
+    assert set(schemas["replay"]["required"]) == {"start", "end"}
+    backfill_props = schemas["backfill"]["properties"]
+    assert backfill_props["chunk_minutes"] | {"minimum": 1, "maximum": 60} == backfill_props["chunk_minutes"]
+    assert schemas["collect"]["required"] == ["execution_arn"]
+    arn = schemas["collect"]["properties"]["execution_arn"]
+    assert re.match(arn["pattern"], arn["examples"][0])
     assert not re.match(arn["pattern"], "arn:aws:states:us-east-1:12345:execution:orders:run-42")
-    start = datetime(2026, 11, 20, tzinfo=UTC)
-    params = BackfillParameters(start=start, end=start + timedelta(hours=2), accounts=["012345678901"])
-    assert params.as_kwargs()["accounts"] == ["012345678901"]
+
+    # what the server refuses before a run exists (enforce_parameter_schema)
+    def refused(flow: str, parameters: dict[str, Any]) -> list[str]:
+        return [e.message for e in validate(parameters, schemas[flow], ignore_required=True)]
+
+    assert refused("collect", {"execution_arn": "arn:aws:states:us-east-1:123456789012:stateMachine:sm"})
+    assert len(refused("sweep", {"accounts": ["12345"], "regions": ["mars-1"], "concurrency": 0})) == 3
+    assert refused("sweep", {"time_range_type": "Later"})
+    assert refused("backfill", {"start": "yesterday"})
+    assert refused("consume", {"wait_seconds": 21})
+    assert refused("compact", {"tables": ["spans"]})
+    assert not refused("sweep", {"accounts": ["012345678901"], "regions": ["us-gov-west-1"], "concurrency": 64})
+
+    # rules across fields are the models' validators
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    params = fp.BackfillParameters(start=start, end=start + timedelta(hours=2), accounts=["012345678901"])
+    assert params.flow_kwargs()["accounts"] == ["012345678901"]
     with pytest.raises(ValueError, match="after start"):
-        BackfillParameters(start=start, end=start)
+        fp.BackfillParameters(start=start, end=start)
     with pytest.raises(ValueError, match="time zone"):
-        BackfillParameters(start=datetime(2026, 11, 20), end=datetime(2026, 11, 21))
+        fp.BackfillParameters(start=start.replace(tzinfo=None), end=start.replace(tzinfo=None) + timedelta(hours=1))
+    with pytest.raises(ValueError, match="30-day retention"):
+        fp.BackfillParameters(start=start - timedelta(days=30), end=start)
+    with pytest.raises(ValueError, match="in the future"):
+        fp.ReconcileParameters(end=datetime.now(UTC) + timedelta(hours=1))
+    with pytest.raises(ValueError, match="before start_date"):
+        fp.CompactParameters(start_date="2026-11-02", end_date="2026-11-01")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="extra"):
+        fp.SweepParameters(lag=5)  # type: ignore[call-arg]
 
 
 def test_automation_definitions_are_valid_prefect_automations() -> None:
@@ -448,7 +487,7 @@ def test_served_deployments_carry_schedules_limits_tags_and_the_trigger(served: 
         assert sweep.enforce_parameter_schema
         replay = client.read_deployment_by_name("replay/replay")
         assert replay.parameter_openapi_schema is not None
-        assert "ReplayParameters" in replay.parameter_openapi_schema["definitions"]
+        assert "force" in replay.parameter_openapi_schema["properties"]  # the flat form of ReplayParameters
         (automation,) = client.read_automations_by_name("collect-on-execution-status-change")
         collect = client.read_deployment_by_name("collect/collect")
         (action,) = automation.actions
@@ -475,13 +514,11 @@ def test_replay_run_from_its_deployment_reindexes_the_archive(served: Path, fres
     run: Any = run_deployment(
         "replay/replay",
         parameters={
-            "params": {
-                "start": (now - timedelta(hours=2)).isoformat(),
-                "end": (now + timedelta(minutes=1)).isoformat(),
-                "target": "direct",
-                "sinks": ["index"],
-                "index_prefix": prefix,
-            }
+            "start": (now - timedelta(hours=2)).isoformat(),
+            "end": (now + timedelta(minutes=1)).isoformat(),
+            "target": "direct",
+            "sinks": ["index"],
+            "index_prefix": prefix,
         },
         timeout=180,
         poll_interval=1,
@@ -709,6 +746,6 @@ def test_ui_renders_the_replay_run_form(served: Path, prefect_server: LocalServe
         check=False,
     ).stdout
     shot.with_suffix(".html").write_text(dom)
-    for label in ("Start", "End", "Target", "Sinks", "Index Prefix", "Dry Run", "Rate Per Second"):
+    for label in ("Start", "End", "Target", "Sinks", "Index Prefix", "Dry Run", "Rate Per Second", "Force"):
         assert label in dom, label
     assert "Trace start time, from (UTC)." in dom  # the field descriptions of ReplayParameters

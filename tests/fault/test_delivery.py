@@ -13,7 +13,7 @@ import pytest
 
 from blocks.config import Config
 from flows.compact import compact
-from flows.replay import ReplayParameters, replay
+from flows.replay import replay
 from flows.sweep import sweep
 from sandbox.faults import FaultProxy, sqs_send_batch_partially_failed
 from sandbox.stack import SandboxStack
@@ -83,8 +83,10 @@ def test_replay_of_old_envelopes_never_overwrites_newer_data(
     h.drain(fresh_config)
 
     start, _ = h.window_of(expected)
-    params = ReplayParameters(start=start, end=datetime.now(UTC), target=target, sinks=["raw", "parquet", "index"])  # type: ignore[arg-type]
-    state = replay(params=params, config_path=config_file, return_state=True)
+    sinks = ["raw", "parquet", "index"]
+    state = replay(
+        start=start, end=datetime.now(UTC), target=target, sinks=sinks, config_path=config_file, return_state=True
+    )
     assert state.is_completed(), state.message
     replayed: dict[str, Any] = state.result()  # type: ignore[assignment]
     assert replayed["objects"] >= 4 and replayed["traces"] > len(running)

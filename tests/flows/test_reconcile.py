@@ -13,7 +13,8 @@ from prefect.events.worker import EventsWorker
 
 from blocks.config import Config
 from flows.consume import run_consumer
-from flows.reconcile import default_window, reconcile
+from flows.parameters import default_window
+from flows.reconcile import reconcile
 from tasks import archive
 from tasks import collector as col
 from tasks import reconcile as rec

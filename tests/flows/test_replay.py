@@ -9,7 +9,7 @@ from pydantic import SecretStr
 
 from blocks.config import Config
 from flows.consume import run_consumer
-from flows.replay import ReplayParameters, replay
+from flows.replay import replay
 from flows.sweep import sweep
 from tasks import dlq
 from tasks.aws import log_client
@@ -47,7 +47,7 @@ def test_wiped_indices_come_back_identical_from_a_direct_replay(ingested: Config
     client = client_for(ingested.opensearch)
     client.indices.delete(index="xray-traces-*,xray-segments-*,otel-v1-apm-span-*")
     assert not client.indices.exists_alias(name="xray-traces")
-    state = replay(ReplayParameters(**window(), target="direct"), config_path=config_file, return_state=True)
+    state = replay(**window(), target="direct", config_path=config_file, return_state=True)
     assert state.is_completed(), state.message
     data = state.result()
     assert data["traces"] == 18
@@ -57,35 +57,39 @@ def test_wiped_indices_come_back_identical_from_a_direct_replay(ingested: Config
 
 def test_dry_run_counts_and_queue_replay_reingests_without_duplicates(ingested: Config, config_file: str) -> None:
     before = documents(ingested, "xray-traces")
-    dry = replay(ReplayParameters(**window(), dry_run=True), config_path=config_file, return_state=True).result()
+    dry = replay(**window(), dry_run=True, config_path=config_file, return_state=True).result()
     assert dry["traces"] == 18
     assert dry["sent"] == 0
     assert dry["objects"] >= 3
-    params = ReplayParameters(**window(), rate_per_second=50)
-    sent = replay(params, config_path=config_file, return_state=True)
+    params = {**window(), "rate_per_second": 50}
+    sent = replay(**params, config_path=config_file, return_state=True)
     assert sent.result()["sent"] == dry["objects"]
     stats = run_consumer(ingested, wait_seconds=1, use_tasks=False)
     assert stats.deleted == dry["objects"]
     assert stats.documents_failed == 0, stats.errors
     assert documents(ingested, "xray-traces") == before
     # the same replay again is resumable: every partition is already checkpointed
-    again = replay(params, config_path=config_file, return_state=True)
+    again = replay(**params, config_path=config_file, return_state=True)
     assert again.result()["sent"] == 0
     assert again.result()["partitions_skipped"] == again.result()["partitions"]
+    assert "force=True replays them again" in str(again.message)
+    # force: the same range again, every partition (same envelope ids: the index stays the same)
+    forced = replay(**params, force=True, config_path=config_file, return_state=True).result()
+    assert forced["sent"] == dry["objects"]
+    assert forced["partitions_skipped"] == 0
+    assert forced["replay_id"] == again.result()["replay_id"]  # force is not part of the replay's identity
+    assert run_consumer(ingested, wait_seconds=1, use_tasks=False).deleted == dry["objects"]
+    assert documents(ingested, "xray-traces") == before
 
 
 def test_reindex_into_a_new_prefix_and_refuse_a_colliding_one(ingested: Config, config_file: str) -> None:
-    state = replay(
-        ReplayParameters(**window(), target="direct", index_prefix="xray-v2"),
-        config_path=config_file,
-        return_state=True,
-    )
+    state = replay(**window(), target="direct", index_prefix="xray-v2", config_path=config_file, return_state=True)
     assert state.is_completed(), state.message
     assert len(documents(ingested, "xray-v2-traces")) == 18
     client = client_for(ingested.opensearch)
     client.indices.put_alias(index="xray-traces-*", name="taken-traces")
     with pytest.raises(ValueError, match="collides"):
-        replay(ReplayParameters(**window(), target="direct", index_prefix="taken"), config_path=config_file)
+        replay(**window(), target="direct", index_prefix="taken", config_path=config_file)
 
 
 def test_redrive_after_the_cause_was_fixed_indexes_the_messages(fresh_config: Config) -> None:
@@ -118,4 +122,4 @@ def test_redrive_after_the_cause_was_fixed_indexes_the_messages(fresh_config: Co
 )
 def test_bad_input_is_refused_before_any_work(params: dict, message: str, config_file: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ValueError, match=message):
-        replay(ReplayParameters(**params), config_path=config_file)
+        replay(**params, config_path=config_file)

@@ -1,0 +1,403 @@
+"""One parameter model per flow: the flow, its CLI command and its deployment all use it.
+
+A model holds its flow's parameter names, types, defaults and descriptions, and every rule JSON
+Schema can express (bounds, patterns such as 12-digit account ids and execution ARNs, enums,
+date-time formats, no unknown fields); rules across fields (end after start, within X-Ray's
+30-day retention, not in the future) are validators. `check(config)` adds what needs the
+configuration (accounts in the roster, regions enabled for them): the CLI runs it before it
+creates a flow run, the flow again at its start.
+
+`@takes(Model)` gives a flow body `(params, config_path)` the signature Prefect sees: one flat
+parameter per field whose JSON schema is the field's own (title, description, default, limits),
+plus `config_path`. So the deployment's form shows every field at the top level with its limits,
+and `enforce_parameter_schema` makes the server refuse a bad value before a run exists. Flat
+rather than one nested `params` object, because Prefect merges deployment, schedule and
+trigger parameters key by key: a run that sets `accounts` keeps the deployment's other values.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from blocks import MemberAccount
+from blocks.config import Config
+from tasks import replay as replay_tasks
+from tasks import stepfunctions as sfn
+from tasks.compaction import TABLES
+from tasks.xray import TimeRangeType
+
+XRAY_RETENTION = timedelta(days=30)
+# Threads are cheap waiting on I/O; a sweep's `concurrency` (a semaphore) bounds the work.
+MAX_ACCOUNT_THREADS = 64
+ACCOUNT_ID_PATTERN = r"^\d{12}$"
+REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$"
+# The shape tasks/stepfunctions.py parses (standard and express executions, any partition),
+# without named groups: the Prefect UI checks the pattern in JavaScript.
+EXECUTION_ARN_PATTERN = (
+    r"^arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:(execution|express):[A-Za-z0-9_.-]{1,80}:[A-Za-z0-9_.:-]{1,80}$"
+)
+
+
+def _matching(pattern: str, expected: str) -> BeforeValidator:
+    """The pattern's check with a message people read (the pattern itself stays in the schema)."""
+    compiled = re.compile(pattern)
+
+    def check(value: object) -> object:
+        if isinstance(value, str) and not compiled.match(value):
+            raise ValueError(f"{value!r} is not {expected}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _execution_arn(value: object) -> object:
+    return sfn.parse_execution_arn(value).arn if isinstance(value, str) else value
+
+
+AccountId = Annotated[
+    str,
+    Field(pattern=ACCOUNT_ID_PATTERN),
+    _matching(ACCOUNT_ID_PATTERN, "an account id (12 digits, keep leading zeros)"),
+]
+Region = Annotated[str, Field(pattern=REGION_PATTERN), _matching(REGION_PATTERN, "an AWS region name like us-east-1")]
+ExecutionArn = Annotated[
+    str,
+    Field(pattern=EXECUTION_ARN_PATTERN, examples=["arn:aws:states:us-east-1:012345678901:execution:orders:run-42"]),
+    BeforeValidator(_execution_arn),
+]
+Accounts = Annotated[
+    list[AccountId] | None,
+    Field(description="Roster account ids (12 digits, keep leading zeros); empty = every roster account."),
+]
+Regions = Annotated[list[Region] | None, Field(description="Regions; empty = each account's enabled regions.")]
+FailOnAccountErrors = Annotated[
+    bool, Field(description="End the run Failed when an account failed (the others are still collected).")
+]
+TableName = Literal["traces", "segments"]
+
+
+class FlowParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def check(self, config: Config) -> None:
+        """Refuse what the configuration rules out, before any work (nothing by default)."""
+
+    def flow_kwargs(self) -> dict[str, Any]:
+        """The flow's keyword parameters (every field, as validated)."""
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+
+P = TypeVar("P", bound=FlowParameters)
+R = TypeVar("R")
+
+
+def takes(model: type[P]) -> Callable[[Callable[[P, str | None], R]], Callable[..., R]]:
+    """Decorate a flow body `(params, config_path)` (under `@flow`): Prefect, the UI form and
+    callers see one keyword parameter per field of `model`, plus `config_path`; the body gets the
+    validated model (a bad value raises pydantic's ValidationError, a ValueError)."""
+    properties = model.model_json_schema()["properties"]
+    assert "$ref" not in str(properties), f"{model.__name__}: a flat form needs inline field schemas"
+
+    def decorate(body: Callable[[P, str | None], R]) -> Callable[..., R]:
+        @functools.wraps(body)
+        def flow_fn(config_path: str | None = None, **values: Any) -> R:
+            return body(model.model_validate(values), config_path)
+
+        parameters = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                # Prefect reads a Field default's json_schema_extra into the parameter's schema;
+                # the values themselves are checked once, by the model.
+                default=Field(
+                    default=... if field.is_required() else field.get_default(call_default_factory=True),
+                    json_schema_extra=properties[name],
+                ),
+                annotation=Any,
+            )
+            for name, field in model.model_fields.items()
+        ]
+        parameters.append(
+            inspect.Parameter("config_path", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None)
+        )
+        flow_fn.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        return flow_fn
+
+    return decorate
+
+
+# ----------------------------------------------------------------------------- collecting
+
+
+class SweepParameters(FlowParameters):
+    """Incremental sweep: every roster account and region (or the named ones) from its watermark."""
+
+    accounts: Accounts = None
+    regions: Regions = None
+    lag_seconds: int = Field(
+        default=120, ge=0, le=3600, description="Windows end this long before now (X-Ray lists traces with a delay)."
+    )
+    overlap_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description="Each window starts this long before the watermark: late and in-progress traces come again.",
+    )
+    max_window_minutes: int = Field(
+        default=60, ge=1, le=60, description="Longest X-Ray query window (1-60 minutes; X-Ray windows stay ≤ 1 h)."
+    )
+    first_lookback_minutes: int = Field(
+        default=60,
+        ge=1,
+        le=int(XRAY_RETENTION.total_seconds() // 60),
+        description="Where an account without a watermark starts (at most 30 days back, X-Ray's retention).",
+    )
+    time_range_type: TimeRangeType = Field(
+        default="Event", description="X-Ray TimeRangeType: Event (segment times), TraceId (trace start) or Service."
+    )
+    concurrency: int = Field(
+        default=32, ge=1, le=MAX_ACCOUNT_THREADS, description="Accounts/regions swept at the same time."
+    )
+    xray_rate_per_second: float | None = Field(
+        default=None, gt=0, description="X-Ray calls per second per account and region; empty = the built-in rate."
+    )
+    fail_on_account_errors: FailOnAccountErrors = True
+
+    def targets(self, config: Config) -> list[tuple[MemberAccount, str]]:
+        return config.roster.targets(self.accounts, self.regions)
+
+    def check(self, config: Config) -> None:
+        self.targets(config)
+
+
+class CollectParameters(FlowParameters):
+    """Collect the X-Ray traces of one Step Functions execution (account and region come from the ARN)."""
+
+    execution_arn: ExecutionArn = Field(
+        description="arn:aws:states:<region>:<account>:execution:<state machine>:<execution name>"
+    )
+    padding_seconds: int = Field(
+        default=60, ge=0, le=3600, description="Look this much before the start and after the stop for its segments."
+    )
+
+    def target(self, config: Config) -> tuple[MemberAccount, sfn.ExecutionArn]:
+        parsed = sfn.parse_execution_arn(self.execution_arn)
+        account = config.roster.get(parsed.account_id)
+        if parsed.region not in account.regions:
+            raise ValueError(
+                f"region {parsed.region} is not enabled for account {account.account_id} ({account.name}); "
+                f"enabled: {', '.join(account.regions)}"
+            )
+        return account, parsed
+
+    def check(self, config: Config) -> None:
+        self.target(config)
+
+
+def backfill_range(start: datetime, end: datetime, now: datetime) -> tuple[datetime, datetime]:
+    """[start, end) in UTC: zoned, not empty, within X-Ray's retention, not in the future."""
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("start and end need a time zone (e.g. 2026-11-20T00:00:00Z)")
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    if end <= start:
+        raise ValueError(f"end {end.isoformat()} is not after start {start.isoformat()}")
+    oldest = now - XRAY_RETENTION
+    if start < oldest:
+        raise ValueError(
+            f"start {start.isoformat()} is older than X-Ray's 30-day retention (oldest: {oldest.isoformat()}); "
+            "older traces can only be replayed from the archive (`xraylake replay`)"
+        )
+    if end > now:
+        raise ValueError(f"end {end.isoformat()} is in the future")
+    return start, end
+
+
+class BackfillParameters(FlowParameters):
+    """Collect a past range (≤ 30 days old) for some or all accounts, chunked; the same range again resumes."""
+
+    start: datetime = Field(
+        description="From (inclusive), with a time zone, e.g. 2026-11-20T00:00:00Z. At most 30 days ago."
+    )
+    end: datetime = Field(description="Until (exclusive), with a time zone; not in the future.")
+    accounts: Accounts = None
+    regions: Regions = None
+    chunk_minutes: int = Field(
+        default=60, ge=1, le=60, description="Window per chunk and checkpoint (1-60 minutes; X-Ray windows ≤ 1 h)."
+    )
+    max_chunks: int | None = Field(
+        default=None, ge=1, description="Chunks this run may collect; the same backfill again resumes. Empty = all."
+    )
+    fail_on_account_errors: FailOnAccountErrors = True
+
+    @model_validator(mode="after")
+    def _range(self) -> BackfillParameters:
+        self.start, self.end = backfill_range(self.start, self.end, datetime.now(UTC))
+        return self
+
+    def targets(self, config: Config) -> list[tuple[MemberAccount, str]]:
+        return config.roster.targets(self.accounts, self.regions)
+
+    def check(self, config: Config) -> None:
+        self.targets(config)
+
+
+# ----------------------------------------------------------------------------- ingesting
+
+
+class ConsumeParameters(FlowParameters):
+    """Drain the org queue into the archive (raw + Parquet) and OpenSearch."""
+
+    until_empty: bool = Field(default=True, description="Stop after a poll that found the queue empty.")
+    max_messages: int | None = Field(default=None, ge=1, description="Stop after this many messages; empty = no limit.")
+    max_seconds: float | None = Field(default=None, gt=0, description="Stop after this many seconds; empty = no limit.")
+    batch_messages: int = Field(default=100, ge=1, le=1000, description="Messages per batch (one task run each).")
+    wait_seconds: int = Field(default=20, ge=0, le=20, description="SQS long-poll wait (0-20 seconds).")
+    visibility_timeout: int = Field(
+        default=300, ge=10, le=43200, description="Seconds a received message stays hidden (kept alive while in work)."
+    )
+
+
+class ReplayParameters(FlowParameters):
+    """What to replay: archived envelopes of a time range, to the queue or straight into the sinks."""
+
+    start: datetime = Field(description="Trace start time, from (UTC).")
+    end: datetime = Field(description="Trace start time, until (exclusive).")
+    accounts: Accounts = None
+    regions: Regions = None
+    target: Literal["queue", "direct"] = Field(
+        default="queue", description="queue: re-send to the org queue; direct: write the sinks in-process."
+    )
+    sinks: list[Literal["index", "parquet", "raw"]] = Field(
+        default=["index"], description="direct only: which sinks to write."
+    )
+    index_prefix: str | None = Field(
+        default=None,
+        description="direct only: write into `<prefix>-traces-*` etc. (re-index after a mapping change).",
+    )
+    dry_run: bool = Field(default=False, description="Only count what the archive holds.")
+    rate_per_second: float | None = Field(default=None, gt=0, description="Max messages/envelopes per second.")
+    force: bool = Field(
+        default=False,
+        description="Replay partitions again that an earlier run of this replay finished "
+        "(by default the same replay resumes and skips them).",
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> ReplayParameters:
+        self.start, self.end = replay_tasks.validate_range(self.start, self.end)
+        return self
+
+    def targets(self, config: Config) -> list[tuple[str, list[str]]]:
+        """(account id, regions) to replay."""
+        by_account: dict[str, list[str]] = {}
+        for account, region in config.roster.targets(self.accounts, self.regions):
+            by_account.setdefault(account.account_id, []).append(region)
+        return list(by_account.items())
+
+    def check(self, config: Config) -> None:
+        self.targets(config)
+
+
+# ----------------------------------------------------------------------------- maintaining
+
+
+def default_window(
+    start: datetime | None, end: datetime | None, lookback_hours: int, settle_minutes: int, now: datetime
+) -> tuple[datetime, datetime]:
+    """Missing bounds: end = the last whole hour that settled, start = end - lookback_hours."""
+    if lookback_hours < 1:
+        raise ValueError("lookback_hours must be at least 1")
+    if settle_minutes < 0:
+        raise ValueError("settle_minutes must not be negative")
+    if end is None:
+        settled = now - timedelta(minutes=settle_minutes)
+        end = settled if start is not None else settled.replace(minute=0, second=0, microsecond=0)
+    if start is None:
+        start = end - timedelta(hours=lookback_hours)
+    return start, end
+
+
+class ReconcileParameters(FlowParameters):
+    """Compare trace ids per account/region/hour across X-Ray, raw archive, Parquet and index."""
+
+    start: datetime | None = Field(default=None, description="From, with a time zone; empty = end - lookback_hours.")
+    end: datetime | None = Field(
+        default=None, description="Until, with a time zone; empty = the last whole hour that ended settle_minutes ago."
+    )
+    accounts: Accounts = None
+    regions: Regions = None
+    lookback_hours: int = Field(default=24, ge=1, le=24 * 90, description="Hours checked when start is empty.")
+    settle_minutes: int = Field(
+        default=30, ge=0, le=24 * 60, description="Leave this recent a stretch out (still being collected)."
+    )
+    repair: bool = Field(default=False, description="Re-collect or re-process what is missing, then check again.")
+    consume_after_repair: bool = Field(default=True, description="Drain the queue after a repair sent envelopes.")
+    time_range_type: TimeRangeType = Field(default="TraceId", description="X-Ray TimeRangeType for the X-Ray side.")
+    max_ids: int = Field(
+        default=50, ge=0, le=10000, description="Missing trace ids listed per account, region and hour."
+    )
+    fail_on_mismatch: bool = Field(default=False, description="End the run Failed when anything is missing.")
+
+    @model_validator(mode="after")
+    def _window(self) -> ReconcileParameters:
+        self.window(datetime.now(UTC))
+        return self
+
+    def window(self, now: datetime) -> tuple[datetime, datetime]:
+        """[start, end) in UTC as of `now` (empty bounds filled in), checked."""
+        from tasks.reconcile import validate_window  # here: it loads duckdb and pandas (~60 MB a consumer spares)
+
+        start, end = default_window(self.start, self.end, self.lookback_hours, self.settle_minutes, now)
+        return validate_window(start, end, now)
+
+    def targets(self, config: Config) -> list[tuple[MemberAccount, str]]:
+        return config.roster.targets(self.accounts, self.regions)
+
+    def check(self, config: Config) -> None:
+        self.targets(config)
+
+
+class CompactParameters(FlowParameters):
+    """Merge each partition's small Parquet files and drop duplicate rows."""
+
+    accounts: Accounts = None
+    start_date: date | None = Field(default=None, description="First day (the `dt` partition); empty = the oldest.")
+    end_date: date | None = Field(default=None, description="Last day, inclusive; empty = the newest.")
+    tables: list[TableName] | None = Field(default=None, description="traces and/or segments; empty = both.")
+    target_file_mb: int = Field(default=128, ge=1, le=4096, description="Size of the merged files (MiB).")
+    rewrite_single_files: bool = Field(
+        default=False, description="Also rewrite a partition holding one consumer file (duplicates inside it)."
+    )
+    skip_recent_hours: int = Field(
+        default=0, ge=0, le=24 * 30, description="Leave partitions whose hour ended less than this long ago."
+    )
+    orphan_grace_minutes: int = Field(
+        default=360,
+        ge=10,
+        description="Leftovers of a failed run younger than this stay (≥ 10: one may be running).",
+    )
+    dry_run: bool = Field(default=False, description="Only plan: list what would change.")
+
+    @model_validator(mode="after")
+    def _dates(self) -> CompactParameters:
+        if self.start_date and self.end_date and self.end_date < self.start_date:
+            raise ValueError(f"end_date {self.end_date.isoformat()} is before start_date {self.start_date.isoformat()}")
+        return self
+
+    @property
+    def chosen_tables(self) -> list[str]:
+        return list(dict.fromkeys(self.tables or TABLES))
+
+    def account_ids(self, config: Config) -> list[str] | None:
+        """The roster accounts named (unknown ids raise); None = every partition's account."""
+        return [a.account_id for a in config.roster.select(self.accounts)] if self.accounts else None
+
+    def check(self, config: Config) -> None:
+        self.account_ids(config)
