@@ -266,3 +266,44 @@ def test_replay_again_says_why_nothing_was_sent_and_force_replays(cli: CliRunner
     assert forced["sent"] == first["sent"]
     assert forced["partitions_skipped"] == 0
     assert forced["force"] is True
+
+
+def test_query_refusals_and_limits_are_one_line_errors(cli: CliRunner, fresh_config: Config) -> None:
+    from tests.tasks.test_lake import HOUR_START, envelope, ingest_batches
+    from tests.tasks.test_lake import make_trace as lake_trace
+
+    trace = lake_trace(fresh_config.roster.accounts[0].account_id, "cli", HOUR_START)
+    ingest_batches(fresh_config, [[envelope(fresh_config, [trace])]])
+
+    def refused(*args: str) -> str:
+        result = cli.invoke(app, ["query", *args])
+        assert result.exit_code == 2, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        assert "Traceback" not in result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1, result.output
+        return lines[0]
+
+    copy = refused("COPY segments TO '/tmp/NoSuchKey/xraylake.csv'")
+    assert copy.startswith("error: refused: COPY"), copy
+    assert "/tmp/NoSuchKey/xraylake.csv" in copy and "enable_external_access" in copy
+    assert "changed" not in copy
+    slow = "SELECT count(*), sum(hash(a.i + b.i)) FROM segments, range(200000) a(i), range(200000) b(i)"
+    assert "time limit of 1 s" in refused("--timeout", "1", slow)
+    assert "memory limit of 16MB" in refused(
+        "--memory-limit", "16MB", "--threads", "1", "SELECT list(md5(i::VARCHAR)) FROM range(5000000) t(i)"
+    )
+    assert "--memory-limit" in refused("--memory-limit", "lots", "SELECT 1")
+    settings = run(
+        cli,
+        "query",
+        "--memory-limit",
+        "64MB",
+        "--threads",
+        "1",
+        "--timeout",
+        "30",
+        "SELECT current_setting('memory_limit') AS memory, current_setting('threads') AS threads",
+        "--json",
+    )
+    assert settings == [{"memory": "61.0 MiB", "threads": 1}]

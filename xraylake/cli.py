@@ -719,17 +719,31 @@ def reconcile(
 def query(
     sql: Annotated[str, typer.Argument(help="SQL over the Parquet lake: FROM traces / FROM segments")],
     max_rows: int = 1000,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option("--memory-limit", help="DuckDB memory limit, e.g. 512MB or 2GB (default 1GB); no disk spill."),
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="DuckDB threads (default 2).")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds until the query is interrupted, listing included (default 120).")
+    ] = None,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Ad-hoc SQL over the Parquet lake with DuckDB (no OpenSearch needed)."""
+    """Ad-hoc SQL over the Parquet lake with DuckDB (no OpenSearch needed), within memory and time limits."""
+    from rich.markup import escape
+
+    from tasks.lake import LakeChangedError, LakeError, QueryLimits
     from tasks.lake import query as lake_query
 
+    cfg = _config(config)
     try:
-        frame = lake_query(_config(config), sql, max_rows=max_rows)
-    except (ValueError, LookupError) as error:
-        err_console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        chosen = {"memory_limit": memory_limit, "threads": threads, "timeout_seconds": timeout}
+        limits = QueryLimits(**{k: v for k, v in chosen.items() if v is not None})  # type: ignore[arg-type]
+        frame = lake_query(cfg, sql, max_rows=max_rows, limits=limits)
+    except (LakeError, ValueError, LookupError) as error:
+        err_console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(1 if isinstance(error, LakeChangedError) else 2) from None
     if json:
         print_json(frame.to_dict(orient="records"))
         return
