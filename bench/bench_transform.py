@@ -77,7 +77,8 @@ def consumer_path(traces: list[dict[str, Any]], ctx: Any) -> int:
 
 
 def ours_arrow(traces: list[dict[str, Any]], ctx: Any) -> int:
-    from tasks.transform import to_arrow, transform_trace
+    from tasks.tables import to_arrow
+    from tasks.transform import transform_trace
 
     segments = 0
     for start in range(0, len(traces), GROUP):

@@ -215,7 +215,7 @@ def fixture_traces() -> list[dict[str, Any]]:
 
 
 def trace_context(account_id: str = "012345678901") -> Any:
-    from tasks.transform import TraceContext
+    from tasks.trace_model import TraceContext
 
     return TraceContext(
         account_id=account_id,

@@ -14,7 +14,9 @@ from tasks.envelope import Envelope
 from tasks.ids import trace_id_problem
 from tasks.index import IndexAction
 from tasks.redact import RedactionPolicy, redact_trace
-from tasks.transform import TraceContext, TraceDocuments, to_arrow, transform_trace
+from tasks.tables import to_arrow
+from tasks.trace_model import TraceContext, TraceDocuments
+from tasks.transform import transform_trace
 
 _KIND_BY_INDEX_PART = (("-traces-", "traces"), ("-segments-", "segments"), ("otel-v1-apm-span", "spans"))
 

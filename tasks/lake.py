@@ -40,7 +40,7 @@ from tasks import archive, compaction
 from tasks.aws import log_client
 from tasks.errors import TerminalError, TransientError
 from tasks.retrying import reread
-from tasks.transform import SEGMENT_SCHEMA, TRACE_SCHEMA
+from tasks.tables import SEGMENT_SCHEMA, TRACE_SCHEMA
 
 LAKE_TABLES: dict[str, pa.Schema] = {"traces": TRACE_SCHEMA, "segments": SEGMENT_SCHEMA}
 _ATTEMPTS = 3

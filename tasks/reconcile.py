@@ -52,7 +52,7 @@ from tasks.errors import TransientError
 from tasks.ids import is_trace_id
 from tasks.index import bulk_index
 from tasks.retrying import reread
-from tasks.transform import to_arrow
+from tasks.tables import to_arrow
 
 SINKS = ("xray", "raw", "parquet", "index")
 ARCHIVE_SINKS = ("raw", "parquet", "index")

@@ -1,4 +1,4 @@
-"""Pure transform: one X-Ray `Trace` (as BatchGetTraces returns it) → documents and Arrow rows.
+"""Pure transform: one X-Ray `Trace` (as BatchGetTraces returns it) → its documents.
 
 No I/O. `transform_trace` never raises: whatever cannot be mapped is reported in
 `TraceDocuments.problems` ({segment_id, reason}) and the rest of the trace is still transformed.
@@ -12,51 +12,46 @@ Outputs (field names are the contract in `tasks.mappings`):
                       attribute names), translated like the OTel Collector's awsxrayreceiver
 - service-map docs    Data Prepper `otel-v1-apm-service-map` relationships, `hashId` as Data
                       Prepper computes it (base64 MD5 of the relationship)
-- Arrow rows          `to_arrow([...])` → (traces, segments) tables with `TRACE_SCHEMA` / `SEGMENT_SCHEMA`
+
+Beside it: the input/output types (`tasks.trace_model`), value coercion (`tasks.coerce`), OTel ids,
+resources and service map (`tasks.otel`), Step Functions fields (`tasks.sfn_fields`), Arrow rows of
+the documents (`tasks.tables.to_arrow`). The one-pass walker filling each segment document and its
+span together stays here: that is where the speed is.
 
 Index day and Parquet partition come from the epoch in the trace id (the request start, immutable
 across re-collections, so the same document always lands in the same daily index), falling back
 to the earliest segment start, then to collected_at.
 
-Type discipline, so one odd value never causes a mapping conflict: ids/names/free text are strings
-(objects become compact JSON), status codes and content lengths are int64 or null, times are
-epoch seconds (numbers, numeric strings, scientific notation, ISO strings) → ISO-8601 UTC, flags
-are booleans. Annotations are stored twice: every value as a string under `annotations` (keyword),
-numeric values again under `annotations_num` (double).
+Type discipline (`tasks.coerce`), so one odd value never causes a mapping conflict: ids/names/free
+text are strings (objects become compact JSON), status codes and content lengths are int64 or null,
+times are epoch seconds (numbers, numeric strings, scientific notation, ISO strings) → ISO-8601
+UTC, flags are booleans. Annotations are stored twice: every value as a string under `annotations`
+(keyword), numeric values again under `annotations_num` (double).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import re
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from operator import itemgetter
 from typing import Any
 
 import orjson
-import pyarrow as pa
 
-from tasks import ids, mappings, tracetime
+from tasks import coerce, ids, mappings, tracetime
+from tasks.coerce import MAX_NAME, MAX_TEXT, iso_ms, iso_ns
+from tasks.otel import (
+    XRAY_TRACE_ID,
+    exception_stacktrace,
+    otel_span_id,
+    otel_trace_id,
+    resource_attributes,
+    service_map_relations,
+    split_sql_url,
+)
 from tasks.redact import RedactionPolicy
+from tasks.sfn_fields import SFN_ORIGIN, StateMachineSegment, step_functions_fields
+from tasks.trace_model import TraceContext, TraceDocuments
 
-__all__ = [
-    "SEGMENT_SCHEMA",
-    "TRACE_SCHEMA",
-    "IndexRequest",
-    "TraceContext",
-    "TraceDocuments",
-    "otel_span_id",
-    "otel_trace_id",
-    "service_map_hash",
-    "to_arrow",
-    "transform_trace",
-]
+__all__ = ["AWS_RESOURCE_KEYS", "transform_trace"]
 
-SFN_ORIGIN = "AWS::StepFunctions::StateMachine"
 KIND_SERVER = "SPAN_KIND_SERVER"
 KIND_CLIENT = "SPAN_KIND_CLIENT"
 KIND_INTERNAL = "SPAN_KIND_INTERNAL"
@@ -65,15 +60,21 @@ STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
 MAX_DEPTH = 64  # deeper subsegment nesting is cut (and reported)
 MAX_PROBLEMS = 200
 MAX_ANNOTATIONS = 200  # per (sub)segment
-MAX_TEXT = 4096  # any single string field
-MAX_NAME = 1024
 _MIN_TIME = float(tracetime.MIN_EPOCH)
 _MAX_TIME = float(tracetime.MAX_EPOCH)
-_INT64 = 1 << 63
 
-_TRACE_ID = re.compile(r"1-([0-9a-fA-F]{8})-([0-9a-fA-F]{24})")
-_SPAN_ID = re.compile(r"[0-9a-f]{16}")
-_STATE_MACHINE_ARN = re.compile(r"^(arn:[^:]+:states:[^:]*:[^:]*):(?:stateMachine|express|execution):([^:]+)")
+# The helpers under the short names the walker uses (module globals: looked up as fast as before).
+# `_second_cache` is the one bounded cache of `tasks.coerce` (cleared in place, never replaced).
+_second_cache = coerce.second_cache
+_base = coerce.iso_second
+_long = coerce.to_long
+_float = coerce.to_float
+_bool = coerce.to_bool
+_text = coerce.to_text
+_safe_json = coerce.safe_json
+_digest_hex = coerce.digest_hex
+_epoch_us = tracetime.epoch_us
+_INT64 = coerce.INT64
 
 # X-Ray `aws` keys naming the resource a subsegment called, in order of preference.
 AWS_RESOURCE_KEYS = (
@@ -88,224 +89,6 @@ AWS_RESOURCE_KEYS = (
     "secret_arn",
     "key_id",
 )
-_TRUE_STRINGS = frozenset({"true", "True", "TRUE", "1"})
-
-
-# ====================================================================== inputs / outputs
-
-
-@dataclass(frozen=True, slots=True)
-class TraceContext:
-    """Where a trace came from (the envelope plus the roster's names for the account)."""
-
-    account_id: str
-    account_name: str
-    environment: str
-    region: str
-    collected_at: datetime
-    envelope_id: str
-    source: str
-    execution: dict[str, Any] | None = None  # Step Functions DescribeExecution output
-
-
-@dataclass(frozen=True, slots=True)
-class IndexRequest:
-    index: str
-    doc_id: str
-    source: dict[str, Any]
-    kind: str  # traces | segments | spans | service-map
-
-
-@dataclass(slots=True)
-class TraceDocuments:
-    """Everything one trace becomes. `problems` lists what could not be mapped."""
-
-    trace_id: str
-    account_id: str
-    region: str
-    day: str  # YYYY.MM.DD: daily index suffix
-    dt: str  # YYYY-MM-DD: Parquet partition
-    hour: str  # HH: Parquet partition
-    version: int  # collected_at in epoch ms (external versioning)
-    trace: dict[str, Any]
-    segments: list[dict[str, Any]]
-    spans: list[dict[str, Any]]
-    service_map: list[dict[str, Any]]
-    problems: list[dict[str, str | None]]
-    # Parquet-only columns, parallel to `segments`: the original Document string (top-level
-    # segments only; subsegments live inside it) and the typed annotations as JSON.
-    segment_documents: list[str | None] = field(default_factory=list)
-    segment_annotations: list[str | None] = field(default_factory=list)
-    trace_annotations: str | None = None
-
-    # Every id a member account can influence starts with the account: trace and segment ids
-    # travel in request headers, so without it one roster account could overwrite another's
-    # documents by reusing its ids (a newer collected_at wins the external version).
-    @property
-    def trace_doc_id(self) -> str:
-        return f"{self.account_id}:{self.trace_id}"
-
-    def segment_doc_id(self, segment: dict[str, Any]) -> str:
-        return f"{self.account_id}:{self.trace_id}:{segment['segment_id']}"
-
-    def span_doc_id(self, span: dict[str, Any]) -> str:
-        return f"{self.account_id}:{span['traceId']}{span['spanId']}"
-
-    def index_requests(self, prefix: str = "xray") -> Iterator[IndexRequest]:
-        """Every document with its index and id (version them all with `self.version`)."""
-        yield IndexRequest(mappings.traces_index(self.day, prefix), self.trace_doc_id, self.trace, "traces")
-        segment_index = mappings.segments_index(self.day, prefix)
-        segment_prefix = f"{self.account_id}:{self.trace_id}:"
-        for segment in self.segments:
-            yield IndexRequest(segment_index, segment_prefix + segment["segment_id"], segment, "segments")
-        span_index = mappings.spans_index(self.day)
-        span_prefix = f"{self.account_id}:"
-        for span in self.spans:
-            yield IndexRequest(span_index, f"{span_prefix}{span['traceId']}{span['spanId']}", span, "spans")
-        for relation in self.service_map:
-            yield IndexRequest(mappings.SERVICE_MAP_INDEX, relation["hashId"], relation, "service-map")
-
-
-# ====================================================================== coercion helpers
-
-# Epoch second → ISO text. Bounded (about 2 MB) because a long-running consumer sees every second
-# of every day: 16k entries cover 4.5 hours of distinct seconds, the span of most envelopes.
-SECOND_CACHE_ENTRIES = 16_384
-_second_cache: dict[int, str] = {}
-
-
-def _base(second: int) -> str:
-    text = _second_cache.get(second)
-    if text is None:
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        if len(_second_cache) >= SECOND_CACHE_ENTRIES:
-            _second_cache.clear()
-        _second_cache[second] = text
-    return text
-
-
-def iso_ms(us: int) -> str:
-    """Epoch microseconds → `2017-07-08T00:23:31.562Z`."""
-    return "%s.%03dZ" % (_base(us // 1_000_000), (us // 1000) % 1000)  # noqa: UP031 (faster)
-
-
-def iso_ns(us: int) -> str:
-    """Epoch microseconds → `2017-07-08T00:23:31.562000000Z` (X-Ray has µs resolution at best)."""
-    return "%s.%06d000Z" % (_base(us // 1_000_000), us % 1_000_000)  # noqa: UP031 (faster)
-
-
-_epoch_us = tracetime.epoch_us
-
-
-def _long(value: Any) -> int | None:
-    kind = type(value)
-    if kind is int:
-        return value if -_INT64 <= value < _INT64 else None
-    if kind is float:
-        return int(value) if value.is_integer() and -9.2e18 < value < 9.2e18 else None
-    if kind is str:
-        text = value.strip()
-        try:
-            return _long(int(text))
-        except ValueError:
-            try:
-                return _long(float(text))
-            except ValueError:
-                return None
-    return None
-
-
-def _float(value: Any) -> float | None:
-    kind = type(value)
-    if kind is float:
-        return value if value == value and abs(value) != float("inf") else None
-    if kind is int:
-        return float(value) if -_INT64 < value < _INT64 else None
-    if kind is str:
-        try:
-            return _float(float(value))
-        except ValueError:
-            return None
-    return None
-
-
-def _bool(value: Any) -> bool:
-    return value is True or (type(value) is str and value in _TRUE_STRINGS) or (type(value) is int and value == 1)
-
-
-def _text(value: Any, limit: int = MAX_TEXT) -> str | None:
-    """Any JSON value → a string (objects as compact JSON), capped; None stays None."""
-    kind = type(value)
-    if kind is str:
-        return value if len(value) <= limit else value[:limit]
-    if value is None:
-        return None
-    if kind is bool:
-        return "true" if value else "false"
-    if kind is int or kind is float:
-        return str(value)
-    try:
-        text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-    except (TypeError, orjson.JSONEncodeError):
-        text = str(value)
-    return text if len(text) <= limit else text[:limit]
-
-
-def _safe_json(value: Any) -> str:
-    """Compact JSON of any value; whatever orjson refuses (ints beyond 64 bits, …) via repr."""
-    try:
-        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
-    except (TypeError, orjson.JSONEncodeError):
-        return repr(value)
-
-
-def _digest_hex(text: str, size: int) -> str:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=size).hexdigest()
-
-
-def otel_trace_id(xray_trace_id: str) -> str:
-    """`1-5759e988-bd862e3fe1be46a994272793` → `5759e988bd862e3fe1be46a994272793`.
-
-    A malformed id maps to a stable 32-hex digest of itself (so it still groups its spans).
-    """
-    match = _TRACE_ID.fullmatch(xray_trace_id)
-    if match:
-        return (match.group(1) + match.group(2)).lower()
-    return _digest_hex(xray_trace_id, 16)
-
-
-def otel_span_id(segment_id: str) -> str:
-    """X-Ray ids already are 16 hex digits; anything else maps to a stable 16-hex digest."""
-    if len(segment_id) == 16 and _SPAN_ID.fullmatch(segment_id):
-        return segment_id
-    lowered = segment_id.lower()
-    if len(lowered) == 16 and _SPAN_ID.fullmatch(lowered):
-        return lowered
-    return _digest_hex(segment_id, 8)
-
-
-def service_map_hash(
-    service_name: str | None,
-    kind: str | None,
-    trace_group: str | None,
-    target: tuple[str | None, str | None] | None,
-    destination: tuple[str | None, str | None] | None,
-) -> str:
-    """Data Prepper's ServiceMapRelationship.md5Hash: base64(MD5("svc,kind,group,tRes,tDom,dRes,dDom")).
-
-    Endpoints are (resource, domain); Java string concatenation renders null as "null".
-    """
-
-    def java(value: str | None) -> str:
-        return "null" if value is None else value
-
-    text = f"{java(service_name)},{java(kind)},{java(trace_group)},"
-    if target is not None:
-        text += f"{java(target[0])},{java(target[1])}"
-    text += ","
-    if destination is not None:
-        text += f"{java(destination[0])},{java(destination[1])}"
-    return base64.b64encode(hashlib.md5(text.encode("utf-8", "surrogatepass")).digest()).decode()
 
 
 def _annotation_key(key: str) -> str:
@@ -472,7 +255,7 @@ class _TraceBuilder:
         top.span_base = {
             **self.span_template,
             "serviceName": name,
-            **self.resource_attributes(node, name, aws, resource_arn),
+            **resource_attributes(self.ctx, node, name, aws, resource_arn),
         }
         if aws is not None:
             top.sfn_arns = (aws.get("execution_arn"), aws.get("state_machine_arn"), resource_arn)
@@ -744,7 +527,7 @@ class _TraceBuilder:
                     if "?" in raw or "@" in raw or "#" in raw:
                         raw = self.redact_url(raw)
                     doc["sql_url"] = raw
-                    db_url, db_name = _split_sql_url(raw)
+                    db_url, db_name = split_sql_url(raw)
                     span["span.attributes.db@connection_string"] = db_url
                     if db_name is not None:
                         span["span.attributes.db@name"] = db_name
@@ -886,7 +669,7 @@ class _TraceBuilder:
                 attributes["exception@message"] = ex_message
             stack = exception.get("stack")
             if type(stack) is list and stack:
-                attributes["exception@stacktrace"] = _stacktrace(ex_type, ex_message, stack)
+                attributes["exception@stacktrace"] = exception_stacktrace(ex_type, ex_message, stack)
             if ex_id is not None:
                 attributes["aws@xray@exception@id"] = _text(ex_id, 64) or ""
             remote = exception.get("remote")
@@ -954,39 +737,6 @@ class _TraceBuilder:
         if numbers:
             doc["annotations_num"] = numbers
         return typed or None
-
-    def resource_attributes(
-        self, node: dict[str, Any], name: str, aws: dict[str, Any] | None, resource_arn: str | None
-    ) -> dict[str, str]:
-        ctx = self.ctx
-        resource = {
-            "resource.attributes.service@name": name,
-            "resource.attributes.cloud@provider": "aws",
-            "resource.attributes.cloud@region": ctx.region,
-            "resource.attributes.cloud@account@id": ctx.account_id,
-            "resource.attributes.deployment@environment": ctx.environment,
-            "resource.attributes.xraylake@account@name": ctx.account_name,
-        }
-        if aws is not None:
-            account = _text(aws.get("account_id"), 64)
-            if account:
-                resource["resource.attributes.cloud@account@id"] = account
-            for block, section in aws.items():
-                pairs = _RESOURCE_BLOCK_MAP.get(block)
-                if pairs is not None and type(section) is dict:
-                    for source_key, target in pairs:
-                        value = section.get(source_key)
-                        if value is not None:
-                            resource[target] = _text(value, 256) or ""
-        origin = node.get("origin")
-        if type(origin) is str:
-            resource["resource.attributes.aws@xray@origin"] = origin[:256]
-        service = node.get("service")
-        if type(service) is dict and service.get("version") is not None:
-            resource["resource.attributes.service@version"] = _text(service.get("version"), 256) or ""
-        if resource_arn is not None:
-            resource["resource.attributes.aws@xray@resource_arn"] = resource_arn
-        return resource
 
     # -------------------------------------------------------------- trace level
 
@@ -1113,6 +863,7 @@ class _TraceBuilder:
         if self.problem_overflow:
             self.problems.append({"segment_id": None, "reason": f"{self.problem_overflow} more problems not listed"})
 
+        spans = [walked[1] for walked in nodes]
         return TraceDocuments(
             trace_id=self.trace_id,
             account_id=ctx.account_id,
@@ -1123,8 +874,8 @@ class _TraceBuilder:
             version=round(ctx.collected_at.timestamp() * 1000),
             trace=trace_doc,
             segments=[walked[0] for walked in nodes],
-            spans=[walked[1] for walked in nodes],
-            service_map=_service_map(nodes, group),
+            spans=spans,
+            service_map=service_map_relations(spans, group),
             problems=self.problems,
             segment_documents=[walked[5] for walked in nodes],
             segment_annotations=[_safe_json(walked[6]) if walked[6] else None for walked in nodes],
@@ -1169,118 +920,13 @@ class _TraceBuilder:
                     span["resource.attributes.service@name"] = service
 
     def step_functions(self, tops: list[_Top]) -> dict[str, Any]:
-        ctx = self.ctx
         machine = None
         for top in sorted(tops, key=_top_start):
             if top.node is not None and top.node[0]["origin"] == SFN_ORIGIN:
-                machine = top
+                doc, _, start_us, end_us, _, _, _ = top.node
+                machine = StateMachineSegment(doc, top.sfn_arns, start_us, end_us)
                 break
-        execution = ctx.execution if isinstance(ctx.execution, dict) and ctx.execution else None
-        if execution is not None and machine is not None:
-            traced_arn = next((a for a in machine.sfn_arns if type(a) is str and ":execution:" in a), None)
-            described_arn = execution.get("executionArn")
-            if traced_arn and type(described_arn) is str and described_arn and described_arn != traced_arn:
-                self.problem(None, f"execution details are for {described_arn[:200]}, not {traced_arn[:200]}; ignored")
-                execution = None
-        fields: dict[str, Any] = dict.fromkeys(_SFN_FIELDS)
-        fields["step_functions"] = machine is not None or execution is not None
-        if not fields["step_functions"]:
-            return fields
-        start_us = stop_us = None
-        if machine is not None and machine.node is not None:
-            doc = machine.node[0]
-            for candidate in machine.sfn_arns:
-                if type(candidate) is not str:
-                    continue
-                if ":execution:" in candidate or ":express:" in candidate:
-                    fields["execution_arn"] = fields["execution_arn"] or candidate[:MAX_NAME]
-                elif ":stateMachine:" in candidate:
-                    fields["state_machine_arn"] = fields["state_machine_arn"] or candidate[:MAX_NAME]
-            fields["state_machine_name"] = doc["name"]
-            start_us, stop_us = machine.node[2], machine.node[3]
-            if doc["in_progress"] and stop_us is None:
-                fields["execution_status"] = "RUNNING"
-            elif doc["status"] != "ok":
-                fields["execution_status"] = "FAILED"
-            else:
-                fields["execution_status"] = "SUCCEEDED"
-            fields["execution_status_source"] = "trace"
-        if execution is not None:
-            get = execution.get
-            arn = get("executionArn")
-            if type(arn) is str and arn:
-                fields["execution_arn"] = arn[:MAX_NAME]
-            machine_arn = get("stateMachineArn")
-            if type(machine_arn) is str and machine_arn:
-                fields["state_machine_arn"] = machine_arn[:MAX_NAME]
-            name = get("name")
-            if type(name) is str and name:
-                fields["execution_name"] = name[:MAX_NAME]
-            status = get("status")
-            if type(status) is str and status:
-                fields["execution_status"] = status[:64]
-                fields["execution_status_source"] = "describe_execution"
-            described_start = _epoch_us(get("startDate"))
-            described_stop = _epoch_us(get("stopDate"))
-            if described_start is not None:
-                # A finished execution described without stopDate (seen for TIMED_OUT) keeps the
-                # state machine segment's end rather than losing its duration.
-                finished = fields["execution_status"] != "RUNNING"
-                start_us, stop_us = (
-                    described_start,
-                    described_stop if described_stop is not None or not finished else stop_us,
-                )
-            elif described_stop is not None:
-                stop_us = described_stop
-            for key, text_field, flag_field in (
-                ("input", "execution_input", "execution_input_truncated"),
-                ("output", "execution_output", "execution_output_truncated"),
-            ):
-                value = get(key)
-                if value is not None:
-                    fields[text_field], fields[flag_field] = self.policy.redact_payload(value)
-            error = get("error")
-            if error is not None:
-                fields["execution_error"] = _text(error, MAX_NAME)
-            cause = get("cause")
-            if cause is not None:
-                fields["execution_cause"] = self.policy.redact_payload(cause)[0]
-        arn = fields["execution_arn"]
-        if type(arn) is str:
-            match = _STATE_MACHINE_ARN.match(arn)
-            if match:
-                if fields["state_machine_arn"] is None:
-                    fields["state_machine_arn"] = f"{match.group(1)}:stateMachine:{match.group(2)}"
-                if fields["execution_name"] is None:
-                    fields["execution_name"] = arn.rsplit(":", 1)[-1][:MAX_NAME]
-        machine_arn = fields["state_machine_arn"]
-        if type(machine_arn) is str and ":stateMachine:" in machine_arn:
-            fields["state_machine_name"] = machine_arn.split(":stateMachine:", 1)[1].split(":", 1)[0]
-        fields["execution_start"] = iso_ms(start_us) if start_us is not None else None
-        fields["execution_stop"] = iso_ms(stop_us) if stop_us is not None else None
-        if start_us is not None and stop_us is not None and stop_us >= start_us:
-            fields["execution_duration_seconds"] = (stop_us - start_us) / 1_000_000
-        return fields
-
-
-_SFN_FIELDS = (
-    "step_functions",
-    "execution_arn",
-    "execution_name",
-    "state_machine_name",
-    "state_machine_arn",
-    "execution_status",
-    "execution_status_source",
-    "execution_start",
-    "execution_stop",
-    "execution_duration_seconds",
-    "execution_input",
-    "execution_input_truncated",
-    "execution_output",
-    "execution_output_truncated",
-    "execution_error",
-    "execution_cause",
-)
+        return step_functions_fields(machine, self.ctx.execution, self.policy, self.problem)
 
 
 def _top_start(top: _Top) -> tuple[bool, int]:
@@ -1288,82 +934,10 @@ def _top_start(top: _Top) -> tuple[bool, int]:
     return (start is None, start or 0)
 
 
-_RESOURCE_BLOCKS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    (
-        "ec2",
-        (
-            ("availability_zone", "resource.attributes.cloud@availability_zone"),
-            ("instance_id", "resource.attributes.host@id"),
-            ("instance_size", "resource.attributes.host@type"),
-            ("ami_id", "resource.attributes.host@image@id"),
-        ),
-    ),
-    (
-        "ecs",
-        (
-            ("container", "resource.attributes.container@name"),
-            ("container_id", "resource.attributes.container@id"),
-            ("availability_zone", "resource.attributes.cloud@availability_zone"),
-        ),
-    ),
-    (
-        "elastic_beanstalk",
-        (
-            ("environment_name", "resource.attributes.service@namespace"),
-            ("deployment_id", "resource.attributes.service@instance@id"),
-            ("version_label", "resource.attributes.service@version"),
-        ),
-    ),
-    (
-        "eks",
-        (
-            ("cluster_name", "resource.attributes.k8s@cluster@name"),
-            ("pod", "resource.attributes.k8s@pod@name"),
-            ("container_id", "resource.attributes.container@id"),
-        ),
-    ),
-    (
-        "xray",
-        (
-            ("sdk", "resource.attributes.telemetry@sdk@name"),
-            ("sdk_version", "resource.attributes.telemetry@sdk@version"),
-        ),
-    ),
-)
-
-
-_RESOURCE_BLOCK_MAP = dict(_RESOURCE_BLOCKS)
-
-
 def _annotation_string(value: Any) -> str:
     if type(value) is bool:
         return "true" if value else "false"
     return value if type(value) is str else str(value)
-
-
-def _stacktrace(ex_type: str | None, message: str | None, stack: list[Any]) -> str:
-    """Like the awsxrayreceiver: `Type: message\\n\\tat label(path: line)\\n…`."""
-    lines = [f"{ex_type or ''}: {message or ''}"]
-    for frame in stack[:64]:
-        if type(frame) is dict:
-            line = frame.get("line")
-            lines.append(
-                f"\tat {_text(frame.get('label'), 256) or ''}({_text(frame.get('path'), 512) or ''}: "
-                f"{line if type(line) is int else '<unknown>'})"
-            )
-    text = "\n".join(lines) + "\n"
-    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT]
-
-
-_SQL_URL = re.compile(r"^(.+//.+)/([^?]+)\??.*$")
-
-
-def _split_sql_url(url: str) -> tuple[str, str | None]:
-    """`proto://host:port/db?x` → (`proto://host:port`, `db`), as the awsxrayreceiver splits it."""
-    match = _SQL_URL.match(url)
-    if match is None:
-        return url, None
-    return match.group(1), match.group(2)
 
 
 def _choose_root(tops: list[_Top], ids: set[str]) -> _Top | None:
@@ -1379,56 +953,6 @@ def _choose_root(tops: list[_Top], ids: set[str]) -> _Top | None:
     if real:
         return min(real, key=_top_start)
     return min(orphans or tops, key=_top_start)
-
-
-_HASH_CACHE: dict[tuple[Any, ...], str] = {}
-
-
-def _service_map(nodes: list[_Walked], group: str | None) -> list[dict[str, Any]]:
-    """Data Prepper service-map relationships: for each parent→child span pair crossing services a
-    destination edge (parent service → child) and a target edge (child service), plus isolated
-    services for services without any edge."""
-    by_span = {walked[1]["spanId"]: walked[1] for walked in nodes}
-    relations: dict[str, dict[str, Any]] = {}
-    connected: set[str] = set()
-    services: set[str] = set()
-
-    def add(
-        service: str, kind: str | None, target: tuple[str, str] | None, destination: tuple[str, str] | None
-    ) -> None:
-        key = (service, kind, group, target, destination)
-        hash_id = _HASH_CACHE.get(key)
-        if hash_id is None:
-            hash_id = service_map_hash(service, kind, group, target, destination)
-            if len(_HASH_CACHE) > 100_000:
-                _HASH_CACHE.clear()
-            _HASH_CACHE[key] = hash_id
-        if hash_id not in relations:
-            relations[hash_id] = {
-                "serviceName": service,
-                "kind": kind,
-                "destination": {"resource": destination[0], "domain": destination[1]} if destination else None,
-                "target": {"resource": target[0], "domain": target[1]} if target else None,
-                "traceGroupName": group,
-                "hashId": hash_id,
-            }
-
-    for walked in nodes:
-        child = walked[1]
-        services.add(child["serviceName"])
-        parent_span_id = child["parentSpanId"]
-        if not parent_span_id:
-            continue
-        parent = by_span.get(parent_span_id)
-        if parent is None or parent["serviceName"] == child["serviceName"]:
-            continue
-        add(parent["serviceName"], parent["kind"], None, (child["name"], child["serviceName"]))
-        add(child["serviceName"], child["kind"], (child["name"], child["serviceName"]), None)
-        connected.add(parent["serviceName"])
-        connected.add(child["serviceName"])
-    for service in sorted(services - connected):
-        add(service, None, None, None)
-    return list(relations.values())
 
 
 # ====================================================================== entry point
@@ -1449,7 +973,7 @@ def transform_trace(
             raw_id = _first_trace_id(segments) or ""
             builder.problem(None, f"trace Id missing or invalid; using {raw_id or 'a digest'!r}")
         trace_id = raw_id[:MAX_NAME] or _digest_hex(_safe_json(trace), 16)
-        if _TRACE_ID.fullmatch(trace_id) is None:
+        if XRAY_TRACE_ID.fullmatch(trace_id) is None:
             builder.problem(None, f"trace id {trace_id[:80]!r} is not 1-<8 hex>-<24 hex>")
         builder.start(trace_id)
         if type(segments) is list:
@@ -1529,176 +1053,3 @@ def _failed(builder: _TraceBuilder, ctx: TraceContext, trace: Any, error: Except
         service_map=[],
         problems=problems,
     )
-
-
-# ====================================================================== Arrow
-
-_TS = pa.timestamp("us", tz="UTC")
-
-TRACE_SCHEMA = pa.schema(
-    [
-        pa.field("account_id", pa.string(), nullable=False),
-        pa.field("account_name", pa.string()),
-        pa.field("environment", pa.string()),
-        pa.field("region", pa.string(), nullable=False),
-        pa.field("trace_id", pa.string(), nullable=False),
-        pa.field("start", _TS),
-        pa.field("end", _TS),
-        pa.field("duration", pa.float64()),
-        pa.field("xray_duration", pa.float64()),
-        pa.field("root_segment_id", pa.string()),
-        pa.field("root_service_name", pa.string()),
-        pa.field("root_service_type", pa.string()),
-        pa.field("status", pa.string()),
-        pa.field("has_error", pa.bool_()),
-        pa.field("has_fault", pa.bool_()),
-        pa.field("has_throttle", pa.bool_()),
-        pa.field("http_method", pa.string()),
-        pa.field("http_url", pa.string()),
-        pa.field("http_status", pa.int64()),
-        pa.field("services", pa.list_(pa.string())),
-        pa.field("segment_count", pa.int64()),
-        pa.field("in_progress", pa.bool_()),
-        pa.field("partial", pa.bool_()),
-        pa.field("limit_exceeded", pa.bool_()),
-        pa.field("problem_count", pa.int64()),
-        pa.field("annotations", pa.string()),  # JSON, typed values; several values → a list
-        pa.field("step_functions", pa.bool_()),
-        pa.field("execution_arn", pa.string()),
-        pa.field("execution_name", pa.string()),
-        pa.field("state_machine_name", pa.string()),
-        pa.field("state_machine_arn", pa.string()),
-        pa.field("execution_status", pa.string()),
-        pa.field("execution_status_source", pa.string()),
-        pa.field("execution_start", _TS),
-        pa.field("execution_stop", _TS),
-        pa.field("execution_duration_seconds", pa.float64()),
-        pa.field("execution_input", pa.string()),
-        pa.field("execution_input_truncated", pa.bool_()),
-        pa.field("execution_output", pa.string()),
-        pa.field("execution_output_truncated", pa.bool_()),
-        pa.field("execution_error", pa.string()),
-        pa.field("execution_cause", pa.string()),
-        pa.field("collected_at", _TS, nullable=False),
-        pa.field("envelope_id", pa.string()),
-        pa.field("source", pa.string()),
-        pa.field("dt", pa.string(), nullable=False),
-        pa.field("hour", pa.string(), nullable=False),
-    ]
-)
-
-SEGMENT_SCHEMA = pa.schema(
-    [
-        pa.field("account_id", pa.string(), nullable=False),
-        pa.field("account_name", pa.string()),
-        pa.field("environment", pa.string()),
-        pa.field("region", pa.string(), nullable=False),
-        pa.field("trace_id", pa.string(), nullable=False),
-        pa.field("segment_id", pa.string(), nullable=False),
-        pa.field("parent_id", pa.string()),
-        pa.field("top_segment_id", pa.string()),
-        pa.field("is_subsegment", pa.bool_()),
-        pa.field("depth", pa.int32()),
-        pa.field("name", pa.string()),
-        pa.field("service_name", pa.string()),
-        pa.field("origin", pa.string()),
-        pa.field("namespace", pa.string()),
-        pa.field("inferred", pa.bool_()),
-        pa.field("start", _TS),
-        pa.field("end", _TS),
-        pa.field("duration", pa.float64()),
-        pa.field("in_progress", pa.bool_()),
-        pa.field("error", pa.bool_()),
-        pa.field("fault", pa.bool_()),
-        pa.field("throttle", pa.bool_()),
-        pa.field("status", pa.string()),
-        pa.field("http_method", pa.string()),
-        pa.field("http_url", pa.string()),
-        pa.field("http_status", pa.int64()),
-        pa.field("http_content_length", pa.int64()),
-        pa.field("http_client_ip", pa.string()),
-        pa.field("http_user_agent", pa.string()),
-        pa.field("aws_operation", pa.string()),
-        pa.field("aws_region", pa.string()),
-        pa.field("aws_account_id", pa.string()),
-        pa.field("aws_request_id", pa.string()),
-        pa.field("aws_resource_type", pa.string()),
-        pa.field("aws_resource", pa.string()),
-        pa.field("sql_url", pa.string()),
-        pa.field("sql_database_type", pa.string()),
-        pa.field("sql_sanitized_query", pa.string()),
-        pa.field("exception_type", pa.string()),
-        pa.field("exception_message", pa.string()),
-        pa.field("exception_count", pa.int32()),
-        pa.field("cause_exception_id", pa.string()),
-        pa.field("user", pa.string()),
-        pa.field("resource_arn", pa.string()),
-        pa.field("annotations", pa.string()),  # JSON, typed values
-        pa.field("collected_at", _TS, nullable=False),
-        pa.field("envelope_id", pa.string()),
-        pa.field("source", pa.string()),
-        pa.field("document", pa.string()),  # the original segment Document (top-level rows only)
-        pa.field("dt", pa.string(), nullable=False),
-        pa.field("hour", pa.string(), nullable=False),
-    ]
-)
-
-# Columns that do not come straight from the OpenSearch document of the same name.
-_ARROW_SPECIAL = frozenset({"annotations", "document", "dt", "hour"})
-
-
-def _values(docs: list[dict[str, Any]], name: str) -> list[Any]:
-    """One column's values: documents are built from complete templates, so `itemgetter` over
-    `map` (no Python frame per row) works; any document lacking the key falls back to `.get`."""
-    try:
-        return list(map(itemgetter(name), docs))
-    except KeyError:
-        return [doc.get(name) for doc in docs]
-
-
-def _column(values: list[Any], data_type: pa.DataType) -> pa.Array:
-    if data_type == _TS:  # ISO strings → timestamps, vectorised
-        return pa.array(values, pa.string()).cast(_TS)
-    return pa.array(values, data_type)
-
-
-def to_arrow(docs_list: Sequence[TraceDocuments]) -> tuple[pa.Table, pa.Table]:
-    """(traces, segments) tables with TRACE_SCHEMA / SEGMENT_SCHEMA, built column by column."""
-    traces = [docs.trace for docs in docs_list]
-    trace_columns: list[pa.Array] = []
-    for schema_field in TRACE_SCHEMA:
-        name = schema_field.name
-        if name == "annotations":
-            values: list[Any] = [docs.trace_annotations for docs in docs_list]
-        elif name == "dt":
-            values = [docs.dt for docs in docs_list]
-        elif name == "hour":
-            values = [docs.hour for docs in docs_list]
-        else:
-            values = _values(traces, name)
-        trace_columns.append(_column(values, schema_field.type))
-    traces_table = pa.Table.from_arrays(trace_columns, schema=TRACE_SCHEMA)
-
-    segments = [segment for docs in docs_list for segment in docs.segments]
-    segment_columns: list[pa.Array] = []
-    for schema_field in SEGMENT_SCHEMA:
-        name = schema_field.name
-        if name == "annotations":
-            values = [value for docs in docs_list for value in _padded(docs.segment_annotations, docs.segments)]
-        elif name == "document":
-            values = [value for docs in docs_list for value in _padded(docs.segment_documents, docs.segments)]
-        elif name == "dt":
-            values = [docs.dt for docs in docs_list for _ in docs.segments]
-        elif name == "hour":
-            values = [docs.hour for docs in docs_list for _ in docs.segments]
-        else:
-            values = _values(segments, name)
-        segment_columns.append(_column(values, schema_field.type))
-    segments_table = pa.Table.from_arrays(segment_columns, schema=SEGMENT_SCHEMA)
-    return traces_table, segments_table
-
-
-def _padded(values: list[str | None], segments: list[dict[str, Any]]) -> list[str | None]:
-    if len(values) == len(segments):
-        return values
-    return (values + [None] * len(segments))[: len(segments)]

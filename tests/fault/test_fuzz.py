@@ -33,7 +33,8 @@ from tasks import envelope as env
 from tasks import queue
 from tasks.consumer import Consumer
 from tasks.errors import TransientError
-from tasks.transform import TraceContext, transform_trace
+from tasks.trace_model import TraceContext
+from tasks.transform import transform_trace
 from tests.fault import helpers as h
 from tests.fixtures import FIXTURES, load_fixture
 

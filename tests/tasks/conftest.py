@@ -11,7 +11,8 @@ from blocks import OpenSearchTarget
 from blocks.config import Config
 from tasks.index import client_for, ensure_templates
 from tasks.mappings import index_templates
-from tasks.transform import TraceContext, transform_trace
+from tasks.trace_model import TraceContext
+from tasks.transform import transform_trace
 from tests.fixtures import load_fixture
 
 PREFIXED_AT = datetime(2024, 9, 22, 11, tzinfo=UTC)  # an hour after the fixture trace started

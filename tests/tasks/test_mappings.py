@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from tasks import mappings
-from tasks.transform import TraceContext, transform_trace
+from tasks.trace_model import TraceContext
+from tasks.transform import transform_trace
 from tests.fixtures import load_fixture, resolve_field, segment_trace
 
 # Data Prepper's classic otel-v1-apm-span-index-template.json properties

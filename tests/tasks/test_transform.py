@@ -18,18 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tasks import mappings
+from tasks.otel import otel_span_id, otel_trace_id, service_map_hash
 from tasks.redact import RedactionPolicy
-from tasks.transform import (
-    SEGMENT_SCHEMA,
-    TRACE_SCHEMA,
-    TraceContext,
-    TraceDocuments,
-    otel_span_id,
-    otel_trace_id,
-    service_map_hash,
-    to_arrow,
-    transform_trace,
-)
+from tasks.tables import SEGMENT_SCHEMA, TRACE_SCHEMA, to_arrow
+from tasks.trace_model import TraceContext, TraceDocuments
+from tasks.transform import transform_trace
 from tests.fixtures import load_fixture, load_fixture_text, mapping_errors, segment_trace
 
 CTX = TraceContext(
@@ -1103,12 +1096,13 @@ def test_a_finished_execution_described_without_stop_date_keeps_the_segment_end(
 def test_the_iso_second_cache_stays_bounded_and_correct() -> None:
     from datetime import UTC, datetime
 
-    from tasks import transform
+    from tasks import coerce, transform
 
+    assert transform._second_cache is coerce.second_cache  # the walker's fast path reads the one cache
     start = 1_767_225_600  # 2026-01-01T00:00:00Z
-    for second in range(start, start + transform.SECOND_CACHE_ENTRIES + 5_000):
-        text = transform.iso_ms(second * 1_000_000 + 123_000)
-        assert len(transform._second_cache) <= transform.SECOND_CACHE_ENTRIES
+    for second in range(start, start + coerce.SECOND_CACHE_ENTRIES + 5_000):
+        text = coerce.iso_ms(second * 1_000_000 + 123_000)
+        assert len(coerce.second_cache) <= coerce.SECOND_CACHE_ENTRIES
     expected = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S") + ".123Z"
     assert text == expected
 
