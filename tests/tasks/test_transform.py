@@ -1068,6 +1068,9 @@ def test_arbitrary_documents_never_raise(trace: Any, execution: Any) -> None:
 
 
 @pytest.mark.slow
+# ~215 s beside another test process on this 2-core machine (the same before and after the
+# trace-time and id changes, measured side by side): the suite's 300 s default is too tight.
+@pytest.mark.timeout(900)
 @settings(max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(trace=_trace_strategy, execution=_execution)
 def test_arbitrary_documents_never_raise_long(trace: Any, execution: Any) -> None:
