@@ -23,7 +23,7 @@ so it lands where the original did).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -150,10 +150,14 @@ def _documents(trace: dict[str, Any]) -> Iterator[dict[str, Any]]:
             yield document
 
 
-def earliest_start_us(trace: dict[str, Any]) -> int | None:
-    """The earliest plausible `start_time` among a trace's segments and subsegments (µs)."""
+def earliest_start_us(trace: dict[str, Any], documents: Iterable[dict[str, Any]] | None = None) -> int | None:
+    """The earliest plausible `start_time` among a trace's segments and subsegments (µs).
+
+    `documents`: the trace's segment documents already parsed (the transform has them), in
+    place of parsing `trace`'s Document strings again."""
     earliest: int | None = None
-    stack: list[tuple[dict[str, Any], int]] = [(d, 0) for d in _documents(trace)]
+    roots = _documents(trace) if documents is None else documents
+    stack: list[tuple[dict[str, Any], int]] = [(d, 0) for d in roots]
     while stack:
         node, depth = stack.pop()
         start = epoch_us(node.get("start_time"))
@@ -165,14 +169,17 @@ def earliest_start_us(trace: dict[str, Any]) -> int | None:
     return earliest
 
 
-def anchor_second(trace: dict[str, Any], collected_at: datetime) -> int:
-    """The second a trace is filed under (the rule in the module docstring)."""
+def anchor_second(
+    trace: dict[str, Any], collected_at: datetime, documents: Iterable[dict[str, Any]] | None = None
+) -> int:
+    """The second a trace is filed under (the rule in the module docstring); `documents` as for
+    `earliest_start_us`."""
     trace_id = trace.get("Id")
     credible = credible_id_epoch(trace_id, collected_at)
     if credible is not None:
         return credible
     epoch = id_epoch(trace_id)
-    start_us = earliest_start_us(trace)
+    start_us = earliest_start_us(trace, documents)
     if start_us is not None:
         start = start_us // 1_000_000
         return epoch if epoch is not None and abs(epoch - start) <= ID_AGREES_WITHIN else start

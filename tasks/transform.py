@@ -102,6 +102,7 @@ def _annotation_key(key: str) -> str:
 # ====================================================================== the walker
 
 _HEX = frozenset("0123456789abcdef")
+_ZERO_ID = "0" * 16
 _RESOURCE_RANK = {key: rank for rank, key in enumerate(AWS_RESOURCE_KEYS)}
 _CLIENT_NAMESPACES = frozenset({"aws", "remote"})
 
@@ -133,6 +134,7 @@ class _TraceBuilder:
         self.problems: list[dict[str, str | None]] = []
         self.problem_overflow = 0
         self.nodes: list[_Walked] = []
+        self.documents: list[dict[str, Any]] = []  # parsed segment documents (for the trace time)
         self.tops: list[_Top] = []
         self.exceptions: dict[str, tuple[str | None, str | None]] = {}
         self.cause_refs: list[tuple[dict[str, Any], dict[str, Any], str]] = []
@@ -225,6 +227,7 @@ class _TraceBuilder:
         if type(parsed) is not dict:
             self.problem(wrapper_id, f"Document is JSON {type(parsed).__name__}, not an object; skipped")
             return
+        self.documents.append(parsed)
         doc_trace_id = parsed.get("trace_id")
         if doc_trace_id is not None and doc_trace_id != self.trace_id:
             shown = _text(doc_trace_id, 80)
@@ -283,10 +286,12 @@ class _TraceBuilder:
         # ---- identity: ids become document ids, so a (sub)segment without a 16-hex id is refused
         # with its subsegments (X-Ray itself refuses such documents), and the reason recorded.
         raw = get("id")
-        if type(raw) is str and len(raw) == 16 and (_HEX.issuperset(raw) or ids.segment_id_problem(raw) is None):
-            segment_id = raw
+        if type(raw) is str and len(raw) == 16 and _HEX.issuperset(raw) and raw != _ZERO_ID:
+            segment_id = span_id = raw
+        elif type(raw) is str and ids.segment_id_problem(raw) is None:  # upper-case hex: OTel ids are lower-case
+            segment_id, span_id = raw, raw.lower()
         elif top is None and isinstance(fallback_id, str) and ids.segment_id_problem(fallback_id) is None:
-            segment_id = fallback_id  # BatchGetTraces' Segment.Id: the id X-Ray filed it under
+            segment_id, span_id = fallback_id, fallback_id.lower()  # BatchGetTraces' Segment.Id
             problem(segment_id, f"{ids.segment_id_problem(raw)}; using the segment's Id {segment_id}")
         else:
             where = fallback_id if isinstance(fallback_id, str) else f"{parent_id}/{fallback_id}"
@@ -305,7 +310,6 @@ class _TraceBuilder:
             top = self.new_top(node, segment_id, parent_id, name, is_subsegment)
         doc = self.seg_template.copy()
         span = top.span_base.copy()
-        span_id = segment_id if len(segment_id) == 16 and _HEX.issuperset(segment_id) else otel_span_id(segment_id)
         doc["segment_id"] = segment_id
         doc["top_segment_id"] = top.segment_id
         doc["name"] = name
@@ -802,7 +806,7 @@ class _TraceBuilder:
             end_us = None
         status = "fault" if has_fault else "throttle" if has_throttle else "error" if has_error else "ok"
 
-        anchor = tracetime.anchor_second(trace, ctx.collected_at)
+        anchor = tracetime.anchor_second(trace, ctx.collected_at, self.documents)
         partition = tracetime.Partition.of(anchor)
         measured_start = start_us
         if start_us is None and nodes:
