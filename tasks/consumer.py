@@ -4,6 +4,28 @@ Sinks run in order — raw archive, Parquet, OpenSearch — and a message is del
 sink succeeded for everything it carried. A message that can never succeed goes to the DLQ at
 once with its reason; a transient failure leaves it to become visible again (the queue's redrive
 policy moves it to the DLQ after maxReceiveCount). One bad message never fails its batch.
+
+Check order (`Consumer.decode`): cheap checks first, nothing fetched from S3 before the pointer
+is known to be ours, and the DLQ reason is the first check that fails:
+
+ 1. `oversize`              the body is larger than an SQS message can be (1 MiB)
+ 2. a claim-check pointer:
+    `bad-pointer`           unreadable pointer (bucket, key, sha256 of 64 hex, size ≥ 1)
+    `oversize`              declared payload size above the decompressed cap
+    `claim-check-location`  not the archive bucket under its payload prefix (`payloads/`)
+    `signature`             no valid `pointer_signature` (a collector from before pointer
+                            signatures included: such a message is never fetched)
+    then one GET of at most the declared size + 1 byte:
+    `claim-check-missing`   no such object (a transient S3 error leaves it for retry)
+    `claim-check-mismatch`  longer than declared, or not the declared sha256
+    `bad-gzip`, `decompressed-too-large`
+    an inline body: `bad-base64`, `bad-gzip`, `decompressed-too-large` (gzip+base64), or
+    `oversize` (plain JSON above the cap)
+ 3. `bad-json`              not a JSON object
+ 4. `signature`             the canonical envelope bytes' `signature` (every message)
+ 5. `unknown-schema`, `invalid-envelope`
+ 6. `unknown-account`       not in the roster
+ 7. `spoofed-sender`        account attribute or SenderId disagrees with the envelope
 """
 
 from __future__ import annotations
@@ -23,14 +45,18 @@ from tasks.documents import EnvelopeDocuments, transform_envelope
 from tasks.envelope import (
     CHUNK_BYTES,
     MAX_DECOMPRESSED_BYTES,
+    POINTER_SIGNATURE_ATTRIBUTE,
+    SIGNATURE_ATTRIBUTE,
     Envelope,
     EnvelopeError,
     body_to_raw,
+    check_pointer,
     gunzip_capped,
     load_json,
     parse_pointer,
     validate_envelope,
     verify,
+    verify_pointer,
 )
 from tasks.errors import TransientError
 from tasks.executions import ExecutionDetails
@@ -124,20 +150,22 @@ class Consumer:
     # ------------------------------------------------------------ decode + validate
 
     def decode(self, message: queue.ReceivedMessage) -> Decoded:
-        """Raises EnvelopeError (poison, DLQ at once) or TransientError (leave for retry)."""
+        """Raises EnvelopeError (poison, DLQ at once) or TransientError (leave for retry); the
+        checks run in the order of the module docstring."""
         body = message.body
         if len(body.encode()) > MAX_BODY_BYTES:
             raise EnvelopeError("oversize", f"message body of {len(body)} bytes exceeds the SQS limit")
         pointer = parse_pointer(body)
         if pointer is not None:
-            if pointer.bytes > self.max_decompressed_bytes:
-                raise EnvelopeError("oversize", f"claim-check payload of {pointer.bytes} bytes exceeds the cap")
+            store = self.config.archive
+            check_pointer(pointer, store.bucket, store.payload_prefix, self.max_decompressed_bytes)
+            verify_pointer(body.encode(), message.attributes.get(POINTER_SIGNATURE_ATTRIBUTE), self.keys)
             compressed = archive.fetch_claim_check(self.s3, pointer)
             raw = gunzip_capped(compressed, self.max_decompressed_bytes)
         else:
             raw = body_to_raw(body, self.max_decompressed_bytes)
         data = load_json(raw)
-        verify(raw, message.attributes.get("signature"), self.keys)
+        verify(raw, message.attributes.get(SIGNATURE_ATTRIBUTE), self.keys)
         envelope = validate_envelope(data)
         if envelope.account_id not in self.accounts:
             raise EnvelopeError("unknown-account", f"account {envelope.account_id} is not in the roster")

@@ -3,6 +3,14 @@
 Pure logic (no I/O): the model, the deterministic id, packing traces by size, signing, and the
 wire encoding (plain JSON → gzip+base64 when smaller → claim-check pointer when still too big).
 The claim-check upload itself lives in `tasks/archive.py`; here we only build and check pointers.
+
+Signatures (`signature` attribute, HMAC-SHA256): over the canonical envelope bytes, for every
+message. A claim-check message also carries `pointer_signature` over its body (the pointer JSON,
+domain-separated from envelope signatures), so the consumer can check it is ours before it
+fetches anything; the pointer names the payload's sha256, so the signed pointer authenticates the
+payload too. `signature` stays as it was, so consumers from before pointer signatures still
+verify new messages; claim-check messages from collectors before it (no `pointer_signature`) are
+dead-lettered with reason `signature` by a current consumer (see `tasks/consumer.py`).
 """
 
 from __future__ import annotations
@@ -53,12 +61,12 @@ class TimeWindow(BaseModel):
 
 
 class PayloadRef(BaseModel):
-    """Claim-check pointer: the envelope JSON is in S3 at bucket/key."""
+    """Claim-check pointer: the envelope JSON, gzip'ed, is in S3 at bucket/key (`bytes` long)."""
 
-    bucket: str
-    key: str
-    sha256: str
-    bytes: int
+    bucket: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=1)
 
 
 class Envelope(BaseModel):
@@ -169,23 +177,39 @@ def pack_traces(
 # ------------------------------------------------------------------ signing
 
 
+SIGNATURE_ATTRIBUTE = "signature"
+POINTER_SIGNATURE_ATTRIBUTE = "pointer_signature"
+# Prefixed to a pointer before it is signed: no envelope signature can pass for a pointer's.
+_POINTER_DOMAIN = b"xraylake.claim-check-pointer.v1\n"
+
+
 def sign(payload: bytes, key: str) -> str:
     """`v1=<hex hmac-sha256>` over the canonical envelope bytes."""
     return "v1=" + hmac.new(key.encode(), payload, hashlib.sha256).hexdigest()
 
 
-def verify(payload: bytes, signature: str | None, keys: Sequence[str]) -> None:
+def sign_pointer(body: bytes, key: str) -> str:
+    """The `pointer_signature` of a claim-check message body."""
+    return sign(_POINTER_DOMAIN + body, key)
+
+
+def verify(payload: bytes, signature: str | None, keys: Sequence[str], what: str = "envelope") -> None:
     """Accept a signature made with any of `keys` (current first, previous during rotation)."""
     if not keys:
         return
     if not signature:
-        raise EnvelopeError("signature", "envelope is not signed")
+        raise EnvelopeError("signature", f"{what} is not signed")
     if not signature.isascii():
-        raise EnvelopeError("signature", "malformed signature (not ASCII)")
+        raise EnvelopeError("signature", f"malformed {what} signature (not ASCII)")
     for key in keys:
         if hmac.compare_digest(sign(payload, key), signature):
             return
-    raise EnvelopeError("signature", "signature does not match any accepted key")
+    raise EnvelopeError("signature", f"{what} signature does not match any accepted key")
+
+
+def verify_pointer(body: bytes, signature: str | None, keys: Sequence[str]) -> None:
+    """A claim-check pointer's `pointer_signature` (before anything is fetched)."""
+    verify(_POINTER_DOMAIN + body, signature, keys, "claim-check pointer")
 
 
 # ------------------------------------------------------------------ wire encoding
@@ -242,7 +266,7 @@ def encode(
         "source": envelope.source,
     }
     if signing_key:
-        attributes["signature"] = sign(raw, signing_key)
+        attributes[SIGNATURE_ATTRIBUTE] = sign(raw, signing_key)
     compressed = gzip.compress(raw, compresslevel=6, mtime=0)
     encoded = base64.b64encode(compressed).decode()
     if len(raw) <= len(encoded) and len(raw) <= threshold:
@@ -263,14 +287,11 @@ def encode(
             "region": envelope.region,
             "payload_ref": ref.model_dump(),
         }
-    ).decode()
-    return WireMessage(
-        envelope.envelope_id,
-        pointer,
-        ENCODING_CLAIM_CHECK,
-        attributes | {"encoding": ENCODING_CLAIM_CHECK},
-        claim_check=(ref, compressed),
     )
+    attributes["encoding"] = ENCODING_CLAIM_CHECK
+    if signing_key:
+        attributes[POINTER_SIGNATURE_ATTRIBUTE] = sign_pointer(pointer, signing_key)
+    return WireMessage(envelope.envelope_id, pointer.decode(), ENCODING_CLAIM_CHECK, attributes, (ref, compressed))
 
 
 def gunzip_capped(data: bytes, cap: int = MAX_DECOMPRESSED_BYTES) -> bytes:
@@ -296,6 +317,18 @@ def parse_pointer(body: str) -> PayloadRef | None:
         return PayloadRef.model_validate(data["payload_ref"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError) as error:
         raise EnvelopeError("bad-pointer", f"claim-check pointer unreadable: {error}") from None
+
+
+def check_pointer(ref: PayloadRef, bucket: str, prefix: str, cap: int = MAX_DECOMPRESSED_BYTES) -> None:
+    """The checks of a pointer that need nothing fetched: its declared size (`oversize`), then
+    its location — the archive bucket, under the payload prefix (`claim-check-location`)."""
+    if ref.bytes > cap:
+        raise EnvelopeError("oversize", f"claim-check payload of {ref.bytes} bytes exceeds the cap of {cap}")
+    if ref.bucket != bucket or not ref.key.startswith(f"{prefix.rstrip('/')}/"):
+        raise EnvelopeError(
+            "claim-check-location",
+            f"pointer names s3://{ref.bucket[:100]}/{ref.key[:200]}, not s3://{bucket}/{prefix.rstrip('/')}/…",
+        )
 
 
 def check_payload(ref: PayloadRef, compressed: bytes) -> None:

@@ -6,6 +6,7 @@ import base64
 import gzip
 import hashlib
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import boto3
@@ -17,7 +18,7 @@ from blocks.config import Config
 from flows.consume import receive_batch, run_consumer
 from tasks import dlq
 from tasks import envelope as env
-from tasks.consumer import Consumer
+from tasks.consumer import BatchStats, Consumer
 from tasks.index import client_for, ensure_templates
 from tasks.mappings import index_templates
 
@@ -77,6 +78,11 @@ def signed_raw(config: Config, data: dict[str, object]) -> tuple[str, dict[str, 
     return raw.decode(), {"signature": env.sign(raw, config.signing_keys[0].get_secret_value())}
 
 
+def signed_pointer(config: Config, data: dict[str, object]) -> tuple[str, dict[str, str]]:
+    body = orjson.dumps(data)
+    return body.decode(), {"pointer_signature": env.sign_pointer(body, config.signing_keys[0].get_secret_value())}
+
+
 def indexed_trace_ids(config: Config) -> set[str]:
     client = client_for(config.opensearch)
     client.indices.refresh(index="xray-*")
@@ -110,13 +116,12 @@ def test_poison_messages_go_to_the_dlq_with_reasons_and_the_rest_is_indexed(fres
         "sha256": "0" * 64,
         "bytes": 10,
     }
-    send(fresh_config, orjson.dumps(pointer | {"payload_ref": ref}).decode())
+    send(fresh_config, *signed_pointer(fresh_config, pointer | {"payload_ref": ref}))
     boto3.client("s3").put_object(Bucket=fresh_config.archive.bucket, Key="payloads/tampered.json.gz", Body=b"x" * 10)
-    send(
-        fresh_config,
-        orjson.dumps(pointer | {"payload_ref": ref | {"key": "payloads/tampered.json.gz"}}).decode(),
-    )
+    tampered = pointer | {"payload_ref": ref | {"key": "payloads/tampered.json.gz"}}
+    send(fresh_config, *signed_pointer(fresh_config, tampered))
     send(fresh_config, orjson.dumps(pointer | {"payload_ref": ref | {"bytes": 10**12}}).decode())
+    send(fresh_config, orjson.dumps(pointer | {"payload_ref": ref}).decode())  # not signed: never fetched
 
     stats = run_consumer(fresh_config, wait_seconds=1, use_tasks=False)
 
@@ -130,7 +135,7 @@ def test_poison_messages_go_to_the_dlq_with_reasons_and_the_rest_is_indexed(fres
         "unknown-schema": 1,
         "unknown-account": 1,
         "spoofed-sender": 1,
-        "signature": 2,
+        "signature": 3,
         "claim-check-missing": 1,
         "claim-check-mismatch": 1,
         "oversize": 1,
@@ -224,3 +229,56 @@ def test_a_consumer_returns_arrow_memory_to_the_system(config_file: str) -> None
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     before, after = out.stdout.split()
     assert after == "system", f"the consumer kept Arrow's {before} pool"
+
+
+def _consumer(config: Config, **options: object) -> Consumer:
+    consumer = Consumer(config, boto3.client("s3"), boto3.client("sqs"), describe_executions=False, **options)  # type: ignore[arg-type]
+    ensure_templates(consumer.opensearch, index_templates(consumer.index_prefix))
+    return consumer
+
+
+def _drain(consumer: Consumer) -> BatchStats:
+    total = BatchStats()
+    while messages := receive_batch(consumer, batch_messages=10, wait_seconds=1, visibility_timeout=60):
+        total.merge(consumer.process(messages))
+    return total
+
+
+def test_the_dlq_reason_is_the_first_check_that_fails(fresh_config: Config) -> None:
+    """Cheap checks first, in the documented order (tasks/consumer.py): each message below is wrong
+    in several ways and must be dead-lettered with the reason of the earliest check."""
+    cap = 64 * 1024
+    valid = orjson.loads(envelope_for(fresh_config, [make_trace("order")]).to_json())
+    stranger = valid | {"account_id": "999999999999"}
+    pointer = {"schema": env.SCHEMA_V1, "envelope_id": "e", "account_id": valid["account_id"], "region": "us-east-1"}
+    ref = {"bucket": "not-our-bucket", "key": "elsewhere/x.json.gz", "sha256": "0" * 64, "bytes": 100}
+    padded = stranger | {"traces": [make_trace("pad") | {"Pad": "p" * cap}]}
+
+    def to(**changes: object) -> str:
+        return orjson.dumps(pointer | {"payload_ref": ref | changes}).decode()
+
+    ours = fresh_config.archive.bucket
+    body, attributes = signed_raw(fresh_config, stranger)
+    spoofed = attributes | {"account_id": valid["account_id"]}
+    v0 = stranger | {"schema": "v0"}
+    cases = [
+        ("unsigned pointer elsewhere, declaring a terabyte", to(bytes=10**12), {}, "oversize"),
+        ("unsigned pointer to another bucket", to(), {}, "claim-check-location"),
+        ("unsigned pointer to a key outside payloads/", to(bucket=ours), {}, "claim-check-location"),
+        ("unsigned pointer, negative size, elsewhere", to(bytes=-1), {}, "bad-pointer"),
+        ("unsigned plain JSON past the cap, unknown account", orjson.dumps(padded).decode(), {}, "oversize"),
+        ("unsigned gzip bomb", base64.b64encode(gzip.compress(b" " * cap * 4)).decode(), {}, "decompressed-too-large"),
+        ("unsigned, not JSON", "{not json", {}, "bad-json"),
+        ("unsigned, wrong schema, unknown account", orjson.dumps(v0).decode(), {}, "signature"),
+        ("signed, wrong schema, unknown account", *signed_raw(fresh_config, v0), "unknown-schema"),
+        ("signed, unknown account, spoofed attribute", body, spoofed, "unknown-account"),
+    ]  # fmt: skip
+    for _, text, attrs, _ in cases:
+        send(fresh_config, text, attrs)
+
+    stats = _drain(_consumer(fresh_config, max_decompressed_bytes=cap))
+
+    assert stats.left_for_retry == 0 and not stats.errors, stats.as_dict()
+    entries = [(e.reason, e.detail) for e, _ in dlq.peek(boto3.client("sqs"), fresh_config.queue.dlq_url)]
+    got = Counter(reason for reason, _ in entries)
+    assert dict(stats.dead_lettered) == dict(got) == dict(Counter(reason for *_, reason in cases)), entries

@@ -173,3 +173,38 @@ def test_invalid_envelopes_name_their_reason(mutate, reason: str) -> None:  # ty
     with pytest.raises(env.EnvelopeError) as error:
         env.parse_envelope(orjson.dumps(data))
     assert error.value.reason == reason
+
+
+def test_a_claim_check_pointer_is_signed_apart_from_its_envelope() -> None:
+    big = env.build_envelope(
+        source="sweep", account_id="012345678901", region="us-east-1", traces=[make_trace(1_795_600_000, "p1")]
+    )
+    message = env.encode(big, "k", "bucket", "payloads", threshold=1)
+    body = message.body.encode()
+    env.verify_pointer(body, message.attributes[env.POINTER_SIGNATURE_ATTRIBUTE], ["old", "k"])
+    env.verify(big.to_json(), message.attributes[env.SIGNATURE_ATTRIBUTE], ["k"])  # older consumers still verify
+    with pytest.raises(env.EnvelopeError, match="signature"):  # an envelope signature is no pointer signature
+        env.verify_pointer(body, env.sign(body, "k"), ["k"])
+    with pytest.raises(env.EnvelopeError, match="claim-check pointer is not signed"):
+        env.verify_pointer(body, None, ["k"])
+    assert env.POINTER_SIGNATURE_ATTRIBUTE not in env.encode(big, "k", "bucket").attributes  # inline: none
+    assert env.POINTER_SIGNATURE_ATTRIBUTE not in env.encode(big, None, "bucket", threshold=1).attributes
+
+
+def test_pointer_checks_size_then_location() -> None:
+    ref = env.PayloadRef(bucket="ours", key="payloads/a.json.gz", sha256="0" * 64, bytes=10)
+    env.check_pointer(ref, "ours", "payloads")
+    for changes, reason in [
+        ({"bucket": "theirs", "bytes": 10**12}, "oversize"),
+        ({"bucket": "theirs"}, "claim-check-location"),
+        ({"key": "raw/a.json.gz"}, "claim-check-location"),
+        ({"key": "payloadsX/a.json.gz"}, "claim-check-location"),
+    ]:
+        with pytest.raises(env.EnvelopeError) as error:
+            env.check_pointer(ref.model_copy(update=changes), "ours", "payloads", cap=1000)
+        assert error.value.reason == reason
+    for bad in ({"bytes": 0}, {"bytes": -1}, {"sha256": "x"}, {"key": ""}):
+        body = orjson.dumps({"payload_ref": ref.model_dump() | bad}).decode()
+        with pytest.raises(env.EnvelopeError) as error:
+            env.parse_pointer(body)
+        assert error.value.reason == "bad-pointer"
