@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from blocks import ArchiveStore
-from tasks.envelope import Envelope, EnvelopeError, PayloadRef, check_payload, envelope_partition
+from tasks.envelope import Envelope, EnvelopeError, PayloadRef, check_payload, envelope_partition, gzip_canonical
 from tasks.errors import TerminalError, TransientError, classify_aws_error
 
 if TYPE_CHECKING:
@@ -74,10 +74,19 @@ def _s3_call(context: str, fn: Any, **kwargs: Any) -> Any:
         raise classify_aws_error(error, context) from error
 
 
-def put_raw(s3: Any, store: ArchiveStore, envelope: Envelope, raw: bytes) -> str:
+@dataclass(frozen=True)
+class GzippedRaw:
+    """Canonical envelope bytes already compressed by `gzip_canonical` (the wire's own gzip, kept
+    by the consumer so the raw archive does not compress again what it just inflated)."""
+
+    compressed: bytes
+    size: int  # length of the canonical bytes
+
+
+def put_raw(s3: Any, store: ArchiveStore, envelope: Envelope, raw: bytes | GzippedRaw) -> str:
     """Archive the decoded envelope bytes (gzip, deterministic) and return the key."""
     key = raw_key(store, envelope)
-    body = gzip.compress(raw, compresslevel=6, mtime=0)
+    body = raw.compressed if isinstance(raw, GzippedRaw) else gzip_canonical(raw)
     _s3_call(
         f"put s3://{store.bucket}/{key}",
         s3.put_object,

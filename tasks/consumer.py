@@ -26,6 +26,9 @@ is known to be ours, and the DLQ reason is the first check that fails:
  5. `unknown-schema`, `invalid-envelope`
  6. `unknown-account`       not in the roster
  7. `spoofed-sender`        account attribute or SenderId disagrees with the envelope
+
+When the envelope came gzip'ed (gzip+base64 or claim-check) with `gzip_canonical`'s header, the
+raw archive stores those wire bytes instead of compressing again what was just inflated.
 """
 
 from __future__ import annotations
@@ -49,9 +52,10 @@ from tasks.envelope import (
     SIGNATURE_ATTRIBUTE,
     Envelope,
     EnvelopeError,
-    body_to_raw,
+    body_to_wire,
     check_pointer,
     gunzip_capped,
+    is_canonical_gzip,
     load_json,
     parse_pointer,
     validate_envelope,
@@ -71,7 +75,12 @@ ALL_SINKS = frozenset({"raw", "parquet", "index"})
 class Decoded:
     message: queue.ReceivedMessage
     envelope: Envelope
-    raw: bytes
+    raw: bytes | archive.GzippedRaw  # what the raw archive stores: canonical bytes, or their gzip
+
+    @property
+    def size(self) -> int:
+        """Length of the canonical envelope bytes."""
+        return self.raw.size if isinstance(self.raw, archive.GzippedRaw) else len(self.raw)
 
 
 @dataclass
@@ -155,6 +164,8 @@ class Consumer:
         body = message.body
         if len(body.encode()) > MAX_BODY_BYTES:
             raise EnvelopeError("oversize", f"message body of {len(body)} bytes exceeds the SQS limit")
+        compressed: bytes | None
+        raw: bytes
         pointer = parse_pointer(body)
         if pointer is not None:
             store = self.config.archive
@@ -163,14 +174,18 @@ class Consumer:
             compressed = archive.fetch_claim_check(self.s3, pointer)
             raw = gunzip_capped(compressed, self.max_decompressed_bytes)
         else:
-            raw = body_to_raw(body, self.max_decompressed_bytes)
+            raw, compressed = body_to_wire(body, self.max_decompressed_bytes)
         data = load_json(raw)
         verify(raw, message.attributes.get(SIGNATURE_ATTRIBUTE), self.keys)
+        kept: bytes | archive.GzippedRaw = raw
+        if compressed is not None and is_canonical_gzip(compressed):
+            kept = archive.GzippedRaw(compressed, len(raw))
+        del raw  # with the wire's gzip kept, the inflated bytes need not wait for the sinks
         envelope = validate_envelope(data)
         if envelope.account_id not in self.accounts:
             raise EnvelopeError("unknown-account", f"account {envelope.account_id} is not in the roster")
         self._check_sender(message, envelope)
-        return Decoded(message, envelope, raw)
+        return Decoded(message, envelope, kept)
 
     def _check_sender(self, message: queue.ReceivedMessage, envelope: Envelope) -> None:
         """The message's claimed account must match the envelope; a SenderId that is an account
@@ -242,7 +257,7 @@ class Consumer:
                     stats.left_for_retry += 1
                 continue
             pending[eid] = [item]
-            pending_bytes += len(item.raw)
+            pending_bytes += item.size
             if pending_bytes >= self.chunk_bytes:
                 flush()
         flush()
@@ -258,10 +273,14 @@ class Consumer:
         stats.stage_seconds["delete"] += time.perf_counter() - tick
 
     def ingest(
-        self, items: Sequence[tuple[Envelope, bytes]], stats: BatchStats, sinks: frozenset[str] = ALL_SINKS
+        self,
+        items: Sequence[tuple[Envelope, bytes | archive.GzippedRaw]],
+        stats: BatchStats,
+        sinks: frozenset[str] = ALL_SINKS,
     ) -> set[str]:
         """Transform decoded envelopes and write them to `sinks` (raw, parquet, index), in that
-        order; returns the envelope ids that some sink did not take (not to be deleted)."""
+        order; returns the envelope ids that some sink did not take (not to be deleted). Each
+        item's bytes are the canonical envelope JSON, or their `gzip_canonical` (`GzippedRaw`)."""
         envelopes = {envelope.envelope_id: (envelope, raw) for envelope, raw in items}
         stats.envelopes += len(envelopes)
         failed: set[str] = set()

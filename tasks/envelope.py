@@ -4,6 +4,14 @@ Pure logic (no I/O): the model, the deterministic id, packing traces by size, si
 wire encoding (plain JSON → gzip+base64 when smaller → claim-check pointer when still too big).
 The claim-check upload itself lives in `tasks/archive.py`; here we only build and check pointers.
 
+Serialisation: the collector serialises each trace twice, not three times: once key-sorted (its
+length is the packer's size — sorted and unsorted compact JSON have the same length — and its
+bytes feed the envelope id), once inside the canonical envelope bytes, which are built without a
+`model_dump` copy of the traces. The canonical bytes are serialised once per envelope and serve
+the signature, the gzip for the wire and the claim-check. Once per trace is not possible without
+changing ids or archive bytes: the id is defined over key-sorted JSON, the canonical bytes keep
+X-Ray's key order (`test_envelope_ids_canonical_bytes_and_raw_archive_bytes_never_change`).
+
 Signatures (`signature` attribute, HMAC-SHA256): over the canonical envelope bytes, for every
 message. A claim-check message also carries `pointer_signature` over its body (the pointer JSON,
 domain-separated from envelope signatures), so the consumer can check it is ours before it
@@ -54,6 +62,13 @@ class EnvelopeError(ValueError):
         self.detail = detail
 
 
+_PLAIN_JSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def _not_plain(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not a plain JSON value")
+
+
 class TimeWindow(BaseModel):
     model_config = ConfigDict(frozen=True)
     start: datetime
@@ -99,20 +114,39 @@ class Envelope(BaseModel):
         return value.astimezone(UTC)
 
     def to_json(self) -> bytes:
-        """Canonical bytes: what is signed, archived raw and replayed."""
-        return orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+        """Canonical bytes: what is signed, archived raw and replayed.
+
+        Byte for byte `orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True))`,
+        without copying the traces through `model_dump`: they are plain JSON values already (as
+        BatchGetTraces returned them), so they are serialised as they are and spliced in as the
+        last field. Anything else in them (a datetime, a dataclass) takes pydantic's path.
+        """
+        try:
+            traces = orjson.dumps(self.traces, option=_PLAIN_JSON, default=_not_plain)
+        except TypeError:
+            return orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+        head = orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"traces"}))
+        return head[:-1] + b',"traces":' + traces + b"}"
 
     @property
     def collected_at_ms(self) -> int:
         return int(self.collected_at.timestamp() * 1000)
 
 
-def envelope_id_for(account_id: str, region: str, traces: Sequence[dict[str, Any]]) -> str:
-    """Same account, region and trace contents ⇒ same id (so duplicates are recognisable)."""
+def sorted_json(trace: dict[str, Any]) -> bytes:
+    """A trace's key-sorted JSON: what its envelope's id hashes (its length is the trace's size)."""
+    return orjson.dumps(trace, option=orjson.OPT_SORT_KEYS)
+
+
+def envelope_id_for(
+    account_id: str, region: str, traces: Sequence[dict[str, Any]], serialised: Sequence[bytes] | None = None
+) -> str:
+    """Same account, region and trace contents ⇒ same id (so duplicates are recognisable).
+    `serialised`: the traces' `sorted_json`, when the caller has it already (the packer)."""
     digest = hashlib.sha256()
     digest.update(f"{account_id}\x00{region}\x00".encode())
-    for trace in traces:
-        digest.update(orjson.dumps(trace, option=orjson.OPT_SORT_KEYS))
+    for data in serialised if serialised is not None else map(sorted_json, traces):
+        digest.update(data)
         digest.update(b"\x00")
     return digest.hexdigest()[:32]
 
@@ -126,10 +160,13 @@ def build_envelope(
     collected_at: datetime | None = None,
     window: TimeWindow | None = None,
     execution: dict[str, Any] | None = None,
+    serialised: Sequence[bytes] | None = None,
 ) -> Envelope:
+    """`serialised`: the `sorted_json` of the traces without ResponseMetadata (as `pack`
+    returns them), to hash them without serialising again."""
     clean = [_strip_response_metadata(t) for t in traces]
     return Envelope(
-        envelope_id=envelope_id_for(account_id, region, clean),
+        envelope_id=envelope_id_for(account_id, region, clean, serialised),
         source=source,
         account_id=account_id,
         region=region,
@@ -141,6 +178,8 @@ def build_envelope(
 
 
 def _strip_response_metadata(trace: dict[str, Any]) -> dict[str, Any]:
+    if "ResponseMetadata" not in trace:
+        return trace
     return {k: v for k, v in trace.items() if k != "ResponseMetadata"}
 
 
@@ -157,21 +196,35 @@ def pack_traces(
     `collected_at` must be the envelopes' own: it decides the hour of traces whose id carries no
     credible time.
     """
+    for group, _ in pack(traces, collected_at, target_bytes):
+        yield group
+
+
+def pack(
+    traces: Iterable[dict[str, Any]], collected_at: datetime, target_bytes: int = PACK_TARGET_BYTES
+) -> Iterator[tuple[list[dict[str, Any]], list[bytes]]]:
+    """`pack_traces`, with each group's `sorted_json` of its traces (without ResponseMetadata)
+    for `build_envelope(serialised=…)`: one serialisation sizes a trace and feeds its id."""
     by_hour: dict[datetime, list[dict[str, Any]]] = {}
     for trace in traces:
         by_hour.setdefault(trace_partition(trace, collected_at).start, []).append(trace)
     for hour in sorted(by_hour):
         group: list[dict[str, Any]] = []
+        serialised: list[bytes] = []
         size = 0
         for trace in by_hour[hour]:
-            trace_size = len(orjson.dumps(trace))
+            data = sorted_json(trace)
+            trace_size = len(data)  # the size as sent: sorted or not, compact JSON is as long
+            if "ResponseMetadata" in trace:  # never in BatchGetTraces' traces; stripped by the id
+                data = sorted_json(_strip_response_metadata(trace))
             if group and size + trace_size > target_bytes:
-                yield group
-                group, size = [], 0
+                yield group, serialised
+                group, serialised, size = [], [], 0
             group.append(trace)
+            serialised.append(data)
             size += trace_size
         if group:
-            yield group
+            yield group, serialised
 
 
 # ------------------------------------------------------------------ signing
@@ -267,7 +320,7 @@ def encode(
     }
     if signing_key:
         attributes[SIGNATURE_ATTRIBUTE] = sign(raw, signing_key)
-    compressed = gzip.compress(raw, compresslevel=6, mtime=0)
+    compressed = gzip_canonical(raw)
     encoded = base64.b64encode(compressed).decode()
     if len(raw) <= len(encoded) and len(raw) <= threshold:
         return WireMessage(envelope.envelope_id, raw.decode(), ENCODING_JSON, attributes | {"encoding": ENCODING_JSON})
@@ -294,6 +347,23 @@ def encode(
     return WireMessage(envelope.envelope_id, pointer.decode(), ENCODING_CLAIM_CHECK, attributes, (ref, compressed))
 
 
+def gzip_canonical(raw: bytes) -> bytes:
+    """The one gzip of canonical envelope bytes: the wire's, the claim-check's and the raw
+    archive's (level 6, mtime 0: the same bytes give the same object)."""
+    return gzip.compress(raw, compresslevel=6, mtime=0)
+
+
+_CANONICAL_GZIP_HEADER = gzip_canonical(b"")[:10]
+
+
+def is_canonical_gzip(compressed: bytes) -> bool:
+    """Whether gzip bytes that inflated cleanly (`gunzip_capped`, nothing after the member) look
+    like `gzip_canonical`'s: its header (no name, mtime 0, same flags and OS). The deflate stream
+    itself is not recompressed to compare: collectors compress with `gzip_canonical`, and every
+    wire payload the consumer keeps is signed (a claim-check's sha256 by its signed pointer)."""
+    return compressed[:10] == _CANONICAL_GZIP_HEADER
+
+
 def gunzip_capped(data: bytes, cap: int = MAX_DECOMPRESSED_BYTES) -> bytes:
     """Decompress gzip, refusing to produce more than `cap` bytes (gzip bombs)."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -305,6 +375,8 @@ def gunzip_capped(data: bytes, cap: int = MAX_DECOMPRESSED_BYTES) -> bytes:
         raise EnvelopeError("decompressed-too-large", f"payload inflates past {cap} bytes")
     if not inflater.eof:
         raise EnvelopeError("bad-gzip", "truncated gzip stream")
+    if inflater.unused_data:  # a second member or trailing bytes: not one canonical gzip
+        raise EnvelopeError("bad-gzip", f"{len(inflater.unused_data)} bytes after the gzip stream")
     return out
 
 
@@ -338,17 +410,22 @@ def check_payload(ref: PayloadRef, compressed: bytes) -> None:
 
 def body_to_raw(body: str, cap: int = MAX_DECOMPRESSED_BYTES) -> bytes:
     """An inline body (plain JSON or gzip+base64) to the envelope's canonical JSON bytes."""
+    return body_to_wire(body, cap)[0]
+
+
+def body_to_wire(body: str, cap: int = MAX_DECOMPRESSED_BYTES) -> tuple[bytes, bytes | None]:
+    """An inline body → (canonical JSON bytes, the wire's gzip of them or None for plain JSON)."""
     # `[` and `"` cannot start base64: such a body is JSON of the wrong shape (load_json names it).
     if body.lstrip()[:1] in ("{", "[", '"'):
         raw = body.encode()
         if len(raw) > cap:
             raise EnvelopeError("oversize", f"envelope of {len(raw)} bytes exceeds {cap}")
-        return raw
+        return raw, None
     try:
         compressed = base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError) as error:
         raise EnvelopeError("bad-base64", str(error)) from None
-    return gunzip_capped(compressed, cap)
+    return gunzip_capped(compressed, cap), compressed
 
 
 def load_json(raw: bytes) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import pytest
 from blocks import OpenSearchTarget
 from blocks.config import Config
 from flows.consume import receive_batch, run_consumer
-from tasks import dlq
+from tasks import archive, dlq
 from tasks import envelope as env
 from tasks.consumer import BatchStats, Consumer
 from tasks.index import client_for, ensure_templates
@@ -282,3 +282,31 @@ def test_the_dlq_reason_is_the_first_check_that_fails(fresh_config: Config) -> N
     entries = [(e.reason, e.detail) for e, _ in dlq.peek(boto3.client("sqs"), fresh_config.queue.dlq_url)]
     got = Counter(reason for reason, _ in entries)
     assert dict(stats.dead_lettered) == dict(got) == dict(Counter(reason for *_, reason in cases)), entries
+
+
+def test_raw_archive_bytes_are_the_same_whatever_the_wire_encoding(fresh_config: Config) -> None:
+    """Plain JSON, gzip+base64 and claim-check messages all archive gzip(canonical bytes) exactly
+    as the consumer always wrote it (replay and dedup depend on it), reusing the wire's gzip."""
+    key = fresh_config.signing_keys[0].get_secret_value()
+    random_doc = base64.b64encode(b"".join(hashlib.sha256(b"%d" % i).digest() for i in range(200))).decode()
+    plain = envelope_for(fresh_config, [make_trace("wire-plain") | {"Pad": random_doc}])
+    repetitive = envelope_for(fresh_config, [make_trace(f"wire-gzip-{i}") for i in range(20)])
+    claim = envelope_for(fresh_config, [make_trace(f"wire-claim-{i}") for i in range(5)])
+    messages = [
+        env.encode(plain, key, fresh_config.archive.bucket),
+        env.encode(repetitive, key, fresh_config.archive.bucket),
+        env.encode(claim, key, fresh_config.archive.bucket, threshold=1),
+    ]
+    assert [m.encoding for m in messages] == [env.ENCODING_JSON, env.ENCODING_GZIP, env.ENCODING_CLAIM_CHECK]
+    for message in messages:
+        if message.claim_check:
+            archive.put_claim_check(boto3.client("s3"), *message.claim_check)
+        send(fresh_config, message.body, message.attributes)
+
+    stats = _drain(_consumer(fresh_config))
+
+    assert stats.deleted == 3 and stats.raw_objects == 3, stats.as_dict()
+    s3 = boto3.client("s3")
+    for envelope in (plain, repetitive, claim):
+        stored = s3.get_object(Bucket=fresh_config.archive.bucket, Key=archive.raw_key(fresh_config.archive, envelope))
+        assert stored["Body"].read() == gzip.compress(envelope.to_json(), compresslevel=6, mtime=0)

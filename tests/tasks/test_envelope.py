@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import os
 from datetime import UTC, datetime
 
@@ -175,6 +176,62 @@ def test_invalid_envelopes_name_their_reason(mutate, reason: str) -> None:  # ty
     assert error.value.reason == reason
 
 
+def _golden_traces() -> list[dict[str, object]]:
+    traces = [make_trace(1_795_600_000 + 60 * i, f"g{i}", payload_bytes=50 * i) for i in range(40)]
+    third = traces[3]
+    traces[3] = {  # keys out of X-Ray's order, plus the metadata build_envelope strips
+        "LimitExceeded": True,
+        "Segments": third["Segments"],
+        "Id": third["Id"],
+        "Duration": 2.5,
+        "ResponseMetadata": {"RequestId": "r"},
+    }
+    traces[5]["Extra"] = {"b": [1, 2.5, None, "é\u2028"], "a": float("nan")}
+    return traces
+
+
+def test_envelope_ids_canonical_bytes_and_raw_archive_bytes_never_change() -> None:
+    """Replay and dedup depend on these bytes: values recorded before the encoder was optimised
+    (one serialisation per trace for packing and id, canonical bytes without a model_dump copy)."""
+    from tasks import collector as col
+
+    envelopes = col.envelopes_for(
+        _golden_traces(),
+        source="collect",
+        account_id="012345678901",
+        region="us-east-1",
+        window=env.TimeWindow(start=datetime(2026, 11, 26, 9, tzinfo=UTC), end=datetime(2026, 11, 26, 10, tzinfo=UTC)),
+        execution={
+            "executionArn": "arn:aws:states:us-east-1:012345678901:execution:m:e",
+            "startDate": datetime(2026, 11, 26, 10, 0, tzinfo=UTC),
+            "status": "SUCCEEDED",
+        },
+        collected_at=NOW,
+    )
+    seen = []
+    for envelope in envelopes:
+        raw = envelope.to_json()
+        assert raw == orjson.dumps(envelope.model_dump(mode="json", by_alias=True, exclude_none=True))
+        archived = gzip.compress(raw, compresslevel=6, mtime=0)
+        assert env.gzip_canonical(raw) == archived
+        seen.append(
+            (
+                envelope.envelope_id,
+                hashlib.sha256(raw).hexdigest()[:16],
+                hashlib.sha256(archived).hexdigest()[:16],
+                len(envelope.traces),
+            )
+        )
+    assert seen == [
+        ("b55776fe0274474b6680a53e06e32d9f", "0593499a21838368", "dc801a22c11dc279", 14),
+        ("2f6d5fba3f0c8e3ee4a4b6e961c3c4c4", "00f9c6330cba103a", "7d24367047edb3d4", 26),
+    ]
+    for envelope in envelopes:  # a decoded envelope re-encodes to the same bytes and id
+        again = env.parse_envelope(envelope.to_json())
+        assert again.to_json() == envelope.to_json()
+        assert env.envelope_id_for(again.account_id, again.region, again.traces) == envelope.envelope_id
+
+
 def test_a_claim_check_pointer_is_signed_apart_from_its_envelope() -> None:
     big = env.build_envelope(
         source="sweep", account_id="012345678901", region="us-east-1", traces=[make_trace(1_795_600_000, "p1")]
@@ -208,3 +265,17 @@ def test_pointer_checks_size_then_location() -> None:
         with pytest.raises(env.EnvelopeError) as error:
             env.parse_pointer(body)
         assert error.value.reason == "bad-pointer"
+
+
+def test_gunzip_refuses_trailing_bytes_and_stops_at_the_cap() -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    compressed = env.gzip_canonical(data)
+    assert env.gunzip_capped(compressed, cap=len(data)) == data
+    assert env.is_canonical_gzip(compressed)
+    assert not env.is_canonical_gzip(gzip.compress(data, mtime=1))
+    with pytest.raises(env.EnvelopeError, match="decompressed-too-large"):
+        env.gunzip_capped(compressed, cap=len(data) - 1)
+    with pytest.raises(env.EnvelopeError, match="bad-gzip"):
+        env.gunzip_capped(compressed + b"junk")
+    with pytest.raises(env.EnvelopeError, match="bad-gzip"):
+        env.gunzip_capped(compressed + env.gzip_canonical(b"{}"))  # a second member would be lost
