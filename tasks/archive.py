@@ -83,7 +83,7 @@ class GzippedRaw:
     size: int  # length of the canonical bytes
 
 
-def put_raw(s3: Any, store: ArchiveStore, envelope: Envelope, raw: bytes | GzippedRaw) -> str:
+def put_raw(s3: Any, store: ArchiveStore, envelope: Envelope, raw: bytes | bytearray | GzippedRaw) -> str:
     """Archive the decoded envelope bytes (gzip, deterministic) and return the key."""
     key = raw_key(store, envelope)
     body = raw.compressed if isinstance(raw, GzippedRaw) else gzip_canonical(raw)

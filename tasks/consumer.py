@@ -27,8 +27,17 @@ is known to be ours, and the DLQ reason is the first check that fails:
  6. `unknown-account`       not in the roster
  7. `spoofed-sender`        account attribute or SenderId disagrees with the envelope
 
-When the envelope came gzip'ed (gzip+base64 or claim-check) with `gzip_canonical`'s header, the
-raw archive stores those wire bytes instead of compressing again what was just inflated.
+Memory per envelope: a segment document larger than `max_document_bytes` (default 4 MiB; X-Ray's
+own limit is 64 kB), or beyond the envelope's `document_budget_bytes` (default 8 MiB of
+documents), is not parsed, indexed or written to Parquet (`tasks.documents`): it is kept whole in
+the raw archive (replayable with larger limits), and its trace is marked `partial` with a problem
+saying so (counted in `transform_problems`). Truncation rather than streaming; the decode never
+even makes a Python string of a document over the limit (`load_json(omit_strings_over=…)`),
+inflates into one buffer, and, when the envelope came gzip'ed (gzip+base64 or claim-check with
+`gzip_canonical`'s header), drops the inflated bytes once parsed: the raw archive stores the
+wire's gzip instead of compressing again. Bench B4, one 50 MB document: 256 MB peak RSS (785 MB
+before). What remains per envelope: its decoded bytes (≤ the 64 MiB cap) while parsing, and the
+documents of at most `document_budget_bytes` of segment documents.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ import pyarrow as pa
 from blocks.config import Config
 from tasks import archive, queue
 from tasks.aws import MemberSessions
-from tasks.documents import EnvelopeDocuments, transform_envelope
+from tasks.documents import DOCUMENT_BUDGET_BYTES, MAX_DOCUMENT_BYTES, EnvelopeDocuments, transform_envelope
 from tasks.envelope import (
     CHUNK_BYTES,
     MAX_DECOMPRESSED_BYTES,
@@ -75,7 +84,7 @@ ALL_SINKS = frozenset({"raw", "parquet", "index"})
 class Decoded:
     message: queue.ReceivedMessage
     envelope: Envelope
-    raw: bytes | archive.GzippedRaw  # what the raw archive stores: canonical bytes, or their gzip
+    raw: bytes | bytearray | archive.GzippedRaw  # what the raw archive stores: canonical bytes, or their gzip
 
     @property
     def size(self) -> int:
@@ -140,6 +149,8 @@ class Consumer:
         index_prefix: str | None = None,
         describe_executions: bool = True,
         chunk_bytes: int = CHUNK_BYTES,
+        max_document_bytes: int = MAX_DOCUMENT_BYTES,
+        document_budget_bytes: int = DOCUMENT_BUDGET_BYTES,
     ) -> None:
         self.config = config
         self.s3 = s3
@@ -148,6 +159,8 @@ class Consumer:
         self.redaction = redaction or RedactionPolicy()
         self.max_decompressed_bytes = max_decompressed_bytes
         self.chunk_bytes = chunk_bytes
+        self.max_document_bytes = max_document_bytes
+        self.document_budget_bytes = document_budget_bytes
         self.index_prefix = index_prefix or config.opensearch.index_prefix
         self.keys = [k.get_secret_value() for k in config.signing_keys]
         self.accounts = {a.account_id: a for a in config.roster.accounts}
@@ -165,7 +178,7 @@ class Consumer:
         if len(body.encode()) > MAX_BODY_BYTES:
             raise EnvelopeError("oversize", f"message body of {len(body)} bytes exceeds the SQS limit")
         compressed: bytes | None
-        raw: bytes
+        raw: bytes | bytearray
         pointer = parse_pointer(body)
         if pointer is not None:
             store = self.config.archive
@@ -175,12 +188,12 @@ class Consumer:
             raw = gunzip_capped(compressed, self.max_decompressed_bytes)
         else:
             raw, compressed = body_to_wire(body, self.max_decompressed_bytes)
-        data = load_json(raw)
+        data = load_json(raw, omit_strings_over=self.max_document_bytes)
         verify(raw, message.attributes.get(SIGNATURE_ATTRIBUTE), self.keys)
-        kept: bytes | archive.GzippedRaw = raw
+        kept: bytes | bytearray | archive.GzippedRaw = raw
         if compressed is not None and is_canonical_gzip(compressed):
             kept = archive.GzippedRaw(compressed, len(raw))
-        del raw  # with the wire's gzip kept, the inflated bytes need not wait for the sinks
+        del raw  # with the wire's gzip kept, the inflated bytes go now (one large envelope: B4)
         envelope = validate_envelope(data)
         if envelope.account_id not in self.accounts:
             raise EnvelopeError("unknown-account", f"account {envelope.account_id} is not in the roster")
@@ -274,7 +287,7 @@ class Consumer:
 
     def ingest(
         self,
-        items: Sequence[tuple[Envelope, bytes | archive.GzippedRaw]],
+        items: Sequence[tuple[Envelope, bytes | bytearray | archive.GzippedRaw]],
         stats: BatchStats,
         sinks: frozenset[str] = ALL_SINKS,
     ) -> set[str]:
@@ -325,7 +338,14 @@ class Consumer:
 
     def _transform(self, envelope: Envelope, stats: BatchStats) -> EnvelopeDocuments:
         execution_for = self.executions.for_trace if self.executions else None
-        result = transform_envelope(envelope, self.accounts[envelope.account_id], self.redaction, execution_for)
+        result = transform_envelope(
+            envelope,
+            self.accounts[envelope.account_id],
+            self.redaction,
+            execution_for,
+            max_document_bytes=self.max_document_bytes,
+            document_budget_bytes=self.document_budget_bytes,
+        )
         stats.traces += len(result.traces)
         stats.segments += len(result.segments)
         stats.spans += len(result.spans)

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import gzip
 import hashlib
 import hmac
+import re
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -236,7 +238,7 @@ POINTER_SIGNATURE_ATTRIBUTE = "pointer_signature"
 _POINTER_DOMAIN = b"xraylake.claim-check-pointer.v1\n"
 
 
-def sign(payload: bytes, key: str) -> str:
+def sign(payload: bytes | bytearray, key: str) -> str:
     """`v1=<hex hmac-sha256>` over the canonical envelope bytes."""
     return "v1=" + hmac.new(key.encode(), payload, hashlib.sha256).hexdigest()
 
@@ -246,7 +248,7 @@ def sign_pointer(body: bytes, key: str) -> str:
     return sign(_POINTER_DOMAIN + body, key)
 
 
-def verify(payload: bytes, signature: str | None, keys: Sequence[str], what: str = "envelope") -> None:
+def verify(payload: bytes | bytearray, signature: str | None, keys: Sequence[str], what: str = "envelope") -> None:
     """Accept a signature made with any of `keys` (current first, previous during rotation)."""
     if not keys:
         return
@@ -347,7 +349,7 @@ def encode(
     return WireMessage(envelope.envelope_id, pointer.decode(), ENCODING_CLAIM_CHECK, attributes, (ref, compressed))
 
 
-def gzip_canonical(raw: bytes) -> bytes:
+def gzip_canonical(raw: bytes | bytearray) -> bytes:
     """The one gzip of canonical envelope bytes: the wire's, the claim-check's and the raw
     archive's (level 6, mtime 0: the same bytes give the same object)."""
     return gzip.compress(raw, compresslevel=6, mtime=0)
@@ -364,15 +366,29 @@ def is_canonical_gzip(compressed: bytes) -> bool:
     return compressed[:10] == _CANONICAL_GZIP_HEADER
 
 
-def gunzip_capped(data: bytes, cap: int = MAX_DECOMPRESSED_BYTES) -> bytes:
-    """Decompress gzip, refusing to produce more than `cap` bytes (gzip bombs)."""
+_INFLATE_STEP = 1024 * 1024
+
+
+def gunzip_capped(data: bytes, cap: int = MAX_DECOMPRESSED_BYTES) -> bytearray:
+    """Decompress gzip, refusing to produce more than `cap` bytes (gzip bombs).
+
+    Inflates a MiB at a time into one growing buffer: a large payload costs its size once, not
+    once more for the copy a one-shot `decompress` makes at the end (bench B4, one large envelope).
+    """
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = bytearray()
+    pending = data
     try:
-        out = inflater.decompress(data, cap + 1)
+        while not inflater.eof:
+            chunk = inflater.decompress(pending, min(_INFLATE_STEP, cap + 1 - len(out)))
+            out += chunk
+            if len(out) > cap:
+                raise EnvelopeError("decompressed-too-large", f"payload inflates past {cap} bytes")
+            pending = inflater.unconsumed_tail
+            if not chunk and not pending:
+                break
     except zlib.error as error:
         raise EnvelopeError("bad-gzip", str(error)) from None
-    if len(out) > cap or inflater.unconsumed_tail:
-        raise EnvelopeError("decompressed-too-large", f"payload inflates past {cap} bytes")
     if not inflater.eof:
         raise EnvelopeError("bad-gzip", "truncated gzip stream")
     if inflater.unused_data:  # a second member or trailing bytes: not one canonical gzip
@@ -408,12 +424,12 @@ def check_payload(ref: PayloadRef, compressed: bytes) -> None:
         raise EnvelopeError("claim-check-mismatch", f"s3://{ref.bucket}/{ref.key} does not match its sha256")
 
 
-def body_to_raw(body: str, cap: int = MAX_DECOMPRESSED_BYTES) -> bytes:
+def body_to_raw(body: str, cap: int = MAX_DECOMPRESSED_BYTES) -> bytes | bytearray:
     """An inline body (plain JSON or gzip+base64) to the envelope's canonical JSON bytes."""
     return body_to_wire(body, cap)[0]
 
 
-def body_to_wire(body: str, cap: int = MAX_DECOMPRESSED_BYTES) -> tuple[bytes, bytes | None]:
+def body_to_wire(body: str, cap: int = MAX_DECOMPRESSED_BYTES) -> tuple[bytes | bytearray, bytes | None]:
     """An inline body → (canonical JSON bytes, the wire's gzip of them or None for plain JSON)."""
     # `[` and `"` cannot start base64: such a body is JSON of the wrong shape (load_json names it).
     if body.lstrip()[:1] in ("{", "[", '"'):
@@ -428,9 +444,46 @@ def body_to_wire(body: str, cap: int = MAX_DECOMPRESSED_BYTES) -> tuple[bytes, b
     return gunzip_capped(compressed, cap), compressed
 
 
-def load_json(raw: bytes) -> dict[str, Any]:
+# A JSON string token (possessive: no backtracking, ~12 ms per MB of escaped JSON).
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
+OMITTED_PREFIX = "\x00xraylake-omitted:"
+
+
+def omitted_size(value: Any) -> int | None:
+    """The size as sent of a string `load_json` left out (`omit_strings_over`), else None."""
+    if isinstance(value, str) and value.startswith(OMITTED_PREFIX):
+        with contextlib.suppress(ValueError):
+            return int(value[len(OMITTED_PREFIX) :])
+    return None
+
+
+def _omit_long_strings(raw: bytes | bytearray, limit: int) -> bytes | None:
+    """`raw` with every JSON string longer than `limit` bytes (as sent, escapes included)
+    replaced by a short marker string (`omitted_size` reads it), or None when there is none."""
+    pieces: list[bytes | bytearray] = []
+    start = 0
+    for match in _JSON_STRING.finditer(raw):
+        begin, end = match.span()
+        if end - begin - 2 > limit:
+            pieces += [raw[start:begin], b'"\\u0000xraylake-omitted:%d"' % (end - begin - 2)]
+            start = end
+    if not pieces:
+        return None
+    pieces.append(raw[start:])
+    return b"".join(pieces)
+
+
+def load_json(raw: bytes | bytearray, omit_strings_over: int | None = None) -> dict[str, Any]:
+    """Parse an envelope's JSON. With `omit_strings_over`, strings longer than that are never
+    materialised (the consumer's document limit): a 50 MB segment document would otherwise cost
+    its size twice more while parsing (orjson unescapes into a buffer, then copies into a str).
+    The tokenizer is exact on valid JSON; on malformed JSON longer than the limit a fault inside
+    such a string is not seen here (the signature check, which comes next, still rejects it)."""
     try:
-        data = orjson.loads(raw)
+        reduced = None
+        if omit_strings_over is not None and len(raw) > omit_strings_over:
+            reduced = _omit_long_strings(raw, omit_strings_over)
+        data = orjson.loads(raw if reduced is None else reduced)
     except orjson.JSONDecodeError as error:
         raise EnvelopeError("bad-json", str(error)) from None
     if not isinstance(data, dict):
@@ -455,6 +508,6 @@ def validate_envelope(data: dict[str, Any]) -> Envelope:
     return envelope
 
 
-def parse_envelope(raw: bytes) -> Envelope:
+def parse_envelope(raw: bytes | bytearray) -> Envelope:
     """Canonical bytes → validated Envelope."""
     return validate_envelope(load_json(raw))

@@ -284,6 +284,44 @@ def test_the_dlq_reason_is_the_first_check_that_fails(fresh_config: Config) -> N
     assert dict(stats.dead_lettered) == dict(got) == dict(Counter(reason for *_, reason in cases)), entries
 
 
+def test_a_segment_document_past_the_limit_is_archived_raw_only(fresh_config: Config) -> None:
+    """A document larger than `max_document_bytes` is neither parsed nor indexed nor in Parquet: it
+    stays in the raw archive (byte for byte), its trace is flagged partial with a problem, and the
+    rest of the envelope — other segments of the same trace included — is ingested as usual."""
+    small = make_trace("small-doc")
+    mixed = make_trace("big-doc")
+    trace_id = mixed["Id"]
+    start = time.time() - 3600
+    big = {
+        "name": "huge",
+        "id": "b" * 16,
+        "trace_id": trace_id,
+        "start_time": start,
+        "end_time": start + 1,
+        "subsegments": [
+            {"id": f"{i:016x}", "name": f"call-{i}", "start_time": start, "end_time": start + 0.5} for i in range(3000)
+        ],
+    }
+    mixed["Segments"].append({"Id": big["id"], "Document": orjson.dumps(big).decode()})  # type: ignore[attr-defined]
+    envelope = envelope_for(fresh_config, [small, mixed])
+    send_envelope(fresh_config, envelope)
+
+    stats = _drain(_consumer(fresh_config, max_document_bytes=64 * 1024))
+
+    assert (stats.deleted, dict(stats.dead_lettered), stats.documents_failed) == (1, {}, 0), stats.as_dict()
+    assert stats.segments == 2 and stats.transform_problems >= 1
+    s3 = boto3.client("s3")
+    raw_key = archive.raw_key(fresh_config.archive, envelope)
+    stored = s3.get_object(Bucket=fresh_config.archive.bucket, Key=raw_key)["Body"].read()
+    assert stored == gzip.compress(envelope.to_json(), compresslevel=6, mtime=0)
+    client = client_for(fresh_config.opensearch)
+    client.indices.refresh(index="xray-*")
+    docs = {h["_source"]["trace_id"]: h["_source"] for h in client.search(index="xray-traces")["hits"]["hits"]}
+    assert docs[trace_id]["partial"] is True and docs[trace_id]["problem_count"] >= 1
+    assert docs[small["Id"]]["partial"] is False
+    assert client.count(index="xray-segments")["count"] == 2
+
+
 def test_raw_archive_bytes_are_the_same_whatever_the_wire_encoding(fresh_config: Config) -> None:
     """Plain JSON, gzip+base64 and claim-check messages all archive gzip(canonical bytes) exactly
     as the consumer always wrote it (replay and dedup depend on it), reusing the wire's gzip."""

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tasks import envelope as env
 from tasks.tracetime import trace_partition
@@ -279,3 +281,32 @@ def test_gunzip_refuses_trailing_bytes_and_stops_at_the_cap() -> None:
         env.gunzip_capped(compressed + b"junk")
     with pytest.raises(env.EnvelopeError, match="bad-gzip"):
         env.gunzip_capped(compressed + env.gzip_canonical(b"{}"))  # a second member would be lost
+
+
+def _omitted(value: object, limit: int) -> object:
+    if isinstance(value, str):
+        size = len(orjson.dumps(value)) - 2
+        return f"{env.OMITTED_PREFIX}{size}" if size > limit else value
+    if isinstance(value, list):
+        return [_omitted(v, limit) for v in value]
+    if isinstance(value, dict):
+        return {_omitted(k, limit): _omitted(v, limit) for k, v in value.items()}  # type: ignore[misc]
+    return value
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.dictionaries(st.text(max_size=12), _values, max_size=5), limit=st.integers(0, 30))
+def test_load_json_leaves_out_exactly_the_strings_over_the_limit(data: dict[str, object], limit: int) -> None:
+    raw = orjson.dumps(data)
+    assert env.load_json(raw, omit_strings_over=limit) == (data if len(raw) <= limit else _omitted(data, limit))
+    assert env.load_json(raw) == data
+    document = "x" * (limit + 1)
+    (value,) = env.load_json(orjson.dumps({"d": document}), limit).values()
+    assert env.omitted_size(value) == len(document)
