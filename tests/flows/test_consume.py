@@ -348,3 +348,23 @@ def test_raw_archive_bytes_are_the_same_whatever_the_wire_encoding(fresh_config:
     for envelope in (plain, repetitive, claim):
         stored = s3.get_object(Bucket=fresh_config.archive.bucket, Key=archive.raw_key(fresh_config.archive, envelope))
         assert stored["Body"].read() == gzip.compress(envelope.to_json(), compresslevel=6, mtime=0)
+
+
+def test_a_redriven_claim_check_message_keeps_both_signatures(fresh_config: Config) -> None:
+    """Dead-lettering copies at most 10 attributes (the SQS limit): the signatures must survive, or
+    a claim-check message redriven once its object is back would fail with `signature` for good."""
+    key = fresh_config.signing_keys[0].get_secret_value()
+    envelope = envelope_for(fresh_config, [make_trace("redrive")])
+    message = env.encode(envelope, key, fresh_config.archive.bucket, threshold=1)
+    assert message.claim_check and len(message.attributes) == 8
+    send(fresh_config, message.body, message.attributes)  # its object is not there yet
+    first = _drain(_consumer(fresh_config))
+    assert dict(first.dead_lettered) == {"claim-check-missing": 1}
+
+    archive.put_claim_check(boto3.client("s3"), *message.claim_check)
+    sqs = boto3.client("sqs")
+    moved = dlq.redrive(sqs, fresh_config.queue.dlq_url, fresh_config.queue.queue_url, reason="claim-check-missing")
+    assert moved.moved == 1
+    second = _drain(_consumer(fresh_config))
+    assert (second.deleted, dict(second.dead_lettered)) == (1, {}), second.as_dict()
+    assert indexed_trace_ids(fresh_config) == {t["Id"] for t in envelope.traces}
