@@ -20,6 +20,14 @@ imports (prefect, pyarrow.dataset, which loads pandas, boto3, opensearch-py), re
 1M segments are consumed only with --million or --million-only (about an hour in the sandbox:
 the in-memory OpenSearch indexes ~2,000 documents/s, 1M segments are ~2.3M documents);
 --million-only writes `bench_memory_1m.json` with the 10k baseline measured in the same run.
+One large document (issue 15.5): a single 50 MB segment document (a generated segment with a
+50 MB `metadata` object, as an export of an instrumented batch job might hold; X-Ray itself caps
+segments at 64 kB) enters through the importer (`tasks.importer.parse_files` on a file, then the
+collector's packing and encoding: a claim-check), and one consume child takes it. Measured twice,
+side by side: with the consumer's default document limit (`tasks.documents.MAX_DOCUMENT_BYTES`:
+the document stays in the raw archive only) and with the limit lifted (`--max-document-bytes`,
+the behaviour before the limit: parsed, redacted, transformed, its text in Parquet). Target
+≤ 300 MB. `--large-document-only` runs just this case (results: `bench_memory_large.json`).
 The in-memory OpenSearch itself cannot hold 1M segments: it keeps ~25 KB of RSS per document, so
 ~2.3M documents would need ~55 GB on this 24 GB machine (a first attempt had reached 13 GB at
 477k documents). During the 1M run the consume loop therefore deletes the xray and span indices
@@ -39,9 +47,11 @@ import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import common
+import orjson
 
 SEGMENTS_PER_TRACE = 11.0  # generated traffic's mean (measured by B1's workload)
 JANITOR_DOCUMENTS = 150_000  # ~4 GB of the in-memory OpenSearch's RSS (freed memory is reused)
@@ -71,7 +81,14 @@ class IndexJanitor:
         return {"limit_documents": self.limit, "deletions": self.deletions, "documents_deleted": self.documents_deleted}
 
 
-def child(job: str, config_path: str, batch: int, chunk_bytes: int | None, janitor_documents: int | None) -> None:
+def child(
+    job: str,
+    config_path: str,
+    batch: int,
+    chunk_bytes: int | None,
+    janitor_documents: int | None,
+    max_document_bytes: int | None = None,
+) -> None:
     from blocks.config import load_config
 
     config = load_config(config_path)
@@ -81,7 +98,10 @@ def child(job: str, config_path: str, batch: int, chunk_bytes: int | None, janit
 
     after_imports = common.peak_rss_mb()
     started = time.perf_counter()
-    out = consume(config, batch, chunk_bytes, janitor_documents) if job == "consume" else replay_direct(config)
+    if job == "consume":
+        out = consume(config, batch, chunk_bytes, janitor_documents, max_document_bytes)
+    else:
+        out = replay_direct(config)
     out.update(
         job=job,
         seconds=round(time.perf_counter() - started, 2),
@@ -93,10 +113,17 @@ def child(job: str, config_path: str, batch: int, chunk_bytes: int | None, janit
     print(json.dumps(out))
 
 
-def consume(config: Any, batch: int, chunk_bytes: int | None, janitor_documents: int | None) -> dict[str, Any]:
+def consume(
+    config: Any,
+    batch: int,
+    chunk_bytes: int | None,
+    janitor_documents: int | None,
+    max_document_bytes: int | None = None,
+) -> dict[str, Any]:
     from flows.consume import consume_batch, receive_batch
     from tasks.aws import log_client
     from tasks.consumer import CHUNK_BYTES, BatchStats, Consumer
+    from tasks.documents import DOCUMENT_BUDGET_BYTES, MAX_DOCUMENT_BYTES
     from tasks.index import ensure_templates
     from tasks.mappings import index_templates
 
@@ -106,6 +133,8 @@ def consume(config: Any, batch: int, chunk_bytes: int | None, janitor_documents:
         log_client("sqs", config.queue.region),
         describe_executions=False,
         chunk_bytes=chunk_bytes or CHUNK_BYTES,
+        max_document_bytes=max_document_bytes or MAX_DOCUMENT_BYTES,
+        document_budget_bytes=max(max_document_bytes or 0, DOCUMENT_BUDGET_BYTES),
     )
     ensure_templates(consumer.opensearch, index_templates(consumer.index_prefix))
     total = BatchStats()
@@ -129,6 +158,9 @@ def consume(config: Any, batch: int, chunk_bytes: int | None, janitor_documents:
         "documents_failed": total.documents_failed,
         "dead_lettered": sum(total.dead_lettered.values()),
         "left_for_retry": total.left_for_retry,
+        "max_document_bytes": consumer.max_document_bytes,
+        "transform_problems": total.transform_problems,
+        "raw_objects": total.raw_objects,
         "errors": total.errors[:3],
     }
 
@@ -173,10 +205,12 @@ def run_child(
     batch: int = 100,
     chunk_bytes: int | None = None,
     janitor_documents: int | None = None,
+    max_document_bytes: int | None = None,
 ) -> dict[str, Any]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     options = ["--chunk-bytes", str(chunk_bytes)] if chunk_bytes else []
     options += ["--janitor-documents", str(janitor_documents)] if janitor_documents else []
+    options += ["--max-document-bytes", str(max_document_bytes)] if max_document_bytes else []
     process = subprocess.run(
         [sys.executable, __file__, "--child", job, "--config", config_path, "--batch", str(batch), *options],
         capture_output=True,
@@ -235,6 +269,66 @@ def measure(
     }
 
 
+def large_document(megabytes: float) -> dict[str, Any]:
+    """One segment document of about `megabytes` MB: a generated root segment (its subsegments
+    included) given a large `metadata` object, a list of records with many small values."""
+    accounts = common.member_accounts(1, prefix="0599")
+    trace = next(iter(common.generated_traces(accounts, 1, now=time.time(), hours_back=1.0).values()))[0]
+    document: dict[str, Any] = orjson.loads(trace["Segments"][0]["Document"])
+    records = []
+    size = 0
+    while size < megabytes * 1_000_000:
+        index = len(records)
+        record = {
+            "id": f"{index:012d}",
+            "sku": f"sku-{index * 7919 % 100_003:06d}",
+            "price": round(index * 0.37 % 997, 2),
+            "tags": [f"t{index % 13}", f"c{index % 101}"],
+            "ok": index % 5 != 0,
+        }
+        records.append(record)
+        size += len(orjson.dumps(record)) + 1
+    document["metadata"] = {"default": {"records": records}}
+    return document
+
+
+def measure_large_document(base: Any, megabytes: float = 50.0) -> dict[str, Any]:
+    """One large segment document imported, then consumed: default limit vs the limit lifted."""
+    from tasks import collector as col
+    from tasks.importer import parse_files
+
+    accounts = common.member_accounts(1, prefix="0599")
+    out: dict[str, Any] = {"document_mb": megabytes}
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "segment.json")
+        with open(path, "wb") as handle:
+            handle.write(orjson.dumps(large_document(megabytes)))
+        out["document_bytes"] = os.path.getsize(path)
+        for label, limit in (("default_limit", None), ("limit_lifted", 1 << 30)):
+            with common.fresh_opensearch(
+                common.fresh_sinks(common.roster_of(base, accounts), uuid.uuid4().hex[:8])
+            ) as config:
+                collector = col.Collector.from_config(config)
+                parsed = parse_files([Path(path)])
+                envelopes = col.envelopes_for(
+                    parsed.traces, source="import", account_id=accounts[0].account_id, region="us-east-1"
+                )
+                messages, _ = col.send_envelopes(collector, envelopes)
+                del parsed, envelopes
+                out["encodings"] = [m.encoding for m in messages]
+                out["payload_bytes"] = [m.claim_check[0].bytes for m in messages if m.claim_check]
+                del messages
+                with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as handle:
+                    handle.write(config.to_json())
+                try:
+                    consumed = run_child("consume", handle.name, max_document_bytes=limit)
+                finally:
+                    os.unlink(handle.name)
+                common.log(f"{megabytes} MB document, {label}: peak {consumed['peak_rss_mb']} MB")
+                out[label] = consumed
+    return out
+
+
 def main() -> None:
     if "--child" in sys.argv:
         job = sys.argv[sys.argv.index("--child") + 1]
@@ -243,7 +337,10 @@ def main() -> None:
         janitor = (
             int(sys.argv[sys.argv.index("--janitor-documents") + 1]) if "--janitor-documents" in sys.argv else None
         )
-        child(job, config_path, int(sys.argv[sys.argv.index("--batch") + 1]), chunk, janitor)
+        limit = (
+            int(sys.argv[sys.argv.index("--max-document-bytes") + 1]) if "--max-document-bytes" in sys.argv else None
+        )
+        child(job, config_path, int(sys.argv[sys.argv.index("--batch") + 1]), chunk, janitor, limit)
         return
     args = common.parse_args(
         __doc__.splitlines()[0],
@@ -254,11 +351,27 @@ def main() -> None:
                 action="store_true",
                 help="only consume 10k and 1M segments, side by side (results: bench_memory_1m.json)",
             ),
+            p.add_argument(
+                "--large-document-only",
+                action="store_true",
+                help="only the one 50 MB document case (results: bench_memory_large.json)",
+            ),
         ),
     )
     from tasks.consumer import CHUNK_BYTES  # not at module level: a child's baseline is measured before imports
 
     started = time.monotonic()
+    if args.large_document_only:
+        with common.detached_sandbox() as base:
+            large = measure_large_document(base)
+        peak = large["default_limit"]["peak_rss_mb"]
+        metrics = {
+            "large_document": large,
+            "peak_rss_mb": {"default_limit": peak, "limit_lifted": large["limit_lifted"]["peak_rss_mb"]},
+            "targets": {"peak_rss_mb": common.target(peak, 300.0, higher_is_better=False)},
+        }
+        common.finish("bench_memory_large", args, metrics, started)
+        return
     # quick: a 4k-segment smoke run (10k takes ~30-60 s per job on a loaded 2-core sandbox)
     plan: list[tuple[int, bool]]  # (segments, replay too)
     if args.quick:
@@ -278,7 +391,10 @@ def main() -> None:
         if not (args.quick or args.million_only):  # the levers: messages per batch, bytes per chunk
             batch_runs.append(measure(base, 100_000, batch=20, replay=False))
             batch_runs.append(measure(base, 100_000, replay=False, chunk_bytes=2 * CHUNK_BYTES))
+        large = None if args.million_only else measure_large_document(base, 5.0 if args.quick else 50.0)
     peaks = [max(r["consume"]["peak_rss_mb"], (r["replay"] or {}).get("peak_rss_mb", 0)) for r in runs]
+    if large:
+        peaks.append(large["default_limit"]["peak_rss_mb"])
     base_run = runs[0]
     replayed = [r for r in runs if r["replay"]]
     growth = {
@@ -312,6 +428,10 @@ def main() -> None:
             **{str(r["batch_messages"]): r["consume"]["seconds"] for r in batch_runs if r["batch_messages"] != 100},
         },
         "batch_runs": batch_runs,
+        "large_document": large,
+        "large_document_peak_rss_mb": {k: large[k]["peak_rss_mb"] for k in ("default_limit", "limit_lifted")}
+        if large
+        else None,
         "million": "consume only" if args.million or args.million_only else "skipped: about an hour (see docstring)",
         "targets": {
             "peak_rss_mb": common.target(max(peaks), 300.0, higher_is_better=False),

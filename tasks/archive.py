@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from blocks import ArchiveStore
-from tasks.envelope import Envelope, EnvelopeError, PayloadRef, check_payload, envelope_partition
-from tasks.errors import TerminalError, classify_aws_error
+from tasks.envelope import Envelope, EnvelopeError, PayloadRef, check_payload, envelope_partition, gzip_canonical
+from tasks.errors import TerminalError, TransientError, classify_aws_error
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -74,10 +74,19 @@ def _s3_call(context: str, fn: Any, **kwargs: Any) -> Any:
         raise classify_aws_error(error, context) from error
 
 
-def put_raw(s3: Any, store: ArchiveStore, envelope: Envelope, raw: bytes) -> str:
+@dataclass(frozen=True)
+class GzippedRaw:
+    """Canonical envelope bytes already compressed by `gzip_canonical` (the wire's own gzip, kept
+    by the consumer so the raw archive does not compress again what it just inflated)."""
+
+    compressed: bytes
+    size: int  # length of the canonical bytes
+
+
+def put_raw(s3: Any, store: ArchiveStore, envelope: Envelope, raw: bytes | bytearray | GzippedRaw) -> str:
     """Archive the decoded envelope bytes (gzip, deterministic) and return the key."""
     key = raw_key(store, envelope)
-    body = gzip.compress(raw, compresslevel=6, mtime=0)
+    body = raw.compressed if isinstance(raw, GzippedRaw) else gzip_canonical(raw)
     _s3_call(
         f"put s3://{store.bucket}/{key}",
         s3.put_object,
@@ -109,15 +118,27 @@ def put_claim_check(s3: Any, ref: PayloadRef, compressed: bytes) -> None:
 
 
 def fetch_claim_check(s3: Any, ref: PayloadRef) -> bytes:
-    """The compressed payload behind a pointer, checked against its sha256."""
+    """The compressed payload behind a pointer, checked against its sha256.
+
+    Reads no more than the declared size plus one byte (a Range GET, and a bounded read should a
+    server ignore the range): a longer object is a mismatch, not a download. The caller checks
+    the pointer first (`envelope.check_pointer`, its signature)."""
     try:
-        obj = s3.get_object(Bucket=ref.bucket, Key=ref.key)
+        obj = s3.get_object(Bucket=ref.bucket, Key=ref.key, Range=f"bytes=0-{ref.bytes}")
     except Exception as error:
         translated = classify_aws_error(error, f"get s3://{ref.bucket}/{ref.key}")
         if isinstance(translated, TerminalError):
             raise EnvelopeError("claim-check-missing", str(translated)) from error
         raise translated from error
-    compressed: bytes = obj["Body"].read()
+    body = obj["Body"]
+    try:
+        compressed: bytes = body.read(ref.bytes + 1)
+    except Exception as error:  # the connection broke mid-body: a network matter, retry
+        raise TransientError(f"read s3://{ref.bucket}/{ref.key}: {type(error).__name__}: {error}") from error
+    finally:
+        body.close()
+    if len(compressed) > ref.bytes:
+        raise EnvelopeError("claim-check-mismatch", f"s3://{ref.bucket}/{ref.key} is longer than its {ref.bytes} bytes")
     check_payload(ref, compressed)
     return compressed
 

@@ -17,7 +17,7 @@ from blocks import MemberAccount
 from blocks.config import Config
 from tasks import archive, queue, watermark, windows, xray
 from tasks.aws import MemberSessions, log_client
-from tasks.envelope import Envelope, Source, TimeWindow, WireMessage, build_envelope, encode, pack_traces
+from tasks.envelope import Envelope, Source, TimeWindow, WireMessage, build_envelope, encode, pack
 from tasks.errors import TransientError
 from tasks.ids import trace_id_problem
 from tasks.redact import RedactionPolicy, redact_trace
@@ -152,8 +152,9 @@ def envelopes_for(
             window=window,
             execution=execution,
             collected_at=collected,
+            serialised=serialised,
         )
-        for group in pack_traces(traces, collected)
+        for group, serialised in pack(traces, collected)
     ]
 
 

@@ -4,6 +4,40 @@ Sinks run in order — raw archive, Parquet, OpenSearch — and a message is del
 sink succeeded for everything it carried. A message that can never succeed goes to the DLQ at
 once with its reason; a transient failure leaves it to become visible again (the queue's redrive
 policy moves it to the DLQ after maxReceiveCount). One bad message never fails its batch.
+
+Check order (`Consumer.decode`): cheap checks first, nothing fetched from S3 before the pointer
+is known to be ours, and the DLQ reason is the first check that fails:
+
+ 1. `oversize`              the body is larger than an SQS message can be (1 MiB)
+ 2. a claim-check pointer:
+    `bad-pointer`           unreadable pointer (bucket, key, sha256 of 64 hex, size ≥ 1)
+    `oversize`              declared payload size above the decompressed cap
+    `claim-check-location`  not the archive bucket under its payload prefix (`payloads/`)
+    `signature`             no valid `pointer_signature` (a collector from before pointer
+                            signatures included: such a message is never fetched)
+    then one GET of at most the declared size + 1 byte:
+    `claim-check-missing`   no such object (a transient S3 error leaves it for retry)
+    `claim-check-mismatch`  longer than declared, or not the declared sha256
+    `bad-gzip`, `decompressed-too-large`
+    an inline body: `bad-base64`, `bad-gzip`, `decompressed-too-large` (gzip+base64), or
+    `oversize` (plain JSON above the cap)
+ 3. `bad-json`              not a JSON object
+ 4. `signature`             the canonical envelope bytes' `signature` (every message)
+ 5. `unknown-schema`, `invalid-envelope`
+ 6. `unknown-account`       not in the roster
+ 7. `spoofed-sender`        account attribute or SenderId disagrees with the envelope
+
+Memory per envelope: a segment document larger than `max_document_bytes` (default 4 MiB; X-Ray's
+own limit is 64 kB), or beyond the envelope's `document_budget_bytes` (default 8 MiB of
+documents), is not parsed, indexed or written to Parquet (`tasks.documents`): it is kept whole in
+the raw archive (replayable with larger limits), and its trace is marked `partial` with a problem
+saying so (counted in `transform_problems`). Truncation rather than streaming; the decode never
+even makes a Python string of a document over the limit (`load_json(omit_strings_over=…)`),
+inflates into one buffer, and, when the envelope came gzip'ed (gzip+base64 or claim-check with
+`gzip_canonical`'s header), drops the inflated bytes once parsed: the raw archive stores the
+wire's gzip instead of compressing again. Bench B4, one 50 MB document: 256 MB peak RSS (785 MB
+before). What remains per envelope: its decoded bytes (≤ the 64 MiB cap) while parsing, and the
+documents of at most `document_budget_bytes` of segment documents.
 """
 
 from __future__ import annotations
@@ -19,18 +53,23 @@ import pyarrow as pa
 from blocks.config import Config
 from tasks import archive, queue
 from tasks.aws import MemberSessions
-from tasks.documents import EnvelopeDocuments, transform_envelope
+from tasks.documents import DOCUMENT_BUDGET_BYTES, MAX_DOCUMENT_BYTES, EnvelopeDocuments, transform_envelope
 from tasks.envelope import (
     CHUNK_BYTES,
     MAX_DECOMPRESSED_BYTES,
+    POINTER_SIGNATURE_ATTRIBUTE,
+    SIGNATURE_ATTRIBUTE,
     Envelope,
     EnvelopeError,
-    body_to_raw,
+    body_to_wire,
+    check_pointer,
     gunzip_capped,
+    is_canonical_gzip,
     load_json,
     parse_pointer,
     validate_envelope,
     verify,
+    verify_pointer,
 )
 from tasks.errors import TransientError
 from tasks.executions import ExecutionDetails
@@ -45,7 +84,12 @@ ALL_SINKS = frozenset({"raw", "parquet", "index"})
 class Decoded:
     message: queue.ReceivedMessage
     envelope: Envelope
-    raw: bytes
+    raw: bytes | bytearray | archive.GzippedRaw  # what the raw archive stores: canonical bytes, or their gzip
+
+    @property
+    def size(self) -> int:
+        """Length of the canonical envelope bytes."""
+        return self.raw.size if isinstance(self.raw, archive.GzippedRaw) else len(self.raw)
 
 
 @dataclass
@@ -107,6 +151,8 @@ class Consumer:
         index_prefix: str | None = None,
         describe_executions: bool = True,
         chunk_bytes: int = CHUNK_BYTES,
+        max_document_bytes: int = MAX_DOCUMENT_BYTES,
+        document_budget_bytes: int = DOCUMENT_BUDGET_BYTES,
     ) -> None:
         self.config = config
         self.s3 = s3
@@ -115,6 +161,8 @@ class Consumer:
         self.redaction = redaction or RedactionPolicy()
         self.max_decompressed_bytes = max_decompressed_bytes
         self.chunk_bytes = chunk_bytes
+        self.max_document_bytes = max_document_bytes
+        self.document_budget_bytes = document_budget_bytes
         self.index_prefix = index_prefix or config.opensearch.index_prefix
         self.keys = [k.get_secret_value() for k in config.signing_keys]
         self.accounts = {a.account_id: a for a in config.roster.accounts}
@@ -126,25 +174,33 @@ class Consumer:
     # ------------------------------------------------------------ decode + validate
 
     def decode(self, message: queue.ReceivedMessage) -> Decoded:
-        """Raises EnvelopeError (poison, DLQ at once) or TransientError (leave for retry)."""
+        """Raises EnvelopeError (poison, DLQ at once) or TransientError (leave for retry); the
+        checks run in the order of the module docstring."""
         body = message.body
         if len(body.encode()) > MAX_BODY_BYTES:
             raise EnvelopeError("oversize", f"message body of {len(body)} bytes exceeds the SQS limit")
+        compressed: bytes | None
+        raw: bytes | bytearray
         pointer = parse_pointer(body)
         if pointer is not None:
-            if pointer.bytes > self.max_decompressed_bytes:
-                raise EnvelopeError("oversize", f"claim-check payload of {pointer.bytes} bytes exceeds the cap")
+            store = self.config.archive
+            check_pointer(pointer, store.bucket, store.payload_prefix, self.max_decompressed_bytes)
+            verify_pointer(body.encode(), message.attributes.get(POINTER_SIGNATURE_ATTRIBUTE), self.keys)
             compressed = archive.fetch_claim_check(self.s3, pointer)
             raw = gunzip_capped(compressed, self.max_decompressed_bytes)
         else:
-            raw = body_to_raw(body, self.max_decompressed_bytes)
-        data = load_json(raw)
-        verify(raw, message.attributes.get("signature"), self.keys)
+            raw, compressed = body_to_wire(body, self.max_decompressed_bytes)
+        data = load_json(raw, omit_strings_over=self.max_document_bytes)
+        verify(raw, message.attributes.get(SIGNATURE_ATTRIBUTE), self.keys)
+        kept: bytes | bytearray | archive.GzippedRaw = raw
+        if compressed is not None and is_canonical_gzip(compressed):
+            kept = archive.GzippedRaw(compressed, len(raw))
+        del raw  # with the wire's gzip kept, the inflated bytes go now (one large envelope: B4)
         envelope = validate_envelope(data)
         if envelope.account_id not in self.accounts:
             raise EnvelopeError("unknown-account", f"account {envelope.account_id} is not in the roster")
         self._check_sender(message, envelope)
-        return Decoded(message, envelope, raw)
+        return Decoded(message, envelope, kept)
 
     def _check_sender(self, message: queue.ReceivedMessage, envelope: Envelope) -> None:
         """The message's claimed account must match the envelope; a SenderId that is an account
@@ -216,7 +272,7 @@ class Consumer:
                     stats.left_for_retry += 1
                 continue
             pending[eid] = [item]
-            pending_bytes += len(item.raw)
+            pending_bytes += item.size
             if pending_bytes >= self.chunk_bytes:
                 flush()
         flush()
@@ -232,10 +288,14 @@ class Consumer:
         stats.stage_seconds["delete"] += time.perf_counter() - tick
 
     def ingest(
-        self, items: Sequence[tuple[Envelope, bytes]], stats: BatchStats, sinks: frozenset[str] = ALL_SINKS
+        self,
+        items: Sequence[tuple[Envelope, bytes | bytearray | archive.GzippedRaw]],
+        stats: BatchStats,
+        sinks: frozenset[str] = ALL_SINKS,
     ) -> set[str]:
         """Transform decoded envelopes and write them to `sinks` (raw, parquet, index), in that
-        order; returns the envelope ids that some sink did not take (not to be deleted)."""
+        order; returns the envelope ids that some sink did not take (not to be deleted). Each
+        item's bytes are the canonical envelope JSON, or their `gzip_canonical` (`GzippedRaw`)."""
         envelopes = {envelope.envelope_id: (envelope, raw) for envelope, raw in items}
         stats.envelopes += len(envelopes)
         failed: set[str] = set()
@@ -280,7 +340,14 @@ class Consumer:
 
     def _transform(self, envelope: Envelope, stats: BatchStats) -> EnvelopeDocuments:
         execution_for = self.executions.for_trace if self.executions else None
-        result = transform_envelope(envelope, self.accounts[envelope.account_id], self.redaction, execution_for)
+        result = transform_envelope(
+            envelope,
+            self.accounts[envelope.account_id],
+            self.redaction,
+            execution_for,
+            max_document_bytes=self.max_document_bytes,
+            document_budget_bytes=self.document_budget_bytes,
+        )
         stats.traces += len(result.traces)
         stats.segments += len(result.segments)
         stats.spans += len(result.spans)

@@ -1,4 +1,19 @@
-"""One envelope → all its documents (pure): the transform per trace, Arrow tables, index actions."""
+"""One envelope → all its documents (pure): the transform per trace, Arrow tables, index actions.
+
+Memory bound: the documents of a trace take many times the JSON they come from (bench B4: a
+50 MB segment document took the consumer to ~940 MB), so `transform_envelope` transforms a
+segment document only when it is at most `max_document_bytes` long (default 4 MiB; X-Ray's own
+limit is 64 kB) and fits in what is left of the envelope's `document_budget_bytes` (default 8 MiB,
+counted over the documents in envelope order). A document that does not is not parsed — not even
+to redact it — and so not indexed or written to Parquet: it stays whole, only in the raw archive,
+which is always written from the envelope's bytes (replay with larger limits recovers it). Its
+trace says so: `partial` is true, and a problem per document is counted in `problem_count` and
+listed in the problems. Truncation, not streaming: one trace's segments refer to each other, so a
+trace is transformed whole or its oversize documents are left out. Sizes are counted in characters
+of the Document string; the consumer's own parse (`envelope.load_json(omit_strings_over=…)`)
+never even materialises a string over the limit (counted there in bytes as sent, escapes
+included) and leaves a marker that is read here (`envelope.omitted_size`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from blocks import MemberAccount
-from tasks.envelope import Envelope
+from tasks.envelope import Envelope, omitted_size
 from tasks.ids import trace_id_problem
 from tasks.index import IndexAction
 from tasks.redact import RedactionPolicy, redact_trace
@@ -18,6 +33,8 @@ from tasks.tables import to_arrow
 from tasks.trace_model import TraceContext, TraceDocuments
 from tasks.transform import transform_trace
 
+MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
+DOCUMENT_BUDGET_BYTES = 8 * 1024 * 1024
 _KIND_BY_INDEX_PART = (("-traces-", "traces"), ("-segments-", "segments"), ("otel-v1-apm-span", "spans"))
 
 
@@ -92,16 +109,22 @@ def transform_envelope(
     account: MemberAccount,
     redaction: RedactionPolicy,
     execution_for: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
+    *,
+    max_document_bytes: int = MAX_DOCUMENT_BYTES,
+    document_budget_bytes: int = DOCUMENT_BUDGET_BYTES,
 ) -> EnvelopeDocuments:
-    """`execution_for(trace)` supplies Step Functions details when the envelope has none."""
+    """`execution_for(trace)` supplies Step Functions details when the envelope has none.
+    Documents past the limits stay in the raw archive only (module docstring)."""
     ctx = context_for(envelope, account)
     documents = []
     rejected = []
+    budget = document_budget_bytes
     for trace in envelope.traces:
         refused = trace_id_problem(trace.get("Id"))
         if refused is not None:  # kept in the raw archive (lossless), never indexed
             rejected.append({"trace_id": repr(trace.get("Id"))[:80], "reason": refused})
             continue
+        trace, left_out, budget = _within_limits(trace, max_document_bytes, budget)
         # Defence in depth: envelopes from older or member-run collectors may carry secrets.
         trace = redact_trace(trace, redaction)
         trace_ctx = ctx
@@ -109,6 +132,47 @@ def transform_envelope(
             details = execution_for(trace)
             if details:
                 trace_ctx = replace(ctx, execution=details)
-        documents.append(transform_trace(trace, trace_ctx, redaction))
+        result = transform_trace(trace, trace_ctx, redaction)
+        if left_out:
+            result.problems.extend(left_out)
+            result.trace["problem_count"] = int(result.trace.get("problem_count") or 0) + len(left_out)
+            result.trace["partial"] = True
+        documents.append(result)
     problems = [{"trace_id": d.trace_id, **problem} for d in documents for problem in d.problems]
     return EnvelopeDocuments(envelope.envelope_id, documents, problems, rejected)
+
+
+def _within_limits(
+    trace: dict[str, Any], max_document_bytes: int, budget: int
+) -> tuple[dict[str, Any], list[dict[str, str | None]], int]:
+    """The trace without the segment documents past the limits, a problem for each one left out,
+    and the budget that remains."""
+    segments = trace.get("Segments")
+    if not isinstance(segments, list):
+        return trace, [], budget
+    kept: list[Any] = []
+    left_out: list[dict[str, str | None]] = []
+    for segment in segments:
+        document = segment.get("Document") if isinstance(segment, dict) else None
+        omitted = omitted_size(document)  # left out by the consumer's parse already
+        size = omitted if omitted is not None else len(document) if isinstance(document, str) else 0
+        if omitted is not None or size > max_document_bytes or size > budget:
+            segment_id = segment.get("Id")
+            limit = (
+                f"the limit of {max_document_bytes}"
+                if omitted is not None or size > max_document_bytes
+                else f"what is left of the envelope's document budget ({budget})"
+            )
+            left_out.append(
+                {
+                    "segment_id": segment_id[:1024] if isinstance(segment_id, str) else None,
+                    "reason": f"segment document of {size} characters exceeds {limit}: "
+                    "kept in the raw archive only (not parsed, indexed or in Parquet)",
+                }
+            )
+            continue
+        budget -= size
+        kept.append(segment)
+    if not left_out:
+        return trace, [], budget
+    return {**trace, "Segments": kept}, left_out, budget

@@ -3,15 +3,33 @@
 Pure logic (no I/O): the model, the deterministic id, packing traces by size, signing, and the
 wire encoding (plain JSON → gzip+base64 when smaller → claim-check pointer when still too big).
 The claim-check upload itself lives in `tasks/archive.py`; here we only build and check pointers.
+
+Serialisation: the collector serialises each trace twice, not three times: once key-sorted (its
+length is the packer's size — sorted and unsorted compact JSON have the same length — and its
+bytes feed the envelope id), once inside the canonical envelope bytes, which are built without a
+`model_dump` copy of the traces. The canonical bytes are serialised once per envelope and serve
+the signature, the gzip for the wire and the claim-check. Once per trace is not possible without
+changing ids or archive bytes: the id is defined over key-sorted JSON, the canonical bytes keep
+X-Ray's key order (`test_envelope_ids_canonical_bytes_and_raw_archive_bytes_never_change`).
+
+Signatures (`signature` attribute, HMAC-SHA256): over the canonical envelope bytes, for every
+message. A claim-check message also carries `pointer_signature` over its body (the pointer JSON,
+domain-separated from envelope signatures), so the consumer can check it is ours before it
+fetches anything; the pointer names the payload's sha256, so the signed pointer authenticates the
+payload too. `signature` stays as it was, so consumers from before pointer signatures still
+verify new messages; claim-check messages from collectors before it (no `pointer_signature`) are
+dead-lettered with reason `signature` by a current consumer (see `tasks/consumer.py`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import gzip
 import hashlib
 import hmac
+import re
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -46,6 +64,13 @@ class EnvelopeError(ValueError):
         self.detail = detail
 
 
+_PLAIN_JSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def _not_plain(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not a plain JSON value")
+
+
 class TimeWindow(BaseModel):
     model_config = ConfigDict(frozen=True)
     start: datetime
@@ -53,12 +78,12 @@ class TimeWindow(BaseModel):
 
 
 class PayloadRef(BaseModel):
-    """Claim-check pointer: the envelope JSON is in S3 at bucket/key."""
+    """Claim-check pointer: the envelope JSON, gzip'ed, is in S3 at bucket/key (`bytes` long)."""
 
-    bucket: str
-    key: str
-    sha256: str
-    bytes: int
+    bucket: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=1)
 
 
 class Envelope(BaseModel):
@@ -91,20 +116,39 @@ class Envelope(BaseModel):
         return value.astimezone(UTC)
 
     def to_json(self) -> bytes:
-        """Canonical bytes: what is signed, archived raw and replayed."""
-        return orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+        """Canonical bytes: what is signed, archived raw and replayed.
+
+        Byte for byte `orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True))`,
+        without copying the traces through `model_dump`: they are plain JSON values already (as
+        BatchGetTraces returned them), so they are serialised as they are and spliced in as the
+        last field. Anything else in them (a datetime, a dataclass) takes pydantic's path.
+        """
+        try:
+            traces = orjson.dumps(self.traces, option=_PLAIN_JSON, default=_not_plain)
+        except TypeError:
+            return orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+        head = orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"traces"}))
+        return head[:-1] + b',"traces":' + traces + b"}"
 
     @property
     def collected_at_ms(self) -> int:
         return int(self.collected_at.timestamp() * 1000)
 
 
-def envelope_id_for(account_id: str, region: str, traces: Sequence[dict[str, Any]]) -> str:
-    """Same account, region and trace contents ⇒ same id (so duplicates are recognisable)."""
+def sorted_json(trace: dict[str, Any]) -> bytes:
+    """A trace's key-sorted JSON: what its envelope's id hashes (its length is the trace's size)."""
+    return orjson.dumps(trace, option=orjson.OPT_SORT_KEYS)
+
+
+def envelope_id_for(
+    account_id: str, region: str, traces: Sequence[dict[str, Any]], serialised: Sequence[bytes] | None = None
+) -> str:
+    """Same account, region and trace contents ⇒ same id (so duplicates are recognisable).
+    `serialised`: the traces' `sorted_json`, when the caller has it already (the packer)."""
     digest = hashlib.sha256()
     digest.update(f"{account_id}\x00{region}\x00".encode())
-    for trace in traces:
-        digest.update(orjson.dumps(trace, option=orjson.OPT_SORT_KEYS))
+    for data in serialised if serialised is not None else map(sorted_json, traces):
+        digest.update(data)
         digest.update(b"\x00")
     return digest.hexdigest()[:32]
 
@@ -118,10 +162,13 @@ def build_envelope(
     collected_at: datetime | None = None,
     window: TimeWindow | None = None,
     execution: dict[str, Any] | None = None,
+    serialised: Sequence[bytes] | None = None,
 ) -> Envelope:
+    """`serialised`: the `sorted_json` of the traces without ResponseMetadata (as `pack`
+    returns them), to hash them without serialising again."""
     clean = [_strip_response_metadata(t) for t in traces]
     return Envelope(
-        envelope_id=envelope_id_for(account_id, region, clean),
+        envelope_id=envelope_id_for(account_id, region, clean, serialised),
         source=source,
         account_id=account_id,
         region=region,
@@ -133,6 +180,8 @@ def build_envelope(
 
 
 def _strip_response_metadata(trace: dict[str, Any]) -> dict[str, Any]:
+    if "ResponseMetadata" not in trace:
+        return trace
     return {k: v for k, v in trace.items() if k != "ResponseMetadata"}
 
 
@@ -149,43 +198,73 @@ def pack_traces(
     `collected_at` must be the envelopes' own: it decides the hour of traces whose id carries no
     credible time.
     """
+    for group, _ in pack(traces, collected_at, target_bytes):
+        yield group
+
+
+def pack(
+    traces: Iterable[dict[str, Any]], collected_at: datetime, target_bytes: int = PACK_TARGET_BYTES
+) -> Iterator[tuple[list[dict[str, Any]], list[bytes]]]:
+    """`pack_traces`, with each group's `sorted_json` of its traces (without ResponseMetadata)
+    for `build_envelope(serialised=…)`: one serialisation sizes a trace and feeds its id."""
     by_hour: dict[datetime, list[dict[str, Any]]] = {}
     for trace in traces:
         by_hour.setdefault(trace_partition(trace, collected_at).start, []).append(trace)
     for hour in sorted(by_hour):
         group: list[dict[str, Any]] = []
+        serialised: list[bytes] = []
         size = 0
         for trace in by_hour[hour]:
-            trace_size = len(orjson.dumps(trace))
+            data = sorted_json(trace)
+            trace_size = len(data)  # the size as sent: sorted or not, compact JSON is as long
+            if "ResponseMetadata" in trace:  # never in BatchGetTraces' traces; stripped by the id
+                data = sorted_json(_strip_response_metadata(trace))
             if group and size + trace_size > target_bytes:
-                yield group
-                group, size = [], 0
+                yield group, serialised
+                group, serialised, size = [], [], 0
             group.append(trace)
+            serialised.append(data)
             size += trace_size
         if group:
-            yield group
+            yield group, serialised
 
 
 # ------------------------------------------------------------------ signing
 
 
-def sign(payload: bytes, key: str) -> str:
+SIGNATURE_ATTRIBUTE = "signature"
+POINTER_SIGNATURE_ATTRIBUTE = "pointer_signature"
+# Prefixed to a pointer before it is signed: no envelope signature can pass for a pointer's.
+_POINTER_DOMAIN = b"xraylake.claim-check-pointer.v1\n"
+
+
+def sign(payload: bytes | bytearray, key: str) -> str:
     """`v1=<hex hmac-sha256>` over the canonical envelope bytes."""
     return "v1=" + hmac.new(key.encode(), payload, hashlib.sha256).hexdigest()
 
 
-def verify(payload: bytes, signature: str | None, keys: Sequence[str]) -> None:
+def sign_pointer(body: bytes, key: str) -> str:
+    """The `pointer_signature` of a claim-check message body."""
+    return sign(_POINTER_DOMAIN + body, key)
+
+
+def verify(payload: bytes | bytearray, signature: str | None, keys: Sequence[str], what: str = "envelope") -> None:
     """Accept a signature made with any of `keys` (current first, previous during rotation)."""
     if not keys:
         return
     if not signature:
-        raise EnvelopeError("signature", "envelope is not signed")
+        raise EnvelopeError("signature", f"{what} is not signed")
     if not signature.isascii():
-        raise EnvelopeError("signature", "malformed signature (not ASCII)")
+        raise EnvelopeError("signature", f"malformed {what} signature (not ASCII)")
     for key in keys:
         if hmac.compare_digest(sign(payload, key), signature):
             return
-    raise EnvelopeError("signature", "signature does not match any accepted key")
+    raise EnvelopeError("signature", f"{what} signature does not match any accepted key")
+
+
+def verify_pointer(body: bytes, signature: str | None, keys: Sequence[str]) -> None:
+    """A claim-check pointer's `pointer_signature` (before anything is fetched)."""
+    verify(_POINTER_DOMAIN + body, signature, keys, "claim-check pointer")
 
 
 # ------------------------------------------------------------------ wire encoding
@@ -242,8 +321,8 @@ def encode(
         "source": envelope.source,
     }
     if signing_key:
-        attributes["signature"] = sign(raw, signing_key)
-    compressed = gzip.compress(raw, compresslevel=6, mtime=0)
+        attributes[SIGNATURE_ATTRIBUTE] = sign(raw, signing_key)
+    compressed = gzip_canonical(raw)
     encoded = base64.b64encode(compressed).decode()
     if len(raw) <= len(encoded) and len(raw) <= threshold:
         return WireMessage(envelope.envelope_id, raw.decode(), ENCODING_JSON, attributes | {"encoding": ENCODING_JSON})
@@ -263,27 +342,57 @@ def encode(
             "region": envelope.region,
             "payload_ref": ref.model_dump(),
         }
-    ).decode()
-    return WireMessage(
-        envelope.envelope_id,
-        pointer,
-        ENCODING_CLAIM_CHECK,
-        attributes | {"encoding": ENCODING_CLAIM_CHECK},
-        claim_check=(ref, compressed),
     )
+    attributes["encoding"] = ENCODING_CLAIM_CHECK
+    if signing_key:
+        attributes[POINTER_SIGNATURE_ATTRIBUTE] = sign_pointer(pointer, signing_key)
+    return WireMessage(envelope.envelope_id, pointer.decode(), ENCODING_CLAIM_CHECK, attributes, (ref, compressed))
 
 
-def gunzip_capped(data: bytes, cap: int = MAX_DECOMPRESSED_BYTES) -> bytes:
-    """Decompress gzip, refusing to produce more than `cap` bytes (gzip bombs)."""
+def gzip_canonical(raw: bytes | bytearray) -> bytes:
+    """The one gzip of canonical envelope bytes: the wire's, the claim-check's and the raw
+    archive's (level 6, mtime 0: the same bytes give the same object)."""
+    return gzip.compress(raw, compresslevel=6, mtime=0)
+
+
+_CANONICAL_GZIP_HEADER = gzip_canonical(b"")[:10]
+
+
+def is_canonical_gzip(compressed: bytes) -> bool:
+    """Whether gzip bytes that inflated cleanly (`gunzip_capped`, nothing after the member) look
+    like `gzip_canonical`'s: its header (no name, mtime 0, same flags and OS). The deflate stream
+    itself is not recompressed to compare: collectors compress with `gzip_canonical`, and every
+    wire payload the consumer keeps is signed (a claim-check's sha256 by its signed pointer)."""
+    return compressed[:10] == _CANONICAL_GZIP_HEADER
+
+
+_INFLATE_STEP = 1024 * 1024
+
+
+def gunzip_capped(data: bytes, cap: int = MAX_DECOMPRESSED_BYTES) -> bytearray:
+    """Decompress gzip, refusing to produce more than `cap` bytes (gzip bombs).
+
+    Inflates a MiB at a time into one growing buffer: a large payload costs its size once, not
+    once more for the copy a one-shot `decompress` makes at the end (bench B4, one large envelope).
+    """
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = bytearray()
+    pending = data
     try:
-        out = inflater.decompress(data, cap + 1)
+        while not inflater.eof:
+            chunk = inflater.decompress(pending, min(_INFLATE_STEP, cap + 1 - len(out)))
+            out += chunk
+            if len(out) > cap:
+                raise EnvelopeError("decompressed-too-large", f"payload inflates past {cap} bytes")
+            pending = inflater.unconsumed_tail
+            if not chunk and not pending:
+                break
     except zlib.error as error:
         raise EnvelopeError("bad-gzip", str(error)) from None
-    if len(out) > cap or inflater.unconsumed_tail:
-        raise EnvelopeError("decompressed-too-large", f"payload inflates past {cap} bytes")
     if not inflater.eof:
         raise EnvelopeError("bad-gzip", "truncated gzip stream")
+    if inflater.unused_data:  # a second member or trailing bytes: not one canonical gzip
+        raise EnvelopeError("bad-gzip", f"{len(inflater.unused_data)} bytes after the gzip stream")
     return out
 
 
@@ -298,29 +407,83 @@ def parse_pointer(body: str) -> PayloadRef | None:
         raise EnvelopeError("bad-pointer", f"claim-check pointer unreadable: {error}") from None
 
 
+def check_pointer(ref: PayloadRef, bucket: str, prefix: str, cap: int = MAX_DECOMPRESSED_BYTES) -> None:
+    """The checks of a pointer that need nothing fetched: its declared size (`oversize`), then
+    its location — the archive bucket, under the payload prefix (`claim-check-location`)."""
+    if ref.bytes > cap:
+        raise EnvelopeError("oversize", f"claim-check payload of {ref.bytes} bytes exceeds the cap of {cap}")
+    if ref.bucket != bucket or not ref.key.startswith(f"{prefix.rstrip('/')}/"):
+        raise EnvelopeError(
+            "claim-check-location",
+            f"pointer names s3://{ref.bucket[:100]}/{ref.key[:200]}, not s3://{bucket}/{prefix.rstrip('/')}/…",
+        )
+
+
 def check_payload(ref: PayloadRef, compressed: bytes) -> None:
     if len(compressed) != ref.bytes or hashlib.sha256(compressed).hexdigest() != ref.sha256:
         raise EnvelopeError("claim-check-mismatch", f"s3://{ref.bucket}/{ref.key} does not match its sha256")
 
 
-def body_to_raw(body: str, cap: int = MAX_DECOMPRESSED_BYTES) -> bytes:
+def body_to_raw(body: str, cap: int = MAX_DECOMPRESSED_BYTES) -> bytes | bytearray:
     """An inline body (plain JSON or gzip+base64) to the envelope's canonical JSON bytes."""
+    return body_to_wire(body, cap)[0]
+
+
+def body_to_wire(body: str, cap: int = MAX_DECOMPRESSED_BYTES) -> tuple[bytes | bytearray, bytes | None]:
+    """An inline body → (canonical JSON bytes, the wire's gzip of them or None for plain JSON)."""
     # `[` and `"` cannot start base64: such a body is JSON of the wrong shape (load_json names it).
     if body.lstrip()[:1] in ("{", "[", '"'):
         raw = body.encode()
         if len(raw) > cap:
             raise EnvelopeError("oversize", f"envelope of {len(raw)} bytes exceeds {cap}")
-        return raw
+        return raw, None
     try:
         compressed = base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError) as error:
         raise EnvelopeError("bad-base64", str(error)) from None
-    return gunzip_capped(compressed, cap)
+    return gunzip_capped(compressed, cap), compressed
 
 
-def load_json(raw: bytes) -> dict[str, Any]:
+# A JSON string token (possessive: no backtracking, ~12 ms per MB of escaped JSON).
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
+OMITTED_PREFIX = "\x00xraylake-omitted:"
+
+
+def omitted_size(value: Any) -> int | None:
+    """The size as sent of a string `load_json` left out (`omit_strings_over`), else None."""
+    if isinstance(value, str) and value.startswith(OMITTED_PREFIX):
+        with contextlib.suppress(ValueError):
+            return int(value[len(OMITTED_PREFIX) :])
+    return None
+
+
+def _omit_long_strings(raw: bytes | bytearray, limit: int) -> bytes | None:
+    """`raw` with every JSON string longer than `limit` bytes (as sent, escapes included)
+    replaced by a short marker string (`omitted_size` reads it), or None when there is none."""
+    pieces: list[bytes | bytearray] = []
+    start = 0
+    for match in _JSON_STRING.finditer(raw):
+        begin, end = match.span()
+        if end - begin - 2 > limit:
+            pieces += [raw[start:begin], b'"\\u0000xraylake-omitted:%d"' % (end - begin - 2)]
+            start = end
+    if not pieces:
+        return None
+    pieces.append(raw[start:])
+    return b"".join(pieces)
+
+
+def load_json(raw: bytes | bytearray, omit_strings_over: int | None = None) -> dict[str, Any]:
+    """Parse an envelope's JSON. With `omit_strings_over`, strings longer than that are never
+    materialised (the consumer's document limit): a 50 MB segment document would otherwise cost
+    its size twice more while parsing (orjson unescapes into a buffer, then copies into a str).
+    The tokenizer is exact on valid JSON; on malformed JSON longer than the limit a fault inside
+    such a string is not seen here (the signature check, which comes next, still rejects it)."""
     try:
-        data = orjson.loads(raw)
+        reduced = None
+        if omit_strings_over is not None and len(raw) > omit_strings_over:
+            reduced = _omit_long_strings(raw, omit_strings_over)
+        data = orjson.loads(raw if reduced is None else reduced)
     except orjson.JSONDecodeError as error:
         raise EnvelopeError("bad-json", str(error)) from None
     if not isinstance(data, dict):
@@ -345,6 +508,6 @@ def validate_envelope(data: dict[str, Any]) -> Envelope:
     return envelope
 
 
-def parse_envelope(raw: bytes) -> Envelope:
+def parse_envelope(raw: bytes | bytearray) -> Envelope:
     """Canonical bytes → validated Envelope."""
     return validate_envelope(load_json(raw))

@@ -13,13 +13,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.envelope import SQS_MAX_MESSAGE_BYTES, WireMessage
+from tasks.envelope import POINTER_SIGNATURE_ATTRIBUTE, SIGNATURE_ATTRIBUTE, SQS_MAX_MESSAGE_BYTES, WireMessage
 from tasks.errors import TransientError, classify_aws_error
 from tasks.retrying import SQS_CALL, SQS_SEND, RetryPolicy
 
 MAX_BATCH_ENTRIES = 10
 BATCH_BYTE_BUDGET = SQS_MAX_MESSAGE_BYTES - 8 * 1024  # headroom for entry ids and encoding
 SEND_ATTEMPTS = SQS_SEND.attempts
+REDRIVE_ATTRIBUTES = (SIGNATURE_ATTRIBUTE, POINTER_SIGNATURE_ATTRIBUTE, "account_id", "envelope_id", "encoding")
 
 
 def plan_batches(messages: Sequence[WireMessage], budget: int = BATCH_BYTE_BUDGET) -> Iterator[list[WireMessage]]:
@@ -186,8 +187,10 @@ def dead_letter(sqs: Any, dlq_url: str, message: ReceivedMessage, reason: str, d
         "original_message_id": message.message_id,
         "dead_lettered_at": str(int(time.time())),
     }
-    # Keep at most 10 attributes (the SQS limit), ours first.
+    # Keep at most 10 attributes (the SQS limit): ours first, then what the consumer checks when
+    # the message is redriven (both signatures: a claim-check message carries 8 attributes).
     ordered = {k: attributes[k] for k in ("reason", "detail", "original_message_id", "dead_lettered_at")}
+    ordered |= {k: attributes[k] for k in REDRIVE_ATTRIBUTES if k in attributes}
     for k, v in attributes.items():
         if len(ordered) >= 10:
             break

@@ -89,11 +89,20 @@ def build_corpus(config: Config) -> list[Poison]:
     tampered_body = orjson.loads(env.body_to_raw(altered.body)) | {"region": "eu-west-1"}
     items.append(Poison("signed, then altered", "signature", orjson.dumps(tampered_body).decode(), altered.attributes))
 
+    def signed_pointer(data: dict[str, Any]) -> tuple[str, dict[str, str]]:
+        body = orjson.dumps(data)
+        return body.decode(), {"pointer_signature": env.sign_pointer(body, key)}
+
     pointer = {"schema": env.SCHEMA_V1, "envelope_id": "e", "account_id": account, "region": h.REGION}
     ref = {"bucket": bucket, "key": "payloads/missing.json.gz", "sha256": "0" * 64, "bytes": 10}
+    missing = pointer | {"payload_ref": ref}
+    items.append(Poison("claim-check object missing", "claim-check-missing", *signed_pointer(missing)))
+    items.append(Poison("claim-check pointer unsigned", "signature", orjson.dumps(missing).decode()))
     items.append(
         Poison(
-            "claim-check object missing", "claim-check-missing", orjson.dumps(pointer | {"payload_ref": ref}).decode()
+            "claim-check pointer to another bucket",
+            "claim-check-location",
+            *signed_pointer(pointer | {"payload_ref": ref | {"bucket": f"{bucket}-elsewhere"}}),
         )
     )
     real = envelope("claim-check")
@@ -105,12 +114,13 @@ def build_corpus(config: Config) -> list[Poison]:
         "bytes": len(compressed),
     }
     s3.put_object(Bucket=bucket, Key=good_ref["key"], Body=compressed[:-1] + bytes([compressed[-1] ^ 1]))
+    tampered, tampered_attributes = signed_pointer(pointer | {"payload_ref": good_ref})
     items.append(
         Poison(
             "claim-check object tampered",
             "claim-check-mismatch",
-            orjson.dumps(pointer | {"payload_ref": good_ref}).decode(),
-            {"signature": env.sign(real.to_json(), key)},
+            tampered,
+            tampered_attributes | {"signature": env.sign(real.to_json(), key)},
         )
     )
     items.append(

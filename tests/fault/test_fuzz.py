@@ -121,7 +121,8 @@ def consumers(stack: SandboxStack) -> list[Consumer]:
     s3.create_bucket(Bucket="fuzz-bucket")
     s3.put_object(Bucket="fuzz-bucket", Key="payloads/a.json.gz", Body=gzip.compress(orjson.dumps(VALID)))
     roster = stack.config.roster.model_copy(update={"accounts": [*stack.config.roster.accounts, *h_accounts()]})
-    signed = stack.config.model_copy(update={"roster": roster})
+    store = stack.config.archive.model_copy(update={"bucket": "fuzz-bucket"})  # its pointers get fetched
+    signed = stack.config.model_copy(update={"roster": roster, "archive": store})
     unsigned = signed.model_copy(update={"signing_keys": []})
     sqs = boto3.client("sqs")
     return [Consumer(c, s3, sqs, describe_executions=False) for c in (signed, unsigned)]

@@ -15,12 +15,15 @@ import hashlib
 import http.client
 import ipaddress
 import logging
+import os
 import ssl
 import threading
+import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import boto3
 import orjson
@@ -37,10 +40,15 @@ from pydantic import SecretStr
 
 from blocks import OpenSearchTarget
 from blocks.config import Config
-from flows.consume import consume, run_consumer
+from flows.consume import consume, receive_batch, run_consumer
 from flows.sweep import sweep
-from tasks import archive
-from tasks.index import client_for
+from sandbox.faults import Exchange, FaultProxy, FaultRule
+from sandbox.stack import SandboxStack
+from tasks import archive, dlq
+from tasks import envelope as env
+from tasks.consumer import BatchStats, Consumer
+from tasks.index import client_for, ensure_templates
+from tasks.mappings import index_templates
 from tests.fault import helpers as h
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -286,3 +294,124 @@ def test_secrets_never_reach_logs_artifacts_documents_or_parquet(
 
                 text = gzip.decompress(body).decode()
             assert not leaks(text), obj["Key"]
+
+
+# ----------------------------------------------------------------- claim-check pointers (issue 15.4)
+
+
+class GetRecorder:
+    """A forwarding rule on the fault proxy in front of moto S3 that records every object GET: the
+    path, its Range header and how many body bytes S3 answered with."""
+
+    def __init__(self, proxy: FaultProxy) -> None:
+        self.gets: list[dict[str, Any]] = []
+        proxy.add(
+            FaultRule(method="GET", path=r"\.gz(\?|$)", rewrite_request=self._request, rewrite_response=self._response)
+        )
+
+    def _request(self, exchange: Exchange) -> None:
+        headers = {k.lower(): v for k, v in exchange.request_headers.items()}
+        exchange.state["entry"] = {"path": exchange.path, "range": headers.get("range")}
+        self.gets.append(exchange.state["entry"])
+
+    def _response(self, exchange: Exchange) -> None:
+        exchange.state["entry"]["bytes"] = len(exchange.response_body)
+
+
+def _claim_check_envelope(config: Config, tag: str) -> env.Envelope:
+    trace_id = h.trace_id_for(tag, "cc", 0, time.time() - 600)
+    documents = h.trace_documents(trace_id, config.roster.accounts[0].account_id)
+    trace = {"Id": trace_id, "Segments": [{"Id": d["id"], "Document": h.dumps(d)} for d in documents]}
+    return env.build_envelope(
+        source="sweep", account_id=config.roster.accounts[0].account_id, region=h.REGION, traces=[trace]
+    )
+
+
+def _send(config: Config, body: str, attributes: dict[str, str]) -> None:
+    boto3.client("sqs").send_message(
+        QueueUrl=config.queue.queue_url,
+        MessageBody=body,
+        MessageAttributes={k: {"DataType": "String", "StringValue": v} for k, v in attributes.items()},
+    )
+
+
+def _consume_through(config: Config, proxy: FaultProxy) -> BatchStats:
+    consumer = Consumer(
+        config, boto3.client("s3", endpoint_url=proxy.url), boto3.client("sqs"), describe_executions=False
+    )
+    ensure_templates(consumer.opensearch, index_templates(consumer.index_prefix))
+    total = BatchStats()
+    while messages := receive_batch(consumer, batch_messages=10, wait_seconds=1, visibility_timeout=60):
+        total.merge(consumer.process(messages))
+    return total
+
+
+def test_claim_check_pointers_are_verified_before_anything_is_fetched(
+    fresh_config: Config, stack: SandboxStack
+) -> None:
+    """An unsigned or forged pointer, or one naming another bucket or a key outside `payloads/`,
+    is dead-lettered without a single GET (it used to make the consumer read any bucket and key
+    with the log account's credentials before the signature was checked)."""
+    key = fresh_config.signing_keys[0].get_secret_value()
+    bucket = fresh_config.archive.bucket
+    s3 = boto3.client("s3")
+    other = f"other-{fresh_config.archive.bucket}"
+    s3.create_bucket(Bucket=other)
+
+    good = env.encode(_claim_check_envelope(fresh_config, "good"), key, bucket, threshold=1)
+    assert good.claim_check and good.encoding == env.ENCODING_CLAIM_CHECK
+    ref, payload = good.claim_check
+    archive.put_claim_check(s3, ref, payload)
+    _send(fresh_config, good.body, good.attributes)
+
+    def pointer_to(target_bucket: str, target_key: str) -> str:
+        data = orjson.loads(good.body)
+        data["payload_ref"] |= {"bucket": target_bucket, "key": target_key}
+        return orjson.dumps(data).decode()
+
+    stolen = {k: v for k, v in good.attributes.items() if k != "pointer_signature"}  # no pointer signature
+    s3.put_object(Bucket=other, Key=ref.key, Body=payload)
+    s3.put_object(Bucket=bucket, Key="raw/elsewhere.json.gz", Body=payload)
+    s3.put_object(Bucket=bucket, Key=f"{ref.key}.copy.gz", Body=payload)
+    hostile = [
+        (pointer_to(other, ref.key), stolen, "claim-check-location"),  # another bucket
+        (pointer_to(bucket, "raw/elsewhere.json.gz"), stolen, "claim-check-location"),  # outside payloads/
+        (pointer_to(bucket, f"{ref.key}.copy.gz"), stolen, "signature"),  # the envelope's signature only
+        (good.body, stolen, "signature"),  # a real pointer stripped of its pointer signature
+        (pointer_to(bucket, f"{ref.key}.copy.gz"), good.attributes, "signature"),  # signed pointer, altered
+        (good.body, good.attributes | {"pointer_signature": env.sign(b"x", "not-the-key")}, "signature"),
+    ]
+    for body, attributes, _ in hostile:
+        _send(fresh_config, body, attributes)
+
+    with FaultProxy(stack.config.aws_endpoint_url or "") as proxy:
+        recorder = GetRecorder(proxy)
+        stats = _consume_through(fresh_config, proxy)
+
+    assert dict(stats.dead_lettered) == dict(Counter(reason for _, _, reason in hostile)), stats.as_dict()
+    assert stats.deleted == 1 and stats.traces == 1 and stats.documents_failed == 0
+    assert [unquote(g["path"].split("?")[0]) for g in recorder.gets] == [f"/{bucket}/{ref.key}"], recorder.gets
+    entries = [e for e, _ in dlq.peek(boto3.client("sqs"), fresh_config.queue.dlq_url)]
+    assert sorted(e.reason for e in entries) == sorted(reason for _, _, reason in hostile)
+    assert all(e.detail for e in entries)
+
+
+def test_a_claim_check_object_is_read_no_further_than_its_declared_size(
+    fresh_config: Config, stack: SandboxStack
+) -> None:
+    """A signed pointer whose object grew (overwritten with 4 MB more): the consumer reads at most
+    the declared bytes plus one, then dead-letters the message instead of downloading it whole."""
+    key = fresh_config.signing_keys[0].get_secret_value()
+    good = env.encode(_claim_check_envelope(fresh_config, "grown"), key, fresh_config.archive.bucket, threshold=1)
+    assert good.claim_check
+    ref, payload = good.claim_check
+    archive.put_claim_check(boto3.client("s3"), ref, payload + os.urandom(4 * 1024 * 1024))
+    _send(fresh_config, good.body, good.attributes)
+
+    with FaultProxy(stack.config.aws_endpoint_url or "") as proxy:
+        recorder = GetRecorder(proxy)
+        stats = _consume_through(fresh_config, proxy)
+
+    assert dict(stats.dead_lettered) == {"claim-check-mismatch": 1}, stats.as_dict()
+    assert len(recorder.gets) == 1
+    assert recorder.gets[0]["bytes"] <= ref.bytes + 1, (recorder.gets, ref.bytes)

@@ -6,6 +6,7 @@ import base64
 import gzip
 import hashlib
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import boto3
@@ -15,9 +16,9 @@ import pytest
 from blocks import OpenSearchTarget
 from blocks.config import Config
 from flows.consume import receive_batch, run_consumer
-from tasks import dlq
+from tasks import archive, dlq
 from tasks import envelope as env
-from tasks.consumer import Consumer
+from tasks.consumer import BatchStats, Consumer
 from tasks.index import client_for, ensure_templates
 from tasks.mappings import index_templates
 
@@ -77,6 +78,11 @@ def signed_raw(config: Config, data: dict[str, object]) -> tuple[str, dict[str, 
     return raw.decode(), {"signature": env.sign(raw, config.signing_keys[0].get_secret_value())}
 
 
+def signed_pointer(config: Config, data: dict[str, object]) -> tuple[str, dict[str, str]]:
+    body = orjson.dumps(data)
+    return body.decode(), {"pointer_signature": env.sign_pointer(body, config.signing_keys[0].get_secret_value())}
+
+
 def indexed_trace_ids(config: Config) -> set[str]:
     client = client_for(config.opensearch)
     client.indices.refresh(index="xray-*")
@@ -110,13 +116,12 @@ def test_poison_messages_go_to_the_dlq_with_reasons_and_the_rest_is_indexed(fres
         "sha256": "0" * 64,
         "bytes": 10,
     }
-    send(fresh_config, orjson.dumps(pointer | {"payload_ref": ref}).decode())
+    send(fresh_config, *signed_pointer(fresh_config, pointer | {"payload_ref": ref}))
     boto3.client("s3").put_object(Bucket=fresh_config.archive.bucket, Key="payloads/tampered.json.gz", Body=b"x" * 10)
-    send(
-        fresh_config,
-        orjson.dumps(pointer | {"payload_ref": ref | {"key": "payloads/tampered.json.gz"}}).decode(),
-    )
+    tampered = pointer | {"payload_ref": ref | {"key": "payloads/tampered.json.gz"}}
+    send(fresh_config, *signed_pointer(fresh_config, tampered))
     send(fresh_config, orjson.dumps(pointer | {"payload_ref": ref | {"bytes": 10**12}}).decode())
+    send(fresh_config, orjson.dumps(pointer | {"payload_ref": ref}).decode())  # not signed: never fetched
 
     stats = run_consumer(fresh_config, wait_seconds=1, use_tasks=False)
 
@@ -130,7 +135,7 @@ def test_poison_messages_go_to_the_dlq_with_reasons_and_the_rest_is_indexed(fres
         "unknown-schema": 1,
         "unknown-account": 1,
         "spoofed-sender": 1,
-        "signature": 2,
+        "signature": 3,
         "claim-check-missing": 1,
         "claim-check-mismatch": 1,
         "oversize": 1,
@@ -224,3 +229,142 @@ def test_a_consumer_returns_arrow_memory_to_the_system(config_file: str) -> None
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     before, after = out.stdout.split()
     assert after == "system", f"the consumer kept Arrow's {before} pool"
+
+
+def _consumer(config: Config, **options: object) -> Consumer:
+    consumer = Consumer(config, boto3.client("s3"), boto3.client("sqs"), describe_executions=False, **options)  # type: ignore[arg-type]
+    ensure_templates(consumer.opensearch, index_templates(consumer.index_prefix))
+    return consumer
+
+
+def _drain(consumer: Consumer) -> BatchStats:
+    total = BatchStats()
+    while messages := receive_batch(consumer, batch_messages=10, wait_seconds=1, visibility_timeout=60):
+        total.merge(consumer.process(messages))
+    return total
+
+
+def test_the_dlq_reason_is_the_first_check_that_fails(fresh_config: Config) -> None:
+    """Cheap checks first, in the documented order (tasks/consumer.py): each message below is wrong
+    in several ways and must be dead-lettered with the reason of the earliest check."""
+    cap = 64 * 1024
+    valid = orjson.loads(envelope_for(fresh_config, [make_trace("order")]).to_json())
+    stranger = valid | {"account_id": "999999999999"}
+    pointer = {"schema": env.SCHEMA_V1, "envelope_id": "e", "account_id": valid["account_id"], "region": "us-east-1"}
+    ref = {"bucket": "not-our-bucket", "key": "elsewhere/x.json.gz", "sha256": "0" * 64, "bytes": 100}
+    padded = stranger | {"traces": [make_trace("pad") | {"Pad": "p" * cap}]}
+
+    def to(**changes: object) -> str:
+        return orjson.dumps(pointer | {"payload_ref": ref | changes}).decode()
+
+    ours = fresh_config.archive.bucket
+    body, attributes = signed_raw(fresh_config, stranger)
+    spoofed = attributes | {"account_id": valid["account_id"]}
+    v0 = stranger | {"schema": "v0"}
+    cases = [
+        ("unsigned pointer elsewhere, declaring a terabyte", to(bytes=10**12), {}, "oversize"),
+        ("unsigned pointer to another bucket", to(), {}, "claim-check-location"),
+        ("unsigned pointer to a key outside payloads/", to(bucket=ours), {}, "claim-check-location"),
+        ("unsigned pointer, negative size, elsewhere", to(bytes=-1), {}, "bad-pointer"),
+        ("unsigned plain JSON past the cap, unknown account", orjson.dumps(padded).decode(), {}, "oversize"),
+        ("unsigned gzip bomb", base64.b64encode(gzip.compress(b" " * cap * 4)).decode(), {}, "decompressed-too-large"),
+        ("unsigned, not JSON", "{not json", {}, "bad-json"),
+        ("unsigned, wrong schema, unknown account", orjson.dumps(v0).decode(), {}, "signature"),
+        ("signed, wrong schema, unknown account", *signed_raw(fresh_config, v0), "unknown-schema"),
+        ("signed, unknown account, spoofed attribute", body, spoofed, "unknown-account"),
+    ]  # fmt: skip
+    for _, text, attrs, _ in cases:
+        send(fresh_config, text, attrs)
+
+    stats = _drain(_consumer(fresh_config, max_decompressed_bytes=cap))
+
+    assert stats.left_for_retry == 0 and not stats.errors, stats.as_dict()
+    entries = [(e.reason, e.detail) for e, _ in dlq.peek(boto3.client("sqs"), fresh_config.queue.dlq_url)]
+    got = Counter(reason for reason, _ in entries)
+    assert dict(stats.dead_lettered) == dict(got) == dict(Counter(reason for *_, reason in cases)), entries
+
+
+def test_a_segment_document_past_the_limit_is_archived_raw_only(fresh_config: Config) -> None:
+    """A document larger than `max_document_bytes` is neither parsed nor indexed nor in Parquet: it
+    stays in the raw archive (byte for byte), its trace is flagged partial with a problem, and the
+    rest of the envelope — other segments of the same trace included — is ingested as usual."""
+    small = make_trace("small-doc")
+    mixed = make_trace("big-doc")
+    trace_id = mixed["Id"]
+    start = time.time() - 3600
+    big = {
+        "name": "huge",
+        "id": "b" * 16,
+        "trace_id": trace_id,
+        "start_time": start,
+        "end_time": start + 1,
+        "subsegments": [
+            {"id": f"{i:016x}", "name": f"call-{i}", "start_time": start, "end_time": start + 0.5} for i in range(3000)
+        ],
+    }
+    mixed["Segments"].append({"Id": big["id"], "Document": orjson.dumps(big).decode()})  # type: ignore[attr-defined]
+    envelope = envelope_for(fresh_config, [small, mixed])
+    send_envelope(fresh_config, envelope)
+
+    stats = _drain(_consumer(fresh_config, max_document_bytes=64 * 1024))
+
+    assert (stats.deleted, dict(stats.dead_lettered), stats.documents_failed) == (1, {}, 0), stats.as_dict()
+    assert stats.segments == 2 and stats.transform_problems >= 1
+    s3 = boto3.client("s3")
+    raw_key = archive.raw_key(fresh_config.archive, envelope)
+    stored = s3.get_object(Bucket=fresh_config.archive.bucket, Key=raw_key)["Body"].read()
+    assert stored == gzip.compress(envelope.to_json(), compresslevel=6, mtime=0)
+    client = client_for(fresh_config.opensearch)
+    client.indices.refresh(index="xray-*")
+    docs = {h["_source"]["trace_id"]: h["_source"] for h in client.search(index="xray-traces")["hits"]["hits"]}
+    assert docs[trace_id]["partial"] is True and docs[trace_id]["problem_count"] >= 1
+    assert docs[small["Id"]]["partial"] is False
+    assert client.count(index="xray-segments")["count"] == 2
+
+
+def test_raw_archive_bytes_are_the_same_whatever_the_wire_encoding(fresh_config: Config) -> None:
+    """Plain JSON, gzip+base64 and claim-check messages all archive gzip(canonical bytes) exactly
+    as the consumer always wrote it (replay and dedup depend on it), reusing the wire's gzip."""
+    key = fresh_config.signing_keys[0].get_secret_value()
+    random_doc = base64.b64encode(b"".join(hashlib.sha256(b"%d" % i).digest() for i in range(200))).decode()
+    plain = envelope_for(fresh_config, [make_trace("wire-plain") | {"Pad": random_doc}])
+    repetitive = envelope_for(fresh_config, [make_trace(f"wire-gzip-{i}") for i in range(20)])
+    claim = envelope_for(fresh_config, [make_trace(f"wire-claim-{i}") for i in range(5)])
+    messages = [
+        env.encode(plain, key, fresh_config.archive.bucket),
+        env.encode(repetitive, key, fresh_config.archive.bucket),
+        env.encode(claim, key, fresh_config.archive.bucket, threshold=1),
+    ]
+    assert [m.encoding for m in messages] == [env.ENCODING_JSON, env.ENCODING_GZIP, env.ENCODING_CLAIM_CHECK]
+    for message in messages:
+        if message.claim_check:
+            archive.put_claim_check(boto3.client("s3"), *message.claim_check)
+        send(fresh_config, message.body, message.attributes)
+
+    stats = _drain(_consumer(fresh_config))
+
+    assert stats.deleted == 3 and stats.raw_objects == 3, stats.as_dict()
+    s3 = boto3.client("s3")
+    for envelope in (plain, repetitive, claim):
+        stored = s3.get_object(Bucket=fresh_config.archive.bucket, Key=archive.raw_key(fresh_config.archive, envelope))
+        assert stored["Body"].read() == gzip.compress(envelope.to_json(), compresslevel=6, mtime=0)
+
+
+def test_a_redriven_claim_check_message_keeps_both_signatures(fresh_config: Config) -> None:
+    """Dead-lettering copies at most 10 attributes (the SQS limit): the signatures must survive, or
+    a claim-check message redriven once its object is back would fail with `signature` for good."""
+    key = fresh_config.signing_keys[0].get_secret_value()
+    envelope = envelope_for(fresh_config, [make_trace("redrive")])
+    message = env.encode(envelope, key, fresh_config.archive.bucket, threshold=1)
+    assert message.claim_check and len(message.attributes) == 8
+    send(fresh_config, message.body, message.attributes)  # its object is not there yet
+    first = _drain(_consumer(fresh_config))
+    assert dict(first.dead_lettered) == {"claim-check-missing": 1}
+
+    archive.put_claim_check(boto3.client("s3"), *message.claim_check)
+    sqs = boto3.client("sqs")
+    moved = dlq.redrive(sqs, fresh_config.queue.dlq_url, fresh_config.queue.queue_url, reason="claim-check-missing")
+    assert moved.moved == 1
+    second = _drain(_consumer(fresh_config))
+    assert (second.deleted, dict(second.dead_lettered)) == (1, {}), second.as_dict()
+    assert indexed_trace_ids(fresh_config) == {t["Id"] for t in envelope.traces}

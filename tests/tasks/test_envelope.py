@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import os
 from datetime import UTC, datetime
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tasks import envelope as env
 from tasks.tracetime import trace_partition
@@ -173,3 +176,137 @@ def test_invalid_envelopes_name_their_reason(mutate, reason: str) -> None:  # ty
     with pytest.raises(env.EnvelopeError) as error:
         env.parse_envelope(orjson.dumps(data))
     assert error.value.reason == reason
+
+
+def _golden_traces() -> list[dict[str, object]]:
+    traces = [make_trace(1_795_600_000 + 60 * i, f"g{i}", payload_bytes=50 * i) for i in range(40)]
+    third = traces[3]
+    traces[3] = {  # keys out of X-Ray's order, plus the metadata build_envelope strips
+        "LimitExceeded": True,
+        "Segments": third["Segments"],
+        "Id": third["Id"],
+        "Duration": 2.5,
+        "ResponseMetadata": {"RequestId": "r"},
+    }
+    traces[5]["Extra"] = {"b": [1, 2.5, None, "é\u2028"], "a": float("nan")}
+    return traces
+
+
+def test_envelope_ids_canonical_bytes_and_raw_archive_bytes_never_change() -> None:
+    """Replay and dedup depend on these bytes: values recorded before the encoder was optimised
+    (one serialisation per trace for packing and id, canonical bytes without a model_dump copy)."""
+    from tasks import collector as col
+
+    envelopes = col.envelopes_for(
+        _golden_traces(),
+        source="collect",
+        account_id="012345678901",
+        region="us-east-1",
+        window=env.TimeWindow(start=datetime(2026, 11, 26, 9, tzinfo=UTC), end=datetime(2026, 11, 26, 10, tzinfo=UTC)),
+        execution={
+            "executionArn": "arn:aws:states:us-east-1:012345678901:execution:m:e",
+            "startDate": datetime(2026, 11, 26, 10, 0, tzinfo=UTC),
+            "status": "SUCCEEDED",
+        },
+        collected_at=NOW,
+    )
+    seen = []
+    for envelope in envelopes:
+        raw = envelope.to_json()
+        assert raw == orjson.dumps(envelope.model_dump(mode="json", by_alias=True, exclude_none=True))
+        archived = gzip.compress(raw, compresslevel=6, mtime=0)
+        assert env.gzip_canonical(raw) == archived
+        seen.append(
+            (
+                envelope.envelope_id,
+                hashlib.sha256(raw).hexdigest()[:16],
+                hashlib.sha256(archived).hexdigest()[:16],
+                len(envelope.traces),
+            )
+        )
+    assert seen == [
+        ("b55776fe0274474b6680a53e06e32d9f", "0593499a21838368", "dc801a22c11dc279", 14),
+        ("2f6d5fba3f0c8e3ee4a4b6e961c3c4c4", "00f9c6330cba103a", "7d24367047edb3d4", 26),
+    ]
+    for envelope in envelopes:  # a decoded envelope re-encodes to the same bytes and id
+        again = env.parse_envelope(envelope.to_json())
+        assert again.to_json() == envelope.to_json()
+        assert env.envelope_id_for(again.account_id, again.region, again.traces) == envelope.envelope_id
+
+
+def test_a_claim_check_pointer_is_signed_apart_from_its_envelope() -> None:
+    big = env.build_envelope(
+        source="sweep", account_id="012345678901", region="us-east-1", traces=[make_trace(1_795_600_000, "p1")]
+    )
+    message = env.encode(big, "k", "bucket", "payloads", threshold=1)
+    body = message.body.encode()
+    env.verify_pointer(body, message.attributes[env.POINTER_SIGNATURE_ATTRIBUTE], ["old", "k"])
+    env.verify(big.to_json(), message.attributes[env.SIGNATURE_ATTRIBUTE], ["k"])  # older consumers still verify
+    with pytest.raises(env.EnvelopeError, match="signature"):  # an envelope signature is no pointer signature
+        env.verify_pointer(body, env.sign(body, "k"), ["k"])
+    with pytest.raises(env.EnvelopeError, match="claim-check pointer is not signed"):
+        env.verify_pointer(body, None, ["k"])
+    assert env.POINTER_SIGNATURE_ATTRIBUTE not in env.encode(big, "k", "bucket").attributes  # inline: none
+    assert env.POINTER_SIGNATURE_ATTRIBUTE not in env.encode(big, None, "bucket", threshold=1).attributes
+
+
+def test_pointer_checks_size_then_location() -> None:
+    ref = env.PayloadRef(bucket="ours", key="payloads/a.json.gz", sha256="0" * 64, bytes=10)
+    env.check_pointer(ref, "ours", "payloads")
+    for changes, reason in [
+        ({"bucket": "theirs", "bytes": 10**12}, "oversize"),
+        ({"bucket": "theirs"}, "claim-check-location"),
+        ({"key": "raw/a.json.gz"}, "claim-check-location"),
+        ({"key": "payloadsX/a.json.gz"}, "claim-check-location"),
+    ]:
+        with pytest.raises(env.EnvelopeError) as error:
+            env.check_pointer(ref.model_copy(update=changes), "ours", "payloads", cap=1000)
+        assert error.value.reason == reason
+    for bad in ({"bytes": 0}, {"bytes": -1}, {"sha256": "x"}, {"key": ""}):
+        body = orjson.dumps({"payload_ref": ref.model_dump() | bad}).decode()
+        with pytest.raises(env.EnvelopeError) as error:
+            env.parse_pointer(body)
+        assert error.value.reason == "bad-pointer"
+
+
+def test_gunzip_refuses_trailing_bytes_and_stops_at_the_cap() -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    compressed = env.gzip_canonical(data)
+    assert env.gunzip_capped(compressed, cap=len(data)) == data
+    assert env.is_canonical_gzip(compressed)
+    assert not env.is_canonical_gzip(gzip.compress(data, mtime=1))
+    with pytest.raises(env.EnvelopeError, match="decompressed-too-large"):
+        env.gunzip_capped(compressed, cap=len(data) - 1)
+    with pytest.raises(env.EnvelopeError, match="bad-gzip"):
+        env.gunzip_capped(compressed + b"junk")
+    with pytest.raises(env.EnvelopeError, match="bad-gzip"):
+        env.gunzip_capped(compressed + env.gzip_canonical(b"{}"))  # a second member would be lost
+
+
+def _omitted(value: object, limit: int) -> object:
+    if isinstance(value, str):
+        size = len(orjson.dumps(value)) - 2
+        return f"{env.OMITTED_PREFIX}{size}" if size > limit else value
+    if isinstance(value, list):
+        return [_omitted(v, limit) for v in value]
+    if isinstance(value, dict):
+        return {_omitted(k, limit): _omitted(v, limit) for k, v in value.items()}  # type: ignore[misc]
+    return value
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.dictionaries(st.text(max_size=12), _values, max_size=5), limit=st.integers(0, 30))
+def test_load_json_leaves_out_exactly_the_strings_over_the_limit(data: dict[str, object], limit: int) -> None:
+    raw = orjson.dumps(data)
+    assert env.load_json(raw, omit_strings_over=limit) == (data if len(raw) <= limit else _omitted(data, limit))
+    assert env.load_json(raw) == data
+    document = "x" * (limit + 1)
+    (value,) = env.load_json(orjson.dumps({"d": document}), limit).values()
+    assert env.omitted_size(value) == len(document)
