@@ -6,7 +6,7 @@ that sees it: the collector, the importer and the consumer.
 
 * X-Ray trace id  `1-<8 hex: epoch>-<24 hex>` (X-Ray API reference, "Trace ID format")
 * W3C trace id    32 hex digits (Transaction Search spans, OTLP); not all zeros
-* segment id      16 hex digits (X-Ray segment document "id"; a W3C span id likewise); not all zeros
+* segment id      16 hex digits (X-Ray segment document "id"; a W3C span id likewise)
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def segment_id_problem(value: Any) -> str | None:
     """None for a 16-hex-digit segment (or span) id; otherwise why it is not one."""
     if type(value) is not str:
         return f"segment id {_shown(value)} is a {type(value).__name__}, not a string"
-    if len(value) == 16 and _hex(value):
+    if len(value) == 16 and _HEX.issuperset(value):  # all zeros too: X-Ray accepts it
         return None
     return f"segment id {_shown(value)} is not 16 hex digits"
 

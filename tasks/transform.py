@@ -102,7 +102,6 @@ def _annotation_key(key: str) -> str:
 # ====================================================================== the walker
 
 _HEX = frozenset("0123456789abcdef")
-_ZERO_ID = "0" * 16
 _RESOURCE_RANK = {key: rank for rank, key in enumerate(AWS_RESOURCE_KEYS)}
 _CLIENT_NAMESPACES = frozenset({"aws", "remote"})
 
@@ -286,7 +285,7 @@ class _TraceBuilder:
         # ---- identity: ids become document ids, so a (sub)segment without a 16-hex id is refused
         # with its subsegments (X-Ray itself refuses such documents), and the reason recorded.
         raw = get("id")
-        if type(raw) is str and len(raw) == 16 and _HEX.issuperset(raw) and raw != _ZERO_ID:
+        if type(raw) is str and len(raw) == 16 and _HEX.issuperset(raw):
             segment_id = span_id = raw
         elif type(raw) is str and ids.segment_id_problem(raw) is None:  # upper-case hex: OTel ids are lower-case
             segment_id, span_id = raw, raw.lower()
