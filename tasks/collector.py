@@ -213,7 +213,7 @@ def collect_window(
     result.bytes = report.bytes
     result.claim_checks = sum(1 for m in messages if m.claim_check)
     result.envelope_ids = [e.envelope_id for e in envelopes]
-    result.trace_ids = [t["Id"] for t in batch.traces if trace_id_problem(t.get("Id")) is None]
+    result.trace_ids = [t["Id"] for e in envelopes for t in e.traces]
     return result
 
 

@@ -110,10 +110,6 @@ def position(trace_id: str, collected_at: datetime, partition_start: datetime) -
     return epoch if epoch is not None else int(partition_start.timestamp())
 
 
-def hour_of_second(second: int) -> datetime:
-    return datetime.fromtimestamp(second - second % 3600, UTC)
-
-
 def in_window(trace_id: str, start: datetime, end: datetime) -> bool:
     """Whether a trace id's own epoch lies in [start, end) (ids X-Ray lists)."""
     epoch = tracetime.id_epoch(trace_id)
@@ -269,7 +265,7 @@ def compare(
                 continue
             hours: dict[datetime, set[str]] = {}
             for trace_id, second in observation.positions(sink, target).items():
-                hours.setdefault(hour_of_second(second), set()).add(trace_id)
+                hours.setdefault(tracetime.Partition.of(second).start, set()).add(trace_id)
             by_hour[sink] = hours
             if sink != "xray":
                 totals[sink] += len(observation.get(sink, target))
@@ -344,7 +340,9 @@ def plan_repair(observation: Observation, targets: Sequence[Target]) -> RepairPl
         for sink in ARCHIVE_SINKS:
             placed.update(observation.positions(sink, target))
         not_in_xray = (
-            [t for t in archived if t not in in_xray and hour_of_second(placed[t]) in hours] if xray_ok else []
+            [t for t in archived if t not in in_xray and tracetime.Partition.of(placed[t]).start in hours]
+            if xray_ok
+            else []
         )
         if not_in_xray:
             plan.unrepairable["xray"] = plan.unrepairable.get("xray", 0) + len(not_in_xray)

@@ -30,6 +30,8 @@ from typing import Any
 
 import orjson
 
+from tasks.ids import trace_id_problem
+
 MIN_EPOCH = 946684800  # 2000-01-01: X-Ray started in 2016
 MAX_EPOCH = 4102444800  # 2100-01-01, inside OpenSearch's date_nanos range
 ID_EPOCH_BEFORE = timedelta(days=31)  # X-Ray retention (30 days) plus a day
@@ -37,7 +39,6 @@ ID_EPOCH_AFTER = timedelta(hours=1)  # clock skew between a member account and t
 ID_AGREES_WITHIN = 86400  # seconds between an id epoch and the segments' start that still agree
 MAX_DEPTH = 64  # same cut as the transform's subsegment walk
 _INT64 = 2**63
-_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,17 +81,9 @@ class Partition:
 def id_epoch(trace_id: Any) -> int | None:
     """The epoch second written in an X-Ray (`1-<8 hex>-<24 hex>`) or W3C (32 hex) trace id, if
     it has that shape and the second is plausible at all (2000–2100); None otherwise."""
-    if type(trace_id) is not str:
+    if trace_id_problem(trace_id) is not None:
         return None
-    if len(trace_id) == 35 and trace_id[:2] == "1-" and trace_id[10] == "-":
-        digits, rest = trace_id[2:10], trace_id[11:]
-    elif len(trace_id) == 32:
-        digits, rest = trace_id[:8], trace_id[8:]
-    else:
-        return None
-    if not (_HEX.issuperset(digits) and _HEX.issuperset(rest)):
-        return None
-    epoch = int(digits, 16)
+    epoch = int(trace_id[2:10] if len(trace_id) == 35 else trace_id[:8], 16)
     return epoch if MIN_EPOCH <= epoch < MAX_EPOCH else None
 
 
@@ -191,13 +184,6 @@ def anchor_second(
 
 def trace_partition(trace: dict[str, Any], collected_at: datetime) -> Partition:
     return Partition.of(anchor_second(trace, collected_at))
-
-
-def id_partition(trace_id: str, collected_at: datetime | None = None) -> Partition | None:
-    """The partition of a trace known only by id (X-Ray listings): None when the id carries no
-    usable time. Without `collected_at` any plausible id epoch counts."""
-    epoch = id_epoch(trace_id) if collected_at is None else credible_id_epoch(trace_id, collected_at)
-    return None if epoch is None else Partition.of(epoch)
 
 
 def hour_of(value: datetime) -> datetime:
