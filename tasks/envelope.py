@@ -42,6 +42,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tasks.tracetime import Partition, trace_partition
 
 SCHEMA_V1 = "xraylake.envelope.v1"
+# Transaction Search form: traces are {"Id": <trace id as the records carry it>, "Spans": [<each
+# aws/spans log event's message, verbatim>]}; everything else (ids, signing, packing, claim-check)
+# is the v1 envelope's.
+SCHEMA_SPANS_V1 = "xraylake.spans.v1"
+SCHEMAS = (SCHEMA_V1, SCHEMA_SPANS_V1)
 Source = Literal["sweep", "collect", "backfill", "replay", "import"]
 
 # SQS: a message and a whole batch must stay under 1 MiB (1,048,576 bytes) including attributes.
@@ -89,7 +94,9 @@ class PayloadRef(BaseModel):
 class Envelope(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
-    schema_: Literal["xraylake.envelope.v1"] = Field(default="xraylake.envelope.v1", alias="schema")
+    schema_: Literal["xraylake.envelope.v1", "xraylake.spans.v1"] = Field(
+        default="xraylake.envelope.v1", alias="schema"
+    )
     envelope_id: str
     source: Source
     account_id: str
@@ -163,11 +170,13 @@ def build_envelope(
     window: TimeWindow | None = None,
     execution: dict[str, Any] | None = None,
     serialised: Sequence[bytes] | None = None,
+    schema: Literal["xraylake.envelope.v1", "xraylake.spans.v1"] = "xraylake.envelope.v1",
 ) -> Envelope:
     """`serialised`: the `sorted_json` of the traces without ResponseMetadata (as `pack`
     returns them), to hash them without serialising again."""
     clean = [_strip_response_metadata(t) for t in traces]
     return Envelope(
+        schema_=schema,
         envelope_id=envelope_id_for(account_id, region, clean, serialised),
         source=source,
         account_id=account_id,
@@ -314,7 +323,7 @@ def encode(
 ) -> WireMessage:
     raw = envelope.to_json()
     attributes = {
-        "schema": SCHEMA_V1,
+        "schema": envelope.schema_,
         "envelope_id": envelope.envelope_id,
         "account_id": envelope.account_id,
         "region": envelope.region,
@@ -336,7 +345,7 @@ def encode(
     )
     pointer = orjson.dumps(
         {
-            "schema": SCHEMA_V1,
+            "schema": envelope.schema_,
             "envelope_id": envelope.envelope_id,
             "account_id": envelope.account_id,
             "region": envelope.region,
@@ -494,17 +503,18 @@ def load_json(raw: bytes | bytearray, omit_strings_over: int | None = None) -> d
 def validate_envelope(data: dict[str, Any]) -> Envelope:
     """A parsed JSON object → validated Envelope (schema version, account id, trace shape)."""
     schema = data.get("schema")
-    if schema != SCHEMA_V1:
-        raise EnvelopeError("unknown-schema", f"schema {schema!r} is not {SCHEMA_V1!r}")
+    if schema not in SCHEMAS:
+        raise EnvelopeError("unknown-schema", f"schema {schema!r} is not one of {', '.join(SCHEMAS)}")
     try:
         envelope = Envelope.model_validate(data)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise EnvelopeError("invalid-envelope", f"{where}: {first['msg']}") from None
+    items = "Segments" if schema == SCHEMA_V1 else "Spans"
     for index, trace in enumerate(envelope.traces):
-        if not isinstance(trace.get("Id"), str) or not isinstance(trace.get("Segments", []), list):
-            raise EnvelopeError("invalid-envelope", f"traces[{index}] lacks Id or Segments")
+        if not isinstance(trace.get("Id"), str) or not isinstance(trace.get(items, []), list):
+            raise EnvelopeError("invalid-envelope", f"traces[{index}] lacks Id or {items}")
     return envelope
 
 
