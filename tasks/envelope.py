@@ -515,6 +515,16 @@ def validate_envelope(data: dict[str, Any]) -> Envelope:
     for index, trace in enumerate(envelope.traces):
         if not isinstance(trace.get("Id"), str) or not isinstance(trace.get(items, []), list):
             raise EnvelopeError("invalid-envelope", f"traces[{index}] lacks Id or {items}")
+        if schema == SCHEMA_SPANS_V1:
+            # Each span is the log event's message as read; a malformed record inside a string is
+            # the consumer's per-record rejection, but anything else is not what a reader sends.
+            for position, record in enumerate(trace.get("Spans", [])):
+                if not isinstance(record, str):
+                    raise EnvelopeError(
+                        "invalid-envelope",
+                        f"traces[{index}].Spans[{position}] is {type(record).__name__}, "
+                        "not the log event's message string",
+                    )
     return envelope
 
 

@@ -126,6 +126,31 @@ def _iso_seconds(text: str) -> float:
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
+def span_start_us(record: Any) -> int | None:
+    """A span record's `startTimeUnixNano` (a number or a numeric string) → epoch µs, None when
+    absent, invalid or outside 2000–2100."""
+    raw = record.get("startTimeUnixNano") if isinstance(record, dict) else None
+    if type(raw) is str and raw.isdigit():
+        raw = int(raw)
+    if type(raw) is not int:
+        return None
+    start_us = raw // 1000
+    return start_us if MIN_EPOCH * 1_000_000 <= start_us < MAX_EPOCH * 1_000_000 else None
+
+
+def _span_starts(spans: list[Any]) -> Iterator[int]:
+    """The usable starts of a span-form trace's records (JSON strings, as `aws/spans` holds them)."""
+    for record in spans:
+        if isinstance(record, str):
+            try:
+                record = orjson.loads(record)
+            except orjson.JSONDecodeError:
+                continue
+        start = span_start_us(record)
+        if start is not None:
+            yield start
+
+
 def _documents(trace: dict[str, Any]) -> Iterator[dict[str, Any]]:
     segments = trace.get("Segments")
     if type(segments) is not list:
@@ -147,8 +172,12 @@ def earliest_start_us(trace: dict[str, Any], documents: Iterable[dict[str, Any]]
     """The earliest plausible `start_time` among a trace's segments and subsegments (µs).
 
     `documents`: the trace's segment documents already parsed (the transform has them), in
-    place of parsing `trace`'s Document strings again."""
+    place of parsing `trace`'s Document strings again. A span-form trace (`Spans`, the records
+    of `aws/spans`) counts its records' `startTimeUnixNano` instead."""
     earliest: int | None = None
+    spans = trace.get("Spans")
+    if documents is None and type(spans) is list:  # the span form (xraylake.spans.v1): same rule
+        return min(_span_starts(spans), default=None)
     roots = _documents(trace) if documents is None else documents
     stack: list[tuple[dict[str, Any], int]] = [(d, 0) for d in roots]
     while stack:
