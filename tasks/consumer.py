@@ -111,6 +111,7 @@ class BatchStats:
     parquet_bytes: int = 0
     transform_problems: int = 0
     traces_rejected: int = 0  # traces whose id is no trace id: in the raw archive, never indexed
+    span_records_rejected: int = 0  # malformed aws/spans records (also in transform_problems)
     rejections: list[str] = field(default_factory=list)  # their reasons (the first 20)
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     errors: list[str] = field(default_factory=list)
@@ -353,6 +354,7 @@ class Consumer:
         stats.spans += len(result.spans)
         stats.transform_problems += len(result.problems)
         stats.traces_rejected += len(result.rejected)
+        stats.span_records_rejected += result.records_rejected
         stats.rejections += [f"envelope {envelope.envelope_id}: {r['reason']}" for r in result.rejected[:5]]
         return result
 

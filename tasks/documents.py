@@ -25,10 +25,11 @@ from typing import Any
 import pyarrow as pa
 
 from blocks import MemberAccount
-from tasks.envelope import Envelope, omitted_size
+from tasks.envelope import SCHEMA_SPANS_V1, Envelope, omitted_size
 from tasks.ids import trace_id_problem
 from tasks.index import IndexAction
 from tasks.redact import RedactionPolicy, redact_trace
+from tasks.spans import SpanTrace, parse_span_records, transform_span_trace
 from tasks.tables import to_arrow
 from tasks.trace_model import TraceContext, TraceDocuments
 from tasks.transform import transform_trace
@@ -51,6 +52,7 @@ class EnvelopeDocuments:
     documents: list[TraceDocuments]
     problems: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)  # traces refused whole: {trace_id, reason}
+    records_rejected: int = 0  # span records refused alone (also among `problems`)
 
     @property
     def traces(self) -> list[dict[str, Any]]:
@@ -116,6 +118,8 @@ def transform_envelope(
     """`execution_for(trace)` supplies Step Functions details when the envelope has none.
     Documents past the limits stay in the raw archive only (module docstring)."""
     ctx = context_for(envelope, account)
+    if envelope.schema_ == SCHEMA_SPANS_V1:
+        return _transform_spans(envelope, ctx, redaction, execution_for, max_document_bytes)
     documents = []
     rejected = []
     budget = document_budget_bytes
@@ -176,3 +180,60 @@ def _within_limits(
     if not left_out:
         return trace, [], budget
     return {**trace, "Segments": kept}, left_out, budget
+
+
+def _transform_spans(
+    envelope: Envelope,
+    ctx: TraceContext,
+    redaction: RedactionPolicy,
+    execution_for: Callable[[dict[str, Any]], dict[str, Any] | None] | None,
+    max_record_bytes: int,
+) -> EnvelopeDocuments:
+    """A `xraylake.spans.v1` envelope (tasks.spans): a trace whose Id is no trace id is refused
+    whole; a malformed or oversize span record alone, as a problem of its trace (counted in the
+    trace's `problem_count`); the raw archive keeps every record as read."""
+    documents = []
+    rejected = []
+    records_rejected = 0
+    for trace in envelope.traces:
+        spans = trace.get("Spans")
+        left_out: list[dict[str, str | None]] = []
+        if isinstance(spans, list):
+            kept = []
+            for index, record in enumerate(spans):
+                omitted = omitted_size(record)
+                size = omitted if omitted is not None else len(record) if isinstance(record, str) else 0
+                if omitted is not None or size > max_record_bytes:
+                    left_out.append(
+                        {
+                            "span_id": None,
+                            "reason": f"Spans[{index}]: span record of {size} characters exceeds the limit of "
+                            f"{max_record_bytes}: kept in the raw archive only",
+                        }
+                    )
+                    continue
+                kept.append(record)
+            trace = {**trace, "Spans": kept}
+        parsed = parse_span_records(trace)
+        if not isinstance(parsed, SpanTrace):  # kept in the raw archive (lossless), never indexed
+            rejected.append({"trace_id": repr(trace.get("Id"))[:80], "reason": parsed})
+            continue
+        trace_ctx = ctx
+        if ctx.execution is None and execution_for is not None:
+            # executions are found by their ARN in the documents: the records are searched the same way
+            records = [{"Id": record.span_id, "Document": record.raw} for record in parsed.records]
+            details = execution_for({"Id": parsed.trace_id, "Segments": records})
+            if details:
+                trace_ctx = replace(ctx, execution=details)
+        result = transform_span_trace(parsed, trace_ctx, redaction)
+        problems = [
+            {"segment_id": r["span_id"], "reason": f"span record rejected: {r['reason']}"} for r in parsed.rejected
+        ] + left_out
+        records_rejected += len(parsed.rejected)
+        if problems:
+            result.problems.extend(problems)
+            result.trace["problem_count"] = int(result.trace.get("problem_count") or 0) + len(problems)
+            result.trace["partial"] = True
+        documents.append(result)
+    problems = [{"trace_id": d.trace_id, **problem} for d in documents for problem in d.problems]
+    return EnvelopeDocuments(envelope.envelope_id, documents, problems, rejected, records_rejected)

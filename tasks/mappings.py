@@ -78,6 +78,8 @@ TRACE_FIELDS: dict[str, str] = {
     "http_url": "url",
     "http_status": "long",
     "services": "keyword",
+    "source_store": "keyword",  # where the trace was read: xray (the X-Ray API) | spans (aws/spans)
+    "instrumentation": "keyword",  # of its segments: xray-sdk | opentelemetry | unknown
     "segment_count": "long",
     "in_progress": "boolean",
     "partial": "boolean",
@@ -113,6 +115,9 @@ SEGMENT_FIELDS: dict[str, str] = {
     "depth": "integer",
     "name": "keyword",
     "service_name": "keyword",
+    "source_store": "keyword",
+    "instrumentation": "keyword",  # xray-sdk (aws.xray.sdk) | opentelemetry (telemetry.sdk.*) | unknown
+    "sdk": "keyword",  # "<name> <version>" of the SDK that made the segment
     "origin": "keyword",
     "namespace": "keyword",
     "inferred": "boolean",

@@ -50,7 +50,7 @@ from tasks.redact import RedactionPolicy
 from tasks.sfn_fields import SFN_ORIGIN, StateMachineSegment, step_functions_fields
 from tasks.trace_model import TraceContext, TraceDocuments
 
-__all__ = ["AWS_RESOURCE_KEYS", "transform_trace"]
+__all__ = ["AWS_RESOURCE_KEYS", "SOURCE_XRAY", "sdk_instrumentation", "transform_trace"]
 
 KIND_SERVER = "SPAN_KIND_SERVER"
 KIND_CLIENT = "SPAN_KIND_CLIENT"
@@ -113,9 +113,21 @@ _Walked = tuple[dict[str, Any], dict[str, Any], int | None, int | None, "_Top", 
 class _Top:
     """A top-level segment document: what its subsegments share, and what the trace pass needs."""
 
-    __slots__ = ("is_subsegment", "node", "parent_id", "segment_id", "service", "sfn_arns", "span_base")
+    __slots__ = (
+        "instrumentation",
+        "is_subsegment",
+        "node",
+        "parent_id",
+        "sdk",
+        "segment_id",
+        "service",
+        "sfn_arns",
+        "span_base",
+    )
 
     def __init__(self, segment_id: str, parent_id: str | None, service: str, is_subsegment: bool) -> None:
+        self.instrumentation = "unknown"
+        self.sdk: str | None = None
         self.segment_id = segment_id
         self.parent_id = parent_id
         self.service = service
@@ -147,6 +159,7 @@ class _TraceBuilder:
             "collected_at": self.collected_iso,
             "envelope_id": ctx.envelope_id,
             "source": ctx.source,
+            "source_store": SOURCE_XRAY,  # tasks.spans sets "spans" on what it maps
         }
         self.trace_id = ""
         self.otel_trace_id = ""
@@ -261,6 +274,9 @@ class _TraceBuilder:
         }
         if aws is not None:
             top.sfn_arns = (aws.get("execution_arn"), aws.get("state_machine_arn"), resource_arn)
+            xray = aws.get("xray")
+            if type(xray) is dict and xray.get("sdk") is not None:
+                top.instrumentation, top.sdk = sdk_instrumentation(xray.get("sdk"), xray.get("sdk_version"))
         else:
             top.sfn_arns = (resource_arn,)
         self.tops.append(top)
@@ -313,6 +329,8 @@ class _TraceBuilder:
         doc["top_segment_id"] = top.segment_id
         doc["name"] = name
         doc["service_name"] = top.service
+        doc["instrumentation"] = top.instrumentation
+        doc["sdk"] = top.sdk
         span["spanId"] = span_id
         span["name"] = name
         span["events"] = []
@@ -853,6 +871,7 @@ class _TraceBuilder:
             "http_url": root_doc["http_url"] if root_doc is not None else None,
             "http_status": root_doc["http_status"] if root_doc is not None else None,
             "services": sorted({top.service for top in tops if not top.is_subsegment}),
+            "instrumentation": sorted({top.instrumentation for top in tops if not top.is_subsegment}),
             "segment_count": len(nodes),
             "in_progress": in_progress,
             "partial": limit_exceeded or missing_parent,
@@ -930,6 +949,23 @@ class _TraceBuilder:
                 machine = StateMachineSegment(doc, top.sfn_arns, start_us, end_us)
                 break
         return step_functions_fields(machine, self.ctx.execution, self.policy, self.problem)
+
+
+SOURCE_XRAY = "xray"
+XRAY_SDK, OPENTELEMETRY, UNKNOWN = "xray-sdk", "opentelemetry", "unknown"
+
+
+def sdk_instrumentation(name: Any, version: Any = None) -> tuple[str, str | None]:
+    """A segment's `aws.xray.sdk` (+ `sdk_version`) → (`xray-sdk` | `opentelemetry`, `<name> <version>`).
+
+    X-Ray SDKs name themselves "X-Ray for Java" etc.; the OTel Collector's X-Ray exporter and ADOT
+    write "opentelemetry for <language>"."""
+    text = _text(name, 200)
+    if not text:
+        return UNKNOWN, None
+    kind = OPENTELEMETRY if text.lower().startswith("opentelemetry") else XRAY_SDK
+    shown = f"{text} {_text(version, 50)}" if version is not None and _text(version, 50) else text
+    return kind, shown
 
 
 def _top_start(top: _Top) -> tuple[bool, int]:
@@ -1031,6 +1067,7 @@ def _failed(builder: _TraceBuilder, ctx: TraceContext, trace: Any, error: Except
             "partition_hour": partition.hour_iso,
             "status": "ok",
             "services": [],
+            "instrumentation": [],
             "segment_count": 0,
             "in_progress": False,
             "partial": True,
