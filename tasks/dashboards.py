@@ -468,6 +468,25 @@ def _visualizations(traces: str, segments: str) -> list[Vis]:
             params=_table_params(15),
         ),
         Vis(
+            "migration",
+            "Migration: trace store and instrumentation per account and service",
+            segments,
+            "table",
+            [
+                _count(1, "Segments"),
+                _terms(2, "account_name", "bucket", size=50, label="Account"),
+                _terms(3, "service_name", "bucket", size=50, label="Service"),
+                _terms(4, "source_store", "bucket", size=2, label="Store (xray | spans)"),
+                _terms(5, "instrumentation", "bucket", size=3, label="Instrumentation"),
+                _terms(6, "sdk", "bucket", size=3, label="SDK"),
+            ],
+            query=SERVICE_QUERY,
+            params=_table_params(15),
+            description="Where each service's traces are read (X-Ray API = xray, CloudWatch Transaction Search "
+            "aws/spans = spans) and whether its segments come from an X-Ray SDK (xray-sdk) or OpenTelemetry: "
+            "X-Ray SDKs and daemon reach end of support on 2027-02-25.",
+        ),
+        Vis(
             "slowest-executions",
             "Slowest step function executions",
             traces,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from pydantic import BaseModel, Field
 
@@ -92,6 +92,33 @@ class ServiceStats(BaseModel):
     latency_p99: float | None = None
 
 
+XRAY_SDK_END_OF_SUPPORT = date(2027, 2, 25)  # AWS X-Ray developer guide, "SDK and daemon end of support"
+
+
+class MigrationRow(BaseModel):
+    """One (account, service): where its traces are read and what instruments its segments."""
+
+    account_id: str
+    account_name: str | None = None
+    service: str
+    segments: int = 0
+    by_store: dict[str, int] = Field(default_factory=dict)  # xray (X-Ray API) | spans (aws/spans)
+    by_instrumentation: dict[str, int] = Field(default_factory=dict)  # xray-sdk | opentelemetry | unknown
+    sdks: list[str] = Field(default_factory=list)
+
+    @property
+    def store(self) -> str:
+        return " + ".join(sorted(self.by_store)) or "xray"
+
+    @property
+    def instrumentation(self) -> str:
+        return " + ".join(sorted(self.by_instrumentation)) or "unknown"
+
+    @property
+    def on_xray_sdk(self) -> bool:
+        return self.by_instrumentation.get("xray-sdk", 0) > 0
+
+
 class ExceptionStats(BaseModel):
     exception_type: str
     occurrences: int
@@ -158,6 +185,8 @@ class ReportData(BaseModel):
     traces_over_time: TimeSeries = Field(default_factory=TimeSeries, description="series keyed by account_id")
     services: list[ServiceStats] = Field(default_factory=list)
     top_exceptions: list[ExceptionStats] = Field(default_factory=list)
+    migration: list[MigrationRow] = Field(default_factory=list, description="per account and service")
+    xray_sdk_end_of_support: date = XRAY_SDK_END_OF_SUPPORT
     slowest_executions: list[ExecutionRow] = Field(default_factory=list)
     failed_executions: list[ExecutionRow] = Field(default_factory=list)
     failed_executions_total: int = 0

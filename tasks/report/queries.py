@@ -18,6 +18,7 @@ from tasks.report.model import (
     ExecutionRow,
     Headline,
     HealthSummary,
+    MigrationRow,
     ReportData,
     RunKindHealth,
     ServiceStats,
@@ -216,6 +217,7 @@ def build_report(
     _executions(client, data, tr, axis, in_range)
     _services(client, data, in_range)
     _exceptions(client, data, in_range)
+    _migration(client, data, in_range)
     _health(client, data, tr, axis)
     sources = data.execution_status_sources
     inferred = sources.get("trace", 0)
@@ -422,6 +424,59 @@ def _fill_errors_from_segments(client: Any, segments_alias: str, rows: list[Exec
         if not row.error and row.trace_id in found:
             row.error, message = found[row.trace_id]
             row.cause = row.cause or message
+
+
+def _migration(client: Any, data: ReportData, in_range: dict[str, Any]) -> None:
+    """Per account and service (service segments): which store the traces came from and whether
+    an X-Ray SDK or OpenTelemetry made the segments — the plan for the X-Ray SDK end of support.
+    Documents from before these fields existed count as the X-Ray API and `unknown`."""
+    body = {
+        "size": 0,
+        "query": _bool_query(in_range, {"term": {"is_subsegment": False}}),
+        "aggs": {
+            "accounts": {
+                "terms": {"field": "account_id", "size": 1000},
+                "aggs": {
+                    "name": {"terms": {"field": "account_name", "size": 1}},
+                    "services": {
+                        "terms": {"field": "service_name", "size": 200},
+                        "aggs": {
+                            "stores": {"terms": {"field": "source_store", "size": 5, "missing": "xray"}},
+                            "kinds": {"terms": {"field": "instrumentation", "size": 5, "missing": "unknown"}},
+                            "sdks": {"terms": {"field": "sdk", "size": 5}},
+                        },
+                    },
+                },
+            }
+        },
+    }
+    result = _search(client, data.segments_alias, body)
+    if result is None:
+        return
+    for account in _buckets(result.get("aggregations", {}).get("accounts")):
+        names = _buckets(account.get("name"))
+        for service in _buckets(account.get("services")):
+            data.migration.append(
+                MigrationRow(
+                    account_id=str(account["key"]),
+                    account_name=names[0]["key"] if names else None,
+                    service=str(service["key"]),
+                    segments=int(service["doc_count"]),
+                    by_store={b["key"]: int(b["doc_count"]) for b in _buckets(service.get("stores"))},
+                    by_instrumentation={b["key"]: int(b["doc_count"]) for b in _buckets(service.get("kinds"))},
+                    sdks=[str(b["key"]) for b in _buckets(service.get("sdks"))],
+                )
+            )
+    data.migration.sort(key=lambda r: (not r.on_xray_sdk, r.account_name or r.account_id, r.service))
+    on_sdk = [row for row in data.migration if row.on_xray_sdk]
+    if on_sdk:
+        days = (data.xray_sdk_end_of_support - data.generated_at.date()).days
+        when = f"in {days} days" if days > 0 else f"{-days} days ago"
+        data.notes.append(
+            f"{len(on_sdk)} service(s) in {len({r.account_id for r in on_sdk})} account(s) still send segments "
+            f"from an X-Ray SDK, which reaches end of support on {data.xray_sdk_end_of_support.isoformat()} "
+            f"({when}): see Migration."
+        )
 
 
 def _services(client: Any, data: ReportData, in_range: dict[str, Any]) -> None:

@@ -79,6 +79,21 @@ def report_tables(data: ReportData) -> list[Any]:
             )
         tables.append(services)
 
+    if data.migration:
+        migration = Table(title=f"Migration (X-Ray SDK end of support {data.xray_sdk_end_of_support.isoformat()})")
+        for column in ("account", "service", "segments", "store", "instrumentation", "sdk"):
+            migration.add_column(column, justify="right" if column == "segments" else "left")
+        for line in data.migration[:25]:
+            migration.add_row(
+                line.account_name or line.account_id,
+                line.service,
+                fmt_int(line.segments),
+                line.store,
+                line.instrumentation,
+                ", ".join(line.sdks),
+            )
+        tables.append(migration)
+
     if data.failed_executions:
         failed = Table(title=f"Failed executions ({data.failed_executions_total})")
         for column in ("start", "account", "state machine", "status", "duration", "error", "execution"):

@@ -479,3 +479,65 @@ def test_report_opens_in_headless_chromium(fresh_config: Config, config_file: st
         shutil.copy(out, Path(keep) / "report.html")
         shutil.copy(png, Path(keep) / "report.png")
         (Path(keep) / "report.json").write_text(data.model_dump_json(indent=1))
+
+
+# ------------------------------------------------------------------------------ migration view
+
+
+def test_migration_view_shows_store_and_instrumentation_per_account_and_service(fresh_config: Config) -> None:
+    """Spans read from aws/spans (OpenTelemetry and a converted X-Ray SDK segment) in one account and
+    a classic X-Ray SDK trace in another: the report lists each (account, service) with its store
+    and instrumentation, X-Ray SDK services first, and notes the end of support."""
+    import orjson
+
+    from tasks.index import ensure_templates
+    from tasks.mappings import index_templates
+    from tasks.spans import SpanTrace, parse_span_records, transform_span_trace
+    from tasks.trace_model import TraceContext
+    from tasks.transform import transform_trace
+    from tests.fixtures import fixture_path
+
+    at = datetime(2026, 12, 1, 10, 30, tzinfo=UTC)
+    client = client_for(fresh_config.opensearch)
+    ensure_templates(client, index_templates())
+    shop = TraceContext("111111111111", "shop", "prod", "eu-west-1", at, "e1", "sweep")
+    legacy = TraceContext("222222222222", "legacy", "prod", "eu-west-1", at, "e2", "sweep")
+    documents = []
+    for name in ("adot_checkout_trace", "xray_sdk_converted_trace"):
+        records = fixture_path(f"aws_spans/{name}.jsonl").read_text().splitlines()
+        parsed = parse_span_records({"Id": orjson.loads(records[0])["traceId"], "Spans": records})
+        assert isinstance(parsed, SpanTrace)
+        documents.append(transform_span_trace(parsed, shop))
+    segment = {
+        "id": "1234567890abcdef",
+        "name": "legacy-api",
+        "trace_id": "1-6b0e9e30-0123456789abcdef01234567",
+        "start_time": 1796120112.0,
+        "end_time": 1796120112.5,
+        "aws": {"xray": {"sdk": "X-Ray for Python", "sdk_version": "2.14.0"}},
+    }
+    trace = {"Id": segment["trace_id"], "Segments": [{"Id": segment["id"], "Document": orjson.dumps(segment).decode()}]}
+    documents.append(transform_trace(trace, legacy))
+    body: list[dict[str, object]] = []
+    for docs in documents:
+        for request in docs.index_requests():
+            if request.kind in ("traces", "segments"):
+                body += [{"index": {"_index": request.index, "_id": request.doc_id}}, request.source]
+    assert not client.bulk(body=body, refresh=True)["errors"]
+
+    data = build_report(client, timedelta(hours=2), at)
+
+    rows = [(r.account_name, r.service, r.store, r.instrumentation, r.sdks) for r in data.migration]
+    assert rows == [
+        ("legacy", "legacy-api", "xray", "xray-sdk", ["X-Ray for Python 2.14.0"]),
+        ("shop", "Scorekeep", "spans", "xray-sdk", ["X-Ray for Java 2.18.1"]),
+        ("shop", "checkout", "spans", "opentelemetry", ["opentelemetry for python 1.27.0"]),
+        ("shop", "payments", "spans", "opentelemetry", ["opentelemetry for nodejs 1.26.0"]),
+    ]
+    assert any("2 service(s) in 2 account(s)" in note and "2027-02-25" in note for note in data.notes)
+    page = render_html(data)
+    assert '<section id="migration">' in page and "X-Ray for Java 2.18.1" in page
+    console = Console(record=True, width=200)
+    for table in report_tables(data):
+        console.print(table)
+    assert "Migration (X-Ray SDK end of support 2027-02-25)" in console.export_text()
