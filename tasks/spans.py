@@ -532,21 +532,36 @@ def _keyword(value: Any) -> Any:
     return coerce.safe_json(value)[:MAX_TEXT]
 
 
+_FLAT_KEYS: dict[tuple[str, str], str] = {}  # (prefix, attribute) → document key; bounded
+
+
 def _flat(prefix: str, attributes: Any, policy: RedactionPolicy) -> dict[str, Any]:
+    """Attributes → flat document keys (dots → `@`), values as keywords; denied keys masked, URL
+    query values redacted (as the classic path does)."""
     if type(attributes) is not dict:
         return {}
     denied = policy.key_denied
+    names = _FLAT_KEYS
     flat = {}
     for key, value in attributes.items():
         if value is None:
             continue
+        name = names.get((prefix, key))
+        if name is None:
+            name = prefix + key.replace(".", "@")
+            if len(names) > 65536:
+                names.clear()
+            names[(prefix, key)] = name
         if denied(key):
             value = policy.replacement
-        elif key in _URL_ATTRIBUTES and type(value) is str and ("?" in value or "@" in value or "#" in value):
-            value = policy.redact_url(value)
-        elif key == "url.query" and type(value) is str:
-            value = policy.redact_url(f"?{value}")[1:]
-        flat[prefix + key.replace(".", "@")] = _keyword(value)
+        elif type(value) is str:
+            if key in _URL_ATTRIBUTES and ("?" in value or "@" in value or "#" in value):
+                value = policy.redact_url(value)
+            elif key == "url.query":
+                value = policy.redact_url(f"?{value}")[1:]
+            flat[name] = value if len(value) <= MAX_TEXT else value[:MAX_TEXT]
+            continue
+        flat[name] = _keyword(value)
     return flat
 
 
@@ -627,12 +642,14 @@ def _span_document(
 
 # ====================================================================== entry point
 
+_DEFAULT_POLICY = RedactionPolicy()  # one instance: its key matcher memoises
+
 
 def transform_span_trace(
     parsed: SpanTrace, ctx: TraceContext, redaction: RedactionPolicy | None = None
 ) -> TraceDocuments:
     """Usable span records of one trace → its documents (the module docstring). Never raises."""
-    policy = redaction if redaction is not None else RedactionPolicy()
+    policy = redaction if redaction is not None else _DEFAULT_POLICY
     segments = _segments(parsed)
     result = transform_trace({"Id": parsed.trace_id, "Segments": segments}, ctx, policy)
     by_span = {span["spanId"]: span for span in result.spans}
