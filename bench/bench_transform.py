@@ -16,6 +16,13 @@ Measured side by side, interleaved, best of R rounds each:
   transform emitting these documents pays before computing anything.
 Under default GC and under the `gc.freeze()` + higher gen-0 threshold advice (bench.common.gc_quiet).
 
+OTel-span workload (Transaction Search, `xraylake.spans.v1`): the same traces as `aws/spans` records
+(each classic span document turned back into an OTel span record with W3C ids, dotted attribute
+names, nanosecond times and exception events — built before timing), measured side by side:
+- spans parse-only: `orjson.loads` of every record (the least any span transform must do);
+- spans ours: `tasks.spans.parse_span_records` + `transform_span_trace` (span documents copied
+  from the records; trace, segment and service-map documents through `transform_trace`).
+
 Targets: ours ≥ 0.25 × parse-only; ours + Arrow ≥ 5 × the peer.
 """
 
@@ -254,6 +261,103 @@ def peer(traces: list[dict[str, Any]], ctx: Any) -> int:
     return len(segments)
 
 
+# ------------------------------------------------------------------ the OTel-span workload
+
+
+def _nanos(iso: str) -> int:
+    import calendar
+    from datetime import datetime
+
+    head, fraction = iso.rstrip("Z").split(".")
+    return calendar.timegm(datetime.fromisoformat(head).timetuple()) * 1_000_000_000 + int(fraction.ljust(9, "0"))
+
+
+def _unflatten(doc: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix) :].replace("@", "."): v for k, v in doc.items() if k.startswith(prefix) and v is not None}
+
+
+def span_traces(traces: list[dict[str, Any]], ctx: Any) -> list[dict[str, Any]]:
+    """The traces as `aws/spans` records (one JSON string per span), grouped like a spans envelope."""
+    from tasks.transform import transform_trace
+
+    out = []
+    for trace in traces:
+        docs = transform_trace(trace, ctx)
+        if not docs.spans:
+            continue
+        records = []
+        for span in docs.spans:
+            record = {
+                "resource": {"attributes": _unflatten(span, "resource.attributes.")},
+                "traceId": span["traceId"],
+                "spanId": span["spanId"],
+                "name": span["name"],
+                "kind": span["kind"].removeprefix("SPAN_KIND_"),
+                "startTimeUnixNano": _nanos(span["startTime"]),
+                "endTimeUnixNano": _nanos(span["endTime"]),
+                "attributes": _unflatten(span, "span.attributes."),
+                "status": {"code": ("UNSET", "OK", "ERROR")[span["status.code"]]},
+            }
+            if span["parentSpanId"]:
+                record["parentSpanId"] = span["parentSpanId"]
+            if span["events"]:
+                record["events"] = [
+                    {
+                        "name": e["name"],
+                        "timeUnixNano": _nanos(e["time"]) if e["time"] else record["startTimeUnixNano"],
+                        "attributes": {k.replace("@", "."): v for k, v in e["attributes"].items()},
+                    }
+                    for e in span["events"]
+                ]
+            records.append(orjson.dumps(record).decode())
+        out.append({"Id": docs.spans[0]["traceId"], "Spans": records})
+    return out
+
+
+def spans_parse_only(traces: list[dict[str, Any]]) -> int:
+    loads = orjson.loads
+    count = 0
+    for trace in traces:
+        for record in trace["Spans"]:
+            loads(record)
+            count += 1
+    return count
+
+
+def spans_ours(traces: list[dict[str, Any]], ctx: Any) -> int:
+    from tasks.spans import SpanTrace, parse_span_records, transform_span_trace
+
+    segments = 0
+    for trace in traces:
+        parsed = parse_span_records(trace)
+        if isinstance(parsed, SpanTrace):
+            segments += len(transform_span_trace(parsed, ctx).segments)
+    return segments
+
+
+def measure_spans(traces: list[dict[str, Any]], ctx: Any, rounds: int) -> dict[str, Any]:
+    """The OTel-span workload, interleaved like `measure`."""
+    runs = {"spans_parse_only": lambda: spans_parse_only(traces), "spans_ours": lambda: spans_ours(traces, ctx)}
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    counts: dict[str, int] = {}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            counts[name] = run()
+            samples[name].append(time.perf_counter() - started)
+    segments = counts["spans_ours"]
+    out: dict[str, Any] = {"traces": len(traces), "records": counts["spans_parse_only"], "segments": segments}
+    for name in runs:
+        fastest = min(samples[name])
+        out[name] = {
+            "best_seconds": round(fastest, 5),
+            "median_seconds": round(sorted(samples[name])[len(samples[name]) // 2], 5),
+            "segments_per_second": round(segments / fastest),
+        }
+    out["ratio_vs_parse_only"] = round(min(samples["spans_parse_only"]) / min(samples["spans_ours"]), 4)
+    return out
+
+
 # ------------------------------------------------------------------ measuring
 
 
@@ -328,6 +432,13 @@ def main() -> None:
             k: by_part[name][k]
             for k in ("segments", "ratio_vs_parse_only", "floor_ratio_vs_parse_only", "ours", "parse_only")
         }
+    spans = span_traces(traces, ctx)
+    spans_ours(spans[:50], ctx)  # warm up
+    otel_spans = measure_spans(spans, ctx, rounds)
+    common.log(
+        f"OTel spans: {otel_spans['spans_ours']['segments_per_second']} segments/s, "
+        f"{otel_spans['ratio_vs_parse_only']} × parse-only (classic: {default_gc['ours']['segments_per_second']})"
+    )
     assert gc.isenabled()
 
     metrics = {
@@ -341,6 +452,7 @@ def main() -> None:
         "default_gc": default_gc,
         "gc_freeze_advice": tuned_gc,
         "by_workload": by_part,
+        "otel_spans": otel_spans,
         "segments_per_second": default_gc["ours"]["segments_per_second"],
         "targets": {
             "ratio_vs_parse_only": common.target(default_gc["ratio_vs_parse_only"], 0.25),
