@@ -166,9 +166,19 @@ class SpanTrace:
     rejected: list[dict[str, str | None]]
 
 
+def _enum(value: Any, prefix: str) -> Any:
+    """An OTLP enum as a lookup key: `SPAN_KIND_SERVER`/`server` → `SERVER`, numbers stay; other
+    JSON (objects, lists) → None (never an unhashable key)."""
+    if type(value) is str:
+        return value.upper().removeprefix(prefix)
+    return value if type(value) is int else None
+
+
 def _nanos(value: Any) -> int | None:
     if type(value) is str and value.isdigit():
         value = int(value)
+    elif type(value) is float and value == value and _MIN_NS <= value < _MAX_NS:
+        value = int(value)  # a JSON writer that spelled the integer as a float
     if type(value) is int and _MIN_NS <= value < _MAX_NS:
         return value
     return None
@@ -257,8 +267,7 @@ def parse_span_records(trace: dict[str, Any]) -> SpanTrace | str:
                 data=data,
                 span_id=span_id,
                 parent_id=found.parent_id,
-                kind=_KIND.get(kind.upper().removeprefix("SPAN_KIND_") if type(kind) is str else kind)
-                or "SPAN_KIND_UNSPECIFIED",
+                kind=_KIND.get(_enum(kind, "SPAN_KIND_")) or "SPAN_KIND_UNSPECIFIED",
                 start_ns=found.start_ns,
                 end_ns=found.end_ns,
                 attributes=attributes if type(attributes) is dict else {},
@@ -426,7 +435,7 @@ def _document(record: _Record, trace_id: str, is_top: bool, service: str) -> dic
 
     status = record.data.get("status")
     code = status.get("code") if type(status) is dict else None
-    code = _STATUS.get(code.upper().removeprefix("STATUS_CODE_") if type(code) is str else code, 0)
+    code = _STATUS.get(_enum(code, "STATUS_CODE_"), 0)
     if code == 2:
         http_status = http.get("response", {}).get("status") if http is not None else None
         if http_status is None or http_status < 400:
@@ -625,7 +634,7 @@ def _span_document(
         "traceGroupFields.endTime": classic.get("traceGroupFields.endTime"),
         "traceGroupFields.durationInNanos": classic.get("traceGroupFields.durationInNanos"),
         "traceGroupFields.statusCode": classic.get("traceGroupFields.statusCode"),
-        "status.code": _STATUS.get(code.upper().removeprefix("STATUS_CODE_") if type(code) is str else code, 0),
+        "status.code": _STATUS.get(_enum(code, "STATUS_CODE_"), 0),
     }
     if message:
         span["status.message"] = coerce.to_text(message, MAX_NAME)

@@ -270,6 +270,30 @@ def test_malformed_records_are_rejected_one_by_one_with_a_reason() -> None:
     assert len(docs.segments) == 7 and len(docs.spans) == 7  # the good records all mapped
 
 
+def test_odd_values_in_good_records_never_raise() -> None:
+    """Kinds, status codes, events and attributes of unexpected JSON types are mapped or ignored,
+    never an exception: the record still becomes its documents."""
+    root = orjson.loads(_records("adot_checkout_trace")[0])
+    odd = {
+        **root,
+        "kind": ["SERVER"],
+        "status": {"code": {"x": 1}},
+        "events": {"name": "exception"},
+        "links": "none",
+        "scope": 7,
+        "resource": {"attributes": ["service.name"]},
+        "attributes": {**root["attributes"], "http.response.status_code": "abc", "nested": {"a": [1, {"b": 2}]}},
+        "startTimeUnixNano": float(root["startTimeUnixNano"]),
+    }
+    docs, parsed = _transform({"Id": CHECKOUT_ID, "Spans": [orjson.dumps(odd).decode()]})
+    assert parsed.rejected == []
+    _well_formed(docs)
+    (span,) = docs.spans
+    assert (span["kind"], span["status.code"], span["events"]) == ("SPAN_KIND_UNSPECIFIED", 0, [])
+    assert span["span.attributes.nested"] == '{"a":[1,{"b":2}]}'
+    assert docs.segments[0]["service_name"] == "checkout"
+
+
 def test_span_envelopes_validate_their_form_and_count_rejections() -> None:
     records = _records("adot_checkout_trace")
     envelope = build_envelope(
