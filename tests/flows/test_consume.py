@@ -5,14 +5,12 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-import io
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import boto3
 import orjson
-import pyarrow.parquet as pq
 import pytest
 
 from blocks import OpenSearchTarget
@@ -23,7 +21,6 @@ from tasks import envelope as env
 from tasks.consumer import BatchStats, Consumer
 from tasks.index import client_for, ensure_templates
 from tasks.mappings import index_templates
-from tests.fixtures import fixture_path
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -371,48 +368,3 @@ def test_a_redriven_claim_check_message_keeps_both_signatures(fresh_config: Conf
     second = _drain(_consumer(fresh_config))
     assert (second.deleted, dict(second.dead_lettered)) == (1, {}), second.as_dict()
     assert indexed_trace_ids(fresh_config) == {t["Id"] for t in envelope.traces}
-
-
-def test_a_span_envelope_is_indexed_archived_and_replayable(fresh_config: Config) -> None:
-    """A `xraylake.spans.v1` envelope (Transaction Search records, tests/fixtures/aws_spans) with one
-    malformed record: the other records become span, segment and trace documents and Parquet rows,
-    the bad one is counted, and the raw archive keeps the envelope verbatim so replay reads it back."""
-    records = fixture_path("aws_spans/adot_checkout_trace.jsonl").read_text().splitlines()
-    account = fresh_config.roster.accounts[0].account_id
-    trace_id = orjson.loads(records[0])["traceId"]
-    envelope = env.build_envelope(
-        source="sweep",
-        account_id=account,
-        region="us-east-1",
-        traces=[{"Id": trace_id, "Spans": [*records, "{truncated"]}],
-        collected_at=datetime(2026, 12, 1, 10, 20, tzinfo=UTC),
-        schema="xraylake.spans.v1",
-    )
-    send_envelope(fresh_config, envelope)
-
-    stats = _drain(_consumer(fresh_config))
-
-    assert (stats.deleted, dict(stats.dead_lettered), stats.documents_failed) == (1, {}, 0), stats.as_dict()
-    assert (stats.traces, stats.segments, stats.spans, stats.transform_problems) == (1, 7, 7, 1)
-    assert stats.span_records_rejected == 1
-    client = client_for(fresh_config.opensearch)
-    client.indices.refresh(index="xray-*,otel-v1-apm-span-*")
-    (trace,) = [h["_source"] for h in client.search(index="xray-traces")["hits"]["hits"]]
-    assert trace["trace_id"] == f"1-{trace_id[:8]}-{trace_id[8:]}" and trace["source_store"] == "spans"
-    assert trace["services"] == ["checkout", "payments"] and trace["problem_count"] == 1
-    assert client.count(index="xray-segments")["count"] == 7
-    spans = client.search(index="otel-v1-apm-span-*", body={"size": 20})["hits"]["hits"]
-    assert {h["_id"] for h in spans} == {f"{account}:{trace_id}{orjson.loads(r)['spanId']}" for r in records}
-    s3 = boto3.client("s3")
-    parquet = [
-        o["Key"]
-        for o in archive.list_keys(s3, fresh_config.archive.bucket, f"{fresh_config.archive.parquet_prefix}/segments/")
-        if "dt=2026-12-01" in o["Key"]
-    ]
-    assert len(parquet) == 1
-    table = pq.read_table(io.BytesIO(s3.get_object(Bucket=fresh_config.archive.bucket, Key=parquet[0])["Body"].read()))
-    assert table.num_rows == 7 and set(table.column("source_store").to_pylist()) == {"spans"}
-    assert sorted(table.column("document").to_pylist()) == sorted(records)
-    raw = archive.get_raw(s3, fresh_config.archive.bucket, archive.raw_key(fresh_config.archive, envelope))
-    replayed = env.parse_envelope(raw)
-    assert replayed == envelope and replayed.traces[0]["Spans"][-1] == "{truncated"
