@@ -11,9 +11,10 @@ bytes, not its name):
   [{Id, Document}]}], "UnprocessedTraceIds": [...]}`, one page or several concatenated, and
   `Trace` objects alone (`jq '.Traces[]'`).
 
-Every rejected document is reported once, with its file, its first line and why (`Rejection`),
+Every rejected document is reported once, with its file, its first line and why (`FileReport`),
 and the rest of the file is still read. A segment document is refused when it is not JSON, is
-over the per-document limit (`jsonstream.MAX_DOCUMENT_BYTES`, the consumer's own), nests deeper
+over the per-document limit (`jsonstream.MAX_DOCUMENT_BYTES`, the consumer's own 4 MiB default;
+`max_document_bytes` lifts it, as the consumer's does, for a document that must travel whole), nests deeper
 than `jsonstream.MAX_DEPTH`, or lacks what X-Ray itself requires (ids in `tasks.ids`' formats,
 name, start_time, end_time or in_progress).
 
@@ -37,7 +38,7 @@ from typing import IO, Any
 import orjson
 
 from tasks.ids import segment_id_problem, trace_id_problem
-from tasks.jsonstream import GZIP_MAGIC, Found, StreamError, documents, inflate
+from tasks.jsonstream import GZIP_MAGIC, MAX_DOCUMENT_BYTES, Found, StreamError, documents, inflate
 from tasks.tracetime import MAX_EPOCH, MIN_EPOCH
 
 DAEMON_HEADER = {"format": "json", "version": 1}
@@ -215,8 +216,14 @@ def _finished(traces: dict[str, _Trace]) -> Iterator[tuple[dict[str, Any], Count
 class Importer:
     """Read files into a `TraceGrouper`, reporting per file; then `traces()` hands out whole traces."""
 
-    def __init__(self, budget_bytes: int = GROUP_BUDGET_BYTES, partitions: int = SPILL_PARTITIONS) -> None:
+    def __init__(
+        self,
+        budget_bytes: int = GROUP_BUDGET_BYTES,
+        partitions: int = SPILL_PARTITIONS,
+        max_document_bytes: int = MAX_DOCUMENT_BYTES,
+    ) -> None:
         self.grouper = TraceGrouper(budget_bytes, partitions)
+        self.max_document_bytes = max_document_bytes
         self.files: list[FileReport] = []
 
     def read(self, path: Path) -> FileReport:
@@ -224,7 +231,7 @@ class Importer:
         number = len(self.files)
         self.files.append(report)
         try:
-            for found in documents(file_chunks(path)):
+            for found in documents(file_chunks(path), max_bytes=self.max_document_bytes):
                 self._document(found, report, number)
         except (OSError, StreamError) as error:  # unreadable file (StreamError: before any document)
             report.reject(0, f"unreadable: {error}")
@@ -335,9 +342,11 @@ class ImportResult:
         return [r for f in self.files for r in f.rejections]
 
 
-def parse_files(paths: Iterable[Path], budget_bytes: int = GROUP_BUDGET_BYTES) -> ImportResult:
+def parse_files(
+    paths: Iterable[Path], budget_bytes: int = GROUP_BUDGET_BYTES, max_document_bytes: int = MAX_DOCUMENT_BYTES
+) -> ImportResult:
     """All traces of the files at once (tests, small imports); the CLI streams `Importer.batches`."""
-    importer = Importer(budget_bytes)
+    importer = Importer(budget_bytes, max_document_bytes=max_document_bytes)
     for path in paths:
         importer.read(path)
     return ImportResult([trace for trace, _ in importer.traces()], importer.files)

@@ -41,7 +41,8 @@ from typing import Any
 import orjson
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024  # the consumer's per-document limit (tasks.documents)
-MAX_DEPTH = 512  # X-Ray documents nest a few dozen levels; orjson itself stops at 1024
+MAX_DEPTH = 512  # X-Ray documents nest a few dozen levels; below Python's recursion limit downstream
+ORJSON_MAX_DEPTH = 1024  # orjson refuses deeper documents itself
 MIN_INFLATE_CAP = 64 * 1024 * 1024  # a gzip stream may always inflate this far ...
 MAX_INFLATE_RATIO = 200  # ... and beyond, to this many times its compressed bytes (JSON: ~5-50)
 GZIP_MAGIC = b"\x1f\x8b"
@@ -59,10 +60,7 @@ _TRACES_KEY = re.compile(rb'"Traces"[ \t\r\n]*:[ \t\r\n]*\Z')
 _SCALAR = re.compile(
     rb'(?:[^,\]"\x00-\x08\x0b\x0c\x0e-\x1f]++|"[^"\\\x00-\x1f]*+(?:\\[^\x00-\x1f][^"\\\x00-\x1f]*+)*+")*+'
 )
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{}[]")
 _NOT_OPENING = bytes(b for b in range(256) if b not in b"{[")
-_PAIR = re.compile(rb"\{\}|\[\]")
 _CLOSER = bytes.maketrans(b"[{", b"]}")
 _DROP_WS = b" \t\r\n"
 _INFLATE_STEP = 1024 * 1024
@@ -239,10 +237,8 @@ class _Scanner:
         if b'"Traces"' in data:  # maybe a batch-get-traces page: its traces are read one by one
             return None
         try:
-            value = orjson.loads(data)
+            value = _parse_within_depth(data, self.max_depth)
         except orjson.JSONDecodeError:
-            return None
-        if len(data) > 2 * self.max_depth and _depth_over(data, self.max_depth):
             return None
         self.pos = end - self.base
         return Found(self.line_number(start), start, data, None, "", -1, value)
@@ -457,18 +453,17 @@ class _Scanner:
             self.resync(failure.where)
 
 
-def _depth_over(data: bytes, limit: int) -> bool:
-    """Whether a valid JSON document nests deeper than `limit`, found in C: only a document with
-    more than `limit` opening brackets can; then strings are dropped and one level of innermost
-    pairs is removed per pass."""
-    if len(data.translate(None, _NOT_OPENING)) <= limit:
-        return False
-    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
-    for _ in range(limit):
-        brackets = _PAIR.sub(b"", brackets)
-        if not brackets:
-            return False
-    return True
+def _parse_within_depth(data: bytes, limit: int) -> Any:
+    """orjson.loads, refusing (JSONDecodeError) a document nested deeper than `limit`: orjson
+    itself stops at 1024 levels, so a document with more than `limit` opening brackets is parsed
+    inside 1024 - limit extra arrays — the depth is checked in the same pass as the parse."""
+    if len(data) <= 2 * limit or len(data.translate(None, _NOT_OPENING)) <= limit:
+        return orjson.loads(data)
+    extra = max(0, ORJSON_MAX_DEPTH - limit)
+    value = orjson.loads(b"[" * extra + data + b"]" * extra)
+    for _ in range(extra):
+        value = value[0]
+    return value
 
 
 def documents(

@@ -409,6 +409,14 @@ def import_(
     account_id: Annotated[str, typer.Option("--account-id", help="Roster account the traces belong to.")],
     region: Annotated[str, typer.Option("--region")] = "us-east-1",
     direct: Annotated[bool, typer.Option(help="Write the sinks in-process instead of sending to the queue.")] = False,
+    max_document_bytes: Annotated[
+        int,
+        typer.Option(
+            min=1024,
+            help="Refuse a document (a segment, or a batch-get-traces Trace) larger than this; 4 MiB is the "
+            "consumer's own default, past which it archives a document raw without indexing it.",
+        ),
+    ] = 4 * 1024 * 1024,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -432,7 +440,7 @@ def import_(
     if missing:
         err_console.print(f"[red]error:[/red] no such file: {', '.join(missing)}")
         raise typer.Exit(2)
-    importer = Importer()
+    importer = Importer(max_document_bytes=max_document_bytes)
     for path in files:
         importer.read(path)
     imported = [0] * len(files)  # segments indexed (direct) or sent (queue), per file

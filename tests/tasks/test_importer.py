@@ -272,3 +272,15 @@ def test_a_segment_of_another_trace_inside_a_trace_and_a_foreign_header_are_refu
         "daemon header {'format': 'protobuf', 'version': 2} is not {'format': 'json', 'version': 1}",
     ]
     assert result.segments_read == 1
+
+
+def test_the_document_limit_can_be_lifted_like_the_consumer_s(tmp_path: Path) -> None:
+    big = segment(annotations={"blob": "x" * 5_000_000})
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(big))
+    assert [r["reason"] for r in parse_files([path]).rejected] == [
+        "larger than 4,194,304 bytes (the import limit per document)"
+    ]
+    lifted = parse_files([path], max_document_bytes=8 * 1024 * 1024)
+    assert lifted.rejected == []
+    assert imported(lifted.traces) == {TRACE_ID: {big["id"]: big}}
