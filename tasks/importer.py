@@ -136,8 +136,7 @@ class TraceGrouper:
     def add_segment(self, trace_id: str, segment_id: str, segment: _Segment) -> None:
         """A checked segment document (`start` None for one from a batch-get-traces Trace)."""
         if self.spill:
-            record = ["s", trace_id, segment_id, segment.document, segment.start, segment.end, segment.file]
-            self._write(trace_id, record)
+            self._write_segment(trace_id, segment_id, segment)
             return
         self.traces.setdefault(trace_id, _Trace()).segments[segment_id] = segment
         self.held += len(segment.document)
@@ -162,12 +161,20 @@ class TraceGrouper:
         for trace_id, built in self.traces.items():
             if built.fields:
                 self._write(trace_id, ["f", trace_id, built.fields])
-            for segment_id, s in built.segments.items():
-                self._write(trace_id, ["s", trace_id, segment_id, s.document, s.start, s.end, s.file])
+            for segment_id, segment in built.segments.items():
+                self._write_segment(trace_id, segment_id, segment)
         self.traces, self.held = {}, 0
 
-    def _write(self, trace_id: str, record: list[Any]) -> None:
-        self.spill[zlib.crc32(trace_id.encode()) % self.partitions].write(orjson.dumps(record) + b"\n")
+    def _write(self, trace_id: str, record: list[Any], document: bytes = b"") -> None:
+        """One spill record: a JSON header line, then (segments) the document's bytes as they are."""
+        handle = self.spill[zlib.crc32(trace_id.encode()) % self.partitions]
+        handle.write(orjson.dumps(record) + b"\n")
+        if document:
+            handle.write(document)
+
+    def _write_segment(self, trace_id: str, segment_id: str, segment: _Segment) -> None:
+        data = segment.document.encode()
+        self._write(trace_id, ["s", trace_id, segment_id, segment.start, segment.end, segment.file, len(data)], data)
 
     def groups(self) -> Iterator[tuple[dict[str, Any], Counter[int]]]:
         """Each whole trace (a BatchGetTraces `Trace`) with how many of its segments each file gave."""
@@ -179,14 +186,14 @@ class TraceGrouper:
             for handle in self.spill:
                 handle.seek(0)
                 traces: dict[str, _Trace] = {}
-                for line in handle:
+                while line := handle.readline():
                     record = orjson.loads(line)
                     built = traces.setdefault(record[1], _Trace())
                     if record[0] == "f":
                         built.fields = record[2]
                     else:
-                        _, _, segment_id, document, start, end, file = record
-                        built.segments[segment_id] = _Segment(document, start, end, file)
+                        _, _, segment_id, start, end, file, size = record
+                        built.segments[segment_id] = _Segment(handle.read(size).decode(), start, end, file)
                 handle.close()
                 yield from _finished(traces)
         finally:
