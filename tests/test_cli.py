@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import boto3
@@ -86,6 +87,16 @@ def test_import_direct_indexes_any_layout_and_reports_each_rejection_once_per_fi
     )
     subsegments = client.count(index="xray-segments", body={"query": {"term": {"trace_id": ddb["trace_id"]}}})
     assert subsegments["count"] > 1  # the DynamoDB segment and its subsegments
+
+    queued = cli.invoke(app, ["import", str(batch), "--account-id", account])  # to the queue, as tables
+    assert queued.exit_code == 0, queued.output
+    assert re.search(r"segments_sent\s*│\s*5\s*│", queued.output), queued.output
+    assert re.search(r"messages_sent\s*│\s*1\s*│", queued.output), queued.output
+    assert "per file" in queued.output
+    attributes = boto3.client("sqs", region_name=fresh_config.queue.region).get_queue_attributes(
+        QueueUrl=fresh_config.queue.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )
+    assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "1"
 
 
 def test_import_refuses_unknown_account_and_missing_file(cli: CliRunner, fresh_config: Config) -> None:
