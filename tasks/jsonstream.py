@@ -11,12 +11,18 @@ bytes (to parse with orjson) or why it was refused, with its first line and byte
   descended into and each `Trace` is a document (`context` "Traces[]"), so a page of any size
   streams; the rest of that object (`UnprocessedTraceIds`, `NextToken`) is skipped.
 
-How: a document's end is found by its brackets, never by a Python loop per byte: one compiled
+How, without a Python loop per byte. Fast path (top-level objects): the region up to the next
+line that starts with `{` or `[` in column 0 (found by one regex search) is handed to orjson at
+once; when it parses, it was exactly one document (NDJSON, daemon packets, `jq .` output), and its
+parsed value travels with its bytes, so nothing is parsed twice. The depth limit is checked inside
+that same parse (see `_parse_within_depth`). Otherwise (several documents on a line, arrays,
+batch-get-traces pages, anything broken) a document's end is found by its brackets: one compiled
 regex jumps over everything that is not a bracket (whole strings included, escapes honoured),
-Python only sees brackets, and runs of brackets are counted in bulk. At most one document is held
-(`max_bytes`); a longer one, or one nested deeper than `max_depth`, is refused without being kept
-and the scan goes on to its end in constant memory. Bytes JSON never allows outside a string escape
-(controls other than whitespace) end a document at once.
+strings cut by a chunk end are finished with `bytes.find`, Python only sees brackets, and runs of
+brackets are counted in bulk. At most one document is held (`max_bytes`); a longer one, or one
+nested deeper than `max_depth`, is refused without being kept and the scan goes on to its end in
+constant memory (its time grows with its brackets). Bytes JSON never allows outside a string
+escape (controls other than whitespace, a raw newline inside a string) end a document at once.
 
 Recovery: after a document that cannot be JSON (truncated, binary, mismatched brackets, over a
 limit and never closed), reading resumes at the first line inside it that starts with `{` or `[` in
