@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -201,16 +202,16 @@ def test_gzip_bombs_and_broken_gzip_are_one_refusal_each_after_what_was_readable
     good = json.dumps(segment()) + "\n"
     bomb = tmp_path / "bomb.gz"  # 80 members of 1 MiB of zeros each: ~80 KB inflating to 80 MiB
     bomb.write_bytes(gzip.compress(good.encode()) + gzip.compress(bytes(1024 * 1024), 9) * 80)
-    truncated = tmp_path / "truncated.gz"
-    whole = gzip.compress((good * 3).encode())
-    truncated.write_bytes(whole[: len(whole) - 12])
+    truncated = tmp_path / "truncated.gz"  # lines 1-2 and the start of line 3, then the stream stops
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    cut = packer.compress((good * 2 + good[:40]).encode()) + packer.flush(zlib.Z_SYNC_FLUSH)
+    truncated.write_bytes(cut)
     result = parse_files([bomb, truncated])
     assert [(r["file"], r["line"]) for r in result.rejected] == [(str(bomb), 2), (str(truncated), 3)]
     assert result.rejected[0]["reason"].startswith("not JSON: starts with b'\\x00\\x00")
     assert "; gzip stream inflates past" in result.rejected[0]["reason"]
     assert result.rejected[0]["reason"].endswith("at least 67,108,864 bytes): reading stopped")
-    cut = len(whole) - 12
-    assert result.rejected[1]["reason"] == f"not closed: gzip stream truncated after {cut:,} compressed bytes"
+    assert result.rejected[1]["reason"] == f"not closed: gzip stream truncated after {len(cut):,} compressed bytes"
     assert [f.segments_read for f in result.files] == [1, 2]  # the same segment: one trace, one segment
     assert len(result.traces) == 1
 
