@@ -309,7 +309,7 @@ def measure_large_document(base: Any, megabytes: float = 50.0) -> dict[str, Any]
                 common.fresh_sinks(common.roster_of(base, accounts), uuid.uuid4().hex[:8])
             ) as config:
                 collector = col.Collector.from_config(config)
-                parsed = parse_files([Path(path)])
+                parsed = parse_files([Path(path)], max_document_bytes=1 << 30)  # past the import limit
                 envelopes = col.envelopes_for(
                     parsed.traces, source="import", account_id=accounts[0].account_id, region="us-east-1"
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import boto3
@@ -31,32 +32,71 @@ def run(cli: CliRunner, *args: str, code: int = 0) -> dict:  # type: ignore[type
     return {"output": result.output}
 
 
-def test_import_direct_indexes_exported_traces_and_rejects_bad_lines(
+def test_import_direct_indexes_any_layout_and_reports_each_rejection_once_per_file(
     cli: CliRunner, fresh_config: Config, tmp_path: Path
 ) -> None:
+    import gzip
+
+    from tasks.index import client_for
+
     account = fresh_config.roster.accounts[0].account_id
-    daemon = tmp_path / "daemon.jsonl"
-    segment = json.loads((FIXTURES / "awsdocs_minimal_segment.json").read_text())
+    ddb_text = (FIXTURES / "otel_ddb_sample.json").read_text()  # pretty-printed: 483 "not JSON" lines before
+    daemon = tmp_path / "daemon.json"
     daemon.write_text(
-        '{"format": "json", "version": 1}\n' + json.dumps(segment) + "\nnot json at all\n"
+        '{"format": "json", "version": 1}\n' + ddb_text + "not json at all\nstill not json\n"
         '{"name": "no-trace-id", "id": "1", "start_time": 1}\n'
     )
-    # exit code 1: the good traces are imported, but something was rejected
-    run(cli, "import", str(daemon), "--account-id", account, "--direct", "--json", code=1)
-    result = cli.invoke(app, ["import", str(daemon), "--account-id", account, "--direct", "--json"])
+    batch = tmp_path / "batch.out"  # gzip, found by its magic bytes
+    batch.write_bytes(gzip.compress((FIXTURES / "scorekeep_batch_get_traces.json").read_bytes()))
+    result = cli.invoke(app, ["import", str(daemon), str(batch), "--account-id", account, "--direct", "--json"])
+    assert result.exit_code == 1, result.output  # the good traces are imported, but something was rejected
     data = json.loads(result.stdout)
-    assert data["segments_read"] == 1
-    assert data["rejected"] == 2
-    assert {r["reason"].split(":")[0] for r in data["rejections"]} == {"not JSON", "segment document lacks 'trace_id'"}
-    good = cli.invoke(
-        app,
-        ["import", str(FIXTURES / "scorekeep_batch_get_traces.json"), "--account-id", account, "--direct", "--json"],
+    lines = ddb_text.count("\n") + 2
+    assert data["files"] == [
+        {
+            "file": str(daemon),
+            "documents_read": 3,
+            "segments_read": 1,
+            "indexed": 1,
+            "rejected": 2,
+            "rejections": [
+                {
+                    "file": str(daemon),
+                    "line": lines,
+                    "where": f"{daemon}:{lines}",
+                    "reason": "not JSON: starts with b'not json at all'",
+                },
+                {
+                    "file": str(daemon),
+                    "line": lines + 2,
+                    "where": f"{daemon}:{lines + 2}",
+                    "reason": "segment document lacks 'trace_id'",
+                },
+            ],
+        },
+        {"file": str(batch), "documents_read": 5, "segments_read": 5, "indexed": 5, "rejected": 0, "rejections": []},
+    ]
+    assert (data["segments_read"], data["segments_indexed"], data["rejected"], data["traces"]) == (6, 6, 2, 2)
+    assert data["documents_failed"] == 0
+    client = client_for(fresh_config.opensearch)
+    client.indices.refresh(index="xray-*")
+    hits = client.search(index="xray-traces", body={"size": 10})["hits"]["hits"]
+    ddb = json.loads(ddb_text)
+    assert sorted(h["_source"]["trace_id"] for h in hits) == sorted(
+        [ddb["trace_id"], "1-59602603-23fc5b688855d396af79b496"]
     )
-    assert good.exit_code == 0, good.output
-    imported = json.loads(good.stdout)
-    assert imported["traces"] >= 1
-    assert imported["documents_failed"] == 0
-    assert imported["segments_indexed"] >= imported["segments_read"]
+    subsegments = client.count(index="xray-segments", body={"query": {"term": {"trace_id": ddb["trace_id"]}}})
+    assert subsegments["count"] > 1  # the DynamoDB segment and its subsegments
+
+    queued = cli.invoke(app, ["import", str(batch), "--account-id", account])  # to the queue, as tables
+    assert queued.exit_code == 0, queued.output
+    assert re.search(r"segments_sent\s*│\s*5\s*│", queued.output), queued.output
+    assert re.search(r"messages_sent\s*│\s*1\s*│", queued.output), queued.output
+    assert "per file" in queued.output
+    attributes = boto3.client("sqs", region_name=fresh_config.queue.region).get_queue_attributes(
+        QueueUrl=fresh_config.queue.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )
+    assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "1"
 
 
 def test_import_refuses_unknown_account_and_missing_file(cli: CliRunner, fresh_config: Config) -> None:

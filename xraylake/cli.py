@@ -399,18 +399,33 @@ def demo(
 
 @app.command("import")
 def import_(
-    files: Annotated[list[Path], typer.Argument(help="batch-get-traces JSON, or segment documents (file/line)")],
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Exported X-Ray data in any layout: segment documents (one per file or line, pretty-printed, "
+            "concatenated, in an array, daemon packets) or batch-get-traces output; gzip or not."
+        ),
+    ],
     account_id: Annotated[str, typer.Option("--account-id", help="Roster account the traces belong to.")],
     region: Annotated[str, typer.Option("--region")] = "us-east-1",
     direct: Annotated[bool, typer.Option(help="Write the sinks in-process instead of sending to the queue.")] = False,
+    max_document_bytes: Annotated[
+        int,
+        typer.Option(
+            min=1024,
+            help="Refuse a document (a segment, or a batch-get-traces Trace) larger than this; 4 MiB is the "
+            "consumer's own default, past which it archives a document raw without indexing it.",
+        ),
+    ] = 4 * 1024 * 1024,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Import exported X-Ray traces or raw segment documents for one roster account."""
+    """Import exported X-Ray traces or raw segment documents for one roster account (streaming)."""
     from tasks import collector as col
     from tasks.aws import log_client
     from tasks.consumer import BatchStats, Consumer
-    from tasks.importer import parse_files
+    from tasks.importer import Importer
+    from tasks.redact import RedactionPolicy
 
     cfg = _config(config)
     try:
@@ -421,57 +436,100 @@ def import_(
     if region not in account.regions:
         err_console.print(f"[red]error:[/red] region {region} is not enabled for {account_id}: {account.regions}")
         raise typer.Exit(2)
-    missing = [str(f) for f in files if not f.exists()]
+    missing = [str(f) for f in files if not f.is_file()]
     if missing:
         err_console.print(f"[red]error:[/red] no such file: {', '.join(missing)}")
         raise typer.Exit(2)
-    parsed = parse_files(files)
-    from tasks.redact import RedactionPolicy
-
-    envelopes = col.envelopes_for(
-        parsed.traces,
-        source="import",
-        account_id=account_id,
-        region=region,
-        redaction=RedactionPolicy() if cfg.redact_at_source else None,
-    )
-    summary: dict[str, object] = {
-        "segments_read": parsed.segments_read,
-        "traces": len(parsed.traces),
-        "envelopes": len(envelopes),
-        "rejected": len(parsed.rejected),
-        "rejections": parsed.rejected,
-        "mode": "direct" if direct else "queue",
-    }
+    importer = Importer(max_document_bytes=max_document_bytes)
+    for path in files:
+        importer.read(path)
+    imported = [0] * len(files)  # segments indexed (direct) or sent (queue), per file
+    totals = {"traces": 0, "envelopes": 0, "envelopes_failed": 0, "sent": 0}
+    stats = BatchStats()
+    consumer = collector = None
     if direct:
-        consumer = Consumer(cfg, log_client("s3", cfg.archive.region), log_client("sqs", cfg.queue.region))
         from tasks.index import ensure_templates
         from tasks.mappings import index_templates
 
+        consumer = Consumer(cfg, log_client("s3", cfg.archive.region), log_client("sqs", cfg.queue.region))
         ensure_templates(consumer.opensearch, index_templates(consumer.index_prefix))
-        stats = BatchStats()
-        failed = consumer.ingest([(e, e.to_json()) for e in envelopes], stats)
+    else:
+        collector = col.Collector.from_config(cfg)
+    for batch in importer.batches():
+        by_id = {trace["Id"]: counts for trace, counts in batch}
+        envelopes = col.envelopes_for(
+            [trace for trace, _ in batch],
+            source="import",
+            account_id=account_id,
+            region=region,
+            redaction=RedactionPolicy() if cfg.redact_at_source else None,
+        )
+        totals["traces"] += len(batch)
+        totals["envelopes"] += len(envelopes)
+        if consumer is not None:
+            failed = consumer.ingest([(e, e.to_json()) for e in envelopes], stats)
+            totals["envelopes_failed"] += len(failed)
+            done = [e for e in envelopes if e.envelope_id not in failed]
+        else:
+            _, report = col.send_envelopes(collector, envelopes)  # type: ignore[arg-type]
+            totals["sent"] += report.sent
+            done = envelopes
+        for envelope in done:
+            for trace in envelope.traces:
+                for number, count in by_id.get(trace["Id"], {}).items():
+                    imported[number] += count
+    column = "indexed" if direct else "sent"
+    per_file = [
+        {
+            "file": report.file,
+            "documents_read": report.documents_read,
+            "segments_read": report.segments_read,
+            column: imported[number],
+            "rejected": report.rejected,
+            "rejections": report.rejections,
+        }
+        for number, report in enumerate(importer.files)
+    ]
+    rejected = sum(report.rejected for report in importer.files)
+    summary: dict[str, object] = {
+        "documents_read": sum(report.documents_read for report in importer.files),
+        "segments_read": sum(report.segments_read for report in importer.files),
+        f"segments_{column}": sum(imported),
+        "rejected": rejected,
+        "traces": totals["traces"],
+        "envelopes": totals["envelopes"],
+        "mode": "direct" if direct else "queue",
+    }
+    if direct:
         summary |= {
-            "segments_indexed": stats.segments,
             "documents_indexed": stats.documents_indexed,
             "documents_failed": stats.documents_failed,
-            "envelopes_failed": len(failed),
+            "envelopes_failed": totals["envelopes_failed"],
             "transform_problems": stats.transform_problems,
         }
     else:
-        collector = col.Collector.from_config(cfg)
-        _, report = col.send_envelopes(collector, envelopes)
-        summary["sent"] = report.sent
+        summary["messages_sent"] = totals["sent"]
+    summary["files"] = per_file
     if json:
         print_json(summary)
     else:
-        rows = [(k, v) for k, v in summary.items() if k != "rejections"]
+        rows = [(k, v) for k, v in summary.items() if k != "files"]
         console.print(table(f"import into {account_id}/{region}", ["metric", "value"], rows))
-        for rejection in parsed.rejected[:20]:
-            err_console.print(f"[yellow]rejected[/yellow] {rejection['where']}: {rejection['reason']}")
+        console.print(
+            table(
+                "per file",
+                ["file", "documents read", column, "rejected"],
+                [(f["file"], f["documents_read"], f[column], f["rejected"]) for f in per_file],
+            )
+        )
+        shown = [r for f in per_file for r in f["rejections"]][:20]  # type: ignore[attr-defined]
+        for rejection in shown:
+            err_console.print(f"[yellow]rejected[/yellow] {escape(rejection['where'])}: {escape(rejection['reason'])}")
+        if rejected > len(shown):
+            err_console.print(f"… {rejected - len(shown)} more rejections (`--json` lists them)")
         if not direct:
             console.print("sent to the org queue: `xraylake consume` indexes them")
-    if parsed.rejected or summary.get("envelopes_failed"):
+    if rejected or totals["envelopes_failed"]:
         raise typer.Exit(1)
 
 
