@@ -56,6 +56,9 @@ _CANONICAL = {name.lower(): name for name in AWS_NODE_TYPES}
 _COPIED_PREFIXES = ("span.attributes.http@", "span.attributes.aws@", "span.attributes.db@")
 _NOT_COPIED_PREFIX = "span.attributes.aws@xray@"
 _MAX_NAME = 1024
+# (account, account name, environment, region, node name, node type) → the node's resource
+# attributes (what `resource_attributes` reads of the context; read-only once built; bounded)
+_RESOURCES: dict[tuple[str, str, str, str, str, str], dict[str, Any]] = {}
 
 
 def dependency_node(call: dict[str, Any], node: dict[str, Any]) -> tuple[str, str] | None:
@@ -107,7 +110,6 @@ def dependency_spans(
     """The inferred SERVER spans for `calls` ((segment doc, span doc, original node) of each CLIENT
     subsegment) whose segment id is not in `served` (the parent ids of the trace's segments)."""
     spans: list[dict[str, Any]] = []
-    resources: dict[tuple[str, str], dict[str, Any]] = {}
     for doc, call_span, node in calls:
         if doc["segment_id"] in served:
             continue
@@ -115,14 +117,17 @@ def dependency_spans(
         if found is None or not found[0]:
             continue
         name, node_type = found
-        resource = resources.get(found)
+        cache_key = (ctx.account_id, ctx.account_name, ctx.environment, ctx.region, name, node_type)
+        resource = _RESOURCES.get(cache_key)
         if resource is None:
             aws: dict[str, Any] | None = {} if node_type.startswith("AWS::") else None
-            resource = resources[found] = resource_attributes(ctx, {"origin": node_type}, name, aws, None)
+            if len(_RESOURCES) >= 4096:
+                _RESOURCES.clear()
+            resource = _RESOURCES[cache_key] = resource_attributes(ctx, {"origin": node_type}, name, aws, None)
         span = {**template, **resource}
-        for key, value in call_span.items():
-            if key.startswith(_COPIED_PREFIXES) and not key.startswith(_NOT_COPIED_PREFIX):
-                span[key] = value
+        for field, value in call_span.items():
+            if field.startswith(_COPIED_PREFIXES) and not field.startswith(_NOT_COPIED_PREFIX):
+                span[field] = value
         span.update(
             {
                 "spanId": inferred_span_id(doc["segment_id"]),

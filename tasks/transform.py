@@ -142,6 +142,9 @@ class _TraceBuilder:
         # CLIENT subsegments (namespace aws/remote): the calls a dependency node may stand for
         self.calls: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = []
         self.segment_links: dict[int, str] = {}  # id(segment doc) → its `links` as JSON (Parquet)
+        # the earliest start_time of every walked (sub)segment (tracetime's anchor rule needs it)
+        self.earliest_us: int | None = None
+        self.walked_all = True  # False once a (sub)segment was refused or a document failed
         self.trace_annotations: dict[str, list[Any]] = {}
         self.collected_iso = iso_ms(round(ctx.collected_at.timestamp() * 1_000_000))
         self.context_fields = {
@@ -303,6 +306,7 @@ class _TraceBuilder:
             where = fallback_id if isinstance(fallback_id, str) else f"{parent_id}/{fallback_id}"
             reason = ids.segment_id_problem(raw)
             problem(_text(where, 64), f"{reason}: (sub)segment and its subsegments not indexed")
+            self.walked_all = False
             return
         raw = get("name")
         if type(raw) is str and 0 < len(raw) <= MAX_NAME:
@@ -360,6 +364,8 @@ class _TraceBuilder:
             elif type(raw) is str:
                 problem(segment_id, "end_time given as a string")
         if start_us is not None:
+            if self.earliest_us is None or start_us < self.earliest_us:
+                self.earliest_us = start_us
             # ISO strings: `%` beats f-strings with format specs; the ms form is a slice of the ns one
             second, fraction = divmod(start_us, 1_000_000)
             base = _second_cache.get(second) or _base(second)
@@ -958,7 +964,10 @@ class _TraceBuilder:
             end_us = None
         status = "fault" if has_fault else "throttle" if has_throttle else "error" if has_error else "ok"
 
-        anchor = tracetime.anchor_second(trace, ctx.collected_at, self.documents)
+        # The walk saw every (sub)segment tracetime would: pass its earliest start instead of a
+        # second walk, unless a node was refused or a document failed half-way (then walk again).
+        earliest = self.earliest_us if self.walked_all else tracetime.earliest_start_us(trace, self.documents)
+        anchor = tracetime.anchor_second(trace, ctx.collected_at, self.documents, earliest)
         partition = tracetime.Partition.of(anchor)
         measured_start = start_us
         if start_us is None and nodes:
@@ -1146,6 +1155,7 @@ def transform_trace(
                 try:
                     builder.add_document(index, wrapper)
                 except Exception as error:  # one segment never fails the trace
+                    builder.walked_all = False
                     wrapper_id = wrapper.get("Id") if isinstance(wrapper, dict) else None
                     reason = f"segment not mapped: {type(error).__name__}: {error}"
                     builder.problem(_text(wrapper_id, 64), reason)

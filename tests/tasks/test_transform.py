@@ -1276,3 +1276,44 @@ def test_every_fallback_is_flagged_and_the_original_kept() -> None:
     original = orjson.loads(segments.column("document")[0].as_py())
     assert original == segment
     assert docs.trace["problem_count"] == len(docs.problems)
+
+
+def test_partition_from_the_walk_equals_the_one_rule() -> None:
+    # The transform hands tracetime the earliest start its walk saw instead of walking again: the
+    # partition must stay what `tracetime.trace_partition` (reconcile, replay) computes, also for
+    # ids that are not credible (old documents), refused (sub)segments and deep nesting.
+    from tasks import tracetime
+
+    ctx = TraceContext(
+        account_id=CTX.account_id,
+        account_name=CTX.account_name,
+        environment=CTX.environment,
+        region=CTX.region,
+        collected_at=datetime(2031, 1, 1, tzinfo=UTC),  # every fixture id epoch is far from credible
+        envelope_id=CTX.envelope_id,
+        source=CTX.source,
+    )
+    refused = {"id": "not-hex", "name": "x", "start_time": 1000000000.0, "end_time": 1000000001.0}
+    early_refused = {
+        "trace_id": "1-5f2aebcc-b475d14618c51eaa28753d37",
+        "id": "1111111111111111",
+        "name": "svc",
+        "start_time": 1596648396.4,
+        "end_time": 1596648396.9,
+        "subsegments": [refused],
+    }
+    traces = [
+        load_fixture("xray/scorekeep_batch_get_traces")["Traces"][0],
+        load_fixture("xray/synthesized_stepfunctions_trace"),
+        segment_trace("xray/otel_ddb_sample"),
+        segment_trace("xray/awsdocs_minimal_segment"),
+        segment_trace("xray/otel_indep_subsegment_content_length_string"),
+        {
+            "Id": early_refused["trace_id"],
+            "Segments": [{"Id": "1111111111111111", "Document": orjson.dumps(early_refused).decode()}],
+        },
+    ]
+    for trace in traces:
+        docs = transform_trace(trace, ctx)
+        expected = tracetime.trace_partition(trace, ctx.collected_at)
+        assert (docs.dt, docs.hour, docs.day) == (expected.dt, expected.hour, expected.day), trace["Id"]
