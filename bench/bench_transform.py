@@ -326,8 +326,23 @@ def main() -> None:
         by_part[name] = measure(part, ctx, max(3, rounds // 2), with_peer=False)
         by_part[name] = {
             k: by_part[name][k]
-            for k in ("segments", "ratio_vs_parse_only", "floor_ratio_vs_parse_only", "ours", "parse_only")
+            for k in (
+                "segments",
+                "ratio_vs_parse_only",
+                "ratio_vs_parse_only_median",
+                "floor_ratio_vs_parse_only",
+                "ours",
+                "parse_only",
+            )
         }
+    # issue 20: the real documents' ratio to parse-only against the generated traffic's, same run
+    real_vs_generated = {
+        "best_of": round(by_part["fixtures"]["ratio_vs_parse_only"] / by_part["generated"]["ratio_vs_parse_only"], 3),
+        "median": round(
+            by_part["fixtures"]["ratio_vs_parse_only_median"] / by_part["generated"]["ratio_vs_parse_only_median"], 3
+        ),
+    }
+    common.log(f"real documents vs generated (ratio to parse-only): {real_vs_generated}")
     assert gc.isenabled()
 
     metrics = {
@@ -341,6 +356,7 @@ def main() -> None:
         "default_gc": default_gc,
         "gc_freeze_advice": tuned_gc,
         "by_workload": by_part,
+        "real_vs_generated": real_vs_generated,
         "segments_per_second": default_gc["ours"]["segments_per_second"],
         "targets": {
             "ratio_vs_parse_only": common.target(default_gc["ratio_vs_parse_only"], 0.25),
