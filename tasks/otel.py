@@ -8,18 +8,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from tasks.coerce import MAX_TEXT, digest_hex, to_text
+import orjson
+
+from tasks.coerce import MAX_TEXT, digest_hex, safe_json, to_text
 from tasks.trace_model import TraceContext
 
 __all__ = [
     "XRAY_TRACE_ID",
     "exception_stacktrace",
+    "go_json",
     "otel_span_id",
     "otel_trace_id",
     "resource_attributes",
+    "sdk_language",
     "service_map_hash",
     "service_map_relations",
     "split_sql_url",
@@ -74,6 +78,8 @@ def service_map_hash(
     return base64.b64encode(hashlib.md5(text.encode("utf-8", "surrogatepass")).digest()).decode()
 
 
+# The receiver's order (translator/aws.go `addAWSToResource`): later blocks overwrite earlier ones
+# (an `eks.container_id` wins over an `ecs.container_id`).
 _RESOURCE_BLOCKS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     (
         "ec2",
@@ -88,8 +94,8 @@ _RESOURCE_BLOCKS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         "ecs",
         (
             ("container", "resource.attributes.container@name"),
-            ("container_id", "resource.attributes.container@id"),
             ("availability_zone", "resource.attributes.cloud@availability_zone"),
+            ("container_id", "resource.attributes.container@id"),
         ),
     ),
     (
@@ -103,47 +109,93 @@ _RESOURCE_BLOCKS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     (
         "eks",
         (
+            ("container_id", "resource.attributes.container@id"),
             ("cluster_name", "resource.attributes.k8s@cluster@name"),
             ("pod", "resource.attributes.k8s@pod@name"),
-            ("container_id", "resource.attributes.container@id"),
-        ),
-    ),
-    (
-        "xray",
-        (
-            ("sdk", "resource.attributes.telemetry@sdk@name"),
-            ("sdk_version", "resource.attributes.telemetry@sdk@version"),
         ),
     ),
 )
 
 
-_RESOURCE_BLOCK_MAP = dict(_RESOURCE_BLOCKS)
+def sdk_language(sdk: str, has_exceptions: bool) -> str | None:
+    """translator/sdk.go: `java` when the segment's cause holds exceptions (the X-Ray exporter only
+    renders Java stack traces), else what follows `for ` in the SDK name (`X-Ray for Go` → `Go`)."""
+    if has_exceptions:
+        return "java"
+    at = sdk.find("for ")
+    return sdk[at + 4 :] if at != -1 else None
 
 
 def resource_attributes(
-    ctx: TraceContext, node: dict[str, Any], name: str, aws: dict[str, Any] | None, resource_arn: str | None
-) -> dict[str, str]:
-    """The OTel resource of a top-level segment's spans: the account, then its `aws` blocks."""
-    resource = {
+    ctx: TraceContext,
+    node: dict[str, Any],
+    name: str,
+    aws: dict[str, Any] | None,
+    resource_arn: str | None,
+    problem: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The OTel resource of a top-level segment's spans, as the awsxrayreceiver builds it
+    (translator.go `populateResource`, aws.go, sdk.go), plus what xraylake knows from the envelope:
+    the account (`cloud.account.id` unless the segment names its own), `cloud.region`,
+    `deployment.environment`, the roster's account name and the segment's origin."""
+    resource: dict[str, Any] = {
         "resource.attributes.service@name": name,
-        "resource.attributes.cloud@provider": "aws",
+        # aws.go: no `aws` block → the receiver cannot know the provider ("unknown")
+        "resource.attributes.cloud@provider": "aws" if aws is not None else "unknown",
         "resource.attributes.cloud@region": ctx.region,
         "resource.attributes.cloud@account@id": ctx.account_id,
         "resource.attributes.deployment@environment": ctx.environment,
         "resource.attributes.xraylake@account@name": ctx.account_name,
     }
     if aws is not None:
-        account = to_text(aws.get("account_id"), 64)
-        if account:
-            resource["resource.attributes.cloud@account@id"] = account
-        for block, section in aws.items():
-            pairs = _RESOURCE_BLOCK_MAP.get(block)
-            if pairs is not None and type(section) is dict:
-                for source_key, target in pairs:
-                    value = section.get(source_key)
-                    if value is not None:
-                        resource[target] = to_text(value, 256) or ""
+        account = aws.get("account_id")
+        if account is not None:
+            if type(account) is not str and problem is not None:
+                problem(f"aws.account_id {to_text(account, 40)!r} is not a string")
+            resource["resource.attributes.cloud@account@id"] = to_text(account, 64)
+        logs = aws.get("cloudwatch_logs")
+        if logs is not None:
+            if type(logs) is list:
+                arns = [to_text(g.get("arn"), 512) for g in logs if type(g) is dict and g.get("arn") is not None]
+                groups = [
+                    to_text(g.get("log_group"), 512) for g in logs if type(g) is dict and g.get("log_group") is not None
+                ]
+                if arns:
+                    resource["resource.attributes.aws@log@group@arns"] = arns
+                if groups:
+                    resource["resource.attributes.aws@log@group@names"] = groups
+            elif problem is not None:
+                problem(f"aws.cloudwatch_logs is {type(logs).__name__}, not a list")
+        for block, pairs in _RESOURCE_BLOCKS:
+            section = aws.get(block)
+            if section is None:
+                continue
+            if type(section) is not dict:
+                if problem is not None:
+                    problem(f"aws.{block} is {type(section).__name__}, not an object")
+                continue
+            for source_key, target in pairs:
+                value = section.get(source_key)
+                if value is not None:
+                    if type(value) is not str and problem is not None and source_key != "deployment_id":
+                        problem(f"aws.{block}.{source_key} {to_text(value, 40)!r} is not a string")
+                    resource[target] = to_text(value, 256) or ""
+        xray = aws.get("xray")
+        if type(xray) is dict:
+            version = xray.get("sdk_version")
+            if version is not None:
+                resource["resource.attributes.telemetry@sdk@version"] = to_text(version, 256) or ""
+            sdk = xray.get("sdk")
+            if sdk is not None:
+                sdk = to_text(sdk, 256) or ""
+                resource["resource.attributes.telemetry@sdk@name"] = sdk
+                cause = node.get("cause")
+                has_exceptions = type(cause) is dict and bool(cause.get("exceptions"))
+                language = sdk_language(sdk, has_exceptions)
+                if language is not None:
+                    resource["resource.attributes.telemetry@sdk@language"] = language
+        elif xray is not None and problem is not None:
+            problem(f"aws.xray is {type(xray).__name__}, not an object")
     origin = node.get("origin")
     if type(origin) is str:
         resource["resource.attributes.aws@xray@origin"] = origin[:256]
@@ -155,18 +207,49 @@ def resource_attributes(
     return resource
 
 
-def exception_stacktrace(ex_type: str | None, message: str | None, stack: list[Any]) -> str:
-    """Like the awsxrayreceiver: `Type: message\\n\\tat label(path: line)\\n…`."""
+def exception_stacktrace(
+    ex_type: str | None, message: str | None, stack: list[Any], odd: list[str] | None = None
+) -> str:
+    """Like the awsxrayreceiver (cause.go): `Type: message\n\tat label(path: line)\n…`.
+
+    Frames the receiver could not read (not an object, a `line` that is not an integer, a `label`
+    or `path` that is not a string) are still rendered; `odd` receives what was wrong with them."""
     lines = [f"{ex_type or ''}: {message or ''}"]
     for frame in stack[:64]:
         if type(frame) is dict:
-            line = frame.get("line")
+            line, label, path = frame.get("line"), frame.get("label"), frame.get("path")
+            if odd is not None and (
+                (line is not None and type(line) is not int)
+                or (label is not None and type(label) is not str)
+                or (path is not None and type(path) is not str)
+            ):
+                odd.append(f"stack frame {to_text(frame, 80)!r} has a line, label or path of the wrong type")
             lines.append(
-                f"\tat {to_text(frame.get('label'), 256) or ''}({to_text(frame.get('path'), 512) or ''}: "
+                f"\tat {to_text(label, 256) or ''}({to_text(path, 512) or ''}: "
                 f"{line if type(line) is int else '<unknown>'})"
             )
+        elif odd is not None:
+            odd.append(f"stack frame {to_text(frame, 40)!r} is not an object")
     text = "\n".join(lines) + "\n"
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT]
+
+
+def go_json(value: Any) -> str:
+    """JSON as Go's `json.Marshal` writes it for the receiver's metadata: compact, object keys
+    sorted, and `<`, `>`, `&`, U+2028, U+2029 escaped (they can only occur inside strings)."""
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        text = safe_json(value)
+    if "<" in text or ">" in text or "&" in text or "\u2028" in text or "\u2029" in text:
+        text = (
+            text.replace("<", "\\u003c")
+            .replace(">", "\\u003e")
+            .replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028")
+            .replace("\u2029", "\\u2029")
+        )
+    return text
 
 
 _SQL_URL = re.compile(r"^(.+//.+)/([^?]+)\??.*$")

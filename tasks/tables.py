@@ -119,6 +119,9 @@ SEGMENT_SCHEMA = pa.schema(
         pa.field("user", pa.string()),
         pa.field("resource_arn", pa.string()),
         pa.field("annotations", pa.string()),  # JSON, typed values
+        # JSON, the segment's `links` as sent ([{trace_id, id, attributes}]); files written before
+        # this column existed read it as null (by-name reads, `concat_tables(promote_options=…)`)
+        pa.field("links", pa.string()),
         pa.field("collected_at", _TS, nullable=False),
         pa.field("envelope_id", pa.string()),
         pa.field("source", pa.string()),
@@ -129,7 +132,7 @@ SEGMENT_SCHEMA = pa.schema(
 )
 
 # Columns that do not come straight from the OpenSearch document of the same name.
-_ARROW_SPECIAL = frozenset({"annotations", "document", "dt", "hour"})
+_ARROW_SPECIAL = frozenset({"annotations", "document", "dt", "hour", "links"})
 
 
 def _values(docs: list[dict[str, Any]], name: str) -> list[Any]:
@@ -170,6 +173,8 @@ def to_arrow(docs_list: Sequence[TraceDocuments]) -> tuple[pa.Table, pa.Table]:
         name = schema_field.name
         if name == "annotations":
             values = [value for docs in docs_list for value in _padded(docs.segment_annotations, docs.segments)]
+        elif name == "links":
+            values = [value for docs in docs_list for value in _padded(docs.segment_links, docs.segments)]
         elif name == "document":
             values = [value for docs in docs_list for value in _padded(docs.segment_documents, docs.segments)]
         elif name == "dt":

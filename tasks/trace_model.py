@@ -52,9 +52,10 @@ class TraceDocuments:
     service_map: list[dict[str, Any]]
     problems: list[dict[str, str | None]]
     # Parquet-only columns, parallel to `segments`: the original Document string (top-level
-    # segments only; subsegments live inside it) and the typed annotations as JSON.
+    # segments only; subsegments live inside it), the typed annotations and the links as JSON.
     segment_documents: list[str | None] = field(default_factory=list)
     segment_annotations: list[str | None] = field(default_factory=list)
+    segment_links: list[str | None] = field(default_factory=list)  # the (sub)segment's `links` as JSON
     trace_annotations: str | None = None
 
     # Every id a member account can influence starts with the account: trace and segment ids

@@ -191,17 +191,25 @@ def earliest_start_us(trace: dict[str, Any], documents: Iterable[dict[str, Any]]
     return earliest
 
 
+_UNKNOWN = -1
+
+
 def anchor_second(
-    trace: dict[str, Any], collected_at: datetime, documents: Iterable[dict[str, Any]] | None = None
+    trace: dict[str, Any],
+    collected_at: datetime,
+    documents: Iterable[dict[str, Any]] | None = None,
+    earliest_us: int | None = _UNKNOWN,
 ) -> int:
     """The second a trace is filed under (the rule in the module docstring); `documents` as for
-    `earliest_start_us`."""
+    `earliest_start_us`; `earliest_us`: what `earliest_start_us` returns for this trace, when the
+    caller already walked every (sub)segment (the transform does: this spares a second walk of
+    every trace whose id epoch is not credible, e.g. imported or backfilled old documents)."""
     trace_id = trace.get("Id")
     credible = credible_id_epoch(trace_id, collected_at)
     if credible is not None:
         return credible
     epoch = id_epoch(trace_id)
-    start_us = earliest_start_us(trace, documents)
+    start_us = earliest_start_us(trace, documents) if earliest_us == _UNKNOWN else earliest_us
     if start_us is not None:
         start = start_us // 1_000_000
         return epoch if epoch is not None and abs(epoch - start) <= ID_AGREES_WITHIN else start

@@ -37,9 +37,11 @@ import orjson
 
 from tasks import coerce, ids, mappings, tracetime
 from tasks.coerce import MAX_NAME, MAX_TEXT, iso_ms, iso_ns
+from tasks.dependencies import dependency_spans
 from tasks.otel import (
     XRAY_TRACE_ID,
     exception_stacktrace,
+    go_json,
     otel_span_id,
     otel_trace_id,
     resource_attributes,
@@ -149,6 +151,12 @@ class _TraceBuilder:
         self.tops: list[_Top] = []
         self.exceptions: dict[str, tuple[str | None, str | None]] = {}
         self.cause_refs: list[tuple[dict[str, Any], dict[str, Any], str]] = []
+        # CLIENT subsegments (namespace aws/remote): the calls a dependency node may stand for
+        self.calls: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = []
+        self.segment_links: dict[int, str] = {}  # id(segment doc) → its `links` as JSON (Parquet)
+        # the earliest start_time of every walked (sub)segment (tracetime's anchor rule needs it)
+        self.earliest_us: int | None = None
+        self.walked_all = True  # False once a (sub)segment was refused or a document failed
         self.trace_annotations: dict[str, list[Any]] = {}
         self.collected_iso = iso_ms(round(ctx.collected_at.timestamp() * 1_000_000))
         self.context_fields = {
@@ -270,7 +278,9 @@ class _TraceBuilder:
         top.span_base = {
             **self.span_template,
             "serviceName": name,
-            **resource_attributes(self.ctx, node, name, aws, resource_arn),
+            **resource_attributes(
+                self.ctx, node, name, aws, resource_arn, lambda reason: self.problem(segment_id, reason)
+            ),
         }
         if aws is not None:
             top.sfn_arns = (aws.get("execution_arn"), aws.get("state_machine_arn"), resource_arn)
@@ -312,6 +322,7 @@ class _TraceBuilder:
             where = fallback_id if isinstance(fallback_id, str) else f"{parent_id}/{fallback_id}"
             reason = ids.segment_id_problem(raw)
             problem(_text(where, 64), f"{reason}: (sub)segment and its subsegments not indexed")
+            self.walked_all = False
             return
         raw = get("name")
         if type(raw) is str and 0 < len(raw) <= MAX_NAME:
@@ -355,6 +366,8 @@ class _TraceBuilder:
                 problem(segment_id, "start_time given as a string")
         raw = get("in_progress")
         in_progress = raw is not None and (raw is True or _bool(raw))
+        if raw is not None and type(raw) is not bool:
+            problem(segment_id, f"in_progress {_text(raw, 40)!r} is not a boolean; read as {in_progress}")
         raw = get("end_time")
         if type(raw) is float and _MIN_TIME <= raw < _MAX_TIME:
             end_us: int | None = round(raw * 1_000_000)
@@ -369,6 +382,8 @@ class _TraceBuilder:
             elif type(raw) is str:
                 problem(segment_id, "end_time given as a string")
         if start_us is not None:
+            if self.earliest_us is None or start_us < self.earliest_us:
+                self.earliest_us = start_us
             # ISO strings: `%` beats f-strings with format specs; the ms form is a slice of the ns one
             second, fraction = divmod(start_us, 1_000_000)
             base = _second_cache.get(second) or _base(second)
@@ -400,14 +415,20 @@ class _TraceBuilder:
         if raw is not None:
             flags_given = True
             error = raw is True or _bool(raw)
+            if type(raw) is not bool:
+                self.not_boolean(segment_id, "error", raw, error)
         raw = get("fault")
         if raw is not None:
             flags_given = True
             fault = raw is True or _bool(raw)
+            if type(raw) is not bool:
+                self.not_boolean(segment_id, "fault", raw, fault)
         raw = get("throttle")
         if raw is not None:
             flags_given = True
             throttle = raw is True or _bool(raw)
+            if type(raw) is not bool:
+                self.not_boolean(segment_id, "throttle", raw, throttle)
 
         # ---- http
         http_status = client_ip = None
@@ -419,31 +440,37 @@ class _TraceBuilder:
                     raw = request.get("method")
                     if raw is not None:
                         if type(raw) is not str or len(raw) > 64:
-                            raw = _text(raw, 64)
+                            raw = self.text_field(segment_id, "http.request.method", raw, 64)
                         doc["http_method"] = span["span.attributes.http@method"] = raw
                     raw = request.get("url")
                     if raw is not None:
                         if type(raw) is not str or len(raw) > MAX_TEXT:
-                            raw = _text(raw) or ""
+                            raw = self.text_field(segment_id, "http.request.url", raw, MAX_TEXT)
                         if "?" in raw or "@" in raw or "#" in raw:
                             raw = self.redact_url(raw)
                         doc["http_url"] = span["span.attributes.http@url"] = raw
                     raw = request.get("client_ip")
                     if raw is not None:
                         if type(raw) is not str or len(raw) > 256:
-                            raw = _text(raw, 256)
+                            raw = self.text_field(segment_id, "http.request.client_ip", raw, 256)
                         doc["http_client_ip"] = span["span.attributes.http@client_ip"] = client_ip = raw
                     raw = request.get("user_agent")
                     if raw is not None:
                         if type(raw) is not str or len(raw) > MAX_NAME:
-                            raw = _text(raw, MAX_NAME)
+                            raw = self.text_field(segment_id, "http.request.user_agent", raw, MAX_NAME)
                         doc["http_user_agent"] = span["span.attributes.http@user_agent"] = raw
                     raw = request.get("x_forwarded_for")
-                    if raw is not None and (raw is True or _bool(raw)):
-                        span["span.attributes.aws@xray@x_forwarded_for"] = "true"
-                    raw = request.get("traced")
-                    if raw is not None and (raw is True or _bool(raw)):
-                        span["span.attributes.aws@xray@traced"] = "true"
+                    if raw is not None:
+                        flag = raw is True or _bool(raw)
+                        if type(raw) is not bool:
+                            self.not_boolean(segment_id, "http.request.x_forwarded_for", raw, flag)
+                        span["span.attributes.aws@xray@x_forwarded_for"] = "true" if flag else "false"
+                    raw = request.get("traced")  # where the X-Ray docs put it (the receiver: `traced`)
+                    if raw is not None:
+                        flag = raw is True or _bool(raw)
+                        if type(raw) is not bool:
+                            self.not_boolean(segment_id, "http.request.traced", raw, flag)
+                        span["span.attributes.aws@xray@traced"] = "true" if flag else "false"
                 elif request is not None:
                     problem(segment_id, f"http.request is {type(request).__name__}, not an object")
                 response = http.get("response")
@@ -489,26 +516,28 @@ class _TraceBuilder:
                     raw = aws.get("operation")
                     if raw is not None:
                         if type(raw) is not str or len(raw) > 256:
-                            raw = _text(raw, 256)
+                            raw = self.text_field(segment_id, "aws.operation", raw, 256)
                         doc["aws_operation"] = span["span.attributes.aws@operation"] = raw
                     raw = aws.get("region")
                     if raw is not None:
                         if type(raw) is not str or len(raw) > 64:
-                            raw = _text(raw, 64)
+                            raw = self.text_field(segment_id, "aws.region", raw, 64)
                         doc["aws_region"] = span["span.attributes.aws@region"] = raw
                     raw = aws.get("account_id")
                     if raw is not None:
                         if type(raw) is not str or len(raw) > 64:
-                            raw = _text(raw, 64)
+                            raw = self.text_field(segment_id, "aws.account_id", raw, 64)
                         doc["aws_account_id"] = span["span.attributes.aws@account_id"] = raw
                     raw = aws.get("request_id")
                     if raw is not None:
                         if type(raw) is not str or len(raw) > 256:
-                            raw = _text(raw, 256)
+                            raw = self.text_field(segment_id, "aws.request_id", raw, 256)
                         doc["aws_request_id"] = span["span.attributes.aws@request_id"] = raw
                     raw = aws.get("retries")
                     if raw is not None:
                         retries = raw if type(raw) is int else _long(raw)
+                        if type(raw) is not int:
+                            problem(segment_id, f"aws.retries {_text(raw, 40)!r} is not an integer; read as {retries}")
                         if retries is not None:
                             span["span.attributes.aws@xray@retries"] = str(retries)
                     resource_key = None
@@ -526,10 +555,11 @@ class _TraceBuilder:
                             raw = _text(raw, MAX_NAME)
                         doc["aws_resource_type"] = resource_key
                         doc["aws_resource"] = raw
-                        if resource_key == "table_name":
-                            span["span.attributes.aws@table_name"] = raw
-                        elif resource_key == "queue_url":
-                            span["span.attributes.aws@queue_url"] = raw
+                        # aws.go `addAWSToSpan`: both, independently of which one names the resource
+                        if "table_name" in aws and aws["table_name"] is not None:
+                            span["span.attributes.aws@table_name"] = _text(aws["table_name"], MAX_NAME)
+                        if "queue_url" in aws and aws["queue_url"] is not None:
+                            span["span.attributes.aws@queue_url"] = _text(aws["queue_url"], MAX_NAME)
                     else:
                         names = aws.get("resource_names")
                         if type(names) is list and names:
@@ -552,18 +582,24 @@ class _TraceBuilder:
                     span["span.attributes.db@connection_string"] = db_url
                     if db_name is not None:
                         span["span.attributes.db@name"] = db_name
+                    else:  # the receiver rejects the whole segment (sql.go `splitSQLURL`)
+                        problem(segment_id, "sql.url has no database name (protocol://host/db); kept as the connection")
                 raw = sql.get("database_type")
                 if raw is not None:
-                    doc["sql_database_type"] = span["span.attributes.db@system"] = _text(raw, 256)
+                    doc["sql_database_type"] = span["span.attributes.db@system"] = self.text_field(
+                        segment_id, "sql.database_type", raw, 256
+                    )
                 raw = sql.get("sanitized_query")
                 if raw is not None:
-                    doc["sql_sanitized_query"] = span["span.attributes.db@statement"] = _text(raw)
+                    doc["sql_sanitized_query"] = span["span.attributes.db@statement"] = self.text_field(
+                        segment_id, "sql.sanitized_query", raw, MAX_TEXT
+                    )
                 raw = sql.get("user")
                 if raw is not None:
-                    span["span.attributes.db@user"] = _text(raw, 256)
+                    span["span.attributes.db@user"] = self.text_field(segment_id, "sql.user", raw, 256)
                 raw = sql.get("database_version")
                 if raw is not None:
-                    span["span.attributes.db@version"] = _text(raw, 256)
+                    span["span.attributes.db@version"] = self.text_field(segment_id, "sql.database_version", raw, 256)
             else:
                 problem(segment_id, f"sql is {type(sql).__name__}, not an object")
 
@@ -580,6 +616,8 @@ class _TraceBuilder:
             elif type(cause) is str:
                 doc["cause_exception_id"] = message = cause[:64]
                 self.cause_refs.append((doc, span, cause[:64]))
+                if ids.segment_id_problem(cause) is not None:
+                    problem(segment_id, f"cause {_text(cause, 40)!r} is not a 16-hex exception id")
             else:
                 problem(segment_id, f"cause is {type(cause).__name__}, neither an exception id nor an object")
 
@@ -593,37 +631,68 @@ class _TraceBuilder:
             else:
                 problem(segment_id, f"annotations is {type(raw).__name__}, not an object")
         raw = get("metadata")
-        if raw is not None and type(raw) is not dict:
-            problem(segment_id, "metadata is not an object (kept in the raw document only)")
+        if raw is not None:
+            if type(raw) is dict:
+                if raw:
+                    self.metadata(segment_id, raw, span)
+            else:
+                problem(segment_id, "metadata is not an object (kept in the raw document only)")
+        raw = get("links")
+        if raw is not None:
+            if type(raw) is list:
+                if raw:
+                    span["links"] = self.links(segment_id, raw)
+                    self.segment_links[id(doc)] = _safe_json(raw)
+            else:
+                problem(segment_id, f"links is {type(raw).__name__}, not a list (kept in the raw document only)")
 
         # ---- classification
         namespace = None
         raw = get("origin")
         if raw is not None:
             if type(raw) is not str or len(raw) > 256:
-                raw = _text(raw, 256)
+                raw = self.text_field(segment_id, "origin", raw, 256)
             doc["origin"] = span["span.attributes.aws@xray@origin"] = raw
         raw = get("namespace")
         if raw is not None:
             if type(raw) is not str or len(raw) > 64:
-                raw = _text(raw, 64)
+                raw = self.text_field(segment_id, "namespace", raw, 64)
             doc["namespace"] = span["span.attributes.aws@xray@namespace"] = namespace = raw
-            if raw == "aws" and is_subsegment:
+            if raw == "aws":
                 span["span.attributes.aws@service"] = name
+            elif raw != "remote":  # name.go rejects the whole segment; xraylake keeps it, flagged
+                problem(segment_id, f"unknown namespace {raw[:64]!r} (aws or remote); span kept as INTERNAL")
         raw = get("inferred")
-        if raw is not None and (raw is True or _bool(raw)):
-            doc["inferred"] = True
-            span["span.attributes.aws@xray@inferred"] = "true"
+        if raw is not None:
+            flag = raw is True or _bool(raw)
+            if type(raw) is not bool:
+                self.not_boolean(segment_id, "inferred", raw, flag)
+            if flag:
+                doc["inferred"] = True
+                span["span.attributes.aws@xray@inferred"] = "true"
+        raw = get("traced")  # translator.go `addBool(seg.Traced, aws.xray.traced)`
+        if raw is not None:
+            flag = raw is True or _bool(raw)
+            if type(raw) is not bool:
+                self.not_boolean(segment_id, "traced", raw, flag)
+            span["span.attributes.aws@xray@traced"] = "true" if flag else "false"
         raw = get("user")
         if raw is not None:
-            doc["user"] = span["span.attributes.enduser@id"] = _text(raw, 256)
+            doc["user"] = span["span.attributes.enduser@id"] = self.text_field(segment_id, "user", raw, 256)
         raw = get("resource_arn")
         if raw is not None:
-            doc["resource_arn"] = _text(raw, MAX_NAME)
-        if not is_subsegment or client_ip is not None:
+            doc["resource_arn"] = self.text_field(segment_id, "resource_arn", raw, MAX_NAME)
+        # name.go then translator.go: a subsegment with a known namespace is CLIENT, else SERVER when
+        # it names a client_ip, else INTERNAL; a top-level segment is always SERVER.
+        if not is_subsegment:
             span["kind"] = KIND_SERVER
         elif namespace in _CLIENT_NAMESPACES:
             span["kind"] = KIND_CLIENT
+            self.calls.append((doc, span, node))
+        elif client_ip is not None:
+            span["kind"] = KIND_SERVER
+        if http_status is not None and not 100 <= http_status < 399:  # StatusCodeFromHTTP
+            span["status.code"] = STATUS_ERROR
         if fault or error or throttle:
             status = "fault" if fault else "throttle" if throttle else "error"
             doc["status"] = span["span.attributes.aws@xray@status"] = status
@@ -675,11 +744,19 @@ class _TraceBuilder:
             if type(exception) is not dict:
                 self.problem(segment_id, "cause.exceptions holds a non-object")
                 continue
-            ex_type = _text(exception.get("type"), MAX_NAME)
-            ex_message = _text(exception.get("message"))
+            raw = exception.get("type")
+            ex_type = raw if (type(raw) is str and len(raw) <= MAX_NAME) or raw is None else None
+            if ex_type is None and raw is not None:
+                ex_type = self.text_field(segment_id, "cause.exceptions[].type", raw, MAX_NAME)
+            raw = exception.get("message")
+            ex_message = raw if (type(raw) is str and len(raw) <= MAX_TEXT) or raw is None else None
+            if ex_message is None and raw is not None:
+                ex_message = self.text_field(segment_id, "cause.exceptions[].message", raw, MAX_TEXT)
             ex_id = exception.get("id")
             if type(ex_id) is str:
                 self.exceptions[ex_id] = (ex_type, ex_message)
+            elif ex_id is not None:
+                self.problem(segment_id, f"cause.exceptions[].id {_text(ex_id, 40)!r} is not a string")
             if not events:
                 doc["exception_type"], doc["exception_message"] = ex_type, ex_message
                 message = f"{ex_type or 'Exception'}: {ex_message or ''}".rstrip(": ")
@@ -690,12 +767,34 @@ class _TraceBuilder:
                 attributes["exception@message"] = ex_message
             stack = exception.get("stack")
             if type(stack) is list and stack:
-                attributes["exception@stacktrace"] = exception_stacktrace(ex_type, ex_message, stack)
+                odd: list[str] = []
+                attributes["exception@stacktrace"] = exception_stacktrace(ex_type, ex_message, stack, odd)
+                for reason in odd[:3]:
+                    self.problem(segment_id, f"cause.exceptions[].{reason}")
+            elif stack is not None and type(stack) is not list:
+                self.problem(segment_id, f"cause.exceptions[].stack is {type(stack).__name__}, not a list")
             if ex_id is not None:
                 attributes["aws@xray@exception@id"] = _text(ex_id, 64) or ""
             remote = exception.get("remote")
-            if remote is not None and (remote is True or _bool(remote)):
-                attributes["aws@xray@exception@remote"] = "true"
+            if remote is not None:
+                flag = remote is True or _bool(remote)
+                if type(remote) is not bool:
+                    self.not_boolean(segment_id, "cause.exceptions[].remote", remote, flag)
+                attributes["aws@xray@exception@remote"] = "true" if flag else "false"
+            # cause.go: truncated and skipped (frame counts), cause (the id of the exception's cause)
+            for key in ("truncated", "skipped"):
+                raw = exception.get(key)
+                if raw is not None:
+                    count = raw if type(raw) is int else _long(raw)
+                    if type(raw) is not int:
+                        self.problem(segment_id, f"cause.exceptions[].{key} {_text(raw, 40)!r} is not an integer")
+                    if count is not None:
+                        attributes["aws@xray@exception@" + key] = str(count)
+            raw = exception.get("cause")
+            if raw is not None:
+                attributes["aws@xray@exception@cause"] = self.text_field(
+                    segment_id, "cause.exceptions[].cause", raw, 64
+                )
             events.append(
                 {
                     "name": "exception",
@@ -707,6 +806,63 @@ class _TraceBuilder:
         doc["exception_count"] = len(events)
         span["events"] = events
         return message
+
+    def text_field(self, segment_id: str, field: str, value: Any, limit: int) -> str:
+        """A string field that is not a string (or is longer than `limit`): coerced, and flagged
+        when the type was wrong (the original stays in the lossless `document` column)."""
+        if type(value) is not str:
+            self.problem(segment_id, f"{field} is {type(value).__name__}, not a string; stored as text")
+        return _text(value, limit) or ""
+
+    def not_boolean(self, segment_id: str, field: str, value: Any, read_as: bool) -> None:
+        self.problem(segment_id, f"{field} {_text(value, 40)!r} is not a boolean; read as {read_as}")
+
+    def metadata(self, segment_id: str, raw: dict[str, Any], span: dict[str, Any]) -> None:
+        """metadata.go: `aws.xray.metadata.<namespace>` = the namespace's object as JSON (Go's
+        `json.Marshal`: compact, keys sorted, `<` `>` `&` escaped), capped at MAX_TEXT."""
+        for count, (namespace, value) in enumerate(raw.items()):
+            if count >= MAX_ANNOTATIONS:
+                self.problem(segment_id, f"more than {MAX_ANNOTATIONS} metadata namespaces; the rest is not mapped")
+                break
+            if type(value) is not dict:  # the receiver rejects the segment (map[string]map[string]any)
+                self.problem(segment_id, f"metadata {namespace[:64]!r} is {type(value).__name__}, not an object")
+            text = go_json(value)
+            if len(text) > MAX_TEXT:
+                text = text[:MAX_TEXT]
+            span["span.attributes.aws@xray@metadata@" + namespace.replace(".", "@")[:256]] = text
+
+    def links(self, segment_id: str, raw: list[Any]) -> list[dict[str, Any]]:
+        """Segment `links` ({trace_id, id, attributes}, tracesegment.go `SpanLinkData`) → span links
+        as Data Prepper stores them (traceId, spanId, traceState, attributes, droppedAttributesCount)."""
+        links: list[dict[str, Any]] = []
+        for position, link in enumerate(raw[:MAX_ANNOTATIONS]):
+            if type(link) is not dict:
+                self.problem(segment_id, f"links[{position}] is {type(link).__name__}, not an object; skipped")
+                continue
+            trace_id, span_id = link.get("trace_id"), link.get("id")
+            if type(trace_id) is not str or XRAY_TRACE_ID.fullmatch(trace_id) is None:
+                self.problem(segment_id, f"links[{position}].trace_id {_text(trace_id, 60)!r} is not an X-Ray trace id")
+            if type(span_id) is not str or ids.segment_id_problem(span_id) is not None:
+                self.problem(segment_id, f"links[{position}].id {_text(span_id, 40)!r} is not a 16-hex segment id")
+            attributes: dict[str, str] = {}
+            raw_attributes = link.get("attributes")
+            if type(raw_attributes) is dict:
+                for key, value in list(raw_attributes.items())[:MAX_ANNOTATIONS]:
+                    attributes[str(key).replace(".", "@")[:256]] = _text(value, MAX_NAME) or ""
+            elif raw_attributes is not None:
+                self.problem(segment_id, f"links[{position}].attributes is not an object")
+            links.append(
+                {
+                    "traceId": otel_trace_id(_text(trace_id, MAX_NAME) or ""),
+                    "spanId": otel_span_id(_text(span_id, MAX_NAME) or ""),
+                    "traceState": "",
+                    "attributes": attributes,
+                    "droppedAttributesCount": 0,
+                }
+            )
+        if len(raw) > MAX_ANNOTATIONS:
+            self.problem(segment_id, f"more than {MAX_ANNOTATIONS} links; the rest is not mapped")
+        return links
 
     def annotations(
         self, segment_id: str, raw: dict[str, Any], doc: dict[str, Any], span: dict[str, Any]
@@ -746,7 +902,8 @@ class _TraceBuilder:
                 text = _text(value, MAX_NAME) or ""
                 typed[key] = text
             strings[key] = text
-            span["span.attributes." + key] = text
+            # annotations.go: each annotation under its own key (Data Prepper writes `.` as `@`)
+            span["span.attributes." + raw_key.replace(".", "@")[:256]] = text
             stored = typed[key]
             seen = merged.get(key)
             if seen is None:
@@ -755,6 +912,8 @@ class _TraceBuilder:
                 seen.append(stored)
         if strings:
             doc["annotations"] = strings
+            # annotations.go: `aws.xray.annotations` lists every annotation key
+            span["span.attributes.aws@xray@annotations"] = [k[:256] for k in list(raw)[:MAX_ANNOTATIONS]]
         if numbers:
             doc["annotations_num"] = numbers
         return typed or None
@@ -823,7 +982,10 @@ class _TraceBuilder:
             end_us = None
         status = "fault" if has_fault else "throttle" if has_throttle else "error" if has_error else "ok"
 
-        anchor = tracetime.anchor_second(trace, ctx.collected_at, self.documents)
+        # The walk saw every (sub)segment tracetime would: pass its earliest start instead of a
+        # second walk, unless a node was refused or a document failed half-way (then walk again).
+        earliest = self.earliest_us if self.walked_all else tracetime.earliest_start_us(trace, self.documents)
+        anchor = tracetime.anchor_second(trace, ctx.collected_at, self.documents, earliest)
         partition = tracetime.Partition.of(anchor)
         measured_start = start_us
         if start_us is None and nodes:
@@ -838,6 +1000,15 @@ class _TraceBuilder:
                     span["startTime"] = span["endTime"] = fallback
                 if doc["start"] is None:
                     doc["start"] = fallback[:23] + "Z"
+
+        spans = [walked[1] for walked in nodes]
+        calls = self.calls
+        if calls:
+            if nodes is not self.nodes:  # de-duplicated: only the kept copies' calls
+                kept = {id(walked[0]) for walked in nodes}
+                calls = [call for call in calls if id(call[0]) in kept]
+            served = {top.parent_id for top in tops if top.parent_id is not None}
+            spans += dependency_spans(ctx, self.span_template, calls, served)
 
         annotations: dict[str, Any] = {}
         annotations_num: dict[str, Any] = {}
@@ -885,7 +1056,6 @@ class _TraceBuilder:
         if self.problem_overflow:
             self.problems.append({"segment_id": None, "reason": f"{self.problem_overflow} more problems not listed"})
 
-        spans = [walked[1] for walked in nodes]
         return TraceDocuments(
             trace_id=self.trace_id,
             account_id=ctx.account_id,
@@ -901,6 +1071,7 @@ class _TraceBuilder:
             problems=self.problems,
             segment_documents=[walked[5] for walked in nodes],
             segment_annotations=[_safe_json(walked[6]) if walked[6] else None for walked in nodes],
+            segment_links=[self.segment_links.get(id(walked[0])) for walked in nodes] if self.segment_links else [],
             trace_annotations=_safe_json(typed) if typed else None,
         )
 
@@ -1020,6 +1191,7 @@ def transform_trace(
                 try:
                     builder.add_document(index, wrapper)
                 except Exception as error:  # one segment never fails the trace
+                    builder.walked_all = False
                     wrapper_id = wrapper.get("Id") if isinstance(wrapper, dict) else None
                     reason = f"segment not mapped: {type(error).__name__}: {error}"
                     builder.problem(_text(wrapper_id, 64), reason)

@@ -333,7 +333,8 @@ def test_go_sdk_capture_with_faults_and_stacks() -> None:
     assert described["aws_resource"] == "xray_sample_table"
     call = segments["7df694142c905d8d"]
     assert call["annotations"] == {"DDB_DescribeExistingTableAndPutToMissingTable_Annotation": "anno"}
-    assert spans["7df694142c905d8d"]["span.attributes.DDB_DescribeExistingTableAndPutToMissingTable_Annotation"] == (
+    # the span keeps the receiver's key (annotations.go), dots written as `@` like Data Prepper's
+    assert spans["7df694142c905d8d"]["span.attributes.DDB@DescribeExistingTableAndPutToMissingTable@Annotation"] == (
         "anno"
     )
     assert docs.trace["annotations"] == {"DDB_DescribeExistingTableAndPutToMissingTable_Annotation": "anno"}
@@ -363,10 +364,11 @@ def test_go_sdk_capture_with_faults_and_stacks() -> None:
     for span in spans.values():
         assert span["traceGroup"] == "DDB"
         assert span["traceGroupFields.statusCode"] == 2
-        assert span["serviceName"] == "DDB"
-    assert [r["serviceName"] for r in docs.service_map] == ["DDB"]  # one isolated service
-    assert docs.service_map[0]["kind"] is None
-    assert docs.service_map[0]["destination"] is None
+        inferred = span.get("span.attributes.aws@xray@inferred") == "true"
+        assert span["serviceName"] == ("DynamoDB" if inferred else "DDB")
+    # the two DynamoDB calls draw the node X-Ray infers for them (tests/tasks/test_dependencies.py)
+    edges = {(r["serviceName"], r["kind"], (r["destination"] or r["target"])["domain"]) for r in docs.service_map}
+    assert edges == {("DDB", "SPAN_KIND_CLIENT", "DynamoDB"), ("DynamoDB", "SPAN_KIND_SERVER", "DynamoDB")}
     _assert_well_formed(docs)
 
 
@@ -382,7 +384,8 @@ def test_sql_subsegment_redacts_url_and_splits_database() -> None:
     )
     assert segment["is_subsegment"] is True
     assert segment["parent_id"] == "defdfd9912dc5a56"
-    (span,) = docs.spans
+    span, database = docs.spans  # the call, and the database node it stands for
+    assert database["span.attributes.aws@xray@origin"] == "Database::SQL"
     assert span["kind"] == "SPAN_KIND_CLIENT"
     assert span["span.attributes.db@connection_string"] == (
         "jdbc:postgresql://aawijb5u25wdoy.cpamxznpdoq8.us-west-2.rds.amazonaws.com:5432"
@@ -583,7 +586,8 @@ def test_content_length_as_a_string_and_times_out_of_range() -> None:
     assert "http.response.content_length '861' coerced" in reasons
     assert "invalid start_time '14782323361.271'" in reasons
     assert "invalid end_time '14789232374.449'" in reasons
-    (span,) = docs.spans
+    span, host = docs.spans  # the call, and the remote host node it stands for
+    assert host["name"] == "api.example.com"
     # still placed in time (the trace id's epoch), so Trace Analytics can show it
     assert span["startTime"] == span["endTime"] == "2016-11-04T21:02:41.000000000Z"
     assert span["kind"] == "SPAN_KIND_CLIENT"
@@ -596,7 +600,10 @@ def test_cause_as_an_unknown_exception_id() -> None:
     assert segment["cause_exception_id"] == "abcdefghijklmnop"
     assert segment["fault"] is True
     assert segment["exception_type"] is None
-    assert _reasons(docs) == ["cause references unknown exception id 'abcdefghijklmnop'"]
+    assert _reasons(docs) == [
+        "cause 'abcdefghijklmnop' is not a 16-hex exception id",
+        "cause references unknown exception id 'abcdefghijklmnop'",
+    ]
     (span,) = docs.spans
     assert span["status.code"] == 2
     assert span["status.message"] == "abcdefghijklmnop"
@@ -945,7 +952,8 @@ def test_to_arrow_empty_and_schema_matches_documents() -> None:
     only_in_docs = {"annotations_num"}
     arrow_only = {"dt", "hour"}
     assert set(TRACE_SCHEMA.names) == (set(mappings.TRACE_FIELDS) - only_in_docs - {"partition_hour"}) | arrow_only
-    assert set(SEGMENT_SCHEMA.names) == (set(mappings.SEGMENT_FIELDS) - only_in_docs) | arrow_only | {"document"}
+    parquet_only = {"document", "links"}
+    assert set(SEGMENT_SCHEMA.names) == (set(mappings.SEGMENT_FIELDS) - only_in_docs) | arrow_only | parquet_only
 
 
 # ====================================================================== property: never raise
@@ -1142,3 +1150,170 @@ def test_a_trace_without_any_usable_start_is_placed_at_its_anchor_and_says_so() 
     reasons = [p["reason"] for p in docs.problems]
     assert "invalid start_time 'yesterday'" in reasons
     assert "no segment has a usable start_time: start is the trace's anchor time" in reasons
+
+
+# ====================================================================== links (issue 16 item 3)
+
+LINKED_TRACE_ID = "1-5f2aebcc-b475d14618c51eaa28753d37"
+LINK = {
+    "trace_id": "1-5f2aebcb-0123456789abcdef01234567",
+    "id": "a1b2c3d4e5f60718",
+    "attributes": {"aws.xray.link.type": "follows_from", "batch.size": 10},
+}
+
+
+def _single(segment: dict[str, Any]) -> TraceDocuments:
+    trace = {"Id": segment["trace_id"], "Segments": [{"Id": segment["id"], "Document": orjson.dumps(segment).decode()}]}
+    return transform_trace(trace, CTX)
+
+
+def test_segment_links_become_span_links_and_a_parquet_column() -> None:
+    consumer = {"id": "2222222222222222", "name": "SQS.ReceiveMessage", "start_time": 1596648396.5}
+    consumer.update(end_time=1596648396.6, links=[LINK])
+    segment = {"trace_id": LINKED_TRACE_ID, "id": "1111111111111111", "name": "worker", "start_time": 1596648396.4}
+    segment.update(end_time=1596648396.9, links=[LINK], subsegments=[consumer])
+    docs = _single(segment)
+    assert docs.problems == []
+    expected = {
+        "traceId": "5f2aebcb0123456789abcdef01234567",
+        "spanId": "a1b2c3d4e5f60718",
+        "traceState": "",
+        "attributes": {"aws@xray@link@type": "follows_from", "batch@size": "10"},
+        "droppedAttributesCount": 0,
+    }
+    assert [span["links"] for span in docs.spans] == [[expected], [expected]]
+    _, segments = to_arrow([docs])
+    rows = {row["segment_id"]: row for row in segments.to_pylist()}
+    assert orjson.loads(rows["1111111111111111"]["links"]) == [LINK]
+    assert orjson.loads(rows["2222222222222222"]["links"]) == [LINK]
+    without = transform_trace(load_fixture("xray/scorekeep_batch_get_traces")["Traces"][0], CTX)
+    assert to_arrow([without, docs])[1].column("links").null_count == len(without.segments)
+
+
+def test_malformed_links_are_flagged_and_kept_in_the_document() -> None:
+    links = [LINK, "a1b2c3d4e5f60718", {"trace_id": "not-a-trace", "id": 7, "attributes": [1]}]
+    segment = {"trace_id": LINKED_TRACE_ID, "id": "1111111111111111", "name": "worker", "start_time": 1596648396.4}
+    segment.update(end_time=1596648396.9, links=links)
+    docs = _single(segment)
+    reasons = _reasons(docs)
+    assert "links[1] is str, not an object; skipped" in reasons
+    assert "links[2].trace_id 'not-a-trace' is not an X-Ray trace id" in reasons
+    assert "links[2].id '7' is not a 16-hex segment id" in reasons
+    assert "links[2].attributes is not an object" in reasons
+    assert len(docs.spans[0]["links"]) == 2
+    _, segments = to_arrow([docs])
+    assert orjson.loads(segments.column("document")[0].as_py())["links"] == links
+
+
+# ====================================================================== silent fallbacks (issue 16 item 5)
+
+
+def test_every_fallback_is_flagged_and_the_original_kept() -> None:
+    call = {
+        "id": "2222222222222222",
+        "name": "DynamoDB",
+        "namespace": "aws",
+        "start_time": 1596648396.5,
+        "end_time": 1596648396.6,
+        "traced": "yes",
+        "aws": {"operation": 42, "retries": "3", "table_name": "orders"},
+        "http": {"request": {"method": 1, "x_forwarded_for": "true"}, "response": {"status": "503"}},
+        "cause": {
+            "exceptions": [
+                {"id": 1234, "type": ["Boom"], "message": "m", "remote": "1", "truncated": "2"},
+                "0123456789abcdef",
+                {"id": "0123456789abcdef", "stack": [{"label": "f", "path": "a.py", "line": "12"}, "frame"]},
+            ]
+        },
+    }
+    db = {"id": "3333333333333333", "name": "orders-db", "namespace": "remote", "start_time": 1596648396.5}
+    db.update(end_time=1596648396.6, sql={"url": "postgresql://db:5432/orders", "user": 5})
+    segment = {
+        "trace_id": LINKED_TRACE_ID,
+        "id": "1111111111111111",
+        "name": "orders",
+        "start_time": 1596648396.4,
+        "end_time": 1596648396.9,
+        "error": "true",
+        "in_progress": 0,
+        "user": {"id": 1},
+        "cause": 12,
+        "metadata": {"default": "not an object"},
+        "aws": {"ec2": "i-123", "xray": {"sdk": "X-Ray for Go"}},
+        "subsegments": [call, db, {"id": "4444444444444444", "name": "x", "start_time": 1, "cause": "zz"}],
+    }
+    docs = _single(segment)
+    reasons = set(_reasons(docs))
+    for expected in (
+        "error 'true' is not a boolean; read as True",
+        "in_progress '0' is not a boolean; read as False",
+        "user is dict, not a string; stored as text",
+        "cause is int, neither an exception id nor an object",
+        "metadata 'default' is str, not an object",
+        "aws.ec2 is str, not an object",
+        "traced 'yes' is not a boolean; read as False",
+        "aws.operation is int, not a string; stored as text",
+        "aws.retries '3' is not an integer; read as 3",
+        "http.request.method is int, not a string; stored as text",
+        "http.request.x_forwarded_for 'true' is not a boolean; read as True",
+        "http.response.status '503' coerced",
+        "cause.exceptions[].id '1234' is not a string",
+        "cause.exceptions[].type is list, not a string; stored as text",
+        "cause.exceptions[].remote '1' is not a boolean; read as True",
+        "cause.exceptions[].truncated '2' is not an integer",
+        "cause.exceptions holds a non-object",
+        "sql.user is int, not a string; stored as text",
+        "cause 'zz' is not a 16-hex exception id",
+    ):
+        assert expected in reasons, (expected, sorted(reasons))
+    assert any(r.startswith("cause.exceptions[].stack frame") and "wrong type" in r for r in reasons)
+    assert any(r.startswith("cause.exceptions[].stack frame 'frame' is not an object") for r in reasons)
+    # what was read is still indexed, and the lossless `document` column holds every original value
+    call_span = next(span for span in docs.spans if span["spanId"] == call["id"])
+    assert call_span["span.attributes.aws@xray@retries"] == "3"
+    assert call_span["span.attributes.http@method"] == "1"
+    _, segments = to_arrow([docs])
+    original = orjson.loads(segments.column("document")[0].as_py())
+    assert original == segment
+    assert docs.trace["problem_count"] == len(docs.problems)
+
+
+def test_partition_from_the_walk_equals_the_one_rule() -> None:
+    # The transform hands tracetime the earliest start its walk saw instead of walking again: the
+    # partition must stay what `tracetime.trace_partition` (reconcile, replay) computes, also for
+    # ids that are not credible (old documents), refused (sub)segments and deep nesting.
+    from tasks import tracetime
+
+    ctx = TraceContext(
+        account_id=CTX.account_id,
+        account_name=CTX.account_name,
+        environment=CTX.environment,
+        region=CTX.region,
+        collected_at=datetime(2031, 1, 1, tzinfo=UTC),  # every fixture id epoch is far from credible
+        envelope_id=CTX.envelope_id,
+        source=CTX.source,
+    )
+    refused = {"id": "not-hex", "name": "x", "start_time": 1000000000.0, "end_time": 1000000001.0}
+    early_refused = {
+        "trace_id": "1-5f2aebcc-b475d14618c51eaa28753d37",
+        "id": "1111111111111111",
+        "name": "svc",
+        "start_time": 1596648396.4,
+        "end_time": 1596648396.9,
+        "subsegments": [refused],
+    }
+    traces = [
+        load_fixture("xray/scorekeep_batch_get_traces")["Traces"][0],
+        load_fixture("xray/synthesized_stepfunctions_trace"),
+        segment_trace("xray/otel_ddb_sample"),
+        segment_trace("xray/awsdocs_minimal_segment"),
+        segment_trace("xray/otel_indep_subsegment_content_length_string"),
+        {
+            "Id": early_refused["trace_id"],
+            "Segments": [{"Id": "1111111111111111", "Document": orjson.dumps(early_refused).decode()}],
+        },
+    ]
+    for trace in traces:
+        docs = transform_trace(trace, ctx)
+        expected = tracetime.trace_partition(trace, ctx.collected_at)
+        assert (docs.dt, docs.hour, docs.day) == (expected.dt, expected.hour, expected.day), trace["Id"]
