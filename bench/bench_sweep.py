@@ -13,10 +13,18 @@ Two schedulers run the same `tasks.collector.sweep_account` per account:
 Achieved rate = X-Ray read calls the front answered without throttling / sweep wall time.
 Zero traces missed = every put trace id arrives in the queue (drained and decoded).
 Target: ≥ 0.9 × N·R with zero traces missed.
+
+Steady state (issue 18 item 5): the same traffic, arriving over 40 minutes with late segments
+for one trace in ten, swept every 5 minutes with the default lag and overlap, once re-fetching
+the overlap (as before) and once skipping traces whose revision was already sent
+(`tasks/overlap.py`), side by side. Reported: BatchGetTraces calls and envelopes of each, their
+ratio (target ≤ 0.55), and traces or revisions missed (target 0: the last version of every
+trace that was sent carries all its segments).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
@@ -163,6 +171,150 @@ def run(base: Any, front: Any, n: int, traces_per_account: int, scheduler: str) 
     }
 
 
+def steady_traffic(account_id: str, count: int, start: float, span: float) -> list[tuple[float, str, str]]:
+    """(arrival time, trace id, segment document) in time order: `count` traces of ~6 KB (a root
+    segment with ten DynamoDB subsegments) over `span` seconds, one in ten gaining a late segment
+    7 minutes later (a new revision)."""
+    arrivals: list[tuple[float, str, str]] = []
+    for i in range(count):
+        begin = start + i * span / count
+        trace_id = f"1-{int(begin):08x}-{uuid.uuid4().hex[:24]}"
+        root = uuid.uuid4().hex[:16]
+        calls = [
+            {
+                "id": uuid.uuid4().hex[:16],
+                "name": "DynamoDB",
+                "namespace": "aws",
+                "start_time": begin + 0.01 * n,
+                "end_time": begin + 0.01 * n + 0.008,
+                "http": {"response": {"status": 200, "content_length": 512}},
+                "aws": {"operation": "GetItem", "table_name": f"orders-{n}", "region": "us-east-1",
+                        "request_id": uuid.uuid4().hex.upper(), "retries": 0, "resource_names": [f"orders-{n}"]},
+            }
+            for n in range(10)
+        ]  # fmt: skip
+        document = {
+            "name": f"svc-{account_id[-4:]}",
+            "id": root,
+            "trace_id": trace_id,
+            "origin": "AWS::ECS::Container",
+            "http": {
+                "request": {"method": "GET", "url": f"https://api.example.com/orders/{i}"},
+                "response": {"status": 200},
+            },
+            "subsegments": calls,
+        }
+        arrivals.append(
+            (begin + 0.3, trace_id, orjson.dumps(document | {"start_time": begin, "end_time": begin + 0.3}).decode())
+        )
+        if i % 10 == 0:
+            late = {"name": "late-worker", "id": uuid.uuid4().hex[:16], "trace_id": trace_id, "parent_id": root}
+            arrivals.append(
+                (
+                    begin + 420,
+                    trace_id,
+                    orjson.dumps(late | {"start_time": begin + 400, "end_time": begin + 420}).decode(),
+                )
+            )
+    return sorted(arrivals)
+
+
+def steady(base: Any, front: Any, n: int, traces_per_account: int) -> dict[str, Any]:
+    """Both overlap policies over the same arrivals (one config, queue and watermarks each)."""
+    from datetime import timedelta
+
+    from tasks import archive, xray
+    from tasks import collector as col
+    from tasks import envelope as env
+
+    accounts = common.member_accounts(n, prefix="0833")
+    front.configure(rate_per_second=None)
+    now = time.time()
+    interval, sweeps = 300.0, 10
+    first = now - interval * sweeps
+    arrivals = {
+        a.account_id: steady_traffic(a.account_id, traces_per_account, first - 60, interval * (sweeps - 2))
+        for a in accounts
+    }
+    policies = {"refetch_overlap": False, "skip_unchanged": True}
+    configs = {name: common.fresh_sinks(common.roster_of(base, accounts), uuid.uuid4().hex[:8]) for name in policies}
+    # one set of member sessions: the front keys its per-account state by the assumed-role key
+    # when moto runs in another process, so both policies must read as the same "account"
+    shared = col.Collector.from_config(configs["skip_unchanged"], xray.LimiterRegistry(rate=1000.0))
+    collectors = {name: dataclasses.replace(shared, config=config) for name, config in configs.items()}
+    calls = {name: 0 for name in policies}
+    listed: dict[str, list[int]] = {name: [] for name in policies}  # summaries listed per sweep
+    envelopes = {name: 0 for name in policies}
+    sent_bytes = {name: 0 for name in policies}
+    put = {a.account_id: 0 for a in accounts}
+    for k in range(1, sweeps + 1):
+        sweep_now = first + k * interval
+        for account in accounts:  # what has arrived by this sweep (late segments included)
+            due = [d for t, _, d in arrivals[account.account_id][put[account.account_id] :] if t <= sweep_now - 1]
+            if due:
+                client = collectors["skip_unchanged"].sessions.client(account.account_id, "us-east-1", "xray")
+                for chunk in range(0, len(due), 50):
+                    client.put_trace_segments(TraceSegmentDocuments=due[chunk : chunk + 50])
+                put[account.account_id] += len(due)
+        for name, skip in policies.items():
+            front.reset_stats()
+            summaries = 0
+            for account in accounts:
+                result = col.sweep_account(
+                    collectors[name], account, "us-east-1", now=datetime.fromtimestamp(sweep_now, UTC),
+                    first_lookback=timedelta(seconds=interval + 120), skip_unchanged=skip,
+                )  # fmt: skip
+                if result.status == "failed":
+                    raise RuntimeError(f"{name}: {result.error}")
+                envelopes[name] += result.envelopes
+                sent_bytes[name] += result.bytes
+                summaries += result.summaries
+            calls[name] += front.stats()["operations"].get("BatchGetTraces", 0)
+            listed[name].append(summaries)
+    expected = {trace_id: 0 for a in accounts for _, trace_id, _ in arrivals[a.account_id]}
+    for _, trace_id, _ in (x for a in accounts for x in arrivals[a.account_id]):
+        expected[trace_id] += 1  # segments per trace
+    missed: dict[str, dict[str, int]] = {}
+    for name, config in configs.items():
+        latest: dict[str, int] = {}  # trace id → most segments any sent version carried
+        sqs, s3 = collectors[name].sqs, collectors[name].s3
+        while messages := sqs.receive_message(QueueUrl=config.queue.queue_url, MaxNumberOfMessages=10).get(
+            "Messages", []
+        ):
+            for message in messages:
+                pointer = env.parse_pointer(message["Body"])
+                raw = (
+                    env.gunzip_capped(archive.fetch_claim_check(s3, pointer))
+                    if pointer
+                    else env.body_to_raw(message["Body"])
+                )
+                for trace in env.parse_envelope(raw).traces:
+                    latest[trace["Id"]] = max(latest.get(trace["Id"], 0), len(trace.get("Segments") or []))
+            sqs.delete_message_batch(
+                QueueUrl=config.queue.queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+            )
+        swept = {t: c for t, c in expected.items() if int(t.split("-")[1], 16) < first + sweeps * interval - 180}
+        missed[name] = {
+            "traces": sum(1 for t in swept if t not in latest),
+            "revisions": sum(1 for t, c in swept.items() if t in latest and latest[t] < c),
+        }
+    return {
+        "accounts": n,
+        "sweeps": sweeps,
+        "traces": len(expected),
+        "late_segments": sum(expected.values()) - len(expected),
+        "batch_get_traces_calls": calls,
+        "envelopes": envelopes,
+        "summaries_per_sweep": listed,
+        "calls_ratio": round(calls["skip_unchanged"] / max(1, calls["refetch_overlap"]), 3),
+        "envelopes_ratio": round(envelopes["skip_unchanged"] / max(1, envelopes["refetch_overlap"]), 3),
+        "bytes_sent": sent_bytes,
+        "bytes_ratio": round(sent_bytes["skip_unchanged"] / max(1, sent_bytes["refetch_overlap"]), 3),
+        "missed": missed,
+    }
+
+
 def main() -> None:
     args = common.parse_args(__doc__.splitlines()[0])
     started = time.monotonic()
@@ -186,6 +338,14 @@ def main() -> None:
                     f"({result['ratio_of_quota']}), missed {result['traces_missed']}"
                 )
                 runs.append(result)
+        # ~60 traces per 5 minutes per account (17,000 a day, near the capacity model's 20,000)
+        steady_state = steady(base, front, 3 if args.quick else 10, 240 if args.quick else 480)
+        common.log(
+            f"steady state: BatchGetTraces {steady_state['batch_get_traces_calls']} "
+            f"(ratio {steady_state['calls_ratio']}), "
+            f"envelopes {steady_state['envelopes']} (ratio {steady_state['envelopes_ratio']}), "
+            f"missed {steady_state['missed']}"
+        )
         front.stop()
     best = {n: max((r for r in runs if r["accounts"] == n), key=lambda r: r["ratio_of_quota"]) for n in sizes}
     worst_ratio = min(r["ratio_of_quota"] for r in best.values())
@@ -199,7 +359,15 @@ def main() -> None:
         "ratio_of_quota_by_n": {str(n): r["ratio_of_quota"] for n, r in best.items()},
         "flow_as_is_ratio_n20": flow20["ratio_of_quota"] if flow20 else None,
         "traces_missed": missed,
+        "steady_state": steady_state,
         "targets": {
+            "steady_state_calls_ratio": common.target(steady_state["calls_ratio"], 0.55, higher_is_better=False),
+            "steady_state_envelopes_ratio": common.target(
+                steady_state["envelopes_ratio"], 0.55, higher_is_better=False
+            ),
+            "steady_state_missed": common.target(
+                sum(sum(m.values()) for m in steady_state["missed"].values()), 0, higher_is_better=False
+            ),
             "ratio_of_quota_min_over_n": common.target(worst_ratio, 0.9),
             "traces_missed": common.target(missed, 0, higher_is_better=False),
         },

@@ -1,31 +1,51 @@
 """Backfill: collect a past range (within X-Ray's 30-day retention), chunked and resumable.
 
 Each finished (account, region, chunk) leaves a checkpoint object under
-`state/backfill/<backfill_id>/…`; running the same backfill again (same accounts, regions, range
-and chunk size ⇒ same id) skips finished chunks. A backfill never moves the sweep watermark.
+`state/backfill/<backfill_id>/…` ({"traces", "envelopes"}); running the same backfill again (same
+accounts, regions, range and chunk size ⇒ same id) skips finished chunks. A backfill never moves
+the sweep watermark.
+
+Two ways to run the chunks. In process (default): one thread per (account, region), as many as
+the task runner has. Fanned out (`fan_out`): the parent submits one child flow run of the
+`backfill-chunk` deployment per group of `chunks_per_run` chunks of one (account, region), with
+`run_deployment`; any number of workers on that deployment's work pool share them, the
+deployment's concurrency limit bounds how many run at once, and the per-account X-Ray limits
+pace each account across all of them. The checkpoints are the contract between parent and
+children: a child skips finished chunks whoever finished them, the parent does not submit groups
+that are already complete, and its progress and totals are summed from the checkpoints.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
-from prefect import flow, task
+import orjson
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
 from blocks.config import load_config
-from flows.parameters import BackfillParameters, takes
+from flows.parameters import BackfillChunkParameters, BackfillParameters, takes
 from flows.sweep import finish
 from tasks import archive, xray
 from tasks import collector as col
 from tasks.errors import aws_error_code
 from tasks.windows import Window, plan_windows
+
+FAN_OUT_POLL_SECONDS = 2.0
 
 
 def backfill_id(accounts: list[str], regions: list[str], start: datetime, end: datetime, chunk: timedelta) -> str:
@@ -68,6 +88,68 @@ def checkpoint_prefix(state_prefix: str, run_key: str, account_id: str, region: 
     return f"{state_prefix}/backfill/{run_key}/account_id={account_id}/region={region}/"
 
 
+def chunk_marker(window: Window) -> str:
+    return f"{window.start:%Y%m%dT%H%M%S}.done"
+
+
+def finished_chunks(s3: Any, bucket: str, prefix: str) -> dict[str, dict[str, int]]:
+    """Checkpoint name → its counts (markers from before the counts hold only the traces)."""
+    done: dict[str, dict[str, int]] = {}
+    for listed in archive.list_keys(s3, bucket, prefix):
+        body = s3.get_object(Bucket=bucket, Key=listed["Key"])["Body"].read()
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = None
+        if isinstance(data, int):
+            data = {"traces": data}
+        counts = data if isinstance(data, dict) else {}
+        done[listed["Key"].rsplit("/", 1)[-1]] = {k: int(counts.get(k) or 0) for k in ("traces", "envelopes")}
+    return done
+
+
+def collect_chunks(
+    collector: col.Collector,
+    account: MemberAccount,
+    region: str,
+    windows: list[Window],
+    run_key: str,
+    budget: ChunkBudget | None = None,
+    on_chunk: Callable[[], None] | None = None,
+) -> col.AccountResult:
+    """Collect the windows of one (account, region) that have no checkpoint yet, leaving one per
+    finished window; never raises for the account's own failures."""
+    result = col.AccountResult(account.account_id, account.name, region)
+    stats = xray.XRayStats()
+    store = collector.config.archive
+    prefix = checkpoint_prefix(store.state_prefix, run_key, account.account_id, region)
+    try:
+        done = {o["Key"].rsplit("/", 1)[-1] for o in archive.list_keys(collector.s3, store.bucket, prefix)}
+        for window in windows:
+            marker = chunk_marker(window)
+            if marker in done:
+                if budget is not None:
+                    budget.count(skipped=1)
+                continue
+            if budget is not None and not budget.take():
+                result.status = "partial"
+                break
+            window_result = col.collect_window(collector, account, region, window, source="backfill", stats=stats)
+            result.add_window(window_result)
+            counts = {"traces": window_result.traces, "envelopes": window_result.envelopes}
+            collector.s3.put_object(Bucket=store.bucket, Key=prefix + marker, Body=orjson.dumps(counts))
+            if budget is not None:
+                budget.count(finished=1)
+            if on_chunk is not None:
+                on_chunk()
+    except Exception as error:
+        result.status = "failed"
+        result.error = f"{aws_error_code(error) or type(error).__name__}: {error}"[:500]
+        result.error_kind = type(error).__name__
+    result.count_calls(stats)
+    return result
+
+
 @task(name="backfill-account", cache_policy=NO_CACHE)  # I/O timeouts: botocore (tasks/aws.py)
 def backfill_account_task(
     collector: col.Collector,
@@ -79,32 +161,144 @@ def backfill_account_task(
     progress_id: Any,
     total_chunks: int,
 ) -> col.AccountResult:
-    result = col.AccountResult(account.account_id, account.name, region)
-    stats = xray.XRayStats()
+    def progress() -> None:
+        if progress_id is not None:
+            update_progress_artifact(progress_id, progress=100.0 * budget.count() / max(1, total_chunks))
+
+    return collect_chunks(collector, account, region, windows, run_key, budget, progress)
+
+
+@flow(name="backfill-chunk")  # type: ignore[arg-type]
+@takes(BackfillChunkParameters)
+def backfill_chunk(params: BackfillChunkParameters, config_path: str | None) -> State:
+    """One group of a fanned-out backfill (the parent submits it): consecutive chunks of one
+    account and region, each skipped when its checkpoint exists."""
+    config = load_config(config_path)
+    params.check(config)
+    account = config.roster.get(params.account_id)
+    windows = plan_windows(params.start, params.end, timedelta(minutes=params.chunk_minutes))
+    collector = col.Collector.from_config(config)
+    get_run_logger().info(
+        "backfill %s: %d chunks of %s/%s from %s",
+        params.backfill_id, len(windows), params.account_id, params.region, params.start.isoformat(),
+    )  # fmt: skip
+    result = collect_chunks(collector, account, params.region, windows, params.backfill_id)
+    return finish("backfill-chunk", [result], True, {"backfill_id": params.backfill_id})
+
+
+@dataclass(frozen=True)
+class ChunkGroup:
+    """What one child flow run collects."""
+
+    account: MemberAccount
+    region: str
+    windows: list[Window]
+
+
+def plan_groups(targets: list[tuple[MemberAccount, str]], windows: list[Window], size: int) -> list[ChunkGroup]:
+    """Consecutive windows of each (account, region), `size` at a time (the child re-plans the
+    same windows from its range: windows sit on a fixed grid)."""
+    return [
+        ChunkGroup(account, region, windows[i : i + size])
+        for account, region in targets
+        for i in range(0, len(windows), size)
+    ]
+
+
+def fan_out(
+    params: BackfillParameters,
+    config_path: str | None,
+    collector: col.Collector,
+    targets: list[tuple[MemberAccount, str]],
+    windows: list[Window],
+    run_key: str,
+    progress_id: Any,
+) -> tuple[list[col.AccountResult], int, int]:
+    """Submit the groups without checkpoints to the chunk deployment, wait for every child run,
+    and sum the results from the checkpoints. Returns (results, chunks finished, skipped)."""
+    logger = get_run_logger()
     store = collector.config.archive
-    prefix = checkpoint_prefix(store.state_prefix, run_key, account.account_id, region)
-    try:
-        done = {o["Key"].rsplit("/", 1)[-1] for o in archive.list_keys(collector.s3, store.bucket, prefix)}
-        for window in windows:
-            marker = f"{window.start:%Y%m%dT%H%M%S}.done"
-            if marker in done:
-                budget.count(skipped=1)
-                continue
-            if not budget.take():
-                result.status = "partial"
-                break
-            window_result = col.collect_window(collector, account, region, window, source="backfill", stats=stats)
-            result.add_window(window_result)
-            collector.s3.put_object(Bucket=store.bucket, Key=prefix + marker, Body=str(window_result.traces).encode())
-            done_count = budget.count(finished=1)
+    total = len(windows) * len(targets)
+
+    def checkpoints() -> dict[tuple[str, str], dict[str, dict[str, int]]]:
+        return {
+            (a.account_id, r): finished_chunks(
+                collector.s3, store.bucket, checkpoint_prefix(store.state_prefix, run_key, a.account_id, r)
+            )
+            for a, r in targets
+        }
+
+    before = checkpoints()
+    skipped = sum(len(done) for done in before.values())
+    groups = plan_groups(targets, windows, params.chunks_per_run)
+    if params.max_chunks is not None:  # whole groups, in order, up to the budget
+        budget, kept = params.max_chunks, []
+        for group in groups:
+            missing = [
+                w for w in group.windows if chunk_marker(w) not in before[(group.account.account_id, group.region)]
+            ]
+            if missing and budget > 0:
+                kept.append(group)
+                budget -= len(missing)
+        groups = kept
+    runs: dict[UUID, ChunkGroup] = {}
+    for group in groups:
+        done = before[(group.account.account_id, group.region)]
+        if all(chunk_marker(w) in done for w in group.windows):
+            continue
+        parameters = {
+            "backfill_id": run_key,
+            "account_id": group.account.account_id,
+            "region": group.region,
+            "start": group.windows[0].start.isoformat(),
+            "end": group.windows[-1].end.isoformat(),
+            "chunk_minutes": params.chunk_minutes,
+            "config_path": config_path,
+        }
+        child: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call in a sync flow
+            params.chunk_deployment,
+            parameters=parameters,
+            timeout=0,
+            tags=["xraylake", "backfill", f"backfill-{run_key}"],
+        )
+        runs[child.id] = group
+    logger.info("backfill %s: %d child runs submitted to %s", run_key, len(runs), params.chunk_deployment)
+    states: dict[UUID, Any] = {}
+    with get_client(sync_client=True) as client:
+        while len(states) < len(runs):
+            time.sleep(FAN_OUT_POLL_SECONDS)
+            for run_id in runs:
+                if run_id not in states:
+                    state = client.read_flow_run(run_id).state
+                    if state is not None and state.is_final():
+                        states[run_id] = state
             if progress_id is not None:
-                update_progress_artifact(progress_id, progress=100.0 * done_count / max(1, total_chunks))
-    except Exception as error:
-        result.status = "failed"
-        result.error = f"{aws_error_code(error) or type(error).__name__}: {error}"[:500]
-        result.error_kind = type(error).__name__
-    result.count_calls(stats)
-    return result
+                finished = sum(len(done) for done in checkpoints().values())
+                update_progress_artifact(progress_id, progress=100.0 * finished / max(1, total))
+    after = checkpoints()
+    results: dict[tuple[str, str], col.AccountResult] = {}
+    for account, region in targets:
+        result = col.AccountResult(account.account_id, account.name, region)
+        fresh = {
+            k: v
+            for k, v in after[(account.account_id, region)].items()
+            if k not in before[(account.account_id, region)]
+        }
+        result.windows = len(fresh)
+        result.traces = sum(c["traces"] for c in fresh.values())
+        result.envelopes = sum(c["envelopes"] for c in fresh.values())
+        if len(after[(account.account_id, region)]) < len(windows):
+            result.status = "partial"
+        results[(account.account_id, region)] = result
+    for run_id, group in runs.items():
+        state = states[run_id]
+        if not state.is_completed():
+            result = results[(group.account.account_id, group.region)]
+            result.status = "failed"
+            result.error = f"child run {run_id} {state.name}: {state.message or ''}"[:500]
+            result.error_kind = "ChildRunFailed"
+    finished = sum(len(done) for done in after.values()) - skipped
+    return list(results.values()), finished, skipped
 
 
 @flow(name="backfill", task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
@@ -129,18 +323,23 @@ def backfill(params: BackfillParameters, config_path: str | None) -> State:
         )
     except Exception:  # observability only
         progress_id = None
-    futures = [
-        backfill_account_task.with_options(task_run_name=f"backfill-{account.account_id}-{region}").submit(
-            collector, account, region, windows, run_key, budget, progress_id, total
-        )
-        for account, region in targets
-    ]
-    results = [f.result() for f in futures]
+    if params.fan_out:
+        results, finished, skipped = fan_out(params, config_path, collector, targets, windows, run_key, progress_id)
+    else:
+        futures = [
+            backfill_account_task.with_options(task_run_name=f"backfill-{account.account_id}-{region}").submit(
+                collector, account, region, windows, run_key, budget, progress_id, total
+            )
+            for account, region in targets
+        ]
+        results = [f.result() for f in futures]
+        finished, skipped = budget.finished, budget.skipped
     extra = {
         "backfill_id": run_key,
         "chunks": total,
-        "chunks_finished": budget.finished,
-        "chunks_skipped": budget.skipped,
-        "complete": budget.finished + budget.skipped == total,
+        "chunks_finished": finished,
+        "chunks_skipped": skipped,
+        "complete": finished + skipped == total,
+        "fan_out": params.fan_out,
     }
     return finish("backfill", results, params.fail_on_account_errors, extra, config=config)

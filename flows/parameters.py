@@ -235,6 +235,21 @@ class BackfillParameters(FlowParameters):
         default=None, ge=1, description="Chunks this run may collect; the same backfill again resumes. Empty = all."
     )
     fail_on_account_errors: FailOnAccountErrors = True
+    fan_out: bool = Field(
+        default=False,
+        description=(
+            "Run the chunks as child flow runs of the chunk deployment (any number of workers share them) "
+            "instead of in this process."
+        ),
+    )
+    chunks_per_run: int = Field(
+        default=24, ge=1, le=720, description="fan_out only: chunks of one account and region per child flow run."
+    )
+    chunk_deployment: str = Field(
+        default="backfill-chunk/backfill-chunk",
+        pattern=r"^[^/]+/[^/]+$",
+        description="fan_out only: the deployment that runs a group of chunks, as flow-name/deployment-name.",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> BackfillParameters:
@@ -246,6 +261,25 @@ class BackfillParameters(FlowParameters):
 
     def check(self, config: Config) -> None:
         self.targets(config)
+
+
+class BackfillChunkParameters(FlowParameters):
+    """One group of a fanned-out backfill: consecutive chunks of one account and region."""
+
+    backfill_id: str = Field(pattern=r"^[0-9a-f]{16}$", description="The parent backfill's id (its checkpoints).")
+    account_id: AccountId
+    region: Region
+    start: datetime = Field(description="First chunk's start, with a time zone.")
+    end: datetime = Field(description="Last chunk's end (exclusive), with a time zone.")
+    chunk_minutes: int = Field(default=60, ge=1, le=60, description="Window per chunk and checkpoint (1-60 minutes).")
+
+    @model_validator(mode="after")
+    def _range(self) -> BackfillChunkParameters:
+        self.start, self.end = backfill_range(self.start, self.end, datetime.now(UTC))
+        return self
+
+    def check(self, config: Config) -> None:
+        config.roster.targets([self.account_id], [self.region])
 
 
 # ----------------------------------------------------------------------------- ingesting

@@ -114,6 +114,7 @@ def finish(
         "accounts": len({r.account_id for r in results}),
         "failed": len(failed),
         "traces": sum(r.traces for r in results),
+        "unchanged": sum(r.unchanged for r in results),
         "envelopes": sum(r.envelopes for r in results),
         "bytes": sum(r.bytes for r in results),
         "throttles": sum(r.throttles for r in results),

@@ -270,6 +270,9 @@ class StrictXRayFront:
         # (account, region, trace id) → latest segment event seen in PutTraceSegments (epoch s)
         self._updated: dict[tuple[str, str, str], float] = {}
         self._in_progress: set[tuple[str, str, str, str]] = set()  # (account, region, trace, segment)
+        # (account, region, trace id) → revision: grows with every put that adds or changes a
+        # segment of the trace, as X-Ray's TraceSummary.Revision does
+        self._revisions: dict[tuple[str, str, str], int] = defaultdict(int)
         self.event_lookaround_seconds = 31 * 86400.0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -488,6 +491,7 @@ class StrictXRayFront:
             for trace_id, when in updates.items():
                 trace_key = (account, region, trace_id)
                 self._updated[trace_key] = max(self._updated.get(trace_key, when), when)
+                self._revisions[trace_key] += 1
 
     def _updated_between(self, account: str, region: str, start: float, end: float) -> list[str]:
         with self._lock:
@@ -500,6 +504,11 @@ class StrictXRayFront:
     def _updated_at(self, account: str, region: str, trace_id: str) -> float | None:
         with self._lock:
             return self._updated.get((account, region, trace_id))
+
+    def revision(self, account: str, region: str, trace_id: str) -> int:
+        """The trace's revision as TraceSummary reports it (1 for traces put before the front)."""
+        with self._lock:
+            return self._revisions.get((account, region, trace_id)) or 1
 
     def _destination(self, account: str, region: str) -> str:
         with self._lock:
@@ -619,6 +628,7 @@ class StrictXRayFront:
         for summary in summaries:  # moto spells it IsParital; AWS always sends IsPartial
             if "IsPartial" not in summary:
                 summary["IsPartial"] = bool(summary.pop("IsParital", False))
+            summary["Revision"] = self.revision(account, region, str(summary.get("Id")))
         summaries.sort(key=lambda s: (_trace_epoch(s.get("Id")), str(s.get("Id"))), reverse=True)
         processed = data.get("TracesProcessedCount", len(summaries))
         if by_trace_id or by_event:

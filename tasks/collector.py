@@ -20,6 +20,7 @@ from tasks.aws import MemberSessions, log_client
 from tasks.envelope import Envelope, Source, TimeWindow, WireMessage, build_envelope, encode, pack
 from tasks.errors import TransientError
 from tasks.ids import trace_id_problem
+from tasks.overlap import SentLedger, revision_of
 from tasks.redact import RedactionPolicy, redact_trace
 
 
@@ -62,8 +63,10 @@ class WindowResult:
     bytes: int = 0
     claim_checks: int = 0
     traces_refused: int = 0
+    unchanged: int = 0  # listed again with the revision already sent: not fetched
     envelope_ids: list[str] = field(default_factory=list)
     trace_ids: list[str] = field(default_factory=list)
+    revisions: dict[str, int] = field(default_factory=dict)  # sent trace id → listed revision
 
 
 @dataclass
@@ -83,6 +86,7 @@ class AccountResult:
     bytes: int = 0
     claim_checks: int = 0
     traces_refused: int = 0  # trace ids outside X-Ray's and W3C's formats: never sent
+    unchanged: int = 0  # overlap traces listed again with the revision already sent: not fetched
     throttles: int = 0
     retries: int = 0
     watermark_before: str | None = None
@@ -101,6 +105,7 @@ class AccountResult:
         self.bytes += result.bytes
         self.claim_checks += result.claim_checks
         self.traces_refused += result.traces_refused
+        self.unchanged += result.unchanged
         self.envelope_ids += result.envelope_ids
         self.trace_ids += result.trace_ids
 
@@ -181,18 +186,22 @@ def collect_window(
     source: Source,
     stats: xray.XRayStats,
     time_range_type: xray.TimeRangeType = "Event",
+    sent: SentLedger | None = None,
 ) -> WindowResult:
+    """List, fetch, pack and send one window. `sent`: (trace id, revision) pairs already sent
+    (a sweep's overlap): listed traces with the same revision are not fetched again."""
     client = collector.xray_client(account.account_id, region)
     limiter = collector.limiters.get(account.account_id, region)
     listing = xray.list_trace_ids(
         client, window, time_range_type, account_id=account.account_id, limiter=limiter, stats=stats
     )
     result = WindowResult(window=window.as_dict(), summaries=len(listing.summaries))
-    if not listing.trace_ids:
+    unchanged = sent.unchanged(listing.summaries) if sent else set()
+    wanted = [trace_id for trace_id in listing.trace_ids if trace_id not in unchanged]
+    result.unchanged = len(unchanged)
+    if not wanted:
         return result
-    batch = xray.batch_get_traces(
-        client, listing.trace_ids, account_id=account.account_id, limiter=limiter, stats=stats
-    )
+    batch = xray.batch_get_traces(client, wanted, account_id=account.account_id, limiter=limiter, stats=stats)
     if batch.unprocessed:
         # Never advance past traces we could not fetch: the caller's watermark stays put.
         raise TransientError(f"{len(batch.unprocessed)} trace ids stayed unprocessed in {account.account_id}/{region}")
@@ -214,6 +223,8 @@ def collect_window(
     result.claim_checks = sum(1 for m in messages if m.claim_check)
     result.envelope_ids = [e.envelope_id for e in envelopes]
     result.trace_ids = [t["Id"] for e in envelopes for t in e.traces]
+    listed = {s.get("Id"): revision_of(s) for s in listing.summaries}
+    result.revisions = {i: r for i in result.trace_ids if (r := listed.get(i)) is not None}
     return result
 
 
@@ -229,9 +240,13 @@ def sweep_account(
     first_lookback: timedelta = watermark.DEFAULT_FIRST_LOOKBACK,
     time_range_type: xray.TimeRangeType = "Event",
     run_id: str = "",
+    skip_unchanged: bool = True,
 ) -> AccountResult:
     """Incremental sweep of one (account, region) from its watermark; never raises for the
-    account's own failures (they are reported in the result so other accounts go on)."""
+    account's own failures (they are reported in the result so other accounts go on).
+
+    `skip_unchanged`: traces of the overlap already sent with the same revision are not fetched
+    again (`tasks/overlap.py`); the ledger is stored with the watermark."""
     started = time.monotonic()
     result = AccountResult(account.account_id, account.name, region)
     stats = xray.XRayStats()
@@ -259,9 +274,13 @@ def sweep_account(
                     source="sweep",
                     stats=stats,
                     time_range_type=time_range_type,
+                    sent=mark.sent if skip_unchanged else None,
                 )
                 result.add_window(window_result)
-                mark = watermark.advance(collector.s3, store, mark, window.end, run_id=run_id)
+                ledger = None
+                if skip_unchanged:
+                    ledger = mark.sent.record(window_result.revisions, window.end).prune(window.end - overlap)
+                mark = watermark.advance(collector.s3, store, mark, window.end, run_id=run_id, sent=ledger)
             if state.xray_reads_empty and result.traces == 0:
                 result.error = "CloudWatch Transaction Search is enabled: X-Ray APIs return no traces"
         result.watermark_after = mark.high_water.isoformat() if mark.high_water else None

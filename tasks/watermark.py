@@ -7,7 +7,7 @@ ETag read, If-None-Match for the first one), supported by S3 since 2024 and by t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +15,7 @@ import orjson
 
 from blocks import ArchiveStore
 from tasks.errors import TransientError, aws_error_code, classify_aws_error
+from tasks.overlap import SentLedger
 
 DEFAULT_LAG = timedelta(minutes=2)
 DEFAULT_OVERLAP = timedelta(minutes=5)
@@ -27,6 +28,7 @@ class Watermark:
     region: str
     high_water: datetime | None
     etag: str | None = None
+    sent: SentLedger = field(default_factory=SentLedger)  # (trace id, revision) sent in the overlap
 
 
 def watermark_key(store: ArchiveStore, account_id: str, region: str) -> str:
@@ -63,7 +65,13 @@ def read(s3: Any, store: ArchiveStore, account_id: str, region: str) -> Watermar
             return Watermark(account_id, region, None, None)
         raise classify_aws_error(error, f"read watermark {key}") from error
     data = orjson.loads(obj["Body"].read())
-    return Watermark(account_id, region, datetime.fromisoformat(data["high_water"]), obj["ETag"])
+    return Watermark(
+        account_id,
+        region,
+        datetime.fromisoformat(data["high_water"]),
+        obj["ETag"],
+        SentLedger.from_json(data.get("sent")),
+    )
 
 
 def advance(
@@ -73,9 +81,14 @@ def advance(
     new_high_water: datetime,
     run_id: str = "",
     attempts: int = 5,
+    sent: SentLedger | None = None,
 ) -> Watermark:
-    """Move the watermark to `new_high_water` unless someone already moved it further."""
+    """Move the watermark to `new_high_water` unless someone already moved it further.
+
+    `sent`: the ledger to store with it (default: the current one). A ledger lost to a
+    concurrent sweep only costs duplicate fetches of its traces."""
     key = watermark_key(store, current.account_id, current.region)
+    ledger = current.sent if sent is None else sent
     for _ in range(attempts):
         if current.high_water and current.high_water >= new_high_water:
             return current  # never backwards
@@ -86,6 +99,7 @@ def advance(
                 "high_water": new_high_water.astimezone(UTC).isoformat(),
                 "updated_at": datetime.now(UTC).isoformat(),
                 "run_id": run_id,
+                "sent": ledger.to_json(),
             }
         )
         condition = {"IfMatch": current.etag} if current.etag else {"IfNoneMatch": "*"}
@@ -98,5 +112,5 @@ def advance(
                 current = read(s3, store, current.account_id, current.region)
                 continue
             raise classify_aws_error(error, f"write watermark {key}") from error
-        return Watermark(current.account_id, current.region, new_high_water, response["ETag"])
+        return Watermark(current.account_id, current.region, new_high_water, response["ETag"], ledger)
     raise TransientError(f"watermark {key} kept changing under us ({attempts} attempts)")

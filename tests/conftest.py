@@ -70,7 +70,10 @@ def prefect_harness() -> Iterator[None]:
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.testing.utilities import prefect_test_harness
 
-    harness = prefect_test_harness(server_startup_timeout=120)
+    # generous: on a loaded 2-core machine the server alone can take minutes to start
+    harness = prefect_test_harness(
+        server_startup_timeout=int(os.environ.get("XRAYLAKE_PREFECT_STARTUP_SECONDS", "300"))
+    )
     harness.__enter__()
     server = SubprocessASGIServer._instances.get(None)
     yield

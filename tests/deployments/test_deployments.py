@@ -41,7 +41,17 @@ from tasks.mappings import HEALTH_INDEX
 
 PROJECT = Path(__file__).resolve().parents[2]
 WEBHOOK = json.loads((PROJECT / "deployments" / "webhook.json").read_text())
-EXPECTED = {"sweep", "consume", "consume-stream", "compact", "reconcile", "replay", "backfill", "collect"}
+EXPECTED = {
+    "sweep",
+    "consume",
+    "consume-stream",
+    "compact",
+    "reconcile",
+    "replay",
+    "backfill",
+    "backfill-chunk",
+    "collect",
+}
 FLOW_OF = {"consume-stream": "consume"}
 
 
@@ -186,7 +196,7 @@ def test_parameter_schemas_render_typed_forms() -> None:
     from prefect.utilities.schema_tools import validate
 
     from flows import parameters as fp
-    from flows.backfill import backfill
+    from flows.backfill import backfill, backfill_chunk
     from flows.collect import collect
     from flows.compact import compact
     from flows.consume import consume
@@ -199,6 +209,7 @@ def test_parameter_schemas_render_typed_forms() -> None:
         (sweep, fp.SweepParameters),
         (collect, fp.CollectParameters),
         (backfill, fp.BackfillParameters),
+        (backfill_chunk, fp.BackfillChunkParameters),
         (consume, fp.ConsumeParameters),
         (replay, fp.ReplayParameters),
         (reconcile, fp.ReconcileParameters),
