@@ -12,7 +12,7 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
@@ -104,6 +104,20 @@ def backfill_account_task(
         result.error = f"{aws_error_code(error) or type(error).__name__}: {error}"[:500]
         result.error_kind = type(error).__name__
     result.count_calls(stats)
+    logger = get_run_logger()
+    if result.status == "failed":
+        logger.error("account %s (%s) region %s failed: %s", account.account_id, account.name, region, result.error)
+    else:
+        logger.info(
+            "account %s (%s) region %s: %d chunks collected, %d traces in %d envelopes (%s)",
+            account.account_id,
+            account.name,
+            region,
+            result.windows,
+            result.traces,
+            result.envelopes,
+            result.status,
+        )
     return result
 
 
