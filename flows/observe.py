@@ -14,7 +14,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.events import emit_event
 
 log = logging.getLogger("xraylake")
@@ -98,6 +103,29 @@ def summary_artifact(
     except Exception as error:
         log.warning("could not write artifact %s: %s", key, error)
     markdown_artifact(f"{key}-summary", summary_markdown(title, metrics, notes, elapsed()), title)
+
+
+class Progress:
+    """A progress artifact for a long run, updated at most every 5 % (one API call each)."""
+
+    def __init__(self, key: str, total: int, description: str) -> None:
+        self.total = max(1, total)
+        self.shown = 0.0
+        self.artifact_id: Any = None
+        try:
+            self.artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
+        except Exception as error:
+            log.warning("could not write progress artifact %s: %s", key, error)
+
+    def done(self, count: int) -> None:
+        percent = 100.0 * min(count, self.total) / self.total
+        if self.artifact_id is None or (percent - self.shown < 5.0 and percent < 100.0):
+            return
+        try:
+            update_progress_artifact(self.artifact_id, progress=percent)
+            self.shown = percent
+        except Exception as error:
+            log.warning("could not update progress: %s", error)
 
 
 def emit(event: str, resource_id: str, payload: Mapping[str, Any] | None = None, **labels: str) -> None:

@@ -16,7 +16,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed, Failed, State
 
 from blocks.config import Config, load_config
-from flows.observe import summary_artifact
+from flows.observe import emit, summary_artifact
 from flows.parameters import ReplayParameters, takes
 from tasks import archive, queue
 from tasks import replay as replay_tasks
@@ -187,6 +187,15 @@ def replay(params: ReplayParameters, config_path: str | None) -> State:
         ],
     )
     if totals["failed_envelopes"]:
+        emit(
+            "xraylake.flow.failed",
+            "xraylake.flow.replay",
+            {
+                "flow": "replay",
+                "error": f"{totals['failed_envelopes']} envelopes failed: {'; '.join(stats.errors[-3:])}"[:500],
+                "error_kind": "ReplayIncomplete",
+            },
+        )
         return Failed(message=f"{totals['failed_envelopes']} envelopes failed; run again to resume", data=data)
     message = headline if params.dry_run else f"{totals['sent']} envelopes replayed"
     if totals["partitions_skipped"]:

@@ -21,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
 from blocks.config import Config, load_config
-from flows.observe import emit, human_bytes, summary_artifact
+from flows.observe import Progress, emit, human_bytes, summary_artifact
 from flows.parameters import MAX_ACCOUNT_THREADS, SweepParameters, takes
 from tasks import collector as col
 from tasks import xray
@@ -205,5 +205,9 @@ def sweep(params: SweepParameters, config_path: str | None) -> State:
         )
         for (account, region), name in zip(targets, names, strict=True)
     ]
-    results = [_result_or_failure(f, account, region) for f, (account, region) in zip(futures, targets, strict=True)]
+    progress = Progress("xraylake-sweep-progress", len(targets), f"sweep: {len(targets)} account/regions")
+    results = []
+    for f, (account, region) in zip(futures, targets, strict=True):
+        results.append(_result_or_failure(f, account, region))
+        progress.done(len(results))
     return finish("sweep", results, params.fail_on_account_errors, config=config)
