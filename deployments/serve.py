@@ -284,7 +284,7 @@ def server_healthy(url: str) -> bool:
 def start_local_server(
     port: int = DEFAULT_PORT,
     prefect_home: Path | None = None,
-    timeout: float = 180.0,
+    timeout: float = 600.0,  # a first start migrates the database: minutes on a busy small machine
     extra_env: dict[str, str] | None = None,
 ) -> LocalServer:
     """`prefect server start` on 127.0.0.1:<port> (UI included), or the server already there."""
