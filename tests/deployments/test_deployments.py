@@ -861,9 +861,20 @@ def test_ui_renders_a_finished_run_with_its_logs_and_artifacts(
     ]
     shots = Path(os.environ.get("XRAYLAKE_SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (summary,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+                key=ArtifactFilterKey(any_=["xraylake-consume-summary"]),
+            )
+        )
+    assert "| messages received | 0 |" in str(summary.data) and "No problems." in str(summary.data)
     pages = {
         "logs": f"{prefect_server.url}/runs/flow-run/{run.id}",
-        "artifacts": f"{prefect_server.url}/runs/flow-run/{run.id}?tab=Artifacts",
+        "artifacts": f"{prefect_server.url}/artifacts/artifact/{summary.id}",
         "blocks": f"{prefect_server.url}/blocks",
     }
     doms = {}
@@ -891,6 +902,6 @@ def test_ui_renders_a_finished_run_with_its_logs_and_artifacts(
     (shots / "run-blocks.png").rename(shots / "blocks.png")
     assert "consume starting with" in doms["logs"]
     assert "consume finished: 0 messages consumed" in doms["logs"]
-    assert "xraylake-consume-summary" in doms["artifacts"]
+    assert "messages received" in doms["artifacts"] and "No problems." in doms["artifacts"]
     for block_type in ("xraylake Config", "xraylake Roster", "xraylake Trace Queue", "Secret"):
         assert block_type in doms["blocks"], block_type
