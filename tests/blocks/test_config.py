@@ -49,6 +49,7 @@ def test_account_ids_must_be_12_digit_strings(tmp_path: Path) -> None:
         load_config(path)
 
 
+@pytest.mark.slow  # ~30 s on a loaded machine: six block types registered, six blocks saved
 @pytest.mark.usefixtures("prefect_harness")
 def test_config_saved_as_blocks_drives_runs_and_an_edit_changes_the_next_run(fresh_config) -> None:  # type: ignore[no-untyped-def]
     """`xraylake setup` saves the configuration as blocks; a flow given `config_block` loads their
