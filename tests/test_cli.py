@@ -309,6 +309,7 @@ def test_query_refusals_and_limits_are_one_line_errors(cli: CliRunner, fresh_con
     assert settings == [{"memory": "61.0 MiB", "threads": 1}]
 
 
+@pytest.mark.slow  # saves six blocks: ~30 s on a loaded machine
 def test_setup_from_config_saves_the_blocks_every_flow_can_load(
     cli: CliRunner, fresh_config: Config, config_file: str
 ) -> None:
