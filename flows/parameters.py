@@ -157,7 +157,6 @@ def form_properties(model: type[FlowParameters]) -> dict[str, dict[str, Any]]:
     return properties
 
 
-
 CONFIG_PATH_SCHEMA: dict[str, Any] = {
     "type": "string",
     "title": "Config file",
