@@ -1,8 +1,12 @@
-"""One object that says where everything is: from the sandbox state file or a config file.
+"""One object that says where everything is: from saved Prefect blocks, a config file or the sandbox.
 
 `xraylake <command>` with no configuration runs against the sandbox (`xraylake sandbox up`
 writes `$XRAYLAKE_HOME/sandbox.json`); `XRAYLAKE_CONFIG=path.json` points the same commands at
-real AWS and a real OpenSearch cluster.
+real AWS and a real OpenSearch cluster. On a Prefect server the same configuration lives as
+named blocks (`save_config_blocks`, run by `xraylake setup`): a `xraylake Config` block that
+references one `xraylake Roster`, `xraylake Trace Queue`, `xraylake Archive Store` and
+`xraylake OpenSearch Target` block, with the signing keys as `Secret` blocks. Flows load it by
+name (`config_block`), so editing a block in the UI changes the next run.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from blocks import ArchiveStore, OpenSearchTarget, Roster, TraceQueue
@@ -110,8 +115,114 @@ def sandbox_state_path(home: Path | None = None) -> Path:
     return (home or xraylake_home()) / "sandbox.json"
 
 
+BLOCK_SOURCE = "prefect-block:"
+DEFAULT_BLOCK = "xraylake"
+
+
+class ConfigBlock(Block):
+    """Where everything is, as a Prefect block: the other xraylake blocks by reference, the
+    signing keys by the names of their Secret blocks."""
+
+    _block_type_name = "xraylake Config"
+    _block_type_slug = "xraylake-config"
+    _description = (
+        "xraylake's configuration; its roster, queue, archive and OpenSearch blocks are editable on their own."
+    )
+
+    region: str = "us-east-1"
+    log_account_id: str
+    aws_endpoint_url: str | None = Field(default=None, description="Set for the sandbox; empty = real AWS.")
+    service_endpoints: dict[str, str] = Field(default_factory=dict, description="Per-service endpoint overrides.")
+    roster: Roster
+    queue: TraceQueue
+    archive: ArchiveStore
+    opensearch: OpenSearchTarget
+    redact_at_source: bool = True
+    signing_key_secrets: list[str] = Field(
+        default_factory=list, description="Names of Secret blocks holding the HMAC keys; the first signs, all verify."
+    )
+
+
+def block_source(name: str) -> str:
+    """The `load_config` source naming a saved config block."""
+    return f"{BLOCK_SOURCE}{name}"
+
+
+def save_config_blocks(config: Config, name: str = DEFAULT_BLOCK) -> dict[str, str]:
+    """Register the block types and save `config` as blocks named `name` (created or updated):
+    returns block slug → document name, for what to show."""
+    from prefect.blocks.system import Secret
+
+    for block_type in (Roster, TraceQueue, ArchiveStore, OpenSearchTarget, ConfigBlock, Secret):
+        block_type.register_type_and_schema()
+    saved: dict[str, str] = {}
+    secret_names = []
+    for number, key in enumerate(config.signing_keys, start=1):
+        secret_name = f"{name}-signing-key-{number}"
+        Secret(value=key.get_secret_value()).save(secret_name, overwrite=True)
+        secret_names.append(secret_name)
+        saved[f"secret/{secret_name}"] = secret_name
+    parts: dict[str, Any] = {}
+    for field, block_type in (
+        ("roster", Roster),
+        ("queue", TraceQueue),
+        ("archive", ArchiveStore),
+        ("opensearch", OpenSearchTarget),
+    ):
+        part = block_type.model_validate(getattr(config, field).model_dump())
+        part.save(name, overwrite=True)
+        parts[field] = part
+        saved[f"{block_type.get_block_type_slug()}/{name}"] = name
+    block = ConfigBlock(
+        region=config.region,
+        log_account_id=config.log_account_id,
+        aws_endpoint_url=config.aws_endpoint_url,
+        service_endpoints=config.service_endpoints,
+        redact_at_source=config.redact_at_source,
+        signing_key_secrets=secret_names,
+        **parts,
+    )
+    block.save(name, overwrite=True)
+    saved[f"{ConfigBlock.get_block_type_slug()}/{name}"] = name
+    return saved
+
+
+def load_config_block(name: str) -> Config:
+    """The configuration saved as blocks named `name` (their current values)."""
+    try:
+        block: Any = ConfigBlock.load(name)  # sync call outside an event loop: the block itself
+    except ValueError as error:
+        raise ConfigError(
+            f"no xraylake Config block named {name!r} on the Prefect server ({error}); "
+            "create it with `xraylake setup --from-config FILE` (or `xraylake serve --local`)"
+        ) from None
+    data = {
+        "region": block.region,
+        "log_account_id": block.log_account_id,
+        "aws_endpoint_url": block.aws_endpoint_url,
+        "service_endpoints": block.service_endpoints,
+        "roster": block.roster,
+        "queue": block.queue,
+        "archive": block.archive,
+        "opensearch": block.opensearch,
+        "redact_at_source": block.redact_at_source,
+    }
+    try:
+        data["signing_keys"] = [_secret(n) for n in block.signing_key_secrets]
+        config = Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"config block {name!r} is invalid: {problems(error)}") from None
+    except ValueError as error:  # a Secret block it names does not exist
+        raise ConfigError(f"config block {name!r}: {error}") from None
+    config.apply_environment()
+    return config
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Explicit path, else $XRAYLAKE_CONFIG, else the running sandbox's state file."""
+    """Explicit path (or `prefect-block:<name>`, see `block_source`), else $XRAYLAKE_CONFIG,
+    else the running sandbox's state file."""
+    if isinstance(path, str) and path.startswith(BLOCK_SOURCE):
+        return load_config_block(path.removeprefix(BLOCK_SOURCE))
     candidate = path or os.environ.get("XRAYLAKE_CONFIG")
     source = Path(candidate) if candidate else sandbox_state_path()
     if not source.exists():

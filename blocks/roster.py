@@ -42,7 +42,7 @@ class Roster(Block):
             if account.account_id == account_id:
                 return account
         known = ", ".join(a.account_id for a in self.accounts) or "none"
-        raise UnknownAccountError(f"account {account_id!r} is not in the roster (known: {known})")
+        raise UnknownAccountError(f"account {account_id!r} is not in the roster (known: {known})", account_id)
 
     def select(self, account_ids: list[str] | None) -> list[MemberAccount]:
         """The roster accounts named (all when None); unknown ids raise before any work."""
@@ -72,4 +72,11 @@ class Roster(Block):
 
 
 class UnknownAccountError(ValueError):
-    """An account id outside the roster."""
+    """An account id outside the roster (`account_id` names it)."""
+
+    def __init__(self, message: str, account_id: str = "") -> None:
+        super().__init__(message)
+        self.account_id = account_id
+
+    def __reduce__(self) -> tuple[type[UnknownAccountError], tuple[str, str]]:  # results persist exceptions
+        return type(self), (str(self), self.account_id)

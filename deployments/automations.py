@@ -3,7 +3,10 @@
 Each entry is a Prefect automation (name, description, tags, trigger) plus `notify` {subject,
 body}: with a notification block (`--notify <block-type-slug>/<block-name>`, e.g.
 `slack-webhook/xraylake-alerts`) it becomes a `send-notification` action on that block; without
-one, a `do-nothing` action (the firing still shows as a `prefect.automation.triggered` event).
+one, a `run-deployment` action of the `alert` deployment (flows/alert.py: the alert in that
+run's logs and artifact and in `$XRAYLAKE_HOME/alerts.log`), or, when that deployment is not
+registered either, a `do-nothing` action (the firing still shows as a
+`prefect.automation.triggered` event).
 Automations are matched by name, so running this again updates them instead of adding copies.
 
     python -m deployments.automations [--notify custom-webhook/xraylake-alerts] [--dry-run]
@@ -21,8 +24,9 @@ from uuid import UUID
 
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.events.actions import DoNothing, SendNotification
+from prefect.events.actions import DoNothing, RunDeployment, SendNotification
 from prefect.events.schemas.automations import AutomationCore
+from prefect.exceptions import ObjectNotFound
 
 AUTOMATIONS_YAML = Path(__file__).with_name("automations.yaml")
 
@@ -35,7 +39,33 @@ def load_definitions(path: Path = AUTOMATIONS_YAML) -> list[dict[str, Any]]:
     return definitions
 
 
-def build_automations(definitions: list[dict[str, Any]], notify_block_id: UUID | None) -> list[AutomationCore]:
+ALERT_DEPLOYMENT = "alert/alert"
+
+
+def alert_action(deployment_id: UUID, subject: str, body: str) -> RunDeployment:
+    """Run the `alert` deployment with the rendered subject and body (Jinja over the event)."""
+    return RunDeployment(
+        source="selected",
+        deployment_id=deployment_id,
+        parameters={
+            "subject": subject,
+            "body": body,
+            "event": "{{ event.event }}",
+            "resource": "{{ event.resource.id }}",
+        },
+    )
+
+
+def alert_log_path(home: Path | None = None) -> Path:
+    """Where the `alert` deployment served by `xraylake serve` appends its JSON lines."""
+    from blocks.config import xraylake_home
+
+    return (home or xraylake_home()) / "alerts.log"
+
+
+def build_automations(
+    definitions: list[dict[str, Any]], notify_block_id: UUID | None, alert_deployment_id: UUID | None = None
+) -> list[AutomationCore]:
     """Prefect automation models (validated here, before anything reaches the API)."""
     out: list[AutomationCore] = []
     for definition in definitions:
@@ -47,6 +77,8 @@ def build_automations(definitions: list[dict[str, Any]], notify_block_id: UUID |
                 actions.append(
                     SendNotification(block_document_id=notify_block_id, subject=notify["subject"], body=notify["body"])
                 )
+            elif alert_deployment_id is not None:
+                actions.append(alert_action(alert_deployment_id, notify["subject"], notify["body"]))
             else:
                 actions.append(DoNothing())
         out.append(AutomationCore.model_validate(spec | {"actions": actions}))
@@ -69,11 +101,18 @@ def resolve_block(reference: str) -> UUID:
 
 
 def ensure_automations(notify: str | None = None, path: Path = AUTOMATIONS_YAML) -> dict[str, UUID]:
-    """Create or update every automation of `path` by name; returns name → id."""
+    """Create or update every automation of `path` by name; returns name → id. Without
+    `notify` they run the `alert` deployment when it is registered."""
     block_id = resolve_block(notify) if notify else None
-    automations = build_automations(load_definitions(path), block_id)
-    ids: dict[str, UUID] = {}
     with get_client(sync_client=True) as client:
+        alert_id = None
+        if block_id is None:
+            try:
+                alert_id = client.read_deployment_by_name(ALERT_DEPLOYMENT).id
+            except ObjectNotFound:  # not registered: do-nothing actions
+                alert_id = None
+        automations = build_automations(load_definitions(path), block_id, alert_id)
+        ids: dict[str, UUID] = {}
         for automation in automations:
             existing = client.read_automations_by_name(automation.name)
             if existing:

@@ -7,12 +7,20 @@ into `flow.to_deployment(...)` and calls `prefect.serve(...)`; before that it cr
 per-account X-Ray limits (`tasks/limits.py`) and the alert automations
 (`deployments/automations.py`).
 
+Every deployment's parameter schema is its flow's form schema (flows/parameters.py) plus
+`additionalProperties: false`, so with `enforce_parameter_schema` the server refuses unknown keys
+as well as bad values (HTTP 409) before a run exists. Flow runs log at `run_log_level` (INFO)
+whatever level this process was started with: a quiet terminal never silences the runs' logs
+in the UI.
+
 `local=True` is the laptop path: a Prefect server on 127.0.0.1 (`prefect server start` in a
 subprocess, its database under `$XRAYLAKE_HOME/prefect`; an already running one on that port is
-reused), the local stack through `start_stack` (the CLI passes the sandbox's `up`: this layer
-never imports the sandbox), every deployment pointed at the config it returns, and the UI
-address printed. Ctrl-C stops serving and the server this call started; the sandbox keeps
-running (`xraylake sandbox down`).
+reused), results and local storage under `$XRAYLAKE_HOME/prefect/storage`, the local stack
+through `start_stack` (the CLI passes the sandbox's `up`: this layer never imports the
+sandbox), its configuration saved as blocks named `xraylake` (`blocks/config.py`) that every
+deployment loads, `$XRAYLAKE_HOME/prefect/api-url` written so every `xraylake` command talks to
+this server, and the UI address printed. Ctrl-C stops serving and the server this call
+started; the sandbox keeps running (`xraylake sandbox down`).
 """
 
 from __future__ import annotations
@@ -39,15 +47,41 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentTriggerTypes
 from prefect.flows import Flow
 from prefect.schedules import Cron, Interval, RRule, Schedule
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_HOME,
+    PREFECT_LOCAL_STORAGE_PATH,
+    PREFECT_LOGGING_LEVEL,
+    temporary_settings,
+)
 from prefect.types.entrypoint import EntrypointType
-from pydantic import TypeAdapter
+from prefect.utilities.callables import ParameterSchema
+from pydantic import ConfigDict, TypeAdapter
 
-from blocks.config import xraylake_home
+from blocks.config import DEFAULT_BLOCK, xraylake_home
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 PREFECT_YAML = PROJECT_DIR / "prefect.yaml"
 DEFAULT_PORT = 4200
+API_URL_FILE = "api-url"  # under $XRAYLAKE_HOME/prefect while `serve --local` runs
+
+
+class StrictParameterSchema(ParameterSchema):
+    """Prefect's parameter schema plus `additionalProperties: false` (its model drops extra keys)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def strict_schema(flow: Flow[..., Any]) -> StrictParameterSchema:
+    """The flow's parameter schema refusing unknown parameters. An optional value shows no
+    `default: null`: the server's check then accepts null for it (an emptied form field), while
+    any other value must match its type."""
+    schema = flow.parameters.model_dump()
+    for prop in schema["properties"].values():
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]
+    return StrictParameterSchema(**schema, additionalProperties=False)
+
 
 _TRIGGERS: TypeAdapter[DeploymentTriggerTypes] = TypeAdapter(DeploymentTriggerTypes)
 
@@ -157,7 +191,7 @@ def check_parameters(spec: DeploymentSpec, flow: Flow[..., Any], parameters: dic
     schema, `flows/parameters.py`), naming the deployment, before anything is registered."""
     from prefect.utilities.schema_tools import validate
 
-    schema = flow.parameters.model_dump_for_openapi()
+    schema = strict_schema(flow).model_dump_for_openapi()
     for where, values in [("parameters", parameters)] + [
         (f"schedule {item.get('slug') or i}", item.get("parameters") or {})
         for i, item in enumerate(spec.schedules, start=1)
@@ -173,11 +207,13 @@ def build_deployments(
     specs: Sequence[DeploymentSpec] | None = None,
     *,
     config_path: str | None = None,
+    config_block: str | None = None,
     schedules_active: bool = True,
     only: Sequence[str] | None = None,
     trigger_delay: float | None = None,
 ) -> list[RunnerDeployment]:
-    """`flow.to_deployment(...)` for each spec; `config_path` becomes every deployment's default."""
+    """`flow.to_deployment(...)` for each spec; `config_path` / `config_block` become every
+    deployment's default (a config file wins over the block when a run names both)."""
     specs = load_specs() if specs is None else specs
     if only:
         unknown = set(only) - {s.name for s in specs}
@@ -187,9 +223,12 @@ def build_deployments(
     deployments = []
     for spec in specs:
         parameters = dict(spec.parameters)
-        if config_path:
-            parameters["config_path"] = config_path
         flow = load_flow(spec)
+        accepted = flow.parameters.properties
+        if config_path and "config_path" in accepted:
+            parameters["config_path"] = config_path
+        if config_block and "config_block" in accepted:
+            parameters["config_block"] = config_block
         check_parameters(spec, flow, parameters)
         deployment = flow.to_deployment(
             name=spec.name,
@@ -203,6 +242,7 @@ def build_deployments(
             entrypoint_type=EntrypointType.MODULE_PATH,
         )
         assert isinstance(deployment, RunnerDeployment)  # sync context: never a coroutine
+        deployment._parameter_openapi_schema = strict_schema(flow)
         deployments.append(deployment)
     return deployments
 
@@ -244,7 +284,7 @@ def server_healthy(url: str) -> bool:
 def start_local_server(
     port: int = DEFAULT_PORT,
     prefect_home: Path | None = None,
-    timeout: float = 180.0,
+    timeout: float = 600.0,  # a first start migrates the database: minutes on a busy small machine
     extra_env: dict[str, str] | None = None,
 ) -> LocalServer:
     """`prefect server start` on 127.0.0.1:<port> (UI included), or the server already there."""
@@ -317,7 +357,31 @@ def api_url(url: str) -> Iterator[None]:
 # ----------------------------------------------------------------------------- serve
 
 
-def setup_server_objects(config_path: str | None, notify: str | None, limits: bool, automations: bool) -> list[str]:
+def ensure_config_blocks(config_path: str | None, block: str = DEFAULT_BLOCK) -> str:
+    """Make sure the config blocks named `block` exist: saved from `config_path` when given,
+    else kept when they exist, else saved from $XRAYLAKE_CONFIG or the sandbox. Returns a note."""
+    from blocks.config import ConfigError, load_config, load_config_block, save_config_blocks
+
+    if config_path is None:
+        try:
+            load_config_block(block)
+        except ConfigError:
+            pass
+        else:
+            return f"config blocks '{block}' in place (Blocks page: xraylake Config / Roster / …)"
+    try:
+        config = load_config(config_path)
+    except ConfigError as error:
+        return f"config blocks '{block}' not saved ({error})"
+    saved = save_config_blocks(config, block)
+    return (
+        f"config blocks '{block}' saved from {config_path or '$XRAYLAKE_CONFIG or the sandbox'} ({len(saved)} blocks)"
+    )
+
+
+def setup_server_objects(
+    config_path: str | None, notify: str | None, limits: bool, automations: bool, home: Path | None = None
+) -> list[str]:
     """X-Ray limits (needs a config for the roster) and alert automations; returns notes to print."""
     notes: list[str] = []
     if limits:
@@ -332,12 +396,30 @@ def setup_server_objects(config_path: str | None, notify: str | None, limits: bo
             names = ensure_limits(config.roster)
             notes.append(f"{len(names)} X-Ray limits (xray-<account>-<region>, xray-rate-…) in place")
     if automations:
-        from deployments.automations import ensure_automations
+        from deployments.automations import alert_log_path, ensure_automations
 
         created = ensure_automations(notify)
-        target = notify or "no notification block: firings show in the event feed"
+        target = notify or f"no notification block: each alert is an `alert` flow run, logged to {alert_log_path(home)}"
         notes.append(f"{len(created)} alert automations ({target})")
     return notes
+
+
+def write_api_url(home: Path, url: str) -> Path:
+    """Where `xraylake` commands find the local server (`api_url_from_home`)."""
+    path = home / "prefect" / API_URL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(url + "\n")
+    return path
+
+
+def api_url_from_home(home: Path) -> str | None:
+    """The API URL `serve --local` left under `home`, when that server answers."""
+    path = home / "prefect" / API_URL_FILE
+    try:
+        url = path.read_text().strip()
+    except OSError:
+        return None
+    return url if url and server_healthy(url.removesuffix("/api")) else None
 
 
 def serve_all(
@@ -346,6 +428,7 @@ def serve_all(
     port: int = DEFAULT_PORT,
     home: Path | None = None,
     config_path: str | None = None,
+    config_block: str = DEFAULT_BLOCK,
     schedules_active: bool = True,
     only: Sequence[str] | None = None,
     trigger_delay: float | None = None,
@@ -353,28 +436,57 @@ def serve_all(
     notify: str | None = None,
     create_limits: bool = True,
     create_automations: bool = True,
+    run_log_level: str = "INFO",
     start_stack: Callable[[Path], str] | None = None,
+    start_traffic: Callable[[str], Callable[[], None]] | None = None,
 ) -> None:
     """Serve every deployment of prefect.yaml until interrupted (see the module docstring).
 
     With `local`, `start_stack(home)` brings up the local AWS/OpenSearch stack and returns its
-    config path (used when `config_path` is not given)."""
+    config path (saved as the config blocks), and `start_traffic(config_path)`, when given,
+    starts a trickle of traffic into it and returns the function that stops it."""
     server: LocalServer | None = None
+    home = home or xraylake_home()
+    settings: dict[Any, Any] = {PREFECT_LOGGING_LEVEL: run_log_level}
+    # flow-run processes take this process's settings: they log at run_log_level to the API
+    os.environ["PREFECT_LOGGING_LEVEL"] = run_log_level
     with contextlib.ExitStack() as stack:
+        stack_config: str | None = None
         if local:
-            home = home or xraylake_home()
+            storage = home / "prefect" / "storage"
+            storage.mkdir(parents=True, exist_ok=True)
             server = start_local_server(port, home / "prefect")
             stack.callback(server.stop)
             stack.enter_context(api_url(server.api_url))
+            settings |= {PREFECT_HOME: str(home / "prefect"), PREFECT_LOCAL_STORAGE_PATH: str(storage)}
+            os.environ["PREFECT_HOME"] = str(home / "prefect")
+            os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(storage)
+            url_file = write_api_url(home, server.api_url)
+            stack.callback(lambda: url_file.unlink(missing_ok=True))
             print(f"Prefect server: {server.url} ({'reused' if server.process is None else 'started'})", flush=True)
             if start_stack is not None:
                 stack_config = start_stack(home)
-                config_path = config_path or stack_config
                 print(f"Local stack: up (config {stack_config})", flush=True)
+        stack.enter_context(temporary_settings(updates=settings))
+        print(ensure_config_blocks(config_path or stack_config, config_block), flush=True)
+        if start_traffic is not None and stack_config is not None:
+            stack.callback(start_traffic(stack_config))
+            print("Traffic: a trickle of synthetic X-Ray traffic into the sandbox accounts", flush=True)
         deployments = build_deployments(
-            config_path=config_path, schedules_active=schedules_active, only=only, trigger_delay=trigger_delay
+            config_path=config_path,
+            config_block=config_block,
+            schedules_active=schedules_active,
+            only=only,
+            trigger_delay=trigger_delay,
         )
-        for note in setup_server_objects(config_path, notify, create_limits, create_automations):
+        for deployment in deployments:
+            if deployment.name == "alert":  # registered first: the automations run it
+                from deployments.automations import alert_log_path
+
+                deployment.parameters["log_file"] = str(alert_log_path(home))
+                if create_automations and not notify:
+                    deployment.apply()
+        for note in setup_server_objects(config_path or stack_config, notify, create_limits, create_automations, home):
             print(note, flush=True)
         if server is not None:
             print(f"Prefect UI: {server.url}   (deployments: {server.url}/deployments)", flush=True)
@@ -402,12 +514,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--notify", help="notification block for alerts, <block-type-slug>/<block-name>")
     parser.add_argument("--no-limits", action="store_true", help="do not create the X-Ray concurrency limits")
     parser.add_argument("--no-automations", action="store_true", help="do not create the alert automations")
+    parser.add_argument(
+        "--config-block", default=DEFAULT_BLOCK, help="name of the config blocks every deployment loads (xraylake)"
+    )
+    parser.add_argument("--run-log-level", default="INFO", help="log level of the flow runs (their logs in the UI)")
     args = parser.parse_args(argv)
     serve_all(
         args.local,
         port=args.port,
         home=args.home,
         config_path=args.config,
+        config_block=args.config_block,
         schedules_active=not args.schedules_off,
         only=args.only,
         trigger_delay=args.trigger_delay,
@@ -415,6 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         notify=args.notify,
         create_limits=not args.no_limits,
         create_automations=not args.no_automations,
+        run_log_level=args.run_log_level,
     )
     return 0
 

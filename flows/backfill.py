@@ -37,7 +37,7 @@ from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
-from blocks.config import load_config
+from blocks.config import BLOCK_SOURCE, load_config
 from flows.parameters import BackfillChunkParameters, BackfillParameters, takes
 from flows.sweep import finish
 from tasks import archive, xray
@@ -147,6 +147,14 @@ def collect_chunks(
         result.error = f"{aws_error_code(error) or type(error).__name__}: {error}"[:500]
         result.error_kind = type(error).__name__
     result.count_calls(stats)
+    logger = get_run_logger()
+    if result.status == "failed":
+        logger.error("account %s (%s) region %s failed: %s", account.account_id, account.name, region, result.error)
+    else:
+        logger.info(
+            "account %s (%s) region %s: %d chunks collected, %d traces in %d envelopes (%s)",
+            account.account_id, account.name, region, result.windows, result.traces, result.envelopes, result.status,
+        )  # fmt: skip
     return result
 
 
@@ -174,7 +182,6 @@ def backfill_chunk(params: BackfillChunkParameters, config_path: str | None) -> 
     """One group of a fanned-out backfill (the parent submits it): consecutive chunks of one
     account and region, each skipped when its checkpoint exists."""
     config = load_config(config_path)
-    params.check(config)
     account = config.roster.get(params.account_id)
     windows = plan_windows(params.start, params.end, timedelta(minutes=params.chunk_minutes))
     collector = col.Collector.from_config(config)
@@ -246,15 +253,19 @@ def fan_out(
         done = before[(group.account.account_id, group.region)]
         if all(chunk_marker(w) in done for w in group.windows):
             continue
-        parameters = {
+        parameters: dict[str, Any] = {
             "backfill_id": run_key,
             "account_id": group.account.account_id,
             "region": group.region,
             "start": group.windows[0].start.isoformat(),
             "end": group.windows[-1].end.isoformat(),
             "chunk_minutes": params.chunk_minutes,
-            "config_path": config_path,
         }
+        # the children read the parent's configuration (else the deployment's own config_block)
+        if config_path and config_path.startswith(BLOCK_SOURCE):
+            parameters["config_block"] = config_path.removeprefix(BLOCK_SOURCE)
+        elif config_path:
+            parameters["config_path"] = config_path
         child: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call in a sync flow
             params.chunk_deployment,
             parameters=parameters,

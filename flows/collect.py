@@ -15,8 +15,9 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 
 from blocks.config import load_config
-from flows.observe import emit, summary_artifact
+from flows.observe import emit, human_bytes, summary_artifact
 from flows.parameters import CollectParameters, takes
+from flows.sweep import COLUMNS
 from tasks import collector as col
 from tasks import stepfunctions as sfn
 from tasks import windows, xray
@@ -83,15 +84,40 @@ def collect(params: CollectParameters, config_path: str | None) -> State:
         result.status = "failed"
         result.error = str(error)[:500]
         result.error_kind = type(error).__name__
-        emit("xraylake.collect.failed", f"aws.stepfunctions.execution.{parsed.arn}", {"error": result.error})
+        logger.error("collect of %s failed: %s: %s", parsed.arn, result.error_kind, result.error, exc_info=True)
+        emit(
+            "xraylake.collect.failed",
+            f"aws.stepfunctions.execution.{parsed.arn}",
+            {"flow": "collect", "error": result.error, "error_kind": result.error_kind},
+        )
+    logger.info(
+        "%s (%s): %d traces in %d envelopes (%d bytes)",
+        parsed.arn,
+        execution.get("status", "unknown"),
+        result.traces,
+        result.envelopes,
+        result.bytes,
+    )
     summary_artifact(
         "xraylake-collect",
         f"collect {parsed.name}: {result.traces} traces, execution status {execution.get('status', 'unknown')}",
         [result.summary()],
+        notes=[f"{result.error_kind}: {result.error}"] if result.status == "failed" else [],
+        metrics={
+            "execution": parsed.arn,
+            "account": f"{account.account_id} ({account.name}) {parsed.region}",
+            "execution status": execution.get("status", "unknown"),
+            "X-Ray summaries": result.summaries,
+            "traces": result.traces,
+            "envelopes": result.envelopes,
+            "bytes sent": human_bytes(result.bytes),
+            "throttles": result.throttles,
+        },
+        columns=COLUMNS["collect"],
     )
     write_health(config, "collect", account_rows([result]))
     data = {"execution_arn": parsed.arn, "result": result, "account": result.summary()}
     if result.status == "failed":
-        return Failed(message=result.error or "collect failed", data=data)
+        return Failed(message=" ".join(f"{result.error_kind}: {result.error}".split()), data=data)
     data["execution_status"] = execution.get("status")
     return Completed(message=f"{result.traces} traces sent", data=data)

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from blocks.config import Config, load_config
-from flows.observe import emit, summary_artifact
+from flows.observe import emit, human_bytes, summary_artifact
 from flows.parameters import ConsumeParameters, takes
 from tasks import queue
 from tasks.aws import log_client
@@ -32,7 +32,17 @@ def consume_batch(consumer: Consumer, messages: list[queue.ReceivedMessage], vis
     with queue.VisibilityHeartbeat(
         sqs, url, messages, timeout_seconds=visibility_timeout, every_seconds=max(5.0, visibility_timeout / 3)
     ) as heartbeat:
-        return consumer.process(messages, on_done=heartbeat.forget)
+        stats = consumer.process(messages, on_done=heartbeat.forget)
+    get_run_logger().info(
+        "%d messages: %d done, %d traces, %d segments, %d dead-lettered, %d errors",
+        stats.received,
+        stats.deleted,
+        stats.traces,
+        stats.segments,
+        sum(stats.dead_lettered.values()),
+        len(stats.errors),
+    )
+    return stats
 
 
 def receive_batch(
@@ -124,7 +134,18 @@ def consume(params: ConsumeParameters, config_path: str | None) -> State:
         f"consume: {stats.deleted} messages done, {stats.traces} traces, {stats.segments} segments, "
         f"{sum(stats.dead_lettered.values())} dead-lettered",
         [{"metric": k, "value": v} for k, v in data.items() if not isinstance(v, (dict, list))],
-        notes=[f"dead-lettered {r}: {c}" for r, c in stats.dead_lettered.items()],
+        notes=[f"dead-lettered ({r}): {c} message(s)" for r, c in stats.dead_lettered.items()]
+        + [f"error: {e}" for e in stats.errors[:10]],
+        metrics={
+            "messages received": stats.received,
+            "messages done (deleted)": stats.deleted,
+            "envelopes": stats.envelopes,
+            "traces": stats.traces,
+            "segments": stats.segments,
+            "dead-lettered": sum(stats.dead_lettered.values()),
+            "errors": len(stats.errors),
+            **({"bytes received": human_bytes(data["bytes"])} if isinstance(data.get("bytes"), int) else {}),
+        },
     )
     write_health(
         config,

@@ -8,26 +8,37 @@ configuration (accounts in the roster, regions enabled for them): the CLI runs i
 creates a flow run, the flow again at its start.
 
 `@takes(Model)` gives a flow body `(params, config_path)` the signature Prefect sees: one flat
-parameter per field whose JSON schema is the field's own (title, description, default, limits),
-plus `config_path`. So the deployment's form shows every field at the top level with its limits,
-and `enforce_parameter_schema` makes the server refuse a bad value before a run exists. Flat
-rather than one nested `params` object, because Prefect merges deployment, schedule and
-trigger parameters key by key: a run that sets `accounts` keeps the deployment's other values.
+parameter per field whose JSON schema is the field's form schema (`form_properties`: title,
+plain-text description, default, limits, patterns; optional values as their plain type so the
+UI shows a list as a list), plus `config_path` and `config_block`. So the deployment's form
+shows every field at the top level with its limits, and `enforce_parameter_schema` makes the
+server refuse a bad value before a run exists (deployments/serve.py adds
+`additionalProperties: false`). Flat rather than one nested `params` object, because Prefect
+merges deployment, schedule and trigger parameters key by key: a run that sets `accounts`
+keeps the deployment's other values.
+
+At the start of a run the wrapper validates the values (a rule beyond the schema, such as end
+after start, raises `InvalidParameters` with one line), loads the configuration (`config_path`,
+else the `config_block` saved by `xraylake setup`, else $XRAYLAKE_CONFIG or the sandbox) and
+runs `check(config)` (accounts in the roster). Each of these failures, and any exception of the
+body, is logged with its traceback and emitted as the flow's failure event
+(`FlowParameters.failure_event`) before the run ends Failed with a one-line message.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from blocks import MemberAccount
-from blocks.config import Config
+from blocks import MemberAccount, UnknownAccountError
+from blocks.config import Config, block_source, load_config, problems
 from tasks import replay as replay_tasks
 from tasks import stepfunctions as sfn
 from tasks.compaction import TABLES
@@ -40,6 +51,8 @@ ACCOUNT_ID_PATTERN = r"^\d{12}$"
 REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$"
 # The shape tasks/stepfunctions.py parses (standard and express executions, any partition),
 # without named groups: the Prefect UI checks the pattern in JavaScript.
+# RFC 3339 with a time zone: the server's schema check ignores `format`, but enforces `pattern`.
+DATETIME_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:?\d{2})$"
 EXECUTION_ARN_PATTERN = (
     r"^arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:(execution|express):[A-Za-z0-9_.-]{1,80}:[A-Za-z0-9_.:-]{1,80}$"
 )
@@ -83,6 +96,10 @@ FailOnAccountErrors = Annotated[
 TableName = Literal["traces", "segments"]
 
 
+class InvalidParameters(ValueError):
+    """Parameter values the model refuses; the message is one line naming each problem."""
+
+
 class FlowParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -93,22 +110,142 @@ class FlowParameters(BaseModel):
         """The flow's keyword parameters (every field, as validated)."""
         return {name: getattr(self, name) for name in type(self).model_fields}
 
+    def failure_event(self, flow: str, error: BaseException) -> tuple[str, str, dict[str, Any]]:
+        """(event, resource id, payload) announcing that a run of `flow` failed with `error`:
+        an account outside the roster is `xraylake.account.failed` on that account, anything
+        else `xraylake.flow.failed` on the flow (automations.yaml alerts on both)."""
+        payload = {"flow": flow, "error": message_of(error), "error_kind": type(error).__name__}
+        if isinstance(error, UnknownAccountError):
+            return "xraylake.account.failed", f"aws.account.{error.account_id}", payload
+        return "xraylake.flow.failed", f"xraylake.flow.{flow}", payload
+
+
+def message_of(error: BaseException, limit: int = 500) -> str:
+    """The error's message on one line."""
+    return " ".join(str(error).split())[:limit]
+
+
+def one_line(error: BaseException, limit: int = 500) -> str:
+    """`Kind: message` on one line (a log line, a state message)."""
+    return f"{type(error).__name__}: {message_of(error)}"[:limit]
+
+
+def plain(text: str) -> str:
+    """A description the Prefect UI shows as written: it renders markdown and drops `<…>` as HTML."""
+    return " ".join(text.replace("`", "").replace("<", "").replace(">", "").split())
+
+
+def form_properties(model: type[FlowParameters]) -> dict[str, dict[str, Any]]:
+    """Each field's JSON schema as the run form and the server's check should see it: optional
+    values as their plain type (the UI renders `anyOf [list, null]` as "Property is type
+    'None'"; leaving a field empty keeps its default), date-times with an RFC 3339 pattern
+    (the server does not check `format`), descriptions in plain text."""
+    properties: dict[str, dict[str, Any]] = {}
+    for name, schema in model.model_json_schema()["properties"].items():
+        schema = dict(schema)
+        options = schema.get("anyOf")
+        if options:
+            concrete = [o for o in options if o.get("type") != "null"]
+            if len(concrete) == 1 and len(concrete) < len(options):
+                del schema["anyOf"]
+                schema = concrete[0] | schema
+        if schema.get("format") == "date-time":
+            schema["pattern"] = DATETIME_PATTERN
+        if "description" in schema:
+            schema["description"] = plain(schema["description"])
+        properties[name] = schema
+    return properties
+
+
+CONFIG_PATH_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "title": "Config file",
+    "description": "Path of a JSON config file on the machine that runs the flow; empty = the config block.",
+}
+CONFIG_BLOCK_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "title": "Config block",
+    "pattern": r"^[a-z0-9-]+$",
+    "description": "Name of the saved xraylake Config block (Blocks page; xraylake setup saves it). "
+    "Used when no config file is given; empty = $XRAYLAKE_CONFIG or the sandbox.",
+}
 
 P = TypeVar("P", bound=FlowParameters)
 R = TypeVar("R")
+_log = logging.getLogger("xraylake")
+
+
+def _run_logger() -> Any:
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:  # the body called as a plain function (tests)
+        return _log
+
+
+def _announce_failure(
+    flow: str, model: type[FlowParameters], params: FlowParameters | None, values: dict[str, Any], error: BaseException
+) -> None:
+    """The flow's failure event; with values the model refused, from those values as given
+    (so a collect of a malformed ARN still names the execution)."""
+    from flows.observe import emit
+
+    if params is None:
+        params = model.model_construct(**{k: v for k, v in values.items() if k in model.model_fields})
+    try:
+        event, resource, payload = params.failure_event(flow, error)
+    except Exception:  # a value too broken to name: the flow's own event
+        event, resource, payload = FlowParameters.model_construct().failure_event(flow, error)
+    emit(event, resource, payload)
 
 
 def takes(model: type[P]) -> Callable[[Callable[[P, str | None], R]], Callable[..., R]]:
     """Decorate a flow body `(params, config_path)` (under `@flow`): Prefect, the UI form and
-    callers see one keyword parameter per field of `model`, plus `config_path`; the body gets the
-    validated model (a bad value raises pydantic's ValidationError, a ValueError)."""
-    properties = model.model_json_schema()["properties"]
+    callers see one keyword parameter per field of `model`, plus `config_path` and
+    `config_block`; the body gets the validated model and the configuration source (see the
+    module docstring for what happens before and around it)."""
+    properties = form_properties(model)
     assert "$ref" not in str(properties), f"{model.__name__}: a flat form needs inline field schemas"
 
     def decorate(body: Callable[[P, str | None], R]) -> Callable[..., R]:
+        flow_name = body.__name__
+
         @functools.wraps(body)
-        def flow_fn(config_path: str | None = None, **values: Any) -> R:
-            return body(model.model_validate(values), config_path)
+        def flow_fn(config_path: str | None = None, config_block: str | None = None, **values: Any) -> R:
+            from flows.observe import mark_started
+
+            mark_started()
+            logger = _run_logger()
+            params: P | None = None
+            try:
+                try:
+                    params = model.model_validate(values)
+                except ValidationError as error:
+                    raise InvalidParameters(problems(error)) from None
+                source = config_path or (block_source(config_block) if config_block else None)
+                params.check(load_config(source))
+            except Exception as error:
+                logger.error("%s refused before any work: %s", flow_name, one_line(error), exc_info=True)
+                _announce_failure(flow_name, model, params, values, error)
+                raise
+            logger.info(
+                "%s starting with %s (configuration: %s)",
+                flow_name,
+                params.model_dump_json(exclude_defaults=True) or "{}",
+                source or "$XRAYLAKE_CONFIG or the sandbox",
+            )
+            try:
+                result = body(params, source)
+            except Exception as error:
+                logger.error("%s failed: %s", flow_name, one_line(error), exc_info=True)
+                _announce_failure(flow_name, model, params, values, error)
+                raise
+            message = getattr(result, "message", None)
+            if message:
+                logger.info("%s finished: %s", flow_name, message)
+            return result
 
         parameters = [
             inspect.Parameter(
@@ -124,9 +261,15 @@ def takes(model: type[P]) -> Callable[[Callable[[P, str | None], R]], Callable[.
             )
             for name, field in model.model_fields.items()
         ]
-        parameters.append(
-            inspect.Parameter("config_path", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None)
-        )
+        for name, schema in (("config_path", CONFIG_PATH_SCHEMA), ("config_block", CONFIG_BLOCK_SCHEMA)):
+            parameters.append(
+                inspect.Parameter(
+                    name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=Field(default=None, json_schema_extra=dict(schema)),
+                    annotation=Any,
+                )
+            )
         flow_fn.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
         return flow_fn
 
@@ -181,7 +324,7 @@ class CollectParameters(FlowParameters):
     """Collect the X-Ray traces of one Step Functions execution (account and region come from the ARN)."""
 
     execution_arn: ExecutionArn = Field(
-        description="arn:aws:states:<region>:<account>:execution:<state machine>:<execution name>"
+        description="The execution's ARN: arn:aws:states:REGION:ACCOUNT:execution:STATE_MACHINE:NAME"
     )
     padding_seconds: int = Field(
         default=60, ge=0, le=3600, description="Look this much before the start and after the stop for its segments."
@@ -199,6 +342,14 @@ class CollectParameters(FlowParameters):
 
     def check(self, config: Config) -> None:
         self.target(config)
+
+    def failure_event(self, flow: str, error: BaseException) -> tuple[str, str, dict[str, Any]]:
+        """`xraylake.collect.failed` on the execution, whatever failed (unknown account included)."""
+        return (
+            "xraylake.collect.failed",
+            f"aws.stepfunctions.execution.{self.execution_arn}",
+            {"flow": flow, "error": message_of(error), "error_kind": type(error).__name__},
+        )
 
 
 def backfill_range(start: datetime, end: datetime, now: datetime) -> tuple[datetime, datetime]:
@@ -313,7 +464,7 @@ class ReplayParameters(FlowParameters):
     )
     index_prefix: str | None = Field(
         default=None,
-        description="direct only: write into `<prefix>-traces-*` etc. (re-index after a mapping change).",
+        description="direct only: write into PREFIX-traces-* etc. (re-index after a mapping change).",
     )
     dry_run: bool = Field(default=False, description="Only count what the archive holds.")
     rate_per_second: float | None = Field(default=None, gt=0, description="Max messages/envelopes per second.")

@@ -16,7 +16,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed, Failed, State
 
 from blocks.config import Config, load_config
-from flows.observe import summary_artifact
+from flows.observe import emit, summary_artifact
 from flows.parameters import ReplayParameters, takes
 from tasks import archive, queue
 from tasks import replay as replay_tasks
@@ -150,11 +150,28 @@ def replay(params: ReplayParameters, config_path: str | None) -> State:
     if params.target == "direct":
         data["documents_indexed"] = stats.documents_indexed
         data["documents_stale"] = stats.documents_stale
+    if params.dry_run:
+        headline = f"would replay {totals['objects']} envelopes ({totals['traces']} traces) to {params.target}"
+    else:
+        headline = (
+            f"{totals['sent']} of {totals['objects']} envelopes ({totals['traces']} traces) replayed to {params.target}"
+        )
     summary_artifact(
         "xraylake-replay",
-        f"replay ({params.target}{', dry run' if params.dry_run else ''}): {totals['objects']} envelopes, "
-        f"{totals['traces']} traces",
+        f"replay: {headline}",
         [{"metric": k, "value": v} for k, v in data.items()],
+        notes=[f"{totals['failed_envelopes']} envelopes failed: {'; '.join(stats.errors[-3:])}"]
+        if totals["failed_envelopes"]
+        else [],
+        metrics={
+            "range": f"{start.isoformat()} to {end.isoformat()}",
+            "partitions": totals["partitions"],
+            "partitions skipped (done earlier)": totals["partitions_skipped"],
+            "envelopes in the archive": totals["objects"],
+            "traces": totals["traces"],
+            "envelopes sent" if params.target == "queue" else "envelopes ingested": totals["sent"],
+            "failed envelopes": totals["failed_envelopes"],
+        },
     )
     write_health(
         config,
@@ -170,8 +187,17 @@ def replay(params: ReplayParameters, config_path: str | None) -> State:
         ],
     )
     if totals["failed_envelopes"]:
+        emit(
+            "xraylake.flow.failed",
+            "xraylake.flow.replay",
+            {
+                "flow": "replay",
+                "error": f"{totals['failed_envelopes']} envelopes failed: {'; '.join(stats.errors[-3:])}"[:500],
+                "error_kind": "ReplayIncomplete",
+            },
+        )
         return Failed(message=f"{totals['failed_envelopes']} envelopes failed; run again to resume", data=data)
-    message = f"{totals['sent']} envelopes replayed"
+    message = headline if params.dry_run else f"{totals['sent']} envelopes replayed"
     if totals["partitions_skipped"]:
         message += (
             f"; {totals['partitions_skipped']} of {totals['partitions']} partitions skipped, "

@@ -21,12 +21,30 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
 from blocks.config import Config, load_config
-from flows.observe import emit, summary_artifact
+from flows.observe import Progress, emit, human_bytes, summary_artifact
 from flows.parameters import MAX_ACCOUNT_THREADS, SweepParameters, takes
 from tasks import collector as col
 from tasks import xray
 from tasks.health import account_rows, write_health
 from tasks.limits import SLOT_TIMEOUT_SECONDS, concurrency_name, existing_limits, xray_slot
+
+_ACCOUNT = ["account_id", "account_name", "region", "status"]
+_SENT = ["traces", "envelopes", "bytes", "throttles", "retries"]
+# Each flow's table shows its own columns: a backfill has no watermark, a collect no windows of its own.
+COLUMNS = {
+    "sweep": [
+        *_ACCOUNT,
+        "windows",
+        *_SENT,
+        "watermark_after",
+        "watermark_lag_seconds",
+        "transaction_search",
+        "seconds",
+        "error",
+    ],
+    "backfill": [*_ACCOUNT, "windows", *_SENT, "error"],
+    "collect": [*_ACCOUNT, "summaries", *_SENT, "error"],
+}
 
 
 @task(name="sweep-account", cache_policy=NO_CACHE)  # I/O timeouts: botocore (tasks/aws.py)
@@ -60,9 +78,19 @@ def sweep_account_task(
             )
         else:
             result = col.sweep_account(collector, account, region, now=now, **options)
+    logger = get_run_logger()
     if result.status == "failed":
-        get_run_logger().error(
-            "account %s (%s) region %s failed: %s", account.account_id, account.name, region, result.error
+        logger.error("account %s (%s) region %s failed: %s", account.account_id, account.name, region, result.error)
+    else:
+        logger.info(
+            "account %s (%s) region %s: %d traces in %d envelopes over %d windows, watermark %s",
+            account.account_id,
+            account.name,
+            region,
+            result.traces,
+            result.envelopes,
+            result.windows,
+            result.watermark_after,
         )
     return result
 
@@ -119,11 +147,26 @@ def finish(
         "bytes": sum(r.bytes for r in results),
         "throttles": sum(r.throttles for r in results),
     }
+    lags = [r.watermark_lag_seconds for r in results if r.watermark_lag_seconds is not None]
+    metrics: dict[str, Any] = {
+        "accounts": totals["accounts"],
+        "account/regions": len(results),
+        "failed account/regions": len(failed),
+        "traces": totals["traces"],
+        "envelopes": totals["envelopes"],
+        "bytes sent": human_bytes(totals["bytes"]),
+        "throttles": totals["throttles"],
+    }
+    if lags:
+        metrics["watermark lag (max)"] = f"{max(lags):,.0f} s"
+    metrics |= {k.replace("_", " "): v for k, v in (extra or {}).items()}
     summary_artifact(
         f"xraylake-{kind}",
         f"{kind}: {totals['traces']} traces in {totals['envelopes']} envelopes from {totals['accounts']} accounts",
         [r.summary() for r in results],
-        notes=[f"{r.account_id}/{r.region}: {r.error}" for r in failed],
+        notes=[f"{r.account_id} ({r.account_name}) {r.region}: {r.error_kind or 'error'}: {r.error}" for r in failed],
+        metrics=metrics,
+        columns=COLUMNS.get(kind),
     )
     data = {"totals": totals | (extra or {}), "accounts": [r.summary() for r in results]}
     data["results"] = results
@@ -163,5 +206,9 @@ def sweep(params: SweepParameters, config_path: str | None) -> State:
         )
         for (account, region), name in zip(targets, names, strict=True)
     ]
-    results = [_result_or_failure(f, account, region) for f, (account, region) in zip(futures, targets, strict=True)]
+    progress = Progress("xraylake-sweep-progress", len(targets), f"sweep: {len(targets)} account/regions")
+    results = []
+    for f, (account, region) in zip(futures, targets, strict=True):
+        results.append(_result_or_failure(f, account, region))
+        progress.done(len(results))
     return finish("sweep", results, params.fail_on_account_errors, config=config)

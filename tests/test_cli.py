@@ -347,3 +347,18 @@ def test_query_refusals_and_limits_are_one_line_errors(cli: CliRunner, fresh_con
         "--json",
     )
     assert settings == [{"memory": "61.0 MiB", "threads": 1}]
+
+
+@pytest.mark.slow  # saves six blocks: ~30 s on a loaded machine
+def test_setup_from_config_saves_the_blocks_every_flow_can_load(
+    cli: CliRunner, fresh_config: Config, config_file: str
+) -> None:
+    import uuid
+
+    from blocks.config import load_config_block
+
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    out = run(cli, "setup", "--from-config", config_file, "--block-name", name, "--json")
+    assert f"xraylake-config/{name}" in out["blocks"] and f"xraylake-roster/{name}" in out["blocks"]
+    assert load_config_block(name).roster.accounts == fresh_config.roster.accounts
+    assert run(cli, "setup", "--no-blocks", "--json")["blocks"] == []  # the JSON file alone, no server needed

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import os
 
-# The CLI prints its own summaries; Prefect's per-run INFO lines still reach the Prefect API/UI.
-# Set before Prefect is imported (its settings are read at import). Override by exporting it.
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+from xraylake.localapi import local_api_environment
+
+# The CLI prints its own summaries: Prefect's console handler shows warnings and errors only,
+# while runs still log at INFO to the Prefect API/UI (and the flow-run processes `serve` starts
+# inherit INFO). Set before Prefect is imported (its settings are read at import). Override by
+# exporting them.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Without PREFECT_API_URL flows run against a temporary local server; its 20 s start-up default
 # is too short on a busy 2-core machine (first start migrates the database).
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# Every command's runs go to the server `xraylake serve --local` runs, so they show in its UI.
+os.environ.update(local_api_environment(os.environ))
 
 import logging
 from enum import StrEnum
@@ -28,6 +35,7 @@ if TYPE_CHECKING:
     from flows.parameters import FlowParameters
 
 P = TypeVar("P", bound="FlowParameters")
+
 
 # opensearch-py logs every 404 at WARNING (e.g. an optional index not created yet); errors still show.
 logging.getLogger("opensearch").setLevel(logging.ERROR)
@@ -342,27 +350,50 @@ def setup(
         str | None, typer.Option(help="OpenSearch Dashboards URL: import the saved objects there too.")
     ] = None,
     config: ConfigOption = None,
+    from_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-config",
+            help="Config file to save as Prefect blocks (created or updated); implies --blocks.",
+        ),
+    ] = None,
+    blocks: Annotated[
+        bool | None,
+        typer.Option(
+            "--blocks/--no-blocks",
+            help="Register the block types and save the configuration as named blocks "
+            "(default: when a Prefect server is configured, PREFECT_API_URL).",
+        ),
+    ] = None,
+    block_name: Annotated[str, typer.Option("--block-name", help="Name of the saved blocks.")] = "xraylake",
     json: JsonOption = False,
 ) -> None:
-    """Create the index templates (idempotent), report cluster capabilities, optionally import dashboards."""
+    """Create the index templates (idempotent), save the configuration as Prefect blocks, report
+    cluster capabilities, optionally import dashboards."""
+    from blocks.config import save_config_blocks
     from tasks.index import capabilities, client_for, ensure_health_template, ensure_templates
     from tasks.mappings import index_templates
 
-    cfg = _config(config)
+    cfg = _config(str(from_config) if from_config else config)
     client = client_for(cfg.opensearch)
     names = ensure_templates(client, index_templates(cfg.opensearch.index_prefix))
     ensure_health_template(client)
     names.append("xraylake-health")
     caps = capabilities(client)
+    saved: dict[str, str] = {}
+    if blocks or (blocks is None and (from_config is not None or "PREFECT_API_URL" in os.environ)):
+        saved = save_config_blocks(cfg, block_name)
     imported: object = None
     if dashboards:
         from tasks.dashboards import import_dashboards
 
         imported = import_dashboards(dashboards, index_prefix=cfg.opensearch.index_prefix)
     if json:
-        print_json({"templates": names, "capabilities": caps, "dashboards": imported})
+        print_json({"templates": names, "capabilities": caps, "blocks": list(saved), "dashboards": imported})
     else:
         console.print(table("index templates", ["template"], [[n] for n in names]))
+        if saved:
+            console.print(table("Prefect blocks (Blocks page)", ["block"], [[b] for b in saved]))
         console.print(f"capabilities: {caps}")
         if dashboards:
             console.print(f"dashboards imported into {dashboards}: {imported}")
@@ -816,14 +847,41 @@ def serve(
     port: Annotated[int, typer.Option(help="Local Prefect server port (with --local).")] = 4200,
     home: HomeOption = None,
     config: ConfigOption = None,
+    config_block: Annotated[
+        str, typer.Option("--config-block", help="Name of the config blocks every deployment loads.")
+    ] = "xraylake",
+    traffic: Annotated[
+        bool,
+        typer.Option("--traffic", help="With --local: keep writing a trickle of synthetic traffic into the sandbox."),
+    ] = False,
+    traffic_every: Annotated[
+        float, typer.Option("--traffic-every", help="Seconds between traffic rounds (with --traffic).")
+    ] = 60.0,
     notify: Annotated[
         str | None, typer.Option(help="Alert notification block: <block-type-slug>/<block-name>.")
     ] = None,
     schedules_off: Annotated[bool, typer.Option("--schedules-off", help="Register schedules inactive.")] = False,
     only: Annotated[list[str] | None, typer.Option(help="Serve only these deployments (repeatable).")] = None,
+    trigger_delay: Annotated[
+        float | None,
+        typer.Option("--trigger-delay", help="Seconds from a Step Functions event to its collect run (default 60)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Flow runs this process executes at once.")] = None,
+    no_limits: Annotated[
+        bool, typer.Option("--no-limits", help="Do not create the per-account X-Ray concurrency limits.")
+    ] = False,
+    no_automations: Annotated[
+        bool, typer.Option("--no-automations", help="Do not create the alert automations.")
+    ] = False,
+    run_log_level: Annotated[
+        str, typer.Option("--run-log-level", help="Log level of the flow runs (their logs in the UI).")
+    ] = "INFO",
 ) -> None:
     """Serve every deployment of prefect.yaml (schedules, UI forms, the collect trigger) until Ctrl-C."""
     from deployments.serve import serve_all
+
+    if traffic and not local:
+        _refuse("--traffic needs --local (it writes into the sandbox)")
 
     def start_sandbox(sandbox_home: Path) -> str:
         from sandbox.stack import up
@@ -831,13 +889,27 @@ def serve(
         up(sandbox_home)
         return str(sandbox_state_path(sandbox_home))
 
+    def start_traffic(config_path: str):  # type: ignore[no-untyped-def]
+        from sandbox.trickle import start_trickle
+
+        return start_trickle(config_path, every_seconds=traffic_every)
+
+    # the runs' console lines are this process's output: show them at the runs' level
+    os.environ.pop("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", None)
     serve_all(
         local,
         start_stack=start_sandbox,
+        start_traffic=start_traffic if traffic else None,
         port=port,
         home=home,
         config_path=config,
+        config_block=config_block,
         notify=notify,
         schedules_active=not schedules_off,
         only=only,
+        trigger_delay=trigger_delay,
+        limit=limit,
+        create_limits=not no_limits,
+        create_automations=not no_automations,
+        run_log_level=run_log_level,
     )

@@ -47,3 +47,40 @@ def test_account_ids_must_be_12_digit_strings(tmp_path: Path) -> None:
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="12 digits"):
         load_config(path)
+
+
+@pytest.mark.slow  # ~30 s on a loaded machine: six block types registered, six blocks saved
+@pytest.mark.usefixtures("prefect_harness")
+def test_config_saved_as_blocks_drives_runs_and_an_edit_changes_the_next_run(fresh_config) -> None:  # type: ignore[no-untyped-def]
+    """`xraylake setup` saves the configuration as blocks; a flow given `config_block` loads their
+    current values, so editing the Roster block (as in the UI, here through the API) changes the
+    next run."""
+    import uuid
+
+    from blocks import Roster
+    from blocks.config import ConfigBlock, block_source, load_config_block, save_config_blocks
+    from flows.sweep import sweep
+
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    saved = save_config_blocks(fresh_config, name)
+    assert set(saved) >= {f"xraylake-config/{name}", f"xraylake-roster/{name}", f"secret/{name}-signing-key-1"}
+    loaded = load_config_block(name)
+    assert loaded.roster.accounts == fresh_config.roster.accounts
+    assert loaded.signing_keys == fresh_config.signing_keys  # through the Secret blocks
+    assert loaded.roster.external_id.get_secret_value() == fresh_config.roster.external_id.get_secret_value()
+    assert ConfigBlock.load(name).signing_key_secrets == [f"{name}-signing-key-1"]  # names, not values
+
+    first, *rest = fresh_config.roster.accounts
+    state = sweep(accounts=[first.account_id], lag_seconds=0, config_block=name, return_state=True)
+    assert state.is_completed(), state.message
+
+    roster = Roster.load(name)  # what the Blocks page edits
+    roster.accounts = rest
+    roster.save(name, overwrite=True)
+    state = sweep(accounts=[first.account_id], lag_seconds=0, config_block=name, return_state=True)
+    assert state.is_failed()
+    assert f"UnknownAccountError: account '{first.account_id}' is not in the roster" in str(state.message)
+    assert load_config_block(name).roster.accounts == rest
+    with pytest.raises(ConfigError, match="no xraylake Config block named 'nope'.*xraylake setup --from-config"):
+        load_config_block("nope")
+    assert block_source(name) == f"prefect-block:{name}"

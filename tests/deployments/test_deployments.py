@@ -51,6 +51,7 @@ EXPECTED = {
     "backfill",
     "backfill-chunk",
     "collect",
+    "alert",
 }
 FLOW_OF = {"consume-stream": "consume"}
 
@@ -104,8 +105,10 @@ def test_prefect_yaml_deployments_are_valid_for_their_flows() -> None:
     assert by_name["consume"]["parameters"]["until_empty"] is True
     assert by_name["consume-stream"]["parameters"]["until_empty"] is False
     assert by_name["consume-stream"]["schedules"][0]["active"] is False
-    for on_demand in ("replay", "backfill", "collect"):
+    for on_demand in ("replay", "backfill", "collect", "alert"):
         assert by_name[on_demand]["schedules"] == []
+    for name in EXPECTED - {"alert"}:  # every pipeline run loads the saved config blocks by default
+        assert by_name[name]["parameters"]["config_block"] == "xraylake", name
 
 
 @pytest.mark.slow
@@ -192,7 +195,6 @@ def test_serve_builds_the_same_deployments_as_prefect_yaml() -> None:
 def test_parameter_schemas_render_typed_forms() -> None:
     """Each flow's Prefect schema (the UI form, what enforce_parameter_schema checks) is its
     parameter model's: one flat field each, with the model's types, limits and descriptions."""
-    from prefect.utilities.callables import parameter_schema
     from prefect.utilities.schema_tools import validate
 
     from flows import parameters as fp
@@ -215,13 +217,20 @@ def test_parameter_schemas_render_typed_forms() -> None:
         (reconcile, fp.ReconcileParameters),
         (compact, fp.CompactParameters),
     ]:
-        schema = parameter_schema(flow.fn).model_dump_for_openapi()
-        expected = model.model_json_schema()
-        assert set(schema["properties"]) == set(expected["properties"]) | {"config_path"}, flow.name
-        for name, field in expected["properties"].items():
-            assert schema["properties"][name] == field | {"position": schema["properties"][name]["position"]}
+        schema = serve.strict_schema(flow).model_dump_for_openapi()
+        expected = fp.form_properties(model)
+        assert set(schema["properties"]) == set(expected) | {"config_path", "config_block"}, flow.name
+        assert schema["additionalProperties"] is False  # unknown keys refused
+        for name, field in expected.items():
+            shown = schema["properties"][name]
+            assert shown == {k: v for k, v in field.items() if v is not None or k != "default"} | {
+                "position": shown["position"]
+            }
             assert field.get("description"), (flow.name, name)
-        assert set(schema.get("required", [])) == set(expected.get("required", [])), flow.name
+            # plain text (the UI renders markdown and drops <…>); optional values as their plain type
+            assert not set("<>`") & set(field["description"]), (flow.name, name)
+            assert "anyOf" not in shown and "null" not in str(shown.get("type")), (flow.name, name)
+        assert set(schema.get("required", [])) == set(model.model_json_schema().get("required", [])), flow.name
         schemas[flow.name] = schema
 
     replay_props = schemas["replay"]["properties"]
@@ -245,6 +254,11 @@ def test_parameter_schemas_render_typed_forms() -> None:
     assert len(refused("sweep", {"accounts": ["12345"], "regions": ["mars-1"], "concurrency": 0})) == 3
     assert refused("sweep", {"time_range_type": "Later"})
     assert refused("backfill", {"start": "yesterday"})
+    assert refused("backfill", {"start": "2026-11-20T00:00:00"})  # no time zone
+    assert not refused("backfill", {"start": "2026-11-20T00:00:00.000Z", "end": "2026-11-20T01:00:00+01:00"})
+    assert refused("backfill", {"chunk_minutes": 500})
+    assert refused("replay", {"start_time": "2026-11-20T00:00:00Z"})  # an unknown key
+    assert not refused("replay", {"accounts": None, "regions": ["eu-west-1"]})  # an emptied optional list
     assert refused("consume", {"wait_seconds": 21})
     assert refused("compact", {"tables": ["spans"]})
     assert not refused("sweep", {"accounts": ["012345678901"], "regions": ["us-gov-west-1"], "concurrency": 64})
@@ -265,6 +279,40 @@ def test_parameter_schemas_render_typed_forms() -> None:
         fp.CompactParameters(start_date="2026-11-02", end_date="2026-11-01")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="extra"):
         fp.SweepParameters(lag=5)  # type: ignore[call-arg]
+    collect_arn = schemas["collect"]["properties"]["execution_arn"]["description"]
+    assert collect_arn == "The execution's ARN: arn:aws:states:REGION:ACCOUNT:execution:STATE_MACHINE:NAME"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_server_refuses_each_bad_form_value_before_a_run_exists() -> None:
+    """The run form's values as the UI submits them, through the real server
+    (enforce_parameter_schema with the schema serve registers): each bad value is HTTP 409."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    ids = {d.name: d.apply() for d in serve.build_deployments(only=["replay", "backfill", "collect", "sweep"])}
+    now = datetime.now(UTC).replace(microsecond=0)
+    start, end = (now - timedelta(days=1)).isoformat(), (now - timedelta(hours=20)).isoformat()
+    bad = [
+        ("backfill", {"start": start, "end": end, "chunk_minutes": 500}, "500 is greater than the maximum of 60"),
+        ("replay", {"start": "yesterday", "end": end}, "'yesterday' does not match"),
+        ("backfill", {"start": "2026-11-20T00:00:00", "end": end}, "does not match"),  # no time zone
+        ("sweep", {"accounts": ["12345"]}, "'12345' does not match"),
+        ("replay", {"start": start, "end": end, "start_time": start}, "'start_time' was unexpected"),
+        ("replay", {"start": start, "end": end, "target": "kafka"}, "'kafka' is not one of"),
+        ("collect", {"execution_arn": "arn:aws:states:::execution::"}, "does not match"),
+    ]
+    with get_client(sync_client=True) as client:
+        for name, parameters, reason in bad:
+            with pytest.raises(PrefectHTTPStatusError) as refused:
+                client.create_flow_run_from_deployment(ids[name], parameters=parameters)
+            assert refused.value.response.status_code == 409, (name, parameters)
+            assert reason in refused.value.response.text, (name, refused.value.response.text)
+        good = client.create_flow_run_from_deployment(
+            ids["replay"], parameters={"start": start, "end": end, "accounts": None}
+        )
+        assert good.parameters["config_block"] == "xraylake"  # the deployment's default
+        client.delete_flow_run(good.id)
 
 
 def test_automation_definitions_are_valid_prefect_automations() -> None:
@@ -586,6 +634,44 @@ def test_collect_event_and_eventbridge_post_run_collect(served: Path, fresh_conf
     assert not wait_for_runs("collect", 0, execution_arn=first.execution_arn + "-x", timeout=5)
 
 
+@pytest.mark.slow
+def test_served_run_logs_at_info_and_a_failing_collect_fires_its_alert(served: Path, fresh_config: Config) -> None:
+    """The serve process runs with PREFECT_LOGGING_LEVEL=WARNING (as the CLI once forced): its
+    flow runs still log at INFO. A collect of an account outside the roster ends Failed with a
+    one-line message, and its automation (no --notify) runs the alert deployment, which writes
+    the alert to the alert log under XRAYLAKE_HOME."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.deployments import run_deployment
+    from prefect.logging.handlers import APILogWorker
+
+    use_config(served, fresh_config)
+    auto.ensure_automations(None)  # another test may have pointed them at a webhook block
+    run: Any = run_deployment("consume/consume", parameters={"wait_seconds": 1}, timeout=180, poll_interval=1)
+    assert run.state.is_completed(), run.state.message
+    APILogWorker.drain_all(timeout=30)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    info = [log.message for log in logs if log.level == 20]
+    assert any(m.startswith("consume starting with") for m in info), [log.message for log in logs]
+    assert any(m.startswith("consume finished: 0 messages consumed") for m in info), info
+
+    marker = uuid.uuid4().hex[:8]
+    arn = f"arn:aws:states:us-east-1:999999999999:execution:orders:{marker}"
+    began = time.monotonic()
+    failed: Any = run_deployment("collect/collect", parameters={"execution_arn": arn}, timeout=180, poll_interval=1)
+    assert failed.state.is_failed() and not failed.state.is_crashed(), failed.state
+    assert "UnknownAccountError: account '999999999999' is not in the roster" in failed.state.message
+    assert "\n" not in failed.state.message
+    print(f"collect of an unknown account: Failed {time.monotonic() - began:.1f} s after submission")
+    (alert,) = wait_for_runs("alert", 1, timeout=120, resource=f"aws.stepfunctions.execution.{arn}")
+    assert alert.state.is_completed(), alert.state.message
+    assert alert.parameters["subject"] == f"xraylake: xraylake.collect.failed (aws.stepfunctions.execution.{arn})"
+    alerts = (served.parent / "xraylake-home" / "alerts.log").read_text().splitlines()
+    (line,) = [json.loads(a) for a in alerts if marker in a]
+    assert "is not in the roster" in line["body"]
+
+
 class Receiver(BaseHTTPRequestHandler):
     received: list[dict[str, Any]] = []
 
@@ -760,3 +846,74 @@ def test_ui_renders_the_replay_run_form(served: Path, prefect_server: LocalServe
     for label in ("Start", "End", "Target", "Sinks", "Index Prefix", "Dry Run", "Rate Per Second", "Force"):
         assert label in dom, label
     assert "Trace start time, from (UTC)." in dom  # the field descriptions of ReplayParameters
+
+
+@pytest.mark.slow
+def test_ui_renders_a_finished_run_with_its_logs_and_artifacts(
+    served: Path, prefect_server: LocalServer, fresh_config: Config, tmp_path: Path
+) -> None:
+    """Headless Chromium on a served consume run's page: its INFO log lines, and on the
+    Artifacts tab its markdown summary; and the Blocks page with the saved configuration."""
+    from prefect.deployments import run_deployment
+
+    from blocks.config import save_config_blocks
+    from tests.tasks.test_report import HEADLESS_FLAGS, ensure_chromium
+
+    binary = ensure_chromium()
+    use_config(served, fresh_config)
+    save_config_blocks(fresh_config, "xraylake")
+    run: Any = run_deployment("consume/consume", parameters={"wait_seconds": 1}, timeout=180, poll_interval=1)
+    assert run.state.is_completed(), run.state.message
+    flags = [
+        *HEADLESS_FLAGS,
+        "--window-size=1400,1600",
+        "--virtual-time-budget=15000",
+        "--run-all-compositor-stages-before-draw",
+        "--disable-threaded-animation",
+    ]
+    shots = Path(os.environ.get("XRAYLAKE_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (summary,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+                key=ArtifactFilterKey(any_=["xraylake-consume-summary"]),
+            )
+        )
+    assert "| messages received | 0 |" in str(summary.data) and "No problems." in str(summary.data)
+    pages = {
+        "logs": f"{prefect_server.url}/runs/flow-run/{run.id}",
+        "artifacts": f"{prefect_server.url}/artifacts/artifact/{summary.id}",
+        "blocks": f"{prefect_server.url}/blocks",
+    }
+    doms = {}
+    for name, url in pages.items():
+        subprocess.run(
+            [
+                binary,
+                *flags,
+                f"--user-data-dir={tmp_path / f'profile-{name}'}",
+                f"--screenshot={shots / f'run-{name}.png'}",
+                url,
+            ],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        doms[name] = subprocess.run(
+            [binary, *flags, f"--user-data-dir={tmp_path / f'dom-{name}'}", "--dump-dom", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        ).stdout
+        assert (shots / f"run-{name}.png").exists(), name
+    (shots / "run-blocks.png").rename(shots / "blocks.png")
+    assert "consume starting with" in doms["logs"]
+    assert "consume finished: 0 messages consumed" in doms["logs"]
+    assert "messages received" in doms["artifacts"] and "No problems." in doms["artifacts"]
+    for block_type in ("xraylake Config", "xraylake Roster", "xraylake Trace Queue", "Secret"):
+        assert block_type in doms["blocks"], block_type
