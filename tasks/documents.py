@@ -35,14 +35,6 @@ from tasks.transform import transform_trace
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 DOCUMENT_BUDGET_BYTES = 8 * 1024 * 1024
-_KIND_BY_INDEX_PART = (("-traces-", "traces"), ("-segments-", "segments"), ("otel-v1-apm-span", "spans"))
-
-
-def _kind(index: str) -> str:
-    for marker, kind in _KIND_BY_INDEX_PART:
-        if marker in index:
-            return kind
-    return "service-map"
 
 
 @dataclass
@@ -72,11 +64,13 @@ class EnvelopeDocuments:
         traces, segments = self._tables
         return traces if table == "traces" else segments
 
-    def index_actions(self, version: int, prefix: str = "xray") -> list[IndexAction]:
+    def index_actions(
+        self, version: int, prefix: str = "xray", generation: str = "legacy", profile: str = "both"
+    ) -> list[IndexAction]:
         actions = []
         for docs in self.documents:
-            for request in docs.index_requests(prefix):
-                kind = _kind(request.index)
+            for request in docs.index_requests(prefix, generation, profile):
+                kind = request.kind
                 # The service map is an aggregate across traces: last writer wins, no versioning.
                 actions.append(
                     IndexAction(

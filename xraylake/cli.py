@@ -344,26 +344,55 @@ def setup(
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Create the index templates (idempotent), report cluster capabilities, optionally import dashboards."""
-    from tasks.index import capabilities, client_for, ensure_health_template, ensure_templates
-    from tasks.mappings import index_templates
+    """Create the index templates of the target's profile and span generation (idempotent), install
+    ISM policies where the cluster has ISM, report cluster capabilities, optionally import dashboards."""
+    from tasks.index import (
+        GenerationConflict,
+        capabilities,
+        client_for,
+        ensure_health_template,
+        ensure_ism_policies,
+        ensure_templates,
+        target_ism_policies,
+        target_templates,
+    )
 
     cfg = _config(config)
-    client = client_for(cfg.opensearch)
-    names = ensure_templates(client, index_templates(cfg.opensearch.index_prefix))
+    target = cfg.opensearch
+    client = client_for(target)
+    try:
+        names = ensure_templates(client, target_templates(target))
+    except GenerationConflict as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
     ensure_health_template(client)
     names.append("xraylake-health")
     caps = capabilities(client)
+    ism = ensure_ism_policies(client, target_ism_policies(target), caps, target.retention_days)
     imported: object = None
     if dashboards:
         from tasks.dashboards import import_dashboards
 
         imported = import_dashboards(dashboards, index_prefix=cfg.opensearch.index_prefix)
     if json:
-        print_json({"templates": names, "capabilities": caps, "dashboards": imported})
+        print_json(
+            {
+                "templates": names,
+                "span_generation": target.span_generation,
+                "index_profile": target.index_profile,
+                "capabilities": caps,
+                "ism": ism,
+                "dashboards": imported,
+            }
+        )
     else:
         console.print(table("index templates", ["template"], [[n] for n in names]))
+        console.print(f"span generation: {target.span_generation}; index profile: {target.index_profile}")
         console.print(f"capabilities: {caps}")
+        if ism["skipped"]:
+            console.print(f"ISM policies: skipped: {ism['skipped']}")
+        else:
+            console.print(f"ISM policies installed: {', '.join(ism['installed'])}")
         if dashboards:
             console.print(f"dashboards imported into {dashboards}: {imported}")
 
@@ -445,10 +474,9 @@ def import_(
     }
     if direct:
         consumer = Consumer(cfg, log_client("s3", cfg.archive.region), log_client("sqs", cfg.queue.region))
-        from tasks.index import ensure_templates
-        from tasks.mappings import index_templates
+        from tasks.index import ensure_templates, target_templates
 
-        ensure_templates(consumer.opensearch, index_templates(consumer.index_prefix))
+        ensure_templates(consumer.opensearch, target_templates(cfg.opensearch))
         stats = BatchStats()
         failed = consumer.ingest([(e, e.to_json()) for e in envelopes], stats)
         summary |= {
