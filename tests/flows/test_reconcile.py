@@ -193,3 +193,42 @@ def test_compare_and_plan_repair() -> None:
     assert plan.reprocess == {"raw/k0": {t[1]: {"index"}}, "raw/k3": {t[3]: {"parquet"}}}
     assert plan.unrepairable == {}
     assert rec.repair_part_name("e", [t[1], t[0]]) == rec.repair_part_name("e", [t[0], t[1]])
+
+
+@pytest.mark.parametrize(
+    ("profile", "generation"), [("xray", "legacy"), ("trace-analytics", "standard"), ("trace-analytics", "legacy")]
+)
+def test_each_index_profile_writes_only_its_families_and_reconciles(
+    fresh_config: Config, tmp_path: Any, profile: str, generation: str
+) -> None:
+    """consume → only the profile's index families exist (Parquet and raw complete) → reconcile,
+    which compares what the profile writes, finds nothing missing."""
+    target = fresh_config.opensearch.model_copy(update={"index_profile": profile, "span_generation": generation})
+    config = fresh_config.model_copy(update={"opensearch": target})
+    path = tmp_path / "config.json"
+    path.write_bytes(config.to_json())
+    ids = pipeline(config, per_account=3)
+    client = client_for(config.opensearch)
+    client.indices.refresh(index="_all")
+    present = {
+        family: client.count(index=alias)["count"] if client.indices.exists(index=alias) else 0
+        for family, alias in (
+            ("traces", "xray-traces"),
+            ("segments", "xray-segments"),
+            ("spans", "otel-v1-apm-span"),
+            ("service-map", "otel-v2-apm-service-map" if generation == "standard" else "otel-v1-apm-service-map"),
+        )
+    }
+    total = sum(len(v) for v in ids.values())
+    if profile == "xray":
+        assert present["traces"] == total and present["segments"] >= total
+        assert present["spans"] == present["service-map"] == 0
+    else:
+        assert present["traces"] == present["segments"] == 0
+        assert present["spans"] >= total and present["service-map"] >= 1
+    start, end = window()
+    state = reconcile(start=start, end=end, accounts=list(ids), config_path=str(path), return_state=True)
+    assert state.is_completed(), state.message
+    report = rec.ReconcileReport.model_validate(state.result())
+    assert report.ok, report.message()
+    assert report.totals == {"xray": total, "raw": total, "parquet": total, "index": total}
