@@ -15,7 +15,18 @@ it can never conflict) except under `annotations` (every value a keyword) and `a
 (numeric annotation values, as double): whatever value types accounts send, no annotation can
 cause a mapping conflict. Field names below are the transform's contract (tests check both ways).
 
-The span and service-map mappings are Data Prepper's `otel-v1-apm-span-index-template.json` and
+Span schema generations (`OpenSearchTarget.span_generation`): `legacy` is the pair below;
+`standard` is Data Prepper's `otel-v1-apm-span-index-standard-template.json` (same
+`otel-v1-apm-span` alias, typed `attributes.*`, `instrumentationScope`, `@timestamp`) and
+`otel-v2-apm-service-map-index-template.json` (daily `otel-v2-apm-service-map-YYYY.MM.DD` by span
+time, read alias `otel-v2-apm-service-map`), both exactly as in Data Prepper's repository
+(tests compare them with copies in tests/fixtures/opensearch). The two span mappings never share
+the alias: `tasks.index.ensure_templates` refuses (`mapping_generation` tells them apart).
+Index profiles (`OpenSearchTarget.index_profile`, `PROFILES`): `xray` (traces + segments),
+`trace-analytics` (spans + service map) or `both`. `ism_policies` are the lifecycle policies per
+index family (delete after N days).
+
+The legacy span and service-map mappings are Data Prepper's `otel-v1-apm-span-index-template.json` and
 `otel-v1-apm-service-map-index-template.json` (opensearch-project/data-prepper,
 data-prepper-plugins/opensearch/src/main/resources/), so OpenSearch Dashboards' Trace Analytics
 reads them as if Data Prepper had written them; fields that the classic span template leaves to
