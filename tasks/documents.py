@@ -68,9 +68,17 @@ class EnvelopeDocuments:
         self, version: int, prefix: str = "xray", generation: str = "legacy", profile: str = "both"
     ) -> list[IndexAction]:
         actions = []
+        service_map: set[tuple[str, str]] = set()
         for docs in self.documents:
             for request in docs.index_requests(prefix, generation, profile):
                 kind = request.kind
+                if kind == "service-map":
+                    # ids come from the content (hashId, or the v2 document's hash): the same
+                    # relationship from several traces of the envelope is one write
+                    key = (request.index, request.doc_id)
+                    if key in service_map:
+                        continue
+                    service_map.add(key)
                 # The service map is an aggregate across traces: last writer wins, no versioning.
                 actions.append(
                     IndexAction(
