@@ -26,7 +26,13 @@ Parquet writes running on a thread while the index stage runs (a message is stil
 after every sink succeeded; the index may now receive the documents of an envelope whose archive
 write fails — harmless, the message is retried and every sink is idempotent).
 
-Targets (judged on the code as it is): ours ≥ 8 × Lambda-style, ≥ 0.8 × the raw-sink bound.
+Index profiles: the same backlog is consumed by each index profile of the target (`both`,
+`xray`, `trace-analytics` in each span generation), each into an empty server, the order rotating
+per round (median of 3 rounds; 2 with --quick); reported per profile: documents per segment,
+segments/s and the ratio to `both`. `--profiles` runs only this comparison.
+
+Targets (judged on the code as it is): ours ≥ 8 × Lambda-style, ≥ 0.8 × the raw-sink bound;
+each single-family profile ≥ 1.7 × the segments/s of `both`.
 """
 
 from __future__ import annotations
@@ -150,8 +156,7 @@ def _run_ours(consumer_class: Any, config: Any, index_prefix: str) -> dict[str, 
     from flows.consume import consume_batch, receive_batch
     from tasks.aws import log_client
     from tasks.consumer import BatchStats
-    from tasks.index import ensure_templates
-    from tasks.mappings import index_templates
+    from tasks.index import ensure_templates, target_templates
 
     consumer = consumer_class(
         config,
@@ -160,7 +165,7 @@ def _run_ours(consumer_class: Any, config: Any, index_prefix: str) -> dict[str, 
         index_prefix=index_prefix,
         describe_executions=False,
     )
-    ensure_templates(consumer.opensearch, index_templates(index_prefix))
+    ensure_templates(consumer.opensearch, target_templates(config.opensearch, index_prefix))
     total = BatchStats()
     receive_seconds = 0.0
     started = time.perf_counter()
@@ -340,8 +345,55 @@ def run_sink_ceiling(config: Any, envelopes: list[Any], index_prefix: str, sampl
     }
 
 
+PROFILES = (("both", "legacy"), ("xray", "legacy"), ("trace-analytics", "legacy"), ("trace-analytics", "standard"))
+
+
+def run_profiles(config: Any, envelopes: list[Any], rounds: int) -> dict[str, Any]:
+    """Each index profile (and span generation) consumes the same backlog into an empty server of
+    its own; the order rotates each round and a profile's median over the rounds is reported."""
+    import flows.consume  # noqa: F401  (imported before timing: the first profile must not pay for it)
+
+    runs: dict[str, list[dict[str, Any]]] = {f"{p}/{g}": [] for p, g in PROFILES}
+    for round_number in range(rounds):
+        order = PROFILES[round_number % len(PROFILES) :] + PROFILES[: round_number % len(PROFILES)]
+        for profile, generation in order:
+            send_backlog(config, envelopes)
+            with common.fresh_opensearch(config) as target:
+                opensearch = target.opensearch.model_copy(
+                    update={"index_profile": profile, "span_generation": generation}
+                )
+                result = run_ours(target.model_copy(update={"opensearch": opensearch}), "xray")
+            runs[f"{profile}/{generation}"].append(result)
+            common.log(f"profile {profile}/{generation}: {result['segments_per_second']} segments/s")
+    out: dict[str, Any] = {}
+    for name, results in runs.items():
+        rates = sorted(r["segments_per_second"] for r in results)
+        median = rates[len(rates) // 2] if len(rates) % 2 else (rates[len(rates) // 2 - 1] + rates[len(rates) // 2]) / 2
+        last = results[-1]
+        out[name] = {
+            "segments_per_second_median": round(median, 1),
+            "segments_per_second_runs": rates,
+            "documents_per_segment": round(last["documents_indexed"] / last["segments"], 3)
+            if last["segments"]
+            else None,
+            "documents_indexed": last["documents_indexed"],
+            "documents_failed": last["documents_failed"],
+            "segments": last["segments"],
+            "index_seconds": last["stage_seconds"].get("index"),
+        }
+    both = out["both/legacy"]["segments_per_second_median"]
+    for row in out.values():
+        row["vs_both"] = round(row["segments_per_second_median"] / both, 2) if both else None
+    return out
+
+
 def main() -> None:
-    args = common.parse_args(__doc__.splitlines()[0])
+    args = common.parse_args(
+        __doc__.splitlines()[0],
+        lambda parser: parser.add_argument(
+            "--profiles", action="store_true", help="only the index-profile comparison (B2 profiles)"
+        ),
+    )
     started = time.monotonic()
     accounts = common.member_accounts(4)
     per_account = 40 if args.quick else 250
@@ -350,6 +402,16 @@ def main() -> None:
         config = common.fresh_sinks(common.roster_of(base, accounts), uuid.uuid4().hex[:8])
         envelopes = build_backlog(config, traces)
         common.log(f"backlog: {len(envelopes)} envelopes, {sum(len(e.traces) for e in envelopes)} traces")
+        profiles = run_profiles(config, envelopes, 2 if args.quick else 3)
+        if args.profiles:
+            singles = [profiles[n]["vs_both"] for n in profiles if not n.startswith("both")]
+            metrics = {
+                "backlog": {"accounts": len(accounts), "envelopes": len(envelopes)},
+                "profiles": profiles,
+                "targets": {"single_family_vs_both": common.target(min(singles), 1.7)},
+            }
+            common.finish("bench_consume_profiles", args, metrics, started)
+            return
 
         # every contender writes into an empty OpenSearch server of its own
         with common.fresh_opensearch(config) as target:
@@ -394,7 +456,11 @@ def main() -> None:
         if vs_lambda
         else None,
         "segments_per_second": ours["segments_per_second"],
+        "profiles": profiles,
         "targets": {
+            "single_family_vs_both": common.target(
+                min(row["vs_both"] for name, row in profiles.items() if not name.startswith("both")), 1.7
+            ),
             "speedup_vs_lambda_style": common.target(vs_lambda, 8.0),
             "ratio_vs_raw_sink_bound": common.target(vs_sink, 0.8),
         },

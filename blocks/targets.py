@@ -45,3 +45,20 @@ class OpenSearchTarget(Block):
     verify_certs: bool = True
     index_prefix: str = "xray"
     timeout_seconds: float = 30.0
+    span_generation: Literal["legacy", "standard"] = Field(
+        default="legacy",
+        description="Trace Analytics span schema: 'legacy' (otel-v1-apm-span with keyword attributes + "
+        "otel-v1-apm-service-map, OpenSearch Dashboards Trace Analytics) or 'standard' (Data Prepper's "
+        "plain-raw standard span template + otel-v2-apm-service-map, the OpenSearch APM application).",
+    )
+    index_profile: Literal["both", "xray", "trace-analytics"] = Field(
+        default="both",
+        description="Index families this cluster receives: 'xray' (traces + segments), 'trace-analytics' "
+        "(spans + service map) or 'both'. Parquet and the raw archive are always complete.",
+    )
+    retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Delete indices this many days after creation (ISM policies, installed by `setup` "
+        "where the cluster has ISM); None keeps them.",
+    )

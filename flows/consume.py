@@ -22,8 +22,7 @@ from tasks import queue
 from tasks.aws import log_client
 from tasks.consumer import BatchStats, Consumer
 from tasks.health import run_row, write_health
-from tasks.index import ensure_templates
-from tasks.mappings import index_templates
+from tasks.index import ensure_templates, target_templates
 
 
 @task(name="consume-batch", timeout_seconds=900, cache_policy=NO_CACHE)
@@ -88,7 +87,7 @@ def run_consumer(
         index_prefix=index_prefix,
     )
     # Templates first: an index created by dynamic mapping would type fields wrongly for good.
-    ensure_templates(consumer.opensearch, index_templates(consumer.index_prefix))
+    ensure_templates(consumer.opensearch, target_templates(config.opensearch, consumer.index_prefix))
     total = BatchStats()
     started = time.monotonic()
     while True:

@@ -30,7 +30,7 @@ from tasks import xray
 from tasks.aws import log_client
 from tasks.health import run_row, write_health
 from tasks.index import client_for
-from tasks.mappings import traces_alias
+from tasks.mappings import SPAN_INDEX_PREFIX, traces_alias
 
 # ----------------------------------------------------------------------------- observing (tasks)
 
@@ -75,7 +75,15 @@ def raw_task(config: Config, targets: list[tuple[MemberAccount, str]], start: da
 @task(name="reconcile-index", cache_policy=NO_CACHE)
 def index_task(config: Config, targets: list[tuple[MemberAccount, str]], start: datetime, end: datetime) -> PerTarget:
     client = client_for(config.opensearch)
-    alias = traces_alias(config.opensearch.index_prefix)
+    target = config.opensearch
+    if target.index_profile == "trace-analytics":  # no traces index: the spans stand for the index
+        rec.refresh(client, SPAN_INDEX_PREFIX)
+        return _each(
+            targets,
+            lambda a, r: rec.observe_span_index(client, a, r, start, end, target.span_generation),
+            threads=1,
+        )
+    alias = traces_alias(target.index_prefix)
     rec.refresh(client, alias)
     # One thread: the client's connection pool holds one connection (searches are quick anyway).
     return _each(targets, lambda a, r: rec.observe_index(client, alias, a.account_id, r, start, end), threads=1)

@@ -24,8 +24,7 @@ from tasks.aws import log_client
 from tasks.consumer import BatchStats, Consumer
 from tasks.envelope import Envelope, encode
 from tasks.health import run_row, write_health
-from tasks.index import client_for, ensure_templates
-from tasks.mappings import index_templates
+from tasks.index import client_for, ensure_templates, target_templates
 from tasks.pacing import rate_limiter
 
 
@@ -83,7 +82,7 @@ def replay(params: ReplayParameters, config_path: str | None) -> State:
     consumer = None
     if params.target == "direct" and not params.dry_run:
         consumer = Consumer(config, s3, sqs, index_prefix=prefix)
-        ensure_templates(consumer.opensearch, index_templates(prefix or config.opensearch.index_prefix))
+        ensure_templates(consumer.opensearch, target_templates(config.opensearch, prefix))
     signing_key = config.signing_keys[0].get_secret_value() if config.signing_keys else None
     totals = {
         "partitions": len(parts),

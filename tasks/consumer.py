@@ -165,6 +165,9 @@ class Consumer:
         self.max_document_bytes = max_document_bytes
         self.document_budget_bytes = document_budget_bytes
         self.index_prefix = index_prefix or config.opensearch.index_prefix
+        # which index families (and span schema) the target receives; Parquet + raw stay complete
+        self.span_generation = config.opensearch.span_generation
+        self.index_profile = config.opensearch.index_profile
         self.keys = [k.get_secret_value() for k in config.signing_keys]
         self.accounts = {a.account_id: a for a in config.roster.accounts}
         self.executions = (
@@ -390,7 +393,7 @@ class Consumer:
         owner: dict[str, str] = {}
         for eid, result in results.items():
             version = versions[eid]
-            for action in result.index_actions(version, self.index_prefix):
+            for action in result.index_actions(version, self.index_prefix, self.span_generation, self.index_profile):
                 actions.append(action)
                 owner[action.doc_id] = eid
         if not actions:

@@ -36,14 +36,6 @@ from tasks.transform import transform_trace
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 DOCUMENT_BUDGET_BYTES = 8 * 1024 * 1024
-_KIND_BY_INDEX_PART = (("-traces-", "traces"), ("-segments-", "segments"), ("otel-v1-apm-span", "spans"))
-
-
-def _kind(index: str) -> str:
-    for marker, kind in _KIND_BY_INDEX_PART:
-        if marker in index:
-            return kind
-    return "service-map"
 
 
 @dataclass
@@ -74,11 +66,21 @@ class EnvelopeDocuments:
         traces, segments = self._tables
         return traces if table == "traces" else segments
 
-    def index_actions(self, version: int, prefix: str = "xray") -> list[IndexAction]:
+    def index_actions(
+        self, version: int, prefix: str = "xray", generation: str = "legacy", profile: str = "both"
+    ) -> list[IndexAction]:
         actions = []
+        service_map: set[tuple[str, str]] = set()
         for docs in self.documents:
-            for request in docs.index_requests(prefix):
-                kind = _kind(request.index)
+            for request in docs.index_requests(prefix, generation, profile):
+                kind = request.kind
+                if kind == "service-map":
+                    # ids come from the content (hashId, or the v2 document's hash): the same
+                    # relationship from several traces of the envelope is one write
+                    key = (request.index, request.doc_id)
+                    if key in service_map:
+                        continue
+                    service_map.add(key)
                 # The service map is an aggregate across traces: last writer wins, no versioning.
                 actions.append(
                     IndexAction(

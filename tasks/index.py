@@ -18,7 +18,14 @@ from opensearchpy.helpers import streaming_bulk
 
 from blocks import OpenSearchTarget
 from tasks.errors import TerminalError, TransientError
-from tasks.mappings import HEALTH_INDEX, health_index_template
+from tasks.mappings import (
+    HEALTH_INDEX,
+    SPAN_INDEX_PREFIX,
+    health_index_template,
+    index_templates,
+    ism_policies,
+    mapping_generation,
+)
 
 BULK_CHUNK_DOCS = 1000
 BULK_CHUNK_BYTES = 8 * 1024 * 1024
@@ -146,7 +153,11 @@ def item_failures_transient(report: BulkReport) -> bool:
 
 
 def ensure_templates(client: OpenSearch, templates: dict[str, dict[str, Any]]) -> list[str]:
-    """Create or update index templates (idempotent)."""
+    """Create or update index templates (idempotent). A span template is refused where span
+    indices of the other generation exist behind its alias (`check_span_generation`)."""
+    span = templates.get(SPAN_INDEX_PREFIX)
+    if span is not None:
+        check_span_generation(client, span.get("_meta", {}).get("generation", "legacy"))
     names: list[str] = []
     for name, body in templates.items():
         try:
@@ -157,17 +168,105 @@ def ensure_templates(client: OpenSearch, templates: dict[str, dict[str, Any]]) -
     return names
 
 
+def target_templates(target: OpenSearchTarget, prefix: str | None = None) -> dict[str, dict[str, Any]]:
+    """The index templates of what the target receives: its profile's families in its span generation."""
+    return index_templates(prefix or target.index_prefix, target.span_generation, target.index_profile)
+
+
+def target_ism_policies(target: OpenSearchTarget, prefix: str | None = None) -> dict[str, dict[str, Any]]:
+    """One ISM policy per index family the target receives (empty without `retention_days`)."""
+    if target.retention_days is None:
+        return {}
+    return ism_policies(
+        target.retention_days, prefix or target.index_prefix, target.span_generation, target.index_profile
+    )
+
+
 def ensure_health_template(client: Any) -> None:
     """Create or update the pipeline-health template (`xraylake-health`, see `tasks.mappings`)."""
     client.indices.put_index_template(name=HEALTH_INDEX, body=health_index_template())
 
 
-def capabilities(client: OpenSearch) -> dict[str, bool]:
-    """Which optional cluster features exist (the in-memory sandbox server lacks ISM and rollover)."""
-    found = {"ism": False}
+ISM_PLUGINS = frozenset({"opensearch-index-management", "opendistro_index_management", "opendistro-index-management"})
+
+
+def capabilities(client: OpenSearch) -> dict[str, Any]:
+    """Which optional cluster features exist, and why not where they do not: `ism` (Index State
+    Management: `_cat/plugins` lists `opensearch-index-management`, or its API answers). The
+    in-memory sandbox server has neither; Amazon OpenSearch Serverless has no ISM either."""
+    found: dict[str, Any] = {"ism": False, "ism_reason": ""}
     try:
+        plugins = client.transport.perform_request("GET", "/_cat/plugins", params={"format": "json"})
+        components = {str(row.get("component")) for row in plugins or [] if isinstance(row, dict)}
+        if components & ISM_PLUGINS:
+            found["ism"] = True
+            return found
+        listed = ", ".join(sorted(components)) or "none"
+        found["ism_reason"] = f"_cat/plugins lists no index-management plugin (plugins: {listed})"
+    except os_exc.TransportError as error:
+        found["ism_reason"] = f"_cat/plugins failed: {error.status_code}"
+    try:  # a cluster that hides _cat/plugins may still have the API
         client.transport.perform_request("GET", "/_plugins/_ism/policies")
-        found["ism"] = True
-    except os_exc.TransportError:
-        found["ism"] = False
+        found["ism"], found["ism_reason"] = True, ""
+    except os_exc.TransportError as error:
+        found["ism_reason"] += f"; GET /_plugins/_ism/policies answered {error.status_code}"
     return found
+
+
+def ensure_ism_policies(
+    client: OpenSearch, policies: dict[str, dict[str, Any]], caps: dict[str, Any], retention_days: int | None
+) -> dict[str, Any]:
+    """Install (or update) the ISM policies when the cluster has ISM and a retention is configured;
+    otherwise say why nothing was installed. `{"installed": [ids], "skipped": reason | None}`."""
+    if not caps.get("ism"):
+        return {"installed": [], "skipped": f"the cluster has no ISM: {caps.get('ism_reason') or 'not found'}"}
+    if retention_days is None:
+        return {"installed": [], "skipped": "no retention configured (opensearch.retention_days)"}
+    installed = []
+    for policy_id, body in policies.items():
+        path = f"/_plugins/_ism/policies/{policy_id}"
+        params: dict[str, Any] = {}
+        try:
+            current = client.transport.perform_request("GET", path)
+            params = {"if_seq_no": current["_seq_no"], "if_primary_term": current["_primary_term"]}
+        except os_exc.NotFoundError:
+            pass
+        try:
+            client.transport.perform_request("PUT", path, params=params, body=body)
+        except os_exc.TransportError as error:
+            raise TransientError(f"put ISM policy {policy_id}: {error}") from error
+        installed.append(policy_id)
+    return {"installed": installed, "skipped": None}
+
+
+class GenerationConflict(TerminalError):
+    """Span indices of the other schema generation exist behind the alias a template would cover."""
+
+
+def existing_span_generations(client: OpenSearch, alias: str = SPAN_INDEX_PREFIX) -> dict[str, str]:
+    """Index → span schema generation (`mappings.mapping_generation`) of every `<alias>-*` index."""
+    try:
+        found = client.indices.get_mapping(index=f"{alias}-*", allow_no_indices=True)
+    except os_exc.NotFoundError:
+        return {}
+    except os_exc.TransportError as error:
+        raise TransientError(f"read the mappings of {alias}-*: {error}") from error
+    return {index: mapping_generation(body.get("mappings") or {}) for index, body in sorted(found.items())}
+
+
+def check_span_generation(client: OpenSearch, generation: str, alias: str = SPAN_INDEX_PREFIX) -> None:
+    """Refuse to install the `generation` span template where indices of the other one exist
+    behind the same alias: two span mappings behind one alias make queries over it fail."""
+    other = {index: found for index, found in existing_span_generations(client, alias).items() if found != generation}
+    if not other:
+        return
+    names = sorted(other)
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    theirs = next(iter(other.values()))
+    raise GenerationConflict(
+        f"refusing to install the {generation!r} span template: {len(names)} index(es) behind the alias "
+        f"{alias!r} hold the {theirs!r} span schema ({shown}). Either keep the target's "
+        f"span_generation at {theirs!r}, or move those indices out of the way first (reindex them into "
+        f"another cluster or name, or delete them: DELETE {alias}-*) and rerun `xraylake setup`; "
+        "replay or import from the S3 archive then rebuilds them in the new schema."
+    )

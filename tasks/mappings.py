@@ -15,7 +15,18 @@ it can never conflict) except under `annotations` (every value a keyword) and `a
 (numeric annotation values, as double): whatever value types accounts send, no annotation can
 cause a mapping conflict. Field names below are the transform's contract (tests check both ways).
 
-The span and service-map mappings are Data Prepper's `otel-v1-apm-span-index-template.json` and
+Span schema generations (`OpenSearchTarget.span_generation`): `legacy` is the pair below;
+`standard` is Data Prepper's `otel-v1-apm-span-index-standard-template.json` (same
+`otel-v1-apm-span` alias, typed `attributes.*`, `instrumentationScope`, `@timestamp`) and
+`otel-v2-apm-service-map-index-template.json` (daily `otel-v2-apm-service-map-YYYY.MM.DD` by span
+time, read alias `otel-v2-apm-service-map`), both exactly as in Data Prepper's repository
+(tests compare them with copies in tests/fixtures/opensearch). The two span mappings never share
+the alias: `tasks.index.ensure_templates` refuses (`mapping_generation` tells them apart).
+Index profiles (`OpenSearchTarget.index_profile`, `PROFILES`): `xray` (traces + segments),
+`trace-analytics` (spans + service map) or `both`. `ism_policies` are the lifecycle policies per
+index family (delete after N days).
+
+The legacy span and service-map mappings are Data Prepper's `otel-v1-apm-span-index-template.json` and
 `otel-v1-apm-service-map-index-template.json` (opensearch-project/data-prepper,
 data-prepper-plugins/opensearch/src/main/resources/), so OpenSearch Dashboards' Trace Analytics
 reads them as if Data Prepper had written them; fields that the classic span template leaves to
@@ -32,6 +43,7 @@ TEMPLATE_VERSION = 1
 INDEX_PREFIX = "xray"  # `OpenSearchTarget.index_prefix` unless configured otherwise
 SPAN_INDEX_PREFIX = "otel-v1-apm-span"
 SERVICE_MAP_INDEX = "otel-v1-apm-service-map"
+SERVICE_MAP_V2_ALIAS = "otel-v2-apm-service-map"  # daily `otel-v2-apm-service-map-YYYY.MM.DD` by span time
 
 # kind → mapping; `text` is full-text with a `.keyword` sub-field, `blob` is full-text only.
 _KEYWORD = {"type": "keyword", "ignore_above": 1024}
@@ -247,7 +259,11 @@ def service_map_mapping() -> dict[str, Any]:
 
 
 def _template(
-    patterns: list[str], mappings: dict[str, Any], alias: str | None, settings: dict[str, Any]
+    patterns: list[str],
+    mappings: dict[str, Any],
+    alias: str | None,
+    settings: dict[str, Any],
+    meta: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"settings": settings, "mappings": mappings}
     if alias:
@@ -257,19 +273,209 @@ def _template(
         "priority": 200,
         "version": TEMPLATE_VERSION,
         "template": body,
-        "_meta": {"managed_by": "xraylake"},
+        "_meta": {"managed_by": "xraylake", **(meta or {})},
     }
 
 
-def index_templates(prefix: str = INDEX_PREFIX) -> dict[str, dict[str, Any]]:
-    """Composable `_index_template` bodies by template name."""
-    xray_settings = {"index.mapping.total_fields.limit": 2000}
-    traces, segments = traces_alias(prefix), segments_alias(prefix)
+def index_templates(
+    prefix: str = INDEX_PREFIX, generation: str = "legacy", profile: str = "both"
+) -> dict[str, dict[str, Any]]:
+    """Composable `_index_template` bodies by template name, for the families `profile` writes
+    (`PROFILES`) in span schema `generation` (`GENERATIONS`)."""
+    check_generation(generation)
+    families = profile_families(profile)
+    templates: dict[str, dict[str, Any]] = {}
+    if "xray" in families:
+        xray_settings = {"index.mapping.total_fields.limit": 2000}
+        traces, segments = traces_alias(prefix), segments_alias(prefix)
+        templates[traces] = _template([f"{traces}-*"], xray_mapping(TRACE_FIELDS), traces, xray_settings)
+        templates[segments] = _template([f"{segments}-*"], xray_mapping(SEGMENT_FIELDS), segments, xray_settings)
+    if "trace-analytics" in families:
+        meta = {"generation": generation}
+        if generation == "legacy":
+            span = span_mapping()
+            templates[SERVICE_MAP_INDEX] = _template([SERVICE_MAP_INDEX], service_map_mapping(), None, {}, meta)
+        else:
+            span = standard_span_mapping()
+            templates[SERVICE_MAP_V2_ALIAS] = _template(
+                [f"{SERVICE_MAP_V2_ALIAS}-*"], service_map_v2_mapping(), SERVICE_MAP_V2_ALIAS, {}, meta
+            )
+        templates[SPAN_INDEX_PREFIX] = _template([f"{SPAN_INDEX_PREFIX}-*"], span, SPAN_INDEX_PREFIX, {}, meta)
+    return templates
+
+
+# ---------------------------------------------------------------------- generations and profiles
+
+GENERATIONS = ("legacy", "standard")
+# index profile → the index families it writes; "xray" = traces + segments, "trace-analytics" =
+# spans + service map. Parquet and the raw archive are written whatever the profile.
+PROFILES: dict[str, frozenset[str]] = {
+    "both": frozenset({"xray", "trace-analytics"}),
+    "xray": frozenset({"xray"}),
+    "trace-analytics": frozenset({"trace-analytics"}),
+}
+FAMILY_KINDS: dict[str, frozenset[str]] = {
+    "xray": frozenset({"traces", "segments"}),
+    "trace-analytics": frozenset({"spans", "service-map"}),
+}
+
+
+def check_generation(generation: str) -> str:
+    if generation not in GENERATIONS:
+        raise ValueError(f"unknown span schema generation {generation!r}: expected one of {', '.join(GENERATIONS)}")
+    return generation
+
+
+def profile_families(profile: str) -> frozenset[str]:
+    families = PROFILES.get(profile)
+    if families is None:
+        raise ValueError(f"unknown index profile {profile!r}: expected one of {', '.join(PROFILES)}")
+    return families
+
+
+def profile_kinds(profile: str) -> frozenset[str]:
+    """The document kinds (`IndexRequest.kind`) a profile writes."""
+    return frozenset(kind for family in profile_families(profile) for kind in FAMILY_KINDS[family])
+
+
+def mapping_generation(mapping: dict[str, Any]) -> str:
+    """Which span schema an existing span index has, from its mapping: the standard template maps
+    `instrumentationScope` (and typed `attributes.*`), the legacy one keywords `span.attributes.*`."""
+    properties = mapping.get("properties") or {}
+    if "instrumentationScope" in properties or "@timestamp" in properties:
+        return "standard"
+    for entry in mapping.get("dynamic_templates") or []:
+        for rule in entry.values():
+            if isinstance(rule, dict) and str(rule.get("path_match", "")).startswith("attributes."):
+                return "standard"
+    return "legacy"
+
+
+def standard_span_mapping() -> dict[str, Any]:
+    """Data Prepper's `otel-v1-apm-span-index-standard-template.json` mapping, as it is."""
+
+    def typed(scope: str, prefix: str) -> list[dict[str, Any]]:
+        return [
+            {f"long_{scope}": {"mapping": {"type": "long"}, "path_match": prefix, "match_mapping_type": "long"}},
+            {
+                f"double_{scope}": {
+                    "mapping": {"type": "double"},
+                    "path_match": prefix,
+                    "match_mapping_type": "double",
+                }
+            },
+            {
+                f"string_{scope}": {
+                    "mapping": {"type": "keyword", "ignore_above": 256},
+                    "path_match": prefix,
+                    "match_mapping_type": "string",
+                }
+            },
+        ]
+
+    def kw(limit: int) -> dict[str, Any]:
+        return {"type": "keyword", "ignore_above": limit}
+
+    nanos = {"type": "date_nanos"}
+    integer = {"type": "integer"}
     return {
-        traces: _template([f"{traces}-*"], xray_mapping(TRACE_FIELDS), traces, xray_settings),
-        segments: _template([f"{segments}-*"], xray_mapping(SEGMENT_FIELDS), segments, xray_settings),
-        SPAN_INDEX_PREFIX: _template([f"{SPAN_INDEX_PREFIX}-*"], span_mapping(), SPAN_INDEX_PREFIX, {}),
-        SERVICE_MAP_INDEX: _template([SERVICE_MAP_INDEX], service_map_mapping(), None, {}),
+        "date_detection": False,
+        "_source": {"enabled": True},
+        "dynamic_templates": [
+            *typed("resource_attributes", "resource.attributes.*"),
+            *typed("scope_attributes", "instrumentationScope.attributes.*"),
+            *typed("attributes", "attributes.*"),
+        ],
+        "properties": {
+            "droppedAttributesCount": dict(integer),
+            "instrumentationScope": {
+                "properties": {
+                    "droppedAttributesCount": dict(integer),
+                    "schemaUrl": kw(256),
+                    "name": kw(128),
+                    "version": kw(64),
+                }
+            },
+            "resource": {"properties": {"droppedAttributesCount": dict(integer), "schemaUrl": kw(256)}},
+            "traceId": kw(32),
+            "spanId": kw(16),
+            "parentSpanId": kw(16),
+            "name": kw(1024),
+            "traceState": kw(1024),
+            "traceGroup": kw(1024),
+            "traceGroupFields": {
+                "properties": {"endTime": dict(nanos), "durationInNanos": {"type": "long"}, "statusCode": dict(integer)}
+            },
+            "kind": kw(32),
+            "serviceName": kw(256),
+            "startTime": dict(nanos),
+            "endTime": dict(nanos),
+            "@timestamp": dict(nanos),
+            "time": dict(nanos),
+            "status": {"properties": {"code": dict(integer), "message": kw(2048)}},
+            "durationInNanos": {"type": "long"},
+            "events": {
+                "type": "nested",
+                "properties": {
+                    "name": kw(256),
+                    "attributes": {"type": "object"},
+                    "droppedAttributesCount": dict(integer),
+                    "time": dict(nanos),
+                },
+            },
+            "droppedEventsCount": dict(integer),
+            "links": {
+                "type": "nested",
+                "properties": {
+                    "traceId": kw(32),
+                    "spanId": kw(16),
+                    "traceState": kw(1024),
+                    "attributes": {"type": "object"},
+                    "droppedAttributesCount": dict(integer),
+                },
+            },
+            "droppedLinksCount": dict(integer),
+        },
+    }
+
+
+def service_map_v2_mapping() -> dict[str, Any]:
+    """Data Prepper's `otel-v2-apm-service-map-index-template.json` mapping, as it is."""
+
+    def typed(scope: str, path: str) -> list[dict[str, Any]]:
+        return [
+            {f"{kind}_{scope}": {"path_match": path, "match_mapping_type": kind, "mapping": {"type": mapped}}}
+            for kind, mapped in (("long", "long"), ("double", "double"), ("string", "keyword"))
+        ]
+
+    def node() -> dict[str, Any]:
+        return {
+            "properties": {
+                "type": {"type": "keyword"},
+                "keyAttributes": {"properties": {"environment": {"type": "keyword"}, "name": {"type": "keyword"}}},
+                "groupByAttributes": {"type": "object", "dynamic": "true"},
+            }
+        }
+
+    def operation() -> dict[str, Any]:
+        return {"properties": {"name": {"type": "keyword"}, "attributes": {"type": "object", "dynamic": "true"}}}
+
+    return {
+        "date_detection": False,
+        "dynamic_templates": [
+            *typed("group_by_attributes", "*.groupByAttributes.*"),
+            *typed("operation_attributes", "*.attributes.*"),
+        ],
+        "_source": {"enabled": True},
+        "properties": {
+            "sourceNode": node(),
+            "targetNode": node(),
+            "sourceOperation": operation(),
+            "targetOperation": operation(),
+            "nodeConnectionHash": {"type": "keyword"},
+            "operationConnectionHash": {"type": "keyword"},
+            "timestamp": {"type": "date", "format": "strict_date_optional_time||epoch_millis"},
+        },
     }
 
 
@@ -332,3 +538,61 @@ def segments_index(day: str, prefix: str = INDEX_PREFIX) -> str:
 
 def spans_index(day: str) -> str:
     return f"{SPAN_INDEX_PREFIX}-{day}"
+
+
+def service_map_v2_index(day: str) -> str:
+    return f"{SERVICE_MAP_V2_ALIAS}-{day}"
+
+
+# ---------------------------------------------------------------------- index lifecycle (ISM)
+
+
+def family_patterns(prefix: str = INDEX_PREFIX, generation: str = "legacy", profile: str = "both") -> dict[str, str]:
+    """Index family → the pattern of its dated indices, for the families a profile writes.
+
+    The legacy service map is one aggregate index (`otel-v1-apm-service-map`), not dated: no
+    age-based lifecycle applies to it.
+    """
+    families = profile_families(profile)
+    patterns: dict[str, str] = {}
+    if "xray" in families:
+        patterns["traces"] = f"{traces_alias(prefix)}-*"
+        patterns["segments"] = f"{segments_alias(prefix)}-*"
+    if "trace-analytics" in families:
+        patterns["spans"] = f"{SPAN_INDEX_PREFIX}-*"
+        if check_generation(generation) == "standard":
+            patterns["service-map"] = f"{SERVICE_MAP_V2_ALIAS}-*"
+    return patterns
+
+
+def ism_policies(
+    delete_after_days: int, prefix: str = INDEX_PREFIX, generation: str = "legacy", profile: str = "both"
+) -> dict[str, dict[str, Any]]:
+    """One ISM policy per index family (`PUT _plugins/_ism/policies/<id>` bodies by policy id):
+    `hot` → `delete` once the index is `delete_after_days` old. The indices are daily (named by
+    trace/span time), not rollover-managed, so there is no rollover state; `ism_template` attaches
+    the policy to every new index of the family. The age ISM counts is the index's creation time:
+    a backfill into an old day's index keeps it `delete_after_days` from the backfill."""
+    if delete_after_days < 1:
+        raise ValueError(f"delete_after_days must be at least 1, got {delete_after_days}")
+    policies: dict[str, dict[str, Any]] = {}
+    for family, pattern in family_patterns(prefix, generation, profile).items():
+        policy_id = f"xraylake-{prefix}-{family}" if family in ("traces", "segments") else f"xraylake-{family}"
+        policies[policy_id] = {
+            "policy": {
+                "description": f"xraylake {family} ({pattern}): delete after {delete_after_days} days",
+                "default_state": "hot",
+                "states": [
+                    {
+                        "name": "hot",
+                        "actions": [],
+                        "transitions": [
+                            {"state_name": "delete", "conditions": {"min_index_age": f"{delete_after_days}d"}}
+                        ],
+                    },
+                    {"name": "delete", "actions": [{"delete": {}}], "transitions": []},
+                ],
+                "ism_template": [{"index_patterns": [pattern], "priority": 100}],
+            }
+        }
+    return policies

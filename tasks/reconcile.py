@@ -51,6 +51,7 @@ from tasks.envelope import parse_envelope
 from tasks.errors import TransientError
 from tasks.ids import is_trace_id
 from tasks.index import bulk_index
+from tasks.mappings import SPAN_INDEX_PREFIX
 from tasks.retrying import reread
 from tasks.tables import to_arrow
 
@@ -493,6 +494,75 @@ def observe_index(
         raise TransientError(f"OpenSearch search {alias}: {error}") from error
 
 
+_SPAN_RESOURCE_FIELDS = {
+    "legacy": (
+        "resource.attributes.cloud@account@id",
+        "resource.attributes.xraylake@account@name",
+        "resource.attributes.cloud@region",
+    ),
+    "standard": (
+        "resource.attributes.cloud.account.id",
+        "resource.attributes.xraylake.account.name",
+        "resource.attributes.cloud.region",
+    ),
+}
+
+
+def observe_span_index(
+    client: OpenSearch,
+    account: MemberAccount,
+    region: str,
+    start: datetime,
+    end: datetime,
+    generation: str = "legacy",
+    alias: str = SPAN_INDEX_PREFIX,
+) -> Positions:
+    """Trace ids (with positions) of the account and region in the window, from the span alias:
+    what a `trace-analytics` profile writes instead of the traces index. OTel trace ids are the
+    X-Ray id's hex digits, so the window is a `traceId` range and the position is the id's epoch.
+    A span belongs to the account by `cloud.account.id` or, where a segment names another account
+    (`aws.account_id`), by the roster name xraylake stamps on every span."""
+    low, high = epoch_bounds(start, end)
+    account_field, name_field, region_field = _SPAN_RESOURCE_FIELDS[generation]
+    query = {
+        "bool": {
+            "filter": [
+                {"term": {region_field: region}},
+                {"range": {"traceId": {"gte": f"{low:08x}", "lt": f"{high:08x}"}}},
+            ],
+            "should": [{"term": {account_field: account.account_id}}, {"term": {name_field: account.name}}],
+            "minimum_should_match": 1,
+        }
+    }
+    found: Positions = {}
+    after: list[Any] | None = None
+    try:
+        while True:
+            body: dict[str, Any] = {
+                "size": INDEX_PAGE,
+                "_source": ["traceId"],
+                "sort": [{"traceId": "asc"}, {"spanId": "asc"}],
+                "query": query,
+                "track_total_hits": False,
+            }
+            if after is not None:
+                body["search_after"] = after
+            hits = client.search(index=alias, body=body)["hits"]["hits"]
+            for hit in hits:
+                otel_id = str((hit.get("_source") or {}).get("traceId") or "")
+                trace_id = f"1-{otel_id[:8]}-{otel_id[8:]}"
+                epoch = tracetime.id_epoch(trace_id)
+                if epoch is not None:
+                    found[trace_id] = epoch
+            if len(hits) < INDEX_PAGE:
+                return found
+            after = hits[-1]["sort"]
+    except os_exc.NotFoundError:
+        return found
+    except os_exc.TransportError as error:
+        raise TransientError(f"OpenSearch search {alias}: {error}") from error
+
+
 def _index_position(source: dict[str, Any]) -> tuple[str, int] | None:
     trace_id = source.get("trace_id")
     if not isinstance(trace_id, str) or not trace_id:
@@ -540,7 +610,10 @@ class Repairer(Consumer):
                 version = envelope.collected_at_ms
                 documents = EnvelopeDocuments(envelope.envelope_id, docs)
                 actions = [
-                    replace(action, op_type="create") for action in documents.index_actions(version, self.index_prefix)
+                    replace(action, op_type="create")
+                    for action in documents.index_actions(
+                        version, self.index_prefix, self.span_generation, self.index_profile
+                    )
                 ]
                 report = bulk_index(self.opensearch, actions)
                 summary.index_created += report.indexed

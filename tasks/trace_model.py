@@ -9,6 +9,8 @@ from datetime import datetime
 from typing import Any
 
 from tasks import mappings
+from tasks.servicemap_v2 import service_map_v2
+from tasks.spans_standard import standard_spans
 
 __all__ = ["IndexRequest", "TraceContext", "TraceDocuments"]
 
@@ -71,15 +73,30 @@ class TraceDocuments:
     def span_doc_id(self, span: dict[str, Any]) -> str:
         return f"{self.account_id}:{span['traceId']}{span['spanId']}"
 
-    def index_requests(self, prefix: str = "xray") -> Iterator[IndexRequest]:
-        """Every document with its index and id (version them all with `self.version`)."""
-        yield IndexRequest(mappings.traces_index(self.day, prefix), self.trace_doc_id, self.trace, "traces")
-        segment_index = mappings.segments_index(self.day, prefix)
-        segment_prefix = f"{self.account_id}:{self.trace_id}:"
-        for segment in self.segments:
-            yield IndexRequest(segment_index, segment_prefix + segment["segment_id"], segment, "segments")
+    def index_requests(
+        self, prefix: str = "xray", generation: str = "legacy", profile: str = "both"
+    ) -> Iterator[IndexRequest]:
+        """Every document with its index and id (version them all with `self.version`), for the
+        index families of `profile` and the span schema `generation` (`tasks.mappings`)."""
+        families = mappings.profile_families(profile)
+        if "xray" in families:
+            yield IndexRequest(mappings.traces_index(self.day, prefix), self.trace_doc_id, self.trace, "traces")
+            segment_index = mappings.segments_index(self.day, prefix)
+            segment_prefix = f"{self.account_id}:{self.trace_id}:"
+            for segment in self.segments:
+                yield IndexRequest(segment_index, segment_prefix + segment["segment_id"], segment, "segments")
+        if "trace-analytics" not in families:
+            return
         span_index = mappings.spans_index(self.day)
         span_prefix = f"{self.account_id}:"
+        if mappings.check_generation(generation) == "standard":
+            spans = standard_spans(self.spans)
+            for span in spans:
+                yield IndexRequest(span_index, f"{span_prefix}{span['traceId']}{span['spanId']}", span, "spans")
+            for doc_id, doc in service_map_v2(spans):
+                day = doc["timestamp"][:10].replace("-", ".")  # span time, not the trace's day
+                yield IndexRequest(mappings.service_map_v2_index(day), doc_id, doc, "service-map")
+            return
         for span in self.spans:
             yield IndexRequest(span_index, f"{span_prefix}{span['traceId']}{span['spanId']}", span, "spans")
         for relation in self.service_map:

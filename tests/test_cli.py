@@ -173,6 +173,9 @@ def test_a_range_the_flow_would_refuse_is_refused_before_any_flow_run(cli: CliRu
 def test_setup_and_report_json(cli: CliRunner, tmp_path: Path) -> None:
     setup = run(cli, "setup", "--json")
     assert {"xray-traces", "xray-segments", "otel-v1-apm-span", "xraylake-health"} <= set(setup["templates"])
+    assert (setup["span_generation"], setup["index_profile"]) == ("legacy", "both")
+    assert setup["ism"]["installed"] == []
+    assert setup["ism"]["skipped"].startswith("the cluster has no ISM: _cat/plugins lists no index-management")
     out = tmp_path / "r.html"
     report = run(cli, "report", "--since", "2h", "--out", str(out), "--json")
     assert report["headline"]["traces"] == 0

@@ -368,18 +368,33 @@ def setup(
     block_name: Annotated[str, typer.Option("--block-name", help="Name of the saved blocks.")] = "xraylake",
     json: JsonOption = False,
 ) -> None:
-    """Create the index templates (idempotent), save the configuration as Prefect blocks, report
-    cluster capabilities, optionally import dashboards."""
+    """Create the index templates of the target's profile and span generation (idempotent), save the
+    configuration as Prefect blocks, install ISM policies where the cluster has ISM, report cluster
+    capabilities, optionally import dashboards."""
     from blocks.config import save_config_blocks
-    from tasks.index import capabilities, client_for, ensure_health_template, ensure_templates
-    from tasks.mappings import index_templates
+    from tasks.index import (
+        GenerationConflict,
+        capabilities,
+        client_for,
+        ensure_health_template,
+        ensure_ism_policies,
+        ensure_templates,
+        target_ism_policies,
+        target_templates,
+    )
 
     cfg = _config(str(from_config) if from_config else config)
-    client = client_for(cfg.opensearch)
-    names = ensure_templates(client, index_templates(cfg.opensearch.index_prefix))
+    target = cfg.opensearch
+    client = client_for(target)
+    try:
+        names = ensure_templates(client, target_templates(target))
+    except GenerationConflict as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
     ensure_health_template(client)
     names.append("xraylake-health")
     caps = capabilities(client)
+    ism = ensure_ism_policies(client, target_ism_policies(target), caps, target.retention_days)
     saved: dict[str, str] = {}
     if blocks or (blocks is None and (from_config is not None or "PREFECT_API_URL" in os.environ)):
         saved = save_config_blocks(cfg, block_name)
@@ -389,12 +404,27 @@ def setup(
 
         imported = import_dashboards(dashboards, index_prefix=cfg.opensearch.index_prefix)
     if json:
-        print_json({"templates": names, "capabilities": caps, "blocks": list(saved), "dashboards": imported})
+        print_json(
+            {
+                "templates": names,
+                "span_generation": target.span_generation,
+                "index_profile": target.index_profile,
+                "capabilities": caps,
+                "ism": ism,
+                "blocks": list(saved),
+                "dashboards": imported,
+            }
+        )
     else:
         console.print(table("index templates", ["template"], [[n] for n in names]))
+        console.print(f"span generation: {target.span_generation}; index profile: {target.index_profile}")
         if saved:
             console.print(table("Prefect blocks (Blocks page)", ["block"], [[b] for b in saved]))
         console.print(f"capabilities: {caps}")
+        if ism["skipped"]:
+            console.print(f"ISM policies: skipped: {ism['skipped']}")
+        else:
+            console.print(f"ISM policies installed: {', '.join(ism['installed'])}")
         if dashboards:
             console.print(f"dashboards imported into {dashboards}: {imported}")
 
@@ -479,11 +509,10 @@ def import_(
     stats = BatchStats()
     consumer = collector = None
     if direct:
-        from tasks.index import ensure_templates
-        from tasks.mappings import index_templates
+        from tasks.index import ensure_templates, target_templates
 
         consumer = Consumer(cfg, log_client("s3", cfg.archive.region), log_client("sqs", cfg.queue.region))
-        ensure_templates(consumer.opensearch, index_templates(consumer.index_prefix))
+        ensure_templates(consumer.opensearch, target_templates(cfg.opensearch))
     else:
         collector = col.Collector.from_config(cfg)
     for batch in importer.batches():

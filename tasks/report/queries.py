@@ -229,7 +229,25 @@ def build_report(
         )
     if data.headline.traces == 0:
         data.notes.append(f"No traces in this time range (or the {data.traces_alias} alias does not exist yet).")
+        if _only_spans(client, data.traces_alias):
+            data.notes.append(
+                f"This cluster holds Trace Analytics spans ({mappings.SPAN_INDEX_PREFIX}) but no "
+                f"{data.traces_alias} index: its target's index profile is 'trace-analytics'. The report "
+                "reads the X-Ray-shaped indices; see the spans in Trace Analytics, or query the Parquet lake."
+            )
     return data
+
+
+def _only_spans(client: Any, traces_alias: str) -> bool:
+    """Whether the span alias exists and the traces alias does not (a `trace-analytics` target)."""
+    from opensearchpy.exceptions import TransportError
+
+    try:
+        return bool(client.indices.exists(index=mappings.SPAN_INDEX_PREFIX)) and not client.indices.exists(
+            index=traces_alias
+        )
+    except TransportError:
+        return False
 
 
 def _traffic(client: Any, data: ReportData, tr: TimeRange, axis: list[datetime], in_range: dict[str, Any]) -> None:

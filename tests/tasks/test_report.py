@@ -113,6 +113,20 @@ def test_report_on_an_empty_cluster_is_empty_not_an_error(fresh_config: Config, 
     assert "no data" in out.read_text()
 
 
+def test_report_of_a_trace_analytics_target_says_where_its_data_is(fresh_config: Config) -> None:
+    """Reads what exists: a target with only spans (index profile `trace-analytics`) gives an empty
+    report with a note naming why, not an error."""
+    from tasks.index import ensure_templates
+    from tasks.mappings import index_templates
+
+    client = client_for(fresh_config.opensearch)
+    ensure_templates(client, index_templates(profile="trace-analytics"))
+    client.index(index="otel-v1-apm-span-2024.09.22", body={"traceId": "a" * 32, "spanId": "b" * 16}, refresh=True)
+    data = build_report(client, SINCE)
+    assert data.headline.traces == 0
+    assert any("index profile is 'trace-analytics'" in note for note in data.notes), data.notes
+
+
 # --------------------------------------------------------------------------------- the page
 
 
