@@ -81,6 +81,7 @@ class SandboxStack:
             front.start()
             extra.append(front)
             service_endpoints["xray"] = front.url
+            service_endpoints["logs"] = front.url  # Transaction Search quotas on aws/spans reads
         config = Config(
             region=region,
             log_account_id=seed.LOG_ACCOUNT_ID,
