@@ -81,7 +81,8 @@ class SandboxStack:
             front.start()
             extra.append(front)
             service_endpoints["xray"] = front.url
-            service_endpoints["logs"] = front.url  # Transaction Search quotas on aws/spans reads
+            # Transaction Search quotas on aws/spans reads (boto3 names the setting by service id "CloudWatch Logs")
+            service_endpoints["cloudwatch_logs"] = front.url
         config = Config(
             region=region,
             log_account_id=seed.LOG_ACCOUNT_ID,

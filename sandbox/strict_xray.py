@@ -21,7 +21,7 @@ reaches it through `AWS_ENDPOINT_URL_XRAY`) and adds what real X-Ray does:
 * CloudWatch Transaction Search (moto has none of it): the segment destination switch through
   PENDING, the indexed share, indexing rules, trace retrieval, span records in `aws/spans`, and
   the CloudWatch Logs quotas the spans reader meets — `sandbox.transaction_search`, reached through
-  `front.transaction_search` (Logs requests come here through `AWS_ENDPOINT_URL_LOGS`).
+  `front.transaction_search` (Logs requests come here through `AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`).
 
 Requests are forwarded byte for byte (method, path, headers including the SigV4 Authorization,
 body), so moto still picks the account from the access key. The front resolves the same account

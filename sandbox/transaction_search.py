@@ -19,7 +19,7 @@ this emulation does in the same order:
   ids, a time range; tokens expire after 60 minutes) and `ListRetrievedTraces` (`RUNNING` for
   `retrieval_polls` calls, then `COMPLETE`; ≤ 5 traces per page, ≤ 100 spans per trace; formats
   `OTEL` and `XRAY`) answer with the shapes of the X-Ray API reference (botocore's model).
-* For CloudWatch Logs (boto3 reaches the front through `AWS_ENDPOINT_URL_LOGS`): a
+* For CloudWatch Logs (boto3 reaches the front through `AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`): a
   FilterLogEvents quota per (account, region) (`filter_rate`/`filter_burst`; past it HTTP 400
   `ThrottlingException`, as Logs answers), `StartQuery` answering `LimitExceededException` for
   the next `start_query_limit_exceeded` calls (the concurrent-query limit), and accounts whose

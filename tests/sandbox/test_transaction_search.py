@@ -38,7 +38,9 @@ def front(stack: SandboxStack, search: TransactionSearch) -> Iterator[StrictXRay
 
 def member_client(service: str, fresh_roster: Roster, endpoint: str) -> Any:
     account_id = fresh_roster.accounts[0].account_id
-    frozen = MemberSessions(fresh_roster).session(account_id, REGION).get_credentials().get_frozen_credentials()
+    credentials = MemberSessions(fresh_roster).session(account_id, REGION).get_credentials()
+    assert credentials is not None
+    frozen = credentials.get_frozen_credentials()
     return boto3.client(
         service,  # type: ignore[call-overload]
         region_name=REGION,
