@@ -27,6 +27,7 @@ class Watermark:
     region: str
     high_water: datetime | None
     etag: str | None = None
+    reader: str | None = None  # the reader that took it there (xray | spans | both)
 
 
 def watermark_key(store: ArchiveStore, account_id: str, region: str) -> str:
@@ -63,7 +64,7 @@ def read(s3: Any, store: ArchiveStore, account_id: str, region: str) -> Watermar
             return Watermark(account_id, region, None, None)
         raise classify_aws_error(error, f"read watermark {key}") from error
     data = orjson.loads(obj["Body"].read())
-    return Watermark(account_id, region, datetime.fromisoformat(data["high_water"]), obj["ETag"])
+    return Watermark(account_id, region, datetime.fromisoformat(data["high_water"]), obj["ETag"], data.get("reader"))
 
 
 def advance(
@@ -73,6 +74,7 @@ def advance(
     new_high_water: datetime,
     run_id: str = "",
     attempts: int = 5,
+    reader: str | None = None,
 ) -> Watermark:
     """Move the watermark to `new_high_water` unless someone already moved it further."""
     key = watermark_key(store, current.account_id, current.region)
@@ -86,6 +88,7 @@ def advance(
                 "high_water": new_high_water.astimezone(UTC).isoformat(),
                 "updated_at": datetime.now(UTC).isoformat(),
                 "run_id": run_id,
+                **({"reader": reader} if reader else {}),
             }
         )
         condition = {"IfMatch": current.etag} if current.etag else {"IfNoneMatch": "*"}
@@ -98,5 +101,5 @@ def advance(
                 current = read(s3, store, current.account_id, current.region)
                 continue
             raise classify_aws_error(error, f"write watermark {key}") from error
-        return Watermark(current.account_id, current.region, new_high_water, response["ETag"])
+        return Watermark(current.account_id, current.region, new_high_water, response["ETag"], reader)
     raise TransientError(f"watermark {key} kept changing under us ({attempts} attempts)")
