@@ -400,7 +400,7 @@ def sweep_account(
                         result.windows -= 1  # one window, two readers
                     result.add_window(spans_result)
                     sent_as_spans.update(spans_result.trace_ids)
-                mark = watermark.advance(collector.s3, store, mark, window.end, run_id=run_id, reader=choice.reader)
+                mark = watermark.advance(collector.s3, store, mark, window.end, run_id=run_id, reader=choice.steady)
         result.watermark_after = mark.high_water.isoformat() if mark.high_water else None
         if mark.high_water:
             result.watermark_lag_seconds = round((now - mark.high_water).total_seconds(), 3)

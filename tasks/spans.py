@@ -9,7 +9,8 @@ Reader choice (every run, per account and region) from GetTraceSegmentDestinatio
 | `XRay` / `ACTIVE`           | `xray`  | segments are in X-Ray, as before |
 | `CloudWatchLogs` / `ACTIVE` | `spans` | X-Ray indexes only the indexed share; every span is in `aws/spans` |
 | any / `PENDING`             | `both`  | the switch is under way: each store may hold part of the traces |
-| changed since the last run  | `both`  | the windows since the last run span the switch |
+| changed since the last run  | `both`  | the windows since the last run span the switch (once: the
+                                          watermark records the destination's own reader) |
 | unknown (API missing, denied) | `xray` | the classic reader, reported |
 
 With `both`, a trace found by the X-Ray reader is not sent again from the spans (ids compared in
@@ -53,6 +54,7 @@ class ReaderChoice:
     destination: str | None = None
     status: str | None = None
     indexed_percentage: float | None = None
+    steady: Reader | None = None  # what the destination alone asks for: recorded for the next run
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -73,8 +75,8 @@ def choose_reader(
 ) -> ReaderChoice:
     """Which reader one (account, region) gets this run (see the module's table)."""
 
-    def chosen(reader: Reader, reason: str) -> ReaderChoice:
-        return ReaderChoice(reader, reason, destination, status, indexed_percentage)
+    def chosen(reader: Reader, reason: str, steady: Reader | None = None) -> ReaderChoice:
+        return ReaderChoice(reader, reason, destination, status, indexed_percentage, steady or reader)
 
     share = f"{indexed_percentage:g} %" if indexed_percentage is not None else "an unknown share"
     if destination not in ("XRay", "CloudWatchLogs"):
@@ -84,7 +86,7 @@ def choose_reader(
         return chosen("both", f"switching to {destination} (PENDING): both stores read, de-duplicated by trace id")
     reader: Reader = "spans" if destination == "CloudWatchLogs" else "xray"
     if previous in READERS and previous != reader:
-        return chosen("both", f"{destination} ACTIVE, but the last run read with {previous}: both, once")
+        return chosen("both", f"{destination} ACTIVE, but the last run read with {previous}: both, once", reader)
     if reader == "spans":
         return chosen("spans", f"Transaction Search ACTIVE: X-Ray indexes only {share}; every span is in aws/spans")
     return chosen("xray", "segments go to X-Ray")

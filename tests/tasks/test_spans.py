@@ -35,6 +35,8 @@ def test_choose_reader(
 ) -> None:
     choice = choose_reader(destination, status, 1.0, previous)
     assert choice.reader == reader
+    steady = "both" if status == "PENDING" else "spans" if destination == "CloudWatchLogs" else "xray"
+    assert choice.steady == steady  # what the next run compares with
     assert words in choice.reason
     assert choice.as_dict()["indexed_percentage"] == 1.0
 

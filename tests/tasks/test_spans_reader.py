@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,8 +13,6 @@ import orjson
 import pytest
 
 from blocks.config import Config
-from sandbox.stack import SandboxStack
-from sandbox.strict_xray import StrictXRayFront
 from sandbox.transaction_search import TransactionSearch
 from tasks import archive
 from tasks import envelope as env
@@ -35,20 +32,6 @@ from tasks.windows import Window
 
 REGION = "us-east-1"
 FAST = Backoff(base=0.02, cap=0.3, max_attempts=30)
-
-
-def strict_front(stack: SandboxStack) -> StrictXRayFront:
-    return next(c for c in stack.extra if isinstance(c, StrictXRayFront))
-
-
-@pytest.fixture
-def search(stack: SandboxStack) -> Iterator[TransactionSearch]:
-    emulation = strict_front(stack).transaction_search
-    yield emulation
-    emulation.configure_filter_quota(None)
-    emulation.start_query_limit_exceeded = 0
-    emulation.pending_seconds = 0.0
-    emulation.deny_logs.clear()
 
 
 def put_at(config: Config, account_id: str, starts: list[float], segments: int = 1) -> list[str]:
@@ -83,7 +66,9 @@ def drain(config: Config) -> list[env.Envelope]:
     sqs = boto3.client("sqs")
     out: list[env.Envelope] = []
     while True:
-        messages = sqs.receive_message(QueueUrl=config.queue.queue_url, MaxNumberOfMessages=10).get("Messages", [])
+        messages = sqs.receive_message(QueueUrl=config.queue.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get(
+            "Messages", []
+        )
         if not messages:
             return out
         for m in messages:
