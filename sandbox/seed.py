@@ -34,6 +34,13 @@ READER_ACTIONS = [
     "xray:GetTraceSummaries",
     "xray:BatchGetTraces",
     "xray:GetTraceSegmentDestination",
+    "xray:GetIndexingRules",
+    "xray:StartTraceRetrieval",
+    "xray:ListRetrievedTraces",
+    "logs:FilterLogEvents",
+    "logs:StartQuery",
+    "logs:GetQueryResults",
+    "logs:DescribeLogGroups",
     "states:DescribeExecution",
 ]
 
