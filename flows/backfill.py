@@ -1,5 +1,9 @@
 """Backfill: collect a past range (within X-Ray's 30-day retention), chunked and resumable.
 
+The reader is chosen per (account, region) as in the sweep (`tasks.spans`): Transaction Search
+accounts are read from `aws/spans` through Logs Insights, and only back to the log group's
+retention (DescribeLogGroups `retentionInDays`); older chunks are counted as `beyond_retention`.
+
 Each finished (account, region, chunk) leaves a checkpoint object under
 `state/backfill/<backfill_id>/…`; running the same backfill again (same accounts, regions, range
 and chunk size ⇒ same id) skips finished chunks. A backfill never moves the sweep watermark.
@@ -9,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow, task
@@ -22,7 +26,7 @@ from blocks import MemberAccount
 from blocks.config import load_config
 from flows.parameters import BackfillParameters, takes
 from flows.sweep import finish
-from tasks import archive, xray
+from tasks import archive, spans_reader, xray
 from tasks import collector as col
 from tasks.errors import aws_error_code
 from tasks.windows import Window, plan_windows
@@ -83,8 +87,17 @@ def backfill_account_task(
     stats = xray.XRayStats()
     store = collector.config.archive
     prefix = checkpoint_prefix(store.state_prefix, run_key, account.account_id, region)
+    xray_call, logs_call = collector.span_callers(account.account_id, region)
     try:
         done = {o["Key"].rsplit("/", 1)[-1] for o in archive.list_keys(collector.s3, store.bucket, prefix)}
+        choice = spans_reader.select_reader(collector.xray_client(account.account_id, region), xray_call)
+        result.choose(choice)
+        horizon: datetime | None = None
+        if choice.reader != "xray":
+            logs = collector.logs_client(account.account_id, region)
+            days = spans_reader.spans_retention_days(logs, logs_call)
+            horizon = datetime.now(UTC) - timedelta(days=days) if days is not None else None
+        beyond = 0
         for window in windows:
             marker = f"{window.start:%Y%m%dT%H%M%S}.done"
             if marker in done:
@@ -93,17 +106,34 @@ def backfill_account_task(
             if not budget.take():
                 result.status = "partial"
                 break
-            window_result = col.collect_window(collector, account, region, window, source="backfill", stats=stats)
-            result.add_window(window_result)
+            window_result = col.WindowResult(window=window.as_dict())
+            sent_by_xray: set[str] = set()
+            if choice.reader in ("xray", "both"):
+                window_result = col.collect_window(collector, account, region, window, source="backfill", stats=stats)
+                result.add_window(window_result)
+                sent_by_xray = {col.w3c_trace_id(t) for t in window_result.trace_ids}
+            if choice.reader in ("spans", "both"):
+                if horizon is not None and window.end <= horizon:
+                    beyond += 1  # aws/spans no longer holds it
+                else:
+                    spans_result = col.collect_spans_range(
+                        collector, account, region, window,
+                        source="backfill", logs_call=logs_call, sent_by_xray=sent_by_xray,
+                    )  # fmt: skip
+                    result.add_window(spans_result)
+                    window_result.traces += spans_result.traces
             collector.s3.put_object(Bucket=store.bucket, Key=prefix + marker, Body=str(window_result.traces).encode())
             done_count = budget.count(finished=1)
             if progress_id is not None:
                 update_progress_artifact(progress_id, progress=100.0 * done_count / max(1, total_chunks))
+        if beyond:
+            result.error = f"{beyond} chunks older than aws/spans' retention were not read"
     except Exception as error:
         result.status = "failed"
         result.error = f"{aws_error_code(error) or type(error).__name__}: {error}"[:500]
         result.error_kind = type(error).__name__
     result.count_calls(stats)
+    result.count_span_calls(logs_call.stats)
     return result
 
 

@@ -49,6 +49,8 @@ class Collector:
     limiters: xray.LimiterRegistry = field(default_factory=lambda: xray.DEFAULT_LIMITERS)
     redaction: RedactionPolicy | None = field(default_factory=RedactionPolicy)
     logs_limiters: xray.LimiterRegistry = field(default_factory=lambda: spans_reader.LOGS_LIMITERS)
+    spans_page_limit: int = spans_reader.FILTER_PAGE_LIMIT  # FilterLogEvents `limit` (events per page)
+    insights_row_limit: int = spans_reader.INSIGHTS_ROW_LIMIT  # rows per Logs Insights query (backfill)
 
     @classmethod
     def from_config(cls, config: Config, limiters: xray.LimiterRegistry | None = None) -> Collector:
@@ -293,7 +295,28 @@ def collect_spans_window(
     `sent_by_xray` (W3C ids, reader `both`): traces the X-Ray reader sent in this run are left out."""
     groups = SpanGroups()
     logs = collector.logs_client(account.account_id, region)
-    spans_reader.filter_spans(logs, logs_call, window, groups, collector.redaction)
+    spans_reader.filter_spans(logs, logs_call, window, groups, collector.redaction, collector.spans_page_limit)
+    return send_span_groups(collector, account, region, groups, source=source, window=window, skip=sent_by_xray)
+
+
+def collect_spans_range(
+    collector: Collector,
+    account: MemberAccount,
+    region: str,
+    window: windows.Window,
+    *,
+    source: Source,
+    logs_call: spans_reader.Caller,
+    sent_by_xray: set[str] | None = None,
+) -> WindowResult:
+    """Backfill's read of `aws/spans`: Logs Insights over `window`, chunked under the row limit
+    (billed per GB scanned: for backfill and reconcile, not for every sweep)."""
+    groups = SpanGroups()
+    logs = collector.logs_client(account.account_id, region)
+    spans_reader.insights_spans(
+        logs, logs_call, window.start, window.end, groups,
+        redaction=collector.redaction, row_limit=collector.insights_row_limit,
+    )  # fmt: skip
     return send_span_groups(collector, account, region, groups, source=source, window=window, skip=sent_by_xray)
 
 

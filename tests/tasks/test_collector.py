@@ -13,6 +13,7 @@ from tasks import collector as col
 from tasks import envelope as env
 from tasks.aws import MemberSessions
 from tasks.spans import w3c_trace_id
+from tasks.windows import Window
 from tests.tasks.test_spans_reader import REGION, drain, put_at, w3c
 
 NO_OVERLAP = {"lag": timedelta(0), "overlap": timedelta(0)}
@@ -87,3 +88,23 @@ def test_switch_mid_run_loses_and_duplicates_nothing(fresh_config: Config, searc
     assert "PENDING" in pending.reader_reason and "last run read with both" not in last.reader_reason
     assert set(sent) == w3c(generated)  # nothing lost …
     assert all(count == 1 for count in sent.values())  # … nothing twice
+
+
+def test_backfill_reads_a_span_account_through_insights_chunked_under_the_row_limit(
+    fresh_config: Config, search: TransactionSearch
+) -> None:
+    account = fresh_config.roster.accounts[2]
+    search.set_destination(account.account_id, REGION, "CloudWatchLogs")
+    base = float(int(time.time()) - 5000)
+    ids = put_at(fresh_config, account.account_id, [base + i * 3 for i in range(30)], segments=2)
+    collector = col.Collector.from_config(fresh_config)
+    collector.insights_row_limit = 12  # 60 spans: the first query hits the limit and is split
+    _, logs_call = collector.span_callers(account.account_id, REGION)
+    window = Window(datetime.fromtimestamp(base - 60, UTC), datetime.fromtimestamp(base + 120, UTC))
+    result = col.collect_spans_range(collector, account, REGION, window, source="backfill", logs_call=logs_call)
+    assert logs_call.stats.query_splits > 0
+    assert result.traces == 30 and result.spans == 60
+    envelopes = drain(fresh_config)
+    assert {e.source for e in envelopes} == {"backfill"}
+    assert sorted(t["Id"] for e in envelopes for t in e.traces) == sorted(w3c(ids))
+    assert all(len(t["Spans"]) == 2 for e in envelopes for t in e.traces)
