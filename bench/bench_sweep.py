@@ -174,46 +174,44 @@ LOGS_RATE = 5.0  # R_logs: FilterLogEvents calls per second per account (the emu
 SPANS_PAGE_LIMIT = 20
 
 
-def run_spans(n: int, traces_per_account: int) -> dict[str, Any]:
+def run_spans(stack: Any, n: int, traces_per_account: int) -> dict[str, Any]:
     """B3s: N span-mode accounts swept at once against the emulated FilterLogEvents quota."""
-    from sandbox.stack import SandboxStack
     from tasks import collector as col
     from tasks import xray
     from tasks.pacing import LimiterRegistry
     from tasks.spans import w3c_trace_id
 
-    with SandboxStack.start(strict_xray=True) as stack:
-        front = stack.extra[0]
-        search = front.transaction_search
-        accounts = common.member_accounts(n, prefix=f"0{n % 10}3")
-        config = common.fresh_sinks(common.roster_of(stack.config, accounts), uuid.uuid4().hex[:8])
-        front.configure(rate_per_second=None)
-        collector = col.Collector.from_config(config, xray.LimiterRegistry(rate=50.0))
-        collector.logs_limiters = LimiterRegistry(rate=LOGS_RATE, burst=LOGS_RATE)
-        collector.spans_page_limit = SPANS_PAGE_LIMIT
-        now = time.time()
-        expected: set[str] = set()
-        for account in accounts:
-            search.set_destination(account.account_id, "us-east-1", "CloudWatchLogs")
-        with ThreadPoolExecutor(4) as pool:
-            puts = pool.map(lambda a: put_traces(collector.sessions, a.account_id, traces_per_account, now), accounts)
-            for ids in puts:
-                expected |= {w3c_trace_id(t) for t in ids}
-        for account in accounts:
-            collector.sessions.session(account.account_id, "us-east-1")
-        search.configure_filter_quota(LOGS_RATE, burst=LOGS_RATE)  # fresh, full buckets
-        search.counters.clear()
-        sweep_now = datetime.now(UTC)
-        cpu = common.CpuMeter()
-        started = time.perf_counter()
-        with ThreadPoolExecutor(n) as pool:
-            results = list(pool.map(lambda a: col.sweep_account(collector, a, "us-east-1", now=sweep_now), accounts))
-        wall = time.perf_counter() - started
-        busy = cpu.read()
-        served = search.counters["logs.FilterLogEvents.served"]
-        throttled = search.counters["logs.FilterLogEvents.throttled"]
-        search.configure_filter_quota(None)
-        got = drain(config)
+    front = stack.extra[0]
+    search = front.transaction_search
+    accounts = common.member_accounts(n, prefix=f"0{n % 10}3")
+    config = common.fresh_sinks(common.roster_of(stack.config, accounts), uuid.uuid4().hex[:8])
+    front.configure(rate_per_second=None)
+    collector = col.Collector.from_config(config, xray.LimiterRegistry(rate=50.0))
+    collector.logs_limiters = LimiterRegistry(rate=LOGS_RATE, burst=LOGS_RATE)
+    collector.spans_page_limit = SPANS_PAGE_LIMIT
+    now = time.time()
+    expected: set[str] = set()
+    for account in accounts:
+        search.set_destination(account.account_id, "us-east-1", "CloudWatchLogs")
+    with ThreadPoolExecutor(4) as pool:
+        puts = pool.map(lambda a: put_traces(collector.sessions, a.account_id, traces_per_account, now), accounts)
+        for ids in puts:
+            expected |= {w3c_trace_id(t) for t in ids}
+    for account in accounts:
+        collector.sessions.session(account.account_id, "us-east-1")
+    search.configure_filter_quota(LOGS_RATE, burst=LOGS_RATE)  # fresh, full buckets
+    search.counters.clear()
+    sweep_now = datetime.now(UTC)
+    cpu = common.CpuMeter()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(lambda a: col.sweep_account(collector, a, "us-east-1", now=sweep_now), accounts))
+    wall = time.perf_counter() - started
+    busy = cpu.read()
+    served = search.counters["logs.FilterLogEvents.served"]
+    throttled = search.counters["logs.FilterLogEvents.throttled"]
+    search.configure_filter_quota(None)
+    got = drain(config)
     quota = n * LOGS_RATE
     return {
         "accounts": n,
@@ -236,14 +234,17 @@ def run_spans(n: int, traces_per_account: int) -> dict[str, Any]:
 
 def spans_metrics(quick: bool) -> dict[str, Any]:
     traces = 60 if quick else 300
+    from sandbox.stack import SandboxStack
+
     runs = []
-    for n in (1, 5):
-        result = run_spans(n, traces)
-        common.log(
-            f"spans N={n}: {result['calls_per_second']} FilterLogEvents/s of {result['quota_calls_per_second']} "
-            f"({result['ratio_of_quota']}), missed {result['traces_missed']}"
-        )
-        runs.append(result)
+    with SandboxStack.start(strict_xray=True) as stack:
+        for n in (1, 5):
+            result = run_spans(stack, n, traces)
+            common.log(
+                f"spans N={n}: {result['calls_per_second']} FilterLogEvents/s of {result['quota_calls_per_second']} "
+                f"({result['ratio_of_quota']}), missed {result['traces_missed']}"
+            )
+            runs.append(result)
     worst = min(r["ratio_of_quota"] for r in runs)
     missed = sum(r["traces_missed"] for r in runs)
     return {
