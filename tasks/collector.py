@@ -51,6 +51,7 @@ class Collector:
     logs_limiters: xray.LimiterRegistry = field(default_factory=lambda: spans_reader.LOGS_LIMITERS)
     spans_page_limit: int = spans_reader.FILTER_PAGE_LIMIT  # FilterLogEvents `limit` (events per page)
     insights_row_limit: int = spans_reader.INSIGHTS_ROW_LIMIT  # rows per Logs Insights query (backfill)
+    spans_parallel: int = 4  # time slices of a window paged at once (bench B3s: latency vs quota)
 
     @classmethod
     def from_config(cls, config: Config, limiters: xray.LimiterRegistry | None = None) -> Collector:
@@ -295,7 +296,9 @@ def collect_spans_window(
     `sent_by_xray` (W3C ids, reader `both`): traces the X-Ray reader sent in this run are left out."""
     groups = SpanGroups()
     logs = collector.logs_client(account.account_id, region)
-    spans_reader.filter_spans(logs, logs_call, window, groups, collector.redaction, collector.spans_page_limit)
+    spans_reader.filter_spans(
+        logs, logs_call, window, groups, collector.redaction, collector.spans_page_limit, collector.spans_parallel
+    )
     return send_span_groups(collector, account, region, groups, source=source, window=window, skip=sent_by_xray)
 
 

@@ -109,6 +109,8 @@ def test_filter_log_events_pages_through_every_span(fresh_config: Config, span_a
     assert all(len(spans) == 3 for spans in groups.traces.values())
     assert groups.events == 36 and not groups.rejected
     assert call.stats.pages == 8  # 36 events, 5 per page
+    sliced = filter_spans(logs, call, window, SpanGroups(), page_limit=5, parallel=3)  # slices paged at once
+    assert {t: sorted(s) for t, s in sliced.traces.items()} == {t: sorted(s) for t, s in groups.traces.items()}
     # the window is [start, end): a span ending exactly at `end` belongs to the next one
     cut = datetime.fromtimestamp(base + 6.5, UTC)
     before = filter_spans(logs, call, Window(window.start, cut), SpanGroups())
