@@ -179,7 +179,7 @@ def run_spans(stack: Any, n: int, traces_per_account: int) -> dict[str, Any]:
     from tasks import collector as col
     from tasks import xray
     from tasks.pacing import LimiterRegistry
-    from tasks.spans import w3c_trace_id
+    from tasks.span_records import w3c_trace_id
 
     front = stack.extra[0]
     search = front.transaction_search

@@ -1,6 +1,6 @@
 """Backfill: collect a past range (within X-Ray's 30-day retention), chunked and resumable.
 
-The reader is chosen per (account, region) as in the sweep (`tasks.spans`): Transaction Search
+The reader is chosen per (account, region) as in the sweep (`tasks.span_records`): Transaction Search
 accounts are read from `aws/spans` through Logs Insights, and only back to the log group's
 retention (DescribeLogGroups `retentionInDays`); older chunks are counted as `beyond_retention`.
 

@@ -1,7 +1,7 @@
 """Collecting one (account, region): X-Ray or Transaction Search spans → envelopes → the org queue
 (plain functions; the flows wrap them in Prefect tasks).
 
-Each sweep picks the reader per (account, region) (`tasks.spans.choose_reader`): the X-Ray API,
+Each sweep picks the reader per (account, region) (`tasks.span_records.choose_reader`): the X-Ray API,
 the `aws/spans` log group, or both while a switch is under way — then a trace the X-Ray reader
 sent is not sent again from its spans in the same run, nor the other way round.
 
@@ -35,7 +35,7 @@ from tasks.envelope import (
 from tasks.errors import TransientError
 from tasks.ids import trace_id_problem
 from tasks.redact import RedactionPolicy, redact_trace
-from tasks.spans import ReaderChoice, SpanGroups, w3c_trace_id
+from tasks.span_records import ReaderChoice, SpanGroups, w3c_trace_id
 
 
 @dataclass
@@ -121,7 +121,7 @@ class AccountResult:
     watermark_after: str | None = None
     watermark_lag_seconds: float | None = None
     transaction_search: str = "unknown"
-    reader: str = "xray"  # xray | spans | both (tasks.spans.choose_reader)
+    reader: str = "xray"  # xray | spans | both (tasks.span_records.choose_reader)
     reader_reason: str = ""
     indexed_percentage: float | None = None
     spans: int = 0  # aws/spans log events read
@@ -186,7 +186,7 @@ def envelopes_for(
 
     A trace whose id is neither an X-Ray nor a W3C trace id is left out and, when `refused` is
     given, reported there ({trace_id, reason}). `schema=SCHEMA_SPANS_V1`: traces are
-    `{"Id", "Spans"}` whose span records were redacted as they were read (`tasks.spans.SpanGroups`)."""
+    `{"Id", "Spans"}` whose span records were redacted as they were read (`tasks.span_records.SpanGroups`)."""
     if schema not in (SCHEMA_V1, SCHEMA_SPANS_V1):
         raise ValueError(f"schema must be {SCHEMA_V1} or {SCHEMA_SPANS_V1}, got {schema!r}")
     collected = collected_at or datetime.now(UTC)

@@ -2,7 +2,7 @@
 FilterLogEvents (sweeps) and Logs Insights (backfill), and X-Ray trace retrieval (single traces).
 
 Thin I/O over boto3 clients of the member account (the same assumed role as the X-Ray reader);
-the pure half — reader choice, trace ids, grouping, rejection reasons — is `tasks.spans`.
+the pure half — reader choice, trace ids, grouping, rejection reasons — is `tasks.span_records`.
 
 * `select_reader`       GetTraceSegmentDestination + GetIndexingRules (`Default` rule's
                         sampling percentage) + the reader of the previous run → `ReaderChoice`.
@@ -40,7 +40,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tasks.errors import ACCESS_CODES, AccountAccessError, TransientError, aws_error_code, classify_aws_error
 from tasks.pacing import DEFAULT_BACKOFF, Backoff, LimiterRegistry, Sleep, TokenBucket
-from tasks.spans import ReaderChoice, SpanGroups, choose_reader, split_range
+from tasks.span_records import ReaderChoice, SpanGroups, choose_reader, split_range
 from tasks.windows import Window
 
 SPANS_LOG_GROUP = "aws/spans"
@@ -126,7 +126,7 @@ class Caller:
 
 
 def select_reader(xray: Any, call: Caller, previous: str | None = None) -> ReaderChoice:
-    """The reader of this run (`tasks.spans.choose_reader`); never raises for a missing API."""
+    """The reader of this run (`tasks.span_records.choose_reader`); never raises for a missing API."""
     try:
         where = call(xray, "get_trace_segment_destination", "xray:GetTraceSegmentDestination")
     except (AccountAccessError, TransientError) as error:

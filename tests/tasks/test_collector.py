@@ -12,7 +12,7 @@ from sandbox.transaction_search import TransactionSearch, indexed
 from tasks import collector as col
 from tasks import envelope as env
 from tasks.aws import MemberSessions
-from tasks.spans import w3c_trace_id
+from tasks.span_records import w3c_trace_id
 from tasks.windows import Window
 from tests.tasks.test_spans_reader import REGION, drain, put_at, w3c
 

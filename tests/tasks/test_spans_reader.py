@@ -19,7 +19,7 @@ from tasks import envelope as env
 from tasks.aws import MemberSessions
 from tasks.errors import AccountAccessError
 from tasks.pacing import Backoff, TokenBucket
-from tasks.spans import SpanGroups, w3c_trace_id
+from tasks.span_records import SpanGroups, w3c_trace_id
 from tasks.spans_reader import (
     Caller,
     filter_spans,

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tasks.redact import RedactionPolicy
-from tasks.spans import SpanGroups, choose_reader, span_trace_id, split_range, w3c_trace_id
+from tasks.span_records import SpanGroups, choose_reader, span_trace_id, split_range, w3c_trace_id
 
 TRACE = "5759e988bd862e3fe1be46a994272793"
 
