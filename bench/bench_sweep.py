@@ -20,6 +20,13 @@ the overlap (as before) and once skipping traces whose revision was already sent
 (`tasks/overlap.py`), side by side. Reported: BatchGetTraces calls and envelopes of each, their
 ratio (target ≤ 0.55), and traces or revisions missed (target 0: the last version of every
 trace that was sent carries all its segments).
+
+B3s, the spans reader (`--spans`, or after the X-Ray runs): N accounts in Transaction Search mode
+(the front's emulation, moto in this process), each with T traces of 2 spans in aws/spans;
+FilterLogEvents has a quota of R_logs calls/s per account at the front (ThrottlingException past
+it), the reader paces itself at the same R_logs (`Collector.logs_limiters`) and asks
+`SPANS_PAGE_LIMIT` events per page so a sweep is many calls. Achieved = FilterLogEvents calls the
+front served / wall time / (N·R_logs); zero missed = every trace id arrives as a span envelope.
 """
 
 from __future__ import annotations
@@ -315,8 +322,106 @@ def steady(base: Any, front: Any, n: int, traces_per_account: int) -> dict[str, 
     }
 
 
+LOGS_RATE = 5.0  # R_logs: FilterLogEvents calls per second per account (the emulated quota)
+SPANS_PAGE_LIMIT = 20
+
+
+def run_spans(stack: Any, n: int, traces_per_account: int) -> dict[str, Any]:
+    """B3s: N span-mode accounts swept at once against the emulated FilterLogEvents quota."""
+    from tasks import collector as col
+    from tasks import xray
+    from tasks.pacing import LimiterRegistry
+    from tasks.span_records import w3c_trace_id
+
+    front = stack.extra[0]
+    search = front.transaction_search
+    accounts = common.member_accounts(n, prefix=f"0{n % 10}3")
+    config = common.fresh_sinks(common.roster_of(stack.config, accounts), uuid.uuid4().hex[:8])
+    front.configure(rate_per_second=None)
+    collector = col.Collector.from_config(config, xray.LimiterRegistry(rate=50.0))
+    collector.logs_limiters = LimiterRegistry(rate=LOGS_RATE, burst=LOGS_RATE)
+    collector.spans_page_limit = SPANS_PAGE_LIMIT
+    now = time.time()
+    expected: set[str] = set()
+    for account in accounts:
+        search.set_destination(account.account_id, "us-east-1", "CloudWatchLogs")
+    with ThreadPoolExecutor(4) as pool:
+        puts = pool.map(lambda a: put_traces(collector.sessions, a.account_id, traces_per_account, now), accounts)
+        for ids in puts:
+            expected |= {w3c_trace_id(t) for t in ids}
+    for account in accounts:
+        collector.sessions.session(account.account_id, "us-east-1")
+    search.configure_filter_quota(LOGS_RATE, burst=LOGS_RATE)  # fresh, full buckets
+    search.counters.clear()
+    sweep_now = datetime.now(UTC)
+    cpu = common.CpuMeter()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(lambda a: col.sweep_account(collector, a, "us-east-1", now=sweep_now), accounts))
+    wall = time.perf_counter() - started
+    busy = cpu.read()
+    served = search.counters["logs.FilterLogEvents.served"]
+    throttled = search.counters["logs.FilterLogEvents.throttled"]
+    search.configure_filter_quota(None)
+    got = drain(config)
+    quota = n * LOGS_RATE
+    return {
+        "accounts": n,
+        "traces": len(expected),
+        "spans_read": sum(r.spans for r in results),
+        "readers": sorted({r.reader for r in results}),
+        "seconds": round(wall, 3),
+        "filter_calls_served": served,
+        "filter_calls_throttled": throttled,
+        "client_throttles_seen": sum(r.throttles for r in results),
+        "calls_per_second": round(served / wall, 2),
+        "quota_calls_per_second": quota,
+        "ratio_of_quota": round(served / wall / quota, 3),
+        "traces_missed": len(expected - set(got)),
+        "duplicates_sent": len(got) - len(set(got)),
+        "failed_accounts": [r.error for r in results if r.status == "failed"][:3],
+        "cpu_seconds": busy,
+    }
+
+
+def spans_metrics(quick: bool) -> dict[str, Any]:
+    traces = 60 if quick else 300
+    from sandbox.stack import SandboxStack
+
+    runs = []
+    with SandboxStack.start(strict_xray=True) as stack:
+        for n in (1, 5):
+            result = run_spans(stack, n, traces)
+            common.log(
+                f"spans N={n}: {result['calls_per_second']} FilterLogEvents/s of {result['quota_calls_per_second']} "
+                f"({result['ratio_of_quota']}), missed {result['traces_missed']}"
+            )
+            runs.append(result)
+    worst = min(r["ratio_of_quota"] for r in runs)
+    missed = sum(r["traces_missed"] for r in runs)
+    return {
+        "logs_rate_per_account": LOGS_RATE,
+        "page_limit": SPANS_PAGE_LIMIT,
+        "traces_per_account": traces,
+        "runs": runs,
+        "ratio_of_quota_by_n": {str(r["accounts"]): r["ratio_of_quota"] for r in runs},
+        "traces_missed": missed,
+        "targets": {
+            "ratio_of_quota_min_over_n": common.target(worst, 0.9),
+            "traces_missed": common.target(missed, 0, higher_is_better=False),
+        },
+    }
+
+
 def main() -> None:
-    args = common.parse_args(__doc__.splitlines()[0])
+    args = common.parse_args(
+        __doc__.splitlines()[0],
+        lambda p: p.add_argument("--spans", action="store_true", help="only B3s, the spans reader"),
+    )
+    if args.spans:
+        started = time.monotonic()
+        common.finish("bench_sweep_spans", args, spans_metrics(args.quick), started)
+        return
     started = time.monotonic()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from sandbox.strict_xray import StrictXRayFront
@@ -372,6 +477,7 @@ def main() -> None:
             "traces_missed": common.target(missed, 0, higher_is_better=False),
         },
     }
+    metrics["spans"] = spans_metrics(args.quick)
     common.finish("bench_sweep", args, metrics, started)
 
 

@@ -1,5 +1,9 @@
 """Backfill: collect a past range (within X-Ray's 30-day retention), chunked and resumable.
 
+The reader is chosen per (account, region) as in the sweep (`tasks.span_records`): Transaction Search
+accounts are read from `aws/spans` through Logs Insights, and only back to the log group's
+retention (DescribeLogGroups `retentionInDays`); older chunks are counted as `beyond_retention`.
+
 Each finished (account, region, chunk) leaves a checkpoint object under
 `state/backfill/<backfill_id>/…` ({"traces", "envelopes"}); running the same backfill again (same
 accounts, regions, range and chunk size ⇒ same id) skips finished chunks. A backfill never moves
@@ -22,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -40,7 +44,7 @@ from blocks import MemberAccount
 from blocks.config import BLOCK_SOURCE, load_config
 from flows.parameters import BackfillChunkParameters, BackfillParameters, takes
 from flows.sweep import finish
-from tasks import archive, xray
+from tasks import archive, spans_reader, xray
 from tasks import collector as col
 from tasks.errors import aws_error_code
 from tasks.windows import Window, plan_windows
@@ -123,8 +127,17 @@ def collect_chunks(
     stats = xray.XRayStats()
     store = collector.config.archive
     prefix = checkpoint_prefix(store.state_prefix, run_key, account.account_id, region)
+    xray_call, logs_call = collector.span_callers(account.account_id, region)
     try:
         done = {o["Key"].rsplit("/", 1)[-1] for o in archive.list_keys(collector.s3, store.bucket, prefix)}
+        choice = spans_reader.select_reader(collector.xray_client(account.account_id, region), xray_call)
+        result.choose(choice)
+        horizon: datetime | None = None
+        if choice.reader != "xray":
+            logs = collector.logs_client(account.account_id, region)
+            days = spans_reader.spans_retention_days(logs, logs_call)
+            horizon = datetime.now(UTC) - timedelta(days=days) if days is not None else None
+        beyond = 0
         for window in windows:
             marker = chunk_marker(window)
             if marker in done:
@@ -134,19 +147,37 @@ def collect_chunks(
             if budget is not None and not budget.take():
                 result.status = "partial"
                 break
-            window_result = col.collect_window(collector, account, region, window, source="backfill", stats=stats)
-            result.add_window(window_result)
+            window_result = col.WindowResult(window=window.as_dict())
+            sent_by_xray: set[str] = set()
+            if choice.reader in ("xray", "both"):
+                window_result = col.collect_window(collector, account, region, window, source="backfill", stats=stats)
+                result.add_window(window_result)
+                sent_by_xray = {col.w3c_trace_id(t) for t in window_result.trace_ids}
+            if choice.reader in ("spans", "both"):
+                if horizon is not None and window.end <= horizon:
+                    beyond += 1  # aws/spans no longer holds it
+                else:
+                    spans_result = col.collect_spans_range(
+                        collector, account, region, window,
+                        source="backfill", logs_call=logs_call, sent_by_xray=sent_by_xray,
+                    )  # fmt: skip
+                    result.add_window(spans_result)
+                    window_result.traces += spans_result.traces
+                    window_result.envelopes += spans_result.envelopes
             counts = {"traces": window_result.traces, "envelopes": window_result.envelopes}
             collector.s3.put_object(Bucket=store.bucket, Key=prefix + marker, Body=orjson.dumps(counts))
             if budget is not None:
                 budget.count(finished=1)
             if on_chunk is not None:
                 on_chunk()
+        if beyond:
+            result.error = f"{beyond} chunks older than aws/spans' retention were not read"
     except Exception as error:
         result.status = "failed"
         result.error = f"{aws_error_code(error) or type(error).__name__}: {error}"[:500]
         result.error_kind = type(error).__name__
     result.count_calls(stats)
+    result.count_span_calls(logs_call.stats)
     logger = get_run_logger()
     if result.status == "failed":
         logger.error("account %s (%s) region %s failed: %s", account.account_id, account.name, region, result.error)

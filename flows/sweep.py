@@ -135,7 +135,13 @@ def finish(
             emit(
                 "xraylake.account.transaction-search",
                 f"aws.account.{r.account_id}",
-                {"flow": kind, "region": r.region, "detail": r.error},
+                {
+                    "flow": kind,
+                    "region": r.region,
+                    "reader": r.reader,
+                    "reason": r.reader_reason,
+                    "indexed_percentage": r.indexed_percentage,
+                },
                 **{"xraylake.account.name": r.account_name, "xraylake.region": r.region},
             )
     totals = {

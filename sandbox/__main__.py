@@ -15,11 +15,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m sandbox")
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--lenient-xray", action="store_true", help="talk to moto's X-Ray directly")
+    parser.add_argument(
+        "--transaction-search", action="store_true", help="seeded (account, region)s in Transaction Search mode"
+    )
     args = parser.parse_args()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stack = SandboxStack.start(strict_xray=not args.lenient_xray)
+    stack = SandboxStack.start(strict_xray=not args.lenient_xray, transaction_search=args.transaction_search)
     try:
         path = write_state(stack, args.home)
         print(f"sandbox ready: {path}", flush=True)

@@ -30,10 +30,21 @@ MEMBERS = [
     MemberAccount(account_id="345678901234", name="prod", environment="prod", regions=["us-east-1", "eu-west-1"]),
 ]
 
+# (account, region) pairs in CloudWatch Transaction Search mode when the sandbox starts with
+# `transaction_search=True` (the demo): their spans go to aws/spans, X-Ray indexes ~1 %.
+TRANSACTION_SEARCH_REGIONS = [("345678901234", "eu-west-1")]
+
 READER_ACTIONS = [
     "xray:GetTraceSummaries",
     "xray:BatchGetTraces",
     "xray:GetTraceSegmentDestination",
+    "xray:GetIndexingRules",
+    "xray:StartTraceRetrieval",
+    "xray:ListRetrievedTraces",
+    "logs:FilterLogEvents",
+    "logs:StartQuery",
+    "logs:GetQueryResults",
+    "logs:DescribeLogGroups",
     "states:DescribeExecution",
 ]
 

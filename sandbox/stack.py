@@ -57,7 +57,9 @@ class SandboxStack:
     extra: list[Any] = field(default_factory=list)
 
     @classmethod
-    def start(cls, strict_xray: bool = True, region: str = "us-east-1") -> SandboxStack:
+    def start(
+        cls, strict_xray: bool = True, region: str = "us-east-1", transaction_search: bool = False
+    ) -> SandboxStack:
         _silence_request_logs()
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         moto.start()
@@ -81,6 +83,10 @@ class SandboxStack:
             front.start()
             extra.append(front)
             service_endpoints["xray"] = front.url
+            # Transaction Search quotas on aws/spans reads (boto3 names the setting by service id "CloudWatch Logs")
+            service_endpoints["cloudwatch_logs"] = front.url
+            for account_id, search_region in seed.TRANSACTION_SEARCH_REGIONS if transaction_search else []:
+                front.set_segment_destination(account_id, search_region, "CloudWatchLogs")
         config = Config(
             region=region,
             log_account_id=seed.LOG_ACCOUNT_ID,
@@ -163,7 +169,7 @@ def write_state(stack: SandboxStack, home: Path) -> Path:
     return path
 
 
-def up(home: Path, strict_xray: bool = True, timeout: float = 60.0) -> dict[str, Any]:
+def up(home: Path, strict_xray: bool = True, timeout: float = 60.0, transaction_search: bool = False) -> dict[str, Any]:
     """Start a detached sandbox for `home` (or return the one already running)."""
     state = read_state(home)
     if state:
@@ -173,6 +179,8 @@ def up(home: Path, strict_xray: bool = True, timeout: float = 60.0) -> dict[str,
     args = [sys.executable, "-m", "sandbox", "--home", str(home)]
     if not strict_xray:
         args.append("--lenient-xray")
+    if transaction_search:
+        args.append("--transaction-search")
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
             args,

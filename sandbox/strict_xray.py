@@ -18,8 +18,10 @@ reaches it through `AWS_ENDPOINT_URL_XRAY`) and adds what real X-Ray does:
 * BatchGetTraces with more than 5 ids → HTTP 400 `InvalidRequestException`; optional
   deterministic `UnprocessedTraceIds` injection; `LimitExceeded` always present, and set (with the
   segment list cut) when a trace's documents exceed `trace_size_limit`;
-* GetTraceSegmentDestination / UpdateTraceSegmentDestination (CloudWatch Transaction Search):
-  moto has neither; here an account switched to `CloudWatchLogs` gets empty X-Ray answers, as in AWS.
+* CloudWatch Transaction Search (moto has none of it): the segment destination switch through
+  PENDING, the indexed share, indexing rules, trace retrieval, span records in `aws/spans`, and
+  the CloudWatch Logs quotas the spans reader meets — `sandbox.transaction_search`, reached through
+  `front.transaction_search` (Logs requests come here through `AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`).
 
 Requests are forwarded byte for byte (method, path, headers including the SigV4 Authorization,
 body), so moto still picks the account from the access key. The front resolves the same account
@@ -50,6 +52,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from sandbox.transaction_search import LOGS_TARGET_PREFIX, ApiError, TransactionSearch
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ACCOUNT_ID = "123456789012"  # moto's account for keys it does not know
@@ -67,8 +71,14 @@ OPERATIONS: dict[str, str] = {
     "/TraceGraph": "GetTraceGraph",
     "/GetTraceSegmentDestination": "GetTraceSegmentDestination",
     "/UpdateTraceSegmentDestination": "UpdateTraceSegmentDestination",
+    "/GetIndexingRules": "GetIndexingRules",
+    "/UpdateIndexingRule": "UpdateIndexingRule",
+    "/StartTraceRetrieval": "StartTraceRetrieval",
+    "/ListRetrievedTraces": "ListRetrievedTraces",
 }
-WRITE_OPERATIONS = frozenset({"PutTraceSegments", "PutTelemetryRecords", "UpdateTraceSegmentDestination"})
+WRITE_OPERATIONS = frozenset(
+    {"PutTraceSegments", "PutTelemetryRecords", "UpdateTraceSegmentDestination", "UpdateIndexingRule"}
+)
 
 _HOP_BY_HOP = frozenset(
     {
@@ -81,6 +91,16 @@ _HOP_BY_HOP = frozenset(
         "transfer-encoding",
         "upgrade",
         "content-length",
+    }
+)
+_SEARCH_OPERATIONS = frozenset(
+    {
+        "GetTraceSegmentDestination",
+        "UpdateTraceSegmentDestination",
+        "GetIndexingRules",
+        "UpdateIndexingRule",
+        "StartTraceRetrieval",
+        "ListRetrievedTraces",
     }
 )
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/,\s]+)/")
@@ -235,6 +255,7 @@ class StrictXRayFront:
         trace_id_lookahead_seconds: float = 6 * 3600.0,
         account_resolver: Callable[[str | None, Mapping[str, str]], str] | None = None,
         upstream_timeout: float = 30.0,
+        transaction_search: TransactionSearch | None = None,
     ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -263,7 +284,7 @@ class StrictXRayFront:
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
         self._withheld: dict[tuple[str, str, str], int] = defaultdict(int)
-        self._destinations: dict[tuple[str, str], str] = {}
+        self.transaction_search = transaction_search or TransactionSearch()
         self._totals = _Counters()
         self._accounts: dict[str, _Counters] = defaultdict(_Counters)
         self._filters: list[str] = []
@@ -331,11 +352,11 @@ class StrictXRayFront:
             setattr(self, name, value)
 
     def set_segment_destination(self, account_id: str, region: str, destination: str) -> None:
-        """`CloudWatchLogs` = Transaction Search enabled (X-Ray reads return nothing); `XRay` = off."""
+        """`CloudWatchLogs` = Transaction Search enabled (spans to aws/spans, X-Ray indexes ~1 %);
+        `XRay` = off. Switches at once (ACTIVE); `UpdateTraceSegmentDestination` passes through PENDING."""
         if destination not in ("XRay", "CloudWatchLogs"):
             raise ValueError(f"destination must be XRay or CloudWatchLogs, got {destination!r}")
-        with self._lock:
-            self._destinations[(account_id, region)] = destination
+        self.transaction_search.set_destination(account_id, region, destination)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -420,6 +441,9 @@ class StrictXRayFront:
         region = match.group(2) if match else "us-east-1"
         account = self._resolve_account(access_key, lowered)
         route = urlsplit(path).path.rstrip("/") or "/"
+        target = lowered.get("x-amz-target", "")
+        if target.startswith(LOGS_TARGET_PREFIX):
+            return self._logs(account, region, target[len(LOGS_TARGET_PREFIX) :], method, path, headers, body)
         operation = OPERATIONS.get(route, route.lstrip("/") or "unknown")
         with self._lock:
             self._totals.requests += 1
@@ -440,25 +464,68 @@ class StrictXRayFront:
                 return _error(429, "ThrottledException", "Rate exceeded")
 
         if method == "POST" and operation == "PutTraceSegments":
-            answer = self._forward(account, method, path, headers, body)
-            if answer.status == 200:
-                self._record_updates(account, region, body)
-            return answer
+            return self._put_trace_segments(account, region, method, path, headers, body)
         if method == "POST" and operation == "GetTraceSummaries":
             return self._trace_summaries(account, region, method, path, headers, body)
         if method == "POST" and operation == "BatchGetTraces":
             return self._batch_get_traces(account, region, method, path, headers, body)
-        if method == "POST" and operation == "GetTraceSegmentDestination":
-            destination = self._destination(account, region)
-            return _json(200, {"Destination": destination, "Status": "ACTIVE"})
-        if method == "POST" and operation == "UpdateTraceSegmentDestination":
-            request = _parse(body)
-            wanted = str((request or {}).get("Destination"))
-            if wanted not in ("XRay", "CloudWatchLogs"):
-                self._count(account, rejected=1)
-                return _error(400, "InvalidRequestException", "Destination must be XRay or CloudWatchLogs")
-            self.set_segment_destination(account, region, wanted)
-            return _json(200, {"Destination": wanted, "Status": "ACTIVE"})
+        if method == "POST" and operation in _SEARCH_OPERATIONS:
+            return self._transaction_search(account, region, operation, body)
+        return self._forward(account, method, path, headers, body)
+
+    # ------------------------------------------------------------------ Transaction Search
+
+    def _put_trace_segments(
+        self, account: str, region: str, method: str, path: str, headers: list[tuple[str, str]], body: bytes
+    ) -> _Answer:
+        search = self.transaction_search
+        to_xray, documents = search.split_put(account, region, body)
+        answer = _json(200, {"UnprocessedTraceSegments": []})
+        if to_xray is not None:
+            if to_xray is not body:  # the indexed share only: the signature no longer matches, moto does not check
+                headers = [(k, v) for k, v in headers if k.lower() != "content-md5"]
+            answer = self._forward(account, method, path, headers, to_xray)
+            if answer.status == 200:
+                self._record_updates(account, region, to_xray)
+        if documents and answer.status == 200:
+            search.write_spans(account, region, documents)
+        return answer
+
+    def _transaction_search(self, account: str, region: str, operation: str, body: bytes) -> _Answer:
+        search = self.transaction_search
+        request = _parse(body) or {}
+        try:
+            if operation == "GetTraceSegmentDestination":
+                return _json(200, search.destination(account, region))
+            if operation == "UpdateTraceSegmentDestination":
+                return _json(200, search.update_destination(account, region, str(request.get("Destination"))))
+            if operation == "GetIndexingRules":
+                return _json(200, search.indexing_rules(account, region))
+            if operation == "UpdateIndexingRule":
+                return _json(200, search.update_indexing_rule(account, region, request))
+            if operation == "StartTraceRetrieval":
+                return _json(200, search.start_retrieval(account, region, request))
+            return _json(200, search.list_retrieved(account, region, request))
+        except ApiError as error:
+            self._count(account, rejected=1)
+            return _error(error.status, error.code, error.message)
+
+    def _logs(
+        self,
+        account: str,
+        region: str,
+        operation: str,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> _Answer:
+        """CloudWatch Logs: the emulated quotas and denials first, then moto."""
+        refused = self.transaction_search.logs_gate(account, region, operation, body)
+        if refused is not None:
+            answer = _json(refused.status, {"__type": refused.code, "message": refused.message})
+            answer.headers = [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-ErrorType", refused.code)]
+            return answer
         return self._forward(account, method, path, headers, body)
 
     def _record_updates(self, account: str, region: str, body: bytes) -> None:
@@ -510,10 +577,6 @@ class StrictXRayFront:
         with self._lock:
             return self._revisions.get((account, region, trace_id)) or 1
 
-    def _destination(self, account: str, region: str) -> str:
-        with self._lock:
-            return self._destinations.get((account, region), "XRay")
-
     # ------------------------------------------------------------------ GetTraceSummaries
 
     def _trace_summaries(
@@ -551,9 +614,6 @@ class StrictXRayFront:
                     return fetched
                 snapshot = fetched
         else:
-            if self._destination(account, region) == "CloudWatchLogs":
-                self._count(account, pages_served=1)
-                return _json(200, {"TraceSummaries": [], "ApproximateTime": time.time(), "TracesProcessedCount": 0})
             fetched = self._fetch_summaries(account, region, method, path, headers, request)
             if isinstance(fetched, _Answer):
                 return fetched
@@ -677,9 +737,6 @@ class StrictXRayFront:
                 f"1 validation error detected: Value '{shown}' at 'traceIds' failed to satisfy "
                 f"constraint: Member must have length less than or equal to {self.max_batch_ids}",
             )
-        if self._destination(account, region) == "CloudWatchLogs":
-            return _json(200, {"Traces": [], "UnprocessedTraceIds": []})
-
         withheld = self._withhold(account, region, trace_ids)
         wanted = [t for t in trace_ids if t not in withheld]
         result: dict[str, Any] = {"Traces": [], "UnprocessedTraceIds": []}

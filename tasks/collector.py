@@ -1,5 +1,9 @@
-"""Collecting one (account, region): X-Ray → envelopes → the org queue (plain functions; the flows
-wrap them in Prefect tasks).
+"""Collecting one (account, region): X-Ray or Transaction Search spans → envelopes → the org queue
+(plain functions; the flows wrap them in Prefect tasks).
+
+Each sweep picks the reader per (account, region) (`tasks.span_records.choose_reader`): the X-Ray API,
+the `aws/spans` log group, or both while a switch is under way — then a trace the X-Ray reader
+sent is not sent again from its spans in the same run, nor the other way round.
 
 The watermark of a sweep advances window by window, each time only after every envelope of that
 window was accepted by SQS; a failure leaves it where the last complete window put it.
@@ -11,17 +15,28 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from blocks import MemberAccount
 from blocks.config import Config
-from tasks import archive, queue, watermark, windows, xray
+from tasks import archive, queue, spans_reader, watermark, windows, xray
 from tasks.aws import MemberSessions, log_client
-from tasks.envelope import Envelope, Source, TimeWindow, WireMessage, build_envelope, encode, pack
+from tasks.envelope import (
+    SCHEMA_SPANS_V1,
+    SCHEMA_V1,
+    Envelope,
+    Source,
+    TimeWindow,
+    WireMessage,
+    build_envelope,
+    encode,
+    pack,
+)
 from tasks.errors import TransientError
 from tasks.ids import trace_id_problem
 from tasks.overlap import SentLedger, revision_of
 from tasks.redact import RedactionPolicy, redact_trace
+from tasks.span_records import ReaderChoice, SpanGroups, w3c_trace_id
 
 
 @dataclass
@@ -34,6 +49,10 @@ class Collector:
     sqs: Any
     limiters: xray.LimiterRegistry = field(default_factory=lambda: xray.DEFAULT_LIMITERS)
     redaction: RedactionPolicy | None = field(default_factory=RedactionPolicy)
+    logs_limiters: xray.LimiterRegistry = field(default_factory=lambda: spans_reader.LOGS_LIMITERS)
+    spans_page_limit: int = spans_reader.FILTER_PAGE_LIMIT  # FilterLogEvents `limit` (events per page)
+    insights_row_limit: int = spans_reader.INSIGHTS_ROW_LIMIT  # rows per Logs Insights query (backfill)
+    spans_parallel: int = 4  # time slices of a window paged at once (bench B3s: latency vs quota)
 
     @classmethod
     def from_config(cls, config: Config, limiters: xray.LimiterRegistry | None = None) -> Collector:
@@ -53,6 +72,15 @@ class Collector:
     def xray_client(self, account_id: str, region: str) -> Any:
         return xray.xray_client(self.sessions, account_id, region)
 
+    def logs_client(self, account_id: str, region: str) -> Any:
+        return self.sessions.client(account_id, region, "logs")
+
+    def span_callers(self, account_id: str, region: str) -> tuple[spans_reader.Caller, spans_reader.Caller]:
+        """(X-Ray calls of the spans path on the X-Ray bucket, Logs calls on the Logs bucket), one SpanStats."""
+        logs = spans_reader.Caller(account_id, region, self.logs_limiters.get(account_id, region))
+        on_xray = spans_reader.Caller(account_id, region, self.limiters.get(account_id, region), stats=logs.stats)
+        return on_xray, logs
+
 
 @dataclass
 class WindowResult:
@@ -64,9 +92,13 @@ class WindowResult:
     claim_checks: int = 0
     traces_refused: int = 0
     unchanged: int = 0  # listed again with the revision already sent: not fetched
+    spans: int = 0
+    spans_rejected: int = 0
+    deduplicated: int = 0
     envelope_ids: list[str] = field(default_factory=list)
     trace_ids: list[str] = field(default_factory=list)
     revisions: dict[str, int] = field(default_factory=dict)  # sent trace id → listed revision
+    rejected: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -93,9 +125,16 @@ class AccountResult:
     watermark_after: str | None = None
     watermark_lag_seconds: float | None = None
     transaction_search: str = "unknown"
+    reader: str = "xray"  # xray | spans | both (tasks.span_records.choose_reader)
+    reader_reason: str = ""
+    indexed_percentage: float | None = None
+    spans: int = 0  # aws/spans log events read
+    spans_rejected: int = 0  # without a readable trace id: counted, never sent
+    deduplicated: int = 0  # traces both readers found, sent once
     seconds: float = 0.0
     envelope_ids: list[str] = field(default_factory=list)
     trace_ids: list[str] = field(default_factory=list)
+    rejected: list[dict[str, str]] = field(default_factory=list)
 
     def add_window(self, result: WindowResult) -> None:
         self.windows += 1
@@ -106,17 +145,33 @@ class AccountResult:
         self.claim_checks += result.claim_checks
         self.traces_refused += result.traces_refused
         self.unchanged += result.unchanged
+        self.spans += result.spans
+        self.spans_rejected += result.spans_rejected
+        self.deduplicated += result.deduplicated
         self.envelope_ids += result.envelope_ids
         self.trace_ids += result.trace_ids
+        self.rejected += result.rejected[: max(0, 100 - len(self.rejected))]
+
+    def choose(self, choice: ReaderChoice) -> None:
+        self.reader = choice.reader
+        self.reader_reason = choice.reason
+        self.indexed_percentage = choice.indexed_percentage
+        self.transaction_search = {"CloudWatchLogs": "cloudwatch_logs", "XRay": "xray"}.get(
+            str(choice.destination), "unknown"
+        )
 
     def count_calls(self, stats: xray.XRayStats) -> None:
         """Throttles and retries the same way for every flow (unprocessed trace ids asked again count)."""
         self.throttles = int(stats.throttles)
         self.retries = int(stats.retries + stats.unprocessed_retried)
 
+    def count_span_calls(self, stats: spans_reader.SpanStats) -> None:
+        self.throttles += int(stats.throttles)
+        self.retries += int(stats.retries)
+
     def summary(self) -> dict[str, Any]:
         """Without the id lists (those are for tests and reconcile, not for tables)."""
-        return {k: v for k, v in asdict(self).items() if k not in {"envelope_ids", "trace_ids"}}
+        return {k: v for k, v in asdict(self).items() if k not in {"envelope_ids", "trace_ids", "rejected"}}
 
 
 def envelopes_for(
@@ -130,11 +185,15 @@ def envelopes_for(
     collected_at: datetime | None = None,
     redaction: RedactionPolicy | None = None,
     refused: list[dict[str, str]] | None = None,
+    schema: Literal["xraylake.envelope.v1", "xraylake.spans.v1"] = "xraylake.envelope.v1",
 ) -> list[Envelope]:
     """Pack traces by start hour and size into envelopes (pure); `redaction` masks secrets first.
 
     A trace whose id is neither an X-Ray nor a W3C trace id is left out and, when `refused` is
-    given, reported there ({trace_id, reason})."""
+    given, reported there ({trace_id, reason}). `schema=SCHEMA_SPANS_V1`: traces are
+    `{"Id", "Spans"}` whose span records were redacted as they were read (`tasks.span_records.SpanGroups`)."""
+    if schema not in (SCHEMA_V1, SCHEMA_SPANS_V1):
+        raise ValueError(f"schema must be {SCHEMA_V1} or {SCHEMA_SPANS_V1}, got {schema!r}")
     collected = collected_at or datetime.now(UTC)
     valid = []
     for trace in traces:
@@ -144,7 +203,7 @@ def envelopes_for(
         elif refused is not None:
             refused.append({"trace_id": repr(trace.get("Id"))[:80], "reason": reason})
     traces = valid
-    if redaction is not None:
+    if redaction is not None and schema == SCHEMA_V1:
         traces = [redact_trace(t, redaction) for t in traces]
         if execution is not None:
             execution = redaction.redact_value(execution)
@@ -158,6 +217,7 @@ def envelopes_for(
             execution=execution,
             collected_at=collected,
             serialised=serialised,
+            schema=schema,
         )
         for group, serialised in pack(traces, collected)
     ]
@@ -187,9 +247,11 @@ def collect_window(
     stats: xray.XRayStats,
     time_range_type: xray.TimeRangeType = "Event",
     sent: SentLedger | None = None,
+    skip: set[str] | None = None,
 ) -> WindowResult:
     """List, fetch, pack and send one window. `sent`: (trace id, revision) pairs already sent
-    (a sweep's overlap): listed traces with the same revision are not fetched again."""
+    (a sweep's overlap): listed traces with the same revision are not fetched again. `skip` (W3C
+    ids): traces the spans reader already sent in this run (reader `both`)."""
     client = collector.xray_client(account.account_id, region)
     limiter = collector.limiters.get(account.account_id, region)
     listing = xray.list_trace_ids(
@@ -199,6 +261,10 @@ def collect_window(
     unchanged = sent.unchanged(listing.summaries) if sent else set()
     wanted = [trace_id for trace_id in listing.trace_ids if trace_id not in unchanged]
     result.unchanged = len(unchanged)
+    if skip:
+        listed = len(wanted)
+        wanted = [t for t in wanted if w3c_trace_id(t) not in skip]
+        result.deduplicated = listed - len(wanted)
     if not wanted:
         return result
     batch = xray.batch_get_traces(client, wanted, account_id=account.account_id, limiter=limiter, stats=stats)
@@ -223,8 +289,93 @@ def collect_window(
     result.claim_checks = sum(1 for m in messages if m.claim_check)
     result.envelope_ids = [e.envelope_id for e in envelopes]
     result.trace_ids = [t["Id"] for e in envelopes for t in e.traces]
-    listed = {s.get("Id"): revision_of(s) for s in listing.summaries}
-    result.revisions = {i: r for i in result.trace_ids if (r := listed.get(i)) is not None}
+    revision_by_id = {s.get("Id"): revision_of(s) for s in listing.summaries}
+    result.revisions = {i: r for i in result.trace_ids if (r := revision_by_id.get(i)) is not None}
+    return result
+
+
+def collect_spans_window(
+    collector: Collector,
+    account: MemberAccount,
+    region: str,
+    window: windows.Window,
+    *,
+    source: Source,
+    logs_call: spans_reader.Caller,
+    sent_by_xray: set[str] | None = None,
+) -> WindowResult:
+    """The spans of `window` from `aws/spans` (FilterLogEvents), grouped by trace into span envelopes.
+
+    `sent_by_xray` (W3C ids, reader `both`): traces the X-Ray reader sent in this run are left out."""
+    groups = SpanGroups()
+    logs = collector.logs_client(account.account_id, region)
+    spans_reader.filter_spans(
+        logs, logs_call, window, groups, collector.redaction, collector.spans_page_limit, collector.spans_parallel
+    )
+    return send_span_groups(collector, account, region, groups, source=source, window=window, skip=sent_by_xray)
+
+
+def collect_spans_range(
+    collector: Collector,
+    account: MemberAccount,
+    region: str,
+    window: windows.Window,
+    *,
+    source: Source,
+    logs_call: spans_reader.Caller,
+    sent_by_xray: set[str] | None = None,
+) -> WindowResult:
+    """Backfill's read of `aws/spans`: Logs Insights over `window`, chunked under the row limit
+    (billed per GB scanned: for backfill and reconcile, not for every sweep)."""
+    groups = SpanGroups()
+    logs = collector.logs_client(account.account_id, region)
+    spans_reader.insights_spans(
+        logs, logs_call, window.start, window.end, groups,
+        redaction=collector.redaction, row_limit=collector.insights_row_limit,
+    )  # fmt: skip
+    return send_span_groups(collector, account, region, groups, source=source, window=window, skip=sent_by_xray)
+
+
+def send_span_groups(
+    collector: Collector,
+    account: MemberAccount,
+    region: str,
+    groups: SpanGroups,
+    *,
+    source: Source,
+    window: windows.Window | None = None,
+    skip: set[str] | None = None,
+    execution: dict[str, Any] | None = None,
+) -> WindowResult:
+    traces = groups.envelope_traces(skip or ())
+    result = WindowResult(
+        window=window.as_dict() if window else {},
+        spans=groups.events,
+        spans_rejected=len(groups.rejected),
+        deduplicated=len(groups.traces) - len(traces),
+        rejected=groups.rejected[:100],
+    )
+    if not traces:
+        return result
+    refused: list[dict[str, str]] = []
+    envelopes = envelopes_for(
+        traces,
+        source=source,
+        account_id=account.account_id,
+        region=region,
+        window=TimeWindow(start=window.start, end=window.end) if window else None,
+        execution=collector.redaction.redact_value(execution) if execution and collector.redaction else execution,
+        refused=refused,
+        schema="xraylake.spans.v1",  # SCHEMA_SPANS_V1
+    )
+    messages, report = send_envelopes(collector, envelopes)
+    result.traces = len(traces) - len(refused)
+    result.traces_refused = len(refused)
+    result.envelopes = report.sent
+    result.bytes = report.bytes
+    result.claim_checks = sum(1 for m in messages if m.claim_check)
+    result.envelope_ids = [e.envelope_id for e in envelopes]
+    result.trace_ids = [t["Id"] for e in envelopes for t in e.traces]
     return result
 
 
@@ -251,6 +402,7 @@ def sweep_account(
     result = AccountResult(account.account_id, account.name, region)
     stats = xray.XRayStats()
     store = collector.config.archive
+    xray_call, logs_call = collector.span_callers(account.account_id, region)
     try:
         mark = watermark.read(collector.s3, store, account.account_id, region)
         result.watermark_before = mark.high_water.isoformat() if mark.high_water else None
@@ -259,30 +411,47 @@ def sweep_account(
             result.status = "idle"
         else:
             client = collector.xray_client(account.account_id, region)
-            state = xray.detect_transaction_search(
-                client,
-                account_id=account.account_id,
-                limiter=collector.limiters.get(account.account_id, region),
-            )
-            result.transaction_search = state.status.value
+            choice = spans_reader.select_reader(client, xray_call, previous=mark.reader)
+            result.choose(choice)
+            sent_by_xray: set[str] = set()  # W3C ids, reader `both`: each trace sent by one reader
+            sent_as_spans: set[str] = set()
             for window in windows.plan_windows(span[0], span[1], max_window):
-                window_result = collect_window(
-                    collector,
-                    account,
-                    region,
-                    window,
-                    source="sweep",
-                    stats=stats,
-                    time_range_type=time_range_type,
-                    sent=mark.sent if skip_unchanged else None,
-                )
-                result.add_window(window_result)
+                revisions: dict[str, int] = {}
+                if choice.reader in ("xray", "both"):
+                    window_result = collect_window(
+                        collector,
+                        account,
+                        region,
+                        window,
+                        source="sweep",
+                        stats=stats,
+                        time_range_type=time_range_type,
+                        sent=mark.sent if skip_unchanged else None,
+                        skip=sent_as_spans if choice.reader == "both" else None,
+                    )
+                    result.add_window(window_result)
+                    sent_by_xray.update(w3c_trace_id(t) for t in window_result.trace_ids)
+                    revisions = window_result.revisions
+                if choice.reader in ("spans", "both"):
+                    spans_result = collect_spans_window(
+                        collector,
+                        account,
+                        region,
+                        window,
+                        source="sweep",
+                        logs_call=logs_call,
+                        sent_by_xray=sent_by_xray if choice.reader == "both" else None,
+                    )
+                    if choice.reader == "both":
+                        result.windows -= 1  # one window, two readers
+                    result.add_window(spans_result)
+                    sent_as_spans.update(spans_result.trace_ids)
                 ledger = None
                 if skip_unchanged:
-                    ledger = mark.sent.record(window_result.revisions, window.end).prune(window.end - overlap)
-                mark = watermark.advance(collector.s3, store, mark, window.end, run_id=run_id, sent=ledger)
-            if state.xray_reads_empty and result.traces == 0:
-                result.error = "CloudWatch Transaction Search is enabled: X-Ray APIs return no traces"
+                    ledger = mark.sent.record(revisions, window.end).prune(window.end - overlap)
+                mark = watermark.advance(
+                    collector.s3, store, mark, window.end, run_id=run_id, sent=ledger, reader=choice.steady
+                )
         result.watermark_after = mark.high_water.isoformat() if mark.high_water else None
         if mark.high_water:
             result.watermark_lag_seconds = round((now - mark.high_water).total_seconds(), 3)
@@ -291,5 +460,6 @@ def sweep_account(
         result.error = str(error)[:500]
         result.error_kind = type(error).__name__
     result.count_calls(stats)
+    result.count_span_calls(logs_call.stats)
     result.seconds = round(time.monotonic() - started, 3)
     return result

@@ -59,6 +59,11 @@ def account_rows(results: Iterable[Any]) -> list[dict[str, Any]]:
                 "error": data.get("error"),
                 "throttles": data.get("throttles", 0),
                 "seconds": data.get("seconds"),
+                "reader": data.get("reader"),  # xray | spans | both (tasks.span_records.choose_reader)
+                "reader_reason": data.get("reader_reason"),
+                "indexed_percentage": data.get("indexed_percentage"),
+                "spans": data.get("spans"),
+                "spans_rejected": data.get("spans_rejected"),
             }
         )
     return rows

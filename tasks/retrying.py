@@ -19,6 +19,7 @@ unless this table says so:
 | s3   log_client: archive, watermark, lake  | 3              | 1                          | 3                   |
 | sts  MemberSessions: AssumeRole            | 3              | 1                          | 3                   |
 | xray MemberSessions via xray.xray_client   | 1              | 8, throttles only (_call)  | 8                   |
+| logs MemberSessions (spans reader)         | 1              | 8, throttles only (Caller) | 8                   |
 | stepfunctions MemberSessions: Describe…    | 3              | 1                          | 3                   |
 | any other service                          | 3              | 1                          | 3                   |
 
@@ -26,7 +27,8 @@ unless this table says so:
 
 SQS is ours rather than botocore's because SendMessageBatch fails per entry inside a 200 answer
 (botocore cannot see that) and both kinds of failure should share one bound. X-Ray is ours
-because throttles must reach the (account, region) token bucket to be counted and paced.
+because throttles must reach the (account, region) token bucket to be counted and paced; so are
+CloudWatch Logs reads of `aws/spans` (`tasks.spans_reader`).
 botocore standard mode retries throttling codes, 5xx, 429 and connection errors; so does
 `is_transient_error`.
 
@@ -59,7 +61,7 @@ logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- botocore, per client
 
-BOTOCORE_ATTEMPTS: dict[str, int] = {"sqs": 1, "xray": 1}
+BOTOCORE_ATTEMPTS: dict[str, int] = {"sqs": 1, "xray": 1, "logs": 1}
 DEFAULT_BOTOCORE_ATTEMPTS = 3
 
 

@@ -29,6 +29,7 @@ class Watermark:
     high_water: datetime | None
     etag: str | None = None
     sent: SentLedger = field(default_factory=SentLedger)  # (trace id, revision) sent in the overlap
+    reader: str | None = None  # the reader that took it there (xray | spans | both)
 
 
 def watermark_key(store: ArchiveStore, account_id: str, region: str) -> str:
@@ -71,6 +72,7 @@ def read(s3: Any, store: ArchiveStore, account_id: str, region: str) -> Watermar
         datetime.fromisoformat(data["high_water"]),
         obj["ETag"],
         SentLedger.from_json(data.get("sent")),
+        data.get("reader"),
     )
 
 
@@ -82,6 +84,7 @@ def advance(
     run_id: str = "",
     attempts: int = 5,
     sent: SentLedger | None = None,
+    reader: str | None = None,
 ) -> Watermark:
     """Move the watermark to `new_high_water` unless someone already moved it further.
 
@@ -89,6 +92,7 @@ def advance(
     concurrent sweep only costs duplicate fetches of its traces."""
     key = watermark_key(store, current.account_id, current.region)
     ledger = current.sent if sent is None else sent
+    chosen = reader if reader is not None else current.reader
     for _ in range(attempts):
         if current.high_water and current.high_water >= new_high_water:
             return current  # never backwards
@@ -100,6 +104,7 @@ def advance(
                 "updated_at": datetime.now(UTC).isoformat(),
                 "run_id": run_id,
                 "sent": ledger.to_json(),
+                **({"reader": chosen} if chosen else {}),
             }
         )
         condition = {"IfMatch": current.etag} if current.etag else {"IfNoneMatch": "*"}
@@ -112,5 +117,5 @@ def advance(
                 current = read(s3, store, current.account_id, current.region)
                 continue
             raise classify_aws_error(error, f"write watermark {key}") from error
-        return Watermark(current.account_id, current.region, new_high_water, response["ETag"], ledger)
+        return Watermark(current.account_id, current.region, new_high_water, response["ETag"], ledger, chosen)
     raise TransientError(f"watermark {key} kept changing under us ({attempts} attempts)")

@@ -219,6 +219,7 @@ def _account_table(title: str, accounts: list[dict[str, object]]) -> None:
         "bytes",
         "throttles",
         "watermark_lag_seconds",
+        "reader",
         "error",
     ]
     console.print(table(title, columns, [[a.get(c) for c in columns] for a in accounts]))

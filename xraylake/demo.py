@@ -85,7 +85,7 @@ def run_demo(
 
     tick = time.monotonic()
     down(home)
-    sandbox_state = up(home)
+    sandbox_state = up(home, transaction_search=True)  # prod/eu-west-1: Transaction Search
     config = load_config(sandbox_state_path(home))
     config_path = str(sandbox_state_path(home))
     timings["sandbox"] = time.monotonic() - tick
@@ -141,21 +141,48 @@ def run_demo(
     timings["sweep"] = time.monotonic() - tick
     sweeps = [_data(first), _data(second)]
     per_account: dict[tuple[str, str], Counter[str]] = {}
+    readers: dict[tuple[str, str], str] = {}
+    arrived: dict[tuple[str, str], set[str]] = {}
     for run in sweeps:
+        for found in run.get("results") or []:  # trace ids in one form (W3C) whichever reader sent them
+            key = (found.account_id, found.region)
+            arrived.setdefault(key, set()).update(
+                t[2:10] + t[11:] if t.startswith("1-") else t for t in found.trace_ids
+            )
         for row in run["accounts"]:
+            readers[(row["account_id"], row["region"])] = row.get("reader", "xray")
             counter = per_account.setdefault((row["account_id"], row["region"]), Counter())
             counter.update({k: row[k] for k in ("traces", "envelopes", "bytes", "claim_checks", "throttles")})
             counter["failed"] += row["status"] == "failed"
-    result["swept"] = [{"account_id": a, "region": r} | dict(c) for (a, r), c in per_account.items()]
+    generated = {(r.account_id, r.region): {t[2:10] + t[11:] for t in r.trace_ids} for r in written.regions}
+    result["swept"] = [
+        {"account_id": a, "region": r, "reader": readers.get((a, r)), "generated": len(generated.get((a, r), ()))}
+        | {"arrived": len(generated.get((a, r), set()) & arrived.get((a, r), set()))}
+        | dict(c)
+        for (a, r), c in per_account.items()
+    ]
     say(
         table(
             f"3. sweep (twice: {sum(completion.completed.values())} in-progress segments completed in between) "
             "→ envelopes on the org queue",
-            ["account_id", "region", "traces", "envelopes", "bytes", "claim_checks", "throttles", "failed"],
+            [
+                "account_id",
+                "region",
+                "reader",
+                "arrived",
+                "traces",
+                "envelopes",
+                "bytes",
+                "claim_checks",
+                "throttles",
+                "failed",
+            ],
             [
                 [
                     s["account_id"],
                     s["region"],
+                    s["reader"],
+                    f"{s['arrived']}/{s['generated']}",
                     s["traces"],
                     s["envelopes"],
                     s["bytes"],

@@ -151,6 +151,9 @@ class AccountHealth(BaseModel):
     watermark_lag_seconds: float | None = None
     last_run_at: datetime | None = None
     max_watermark_lag_seconds: float | None = None
+    reader: str | None = None  # xray | spans | both: the last sweep's reader (tasks.span_records)
+    reader_reason: str | None = None
+    indexed_percentage: float | None = None
 
 
 class RunKindHealth(BaseModel):

@@ -602,7 +602,16 @@ def _health(client: Any, data: ReportData, tr: TimeRange, axis: list[datetime]) 
                         "top_hits": {
                             "size": 1,
                             "sort": [{"timestamp": {"order": "desc"}}],
-                            "_source": {"includes": ["watermark_lag_seconds", "timestamp", "account_name"]},
+                            "_source": {
+                                "includes": [
+                                    "watermark_lag_seconds",
+                                    "timestamp",
+                                    "account_name",
+                                    "reader",
+                                    "reader_reason",
+                                    "indexed_percentage",
+                                ]
+                            },
                         }
                     },
                     "max_lag": {"max": {"field": "watermark_lag_seconds"}},
@@ -642,6 +651,9 @@ def _health(client: Any, data: ReportData, tr: TimeRange, axis: list[datetime]) 
                 watermark_lag_seconds=_num(source.get("watermark_lag_seconds")),
                 last_run_at=_parse_time(source.get("timestamp")),
                 max_watermark_lag_seconds=_num(bucket.get("max_lag", {}).get("value")),
+                reader=source.get("reader"),
+                reader_reason=source.get("reader_reason"),
+                indexed_percentage=_num(source.get("indexed_percentage")),
             )
         )
     for bucket in _buckets(aggs.get("kinds")):

@@ -49,6 +49,13 @@ READER_ACTIONS = {
     "xray:GetTraceSummaries",
     "xray:BatchGetTraces",
     "xray:GetTraceSegmentDestination",
+    "xray:GetIndexingRules",
+    "xray:StartTraceRetrieval",
+    "xray:ListRetrievedTraces",
+    "logs:FilterLogEvents",
+    "logs:StartQuery",
+    "logs:GetQueryResults",
+    "logs:DescribeLogGroups",
     "states:DescribeExecution",
 }
 # moto's CloudFormation skips these two resource types with a UserWarning (see the module docstring);
@@ -232,6 +239,12 @@ def test_reader_role_allows_exactly_the_read_only_actions() -> None:
     }
     # X-Ray read APIs have no resource-level permissions.
     assert by_action["xray:BatchGetTraces"]["Resource"] == "*"
+    # Transaction Search spans: reading log events and starting queries on aws/spans only.
+    spans_group = "arn:${AWS::Partition}:logs:*:${AWS::AccountId}:log-group:aws/spans"
+    for action in ("logs:FilterLogEvents", "logs:StartQuery"):
+        assert by_action[action]["Resource"] == [{"Fn::Sub": spans_group}, {"Fn::Sub": spans_group + ":*"}]
+    assert by_action["logs:GetQueryResults"]["Resource"] == by_action["logs:DescribeLogGroups"]["Resource"] == "*"
+    assert "logs:StopQuery" not in actions and not any(a.startswith("logs:Put") for a in actions)
 
 
 def test_reader_role_outputs_its_arn() -> None:

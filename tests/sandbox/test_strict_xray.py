@@ -261,15 +261,6 @@ def test_trace_id_time_range_uses_the_id_timestamp(front: StrictXRayFront, membe
     assert [s["Id"] for s in by_id["TraceSummaries"]] == [tid]
 
 
-def test_transaction_search_destination_empties_xray_reads(front: StrictXRayFront, member: Any) -> None:
-    ids = put_traces(member, 2, time.time() - 300)
-    assert member.get_trace_segment_destination()["Destination"] == "XRay"
-    member.update_trace_segment_destination(Destination="CloudWatchLogs")
-    assert member.get_trace_segment_destination()["Destination"] == "CloudWatchLogs"
-    assert member.get_trace_summaries(**window())["TraceSummaries"] == []
-    assert member.batch_get_traces(TraceIds=ids[:1])["Traces"] == []
-
-
 def test_knob_validation(stack: SandboxStack) -> None:
     assert stack.config.aws_endpoint_url
     front = StrictXRayFront(upstream=stack.config.aws_endpoint_url)

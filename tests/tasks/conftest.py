@@ -1,7 +1,8 @@
-"""Fixtures for the readers of the indices (report, dashboards)."""
+"""Fixtures for the readers of the indices (report, dashboards) and for the spans reader."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,6 +10,9 @@ import pytest
 
 from blocks import OpenSearchTarget
 from blocks.config import Config
+from sandbox.stack import SandboxStack
+from sandbox.strict_xray import StrictXRayFront
+from sandbox.transaction_search import TransactionSearch
 from tasks.index import client_for, ensure_templates
 from tasks.mappings import index_templates
 from tasks.trace_model import TraceContext
@@ -36,3 +40,14 @@ def prefixed_config(fresh_config: Config) -> Config:
                 body += [{"index": {"_index": request.index, "_id": request.doc_id}}, request.source]
     assert not client.bulk(body=body, refresh=True)["errors"]
     return fresh_config.model_copy(update={"opensearch": target})
+
+
+@pytest.fixture
+def search(stack: SandboxStack) -> Iterator[TransactionSearch]:
+    """The session front's Transaction Search emulation, its knobs put back afterwards."""
+    emulation = next(c for c in stack.extra if isinstance(c, StrictXRayFront)).transaction_search
+    yield emulation
+    emulation.configure_filter_quota(None)
+    emulation.start_query_limit_exceeded = 0
+    emulation.pending_seconds = 0.0
+    emulation.deny_logs.clear()
