@@ -24,7 +24,7 @@ from blocks.config import Config, load_config
 from flows.observe import emit, summary_artifact
 from flows.parameters import MAX_ACCOUNT_THREADS, SweepParameters, takes
 from tasks import collector as col
-from tasks import xray
+from tasks import organizations, xray
 from tasks.health import account_rows, write_health
 from tasks.limits import SLOT_TIMEOUT_SECONDS, concurrency_name, existing_limits, xray_slot
 
@@ -137,6 +137,10 @@ def finish(
 def sweep(params: SweepParameters, config_path: str | None) -> State:
     """Collect new traces of every roster account (or `accounts`) and send them to the org queue."""
     config = load_config(config_path)
+    # Organizations roster: refreshed (or reused within its TTL) before any account is swept.
+    roster = organizations.resolve_for_run(config)
+    config = roster.config(config)
+    announce_roster(roster, config)
     targets = params.targets(config)
     limiters = xray.LimiterRegistry(rate=params.xray_rate_per_second) if params.xray_rate_per_second else None
     collector = col.Collector.from_config(config, limiters)
@@ -163,4 +167,29 @@ def sweep(params: SweepParameters, config_path: str | None) -> State:
         for (account, region), name in zip(targets, names, strict=True)
     ]
     results = [_result_or_failure(f, account, region) for f, (account, region) in zip(futures, targets, strict=True)]
-    return finish("sweep", results, params.fail_on_account_errors, config=config)
+    extra = {"roster_source": roster.source, "roster_accounts": len(config.roster.accounts)}
+    return finish("sweep", results, params.fail_on_account_errors, extra=extra, config=config)
+
+
+def announce_roster(roster: organizations.Resolution, config: Config) -> None:
+    """Events (and health rows for retired accounts) for what the roster refresh found."""
+    if roster.stale:
+        get_run_logger().warning("roster: using the last good roster (%s): %s", roster.fetched_at, roster.stale)
+        emit(
+            "xraylake.roster.stale",
+            "xraylake.roster",
+            {"error": roster.stale, "fetched_at": str(roster.fetched_at), "accounts": len(roster.roster.accounts)},
+        )
+    for gone in roster.retired:
+        emit(
+            "xraylake.account.retired",
+            f"aws.account.{gone.account_id}",
+            {"reason": gone.reason, "watermark": "kept"},
+            **{"xraylake.account.name": gone.name},
+        )
+    if roster.retired:
+        rows = [
+            {"account_id": g.account_id, "account_name": g.name, "status": "retired", "error": g.reason}
+            for g in roster.retired
+        ]
+        write_health(config, "sweep", rows)
