@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import boto3
 
 from blocks import ArchiveStore, MemberAccount, OrganizationsSource, Roster, TraceQueue
+from sandbox.oam import XRAY_TRACE, OamRegistry
 
 LOG_ACCOUNT_ID = "123456789012"  # moto's account for the default "testing" keys
 EXTERNAL_ID = "xraylake-sandbox-external-id"
@@ -274,6 +275,20 @@ def seed_bucket(session: boto3.Session, bucket: str = BUCKET, tls_only: bool = F
         },
     )
     return ArchiveStore(bucket=bucket, region=session.region_name or "us-east-1")
+
+
+def seed_observability(linked: tuple[str, ...] = ("dev", "qa")) -> OamRegistry:
+    """CloudWatch cross-account observability: a sink in the monitoring account in every member
+    region, and links sharing X-Ray traces from `linked` members (prod stays unlinked: it is
+    collected through its own role)."""
+    registry = OamRegistry()
+    regions = sorted({r for m in MEMBERS for r in m.regions})
+    for region in regions:
+        sink = registry.create_sink(MONITORING_ACCOUNT_ID, region, "xraylake-sandbox")
+        for member in MEMBERS:
+            if member.name in linked and region in member.regions:
+                registry.create_link(member.account_id, region, sink, [XRAY_TRACE, "AWS::Logs::LogGroup"], member.name)
+    return registry
 
 
 ORG_LAYOUT: OrgLayout | None = None  # set by seed_all in the sandbox process

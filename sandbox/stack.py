@@ -78,9 +78,11 @@ class SandboxStack:
             from sandbox.strict_xray import StrictXRayFront
 
             front = StrictXRayFront(upstream=endpoint)
+            front.oam = seed.seed_observability()
             front.start()
             extra.append(front)
             service_endpoints["xray"] = front.url
+            service_endpoints["oam"] = front.url  # moto has no OAM API: the front emulates it
         config = Config(
             region=region,
             log_account_id=seed.LOG_ACCOUNT_ID,

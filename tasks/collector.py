@@ -89,6 +89,7 @@ class AccountResult:
     watermark_after: str | None = None
     watermark_lag_seconds: float | None = None
     transaction_search: str = "unknown"
+    path: str = "member-role"  # or monitoring-account (tasks/monitoring.py): how X-Ray was read
     seconds: float = 0.0
     envelope_ids: list[str] = field(default_factory=list)
     trace_ids: list[str] = field(default_factory=list)
