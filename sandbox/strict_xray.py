@@ -715,7 +715,9 @@ class StrictXRayFront:
         if wanted and sources:  # a monitoring account: every linked account's segments of each id
             request["TraceIds"] = wanted
             per_account: dict[str, list[dict[str, Any]]] = {}
-            for source in [account, *sources]:
+            with self._lock:  # ask only the accounts that recorded one of these ids
+                holders = [a for a in sources if any((a, region, t) in self._updated for t in wanted)]
+            for source in [account, *holders]:
                 answer = self._forward(
                     account, method, path, [*headers, ("x-moto-account-id", source)], json.dumps(request).encode()
                 )

@@ -281,8 +281,12 @@ def resolve(
     *,
     now: datetime | None = None,
     force: bool = False,
+    cached_only: bool = False,
 ) -> Resolution:
-    """The roster for this run (see the module docstring); raises `RosterError` only without a cache."""
+    """The roster for this run (see the module docstring); raises `RosterError` only without a cache.
+
+    `cached_only`: any cached roster of this source, whatever its age (readers such as the consumer,
+    which must know the accounts the sweeps collect but need not rediscover them)."""
     roster = config.roster
     source = roster.organizations
     if roster.source != "organizations" or source is None:
@@ -293,7 +297,7 @@ def resolve(
     cached_same = cached if cached and cached.get("fingerprint") == fingerprint(source) else None
     if cached_same and not force:
         fetched_at = datetime.fromisoformat(cached_same["fetched_at"])
-        if (now - fetched_at).total_seconds() < source.cache_ttl_seconds:
+        if cached_only or (now - fetched_at).total_seconds() < source.cache_ttl_seconds:
             accounts = [MemberAccount.model_validate(a) for a in cached_same["accounts"]]
             return Resolution(_with_accounts(roster, accounts), "cache", fetched_at)
     try:
@@ -361,8 +365,9 @@ def client_factory(config: Config) -> Callable[[OrganizationsSource], Any]:
     return build
 
 
-def resolve_for_run(config: Config, *, force: bool = False) -> Resolution:
+def resolve_for_run(config: Config, *, force: bool = False, cached_only: bool = False) -> Resolution:
     """`resolve` with the real clients: the log account's S3 and the organizations reader role."""
     from tasks.aws import log_client
 
-    return resolve(config, log_client("s3", config.archive.region), client_factory(config), force=force)
+    s3 = log_client("s3", config.archive.region)
+    return resolve(config, s3, client_factory(config), force=force, cached_only=cached_only)

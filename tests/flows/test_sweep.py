@@ -223,3 +223,32 @@ def test_an_organizations_roster_sweeps_new_accounts_and_retires_closed_ones_wit
     search.indices.refresh(index=HEALTH_INDEX)
     hits = search.search(index=HEALTH_INDEX, body={"query": {"term": {"status": "retired"}}})["hits"]["hits"]
     assert [(h["_source"]["account_id"], h["_source"]["error"]) for h in hits] == [(closed, "status SUSPENDED")]
+
+
+def test_a_sweep_with_a_monitoring_account_reads_linked_accounts_there_and_says_which_path_each_took(
+    fresh_config: Config, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from blocks import MonitoringAccount
+    from tests.conftest import new_account_id
+
+    dev, qa, prod = (a.account_id for a in fresh_config.roster.accounts)
+    monitor = new_account_id()
+    sessions = MemberSessions(fresh_config.roster)
+    sink = sessions.client(monitor, "us-east-1", "oam").create_sink(Name="flow-test")["Arn"]
+    sessions.client(dev, "us-east-1", "oam").create_link(
+        LabelTemplate="$AccountName", ResourceTypes=["AWS::XRay::Trace"], SinkIdentifier=sink
+    )
+    for account in (dev, prod):
+        put_simple_traces(fresh_config, account, 2)
+    roster = fresh_config.roster.model_copy(update={"monitoring": MonitoringAccount(account_id=monitor)})
+    path = tmp_path / "monitoring.json"
+    path.write_bytes(fresh_config.model_copy(update={"roster": roster}).to_json())
+    state = sweep(config_path=str(path), return_state=True)
+    assert state.is_completed(), state.message
+    rows = {r["account_id"]: r for r in state.result()["accounts"]}
+    assert {k: (v["path"], v["traces"]) for k, v in rows.items()} == {
+        dev: ("monitoring-account", 2),
+        qa: ("member-role", 0),
+        prod: ("member-role", 2),
+    }
+    assert {e.account_id for e in drain(fresh_config)} == {dev, prod}

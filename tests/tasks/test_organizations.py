@@ -127,6 +127,11 @@ def test_a_cached_roster_is_reused_within_its_ttl_and_dropped_when_the_source_ch
     assert cached.source == "cache" and len(cached.roster.accounts) == 4
     expired = orgs.resolve(config, s3, factory(), now=now + timedelta(seconds=400))
     assert expired.source == "organizations" and len(expired.roster.accounts) == 5
+    # The consumer reads whatever roster the sweeps cached, however old, without Organizations.
+    reader = orgs.resolve(
+        config, s3, factory("arn:aws:iam::000000000000:role/none"), cached_only=True, now=now + timedelta(days=1)
+    )
+    assert reader.source == "cache" and len(reader.roster.accounts) == 5
     narrowed = org_config(fresh_config, source(unit, cache_ttl_seconds=300, parents=[unit.inner]))
     assert orgs.resolve(narrowed, s3, factory(), now=now + timedelta(seconds=410)).source == "organizations"
 
