@@ -375,6 +375,13 @@ def demo(
     traces_per_account: int = 40,
     hours_back: float = 3.0,
     stop: Annotated[bool, typer.Option(help="Stop the sandbox at the end.")] = False,
+    monitoring_account: Annotated[
+        bool,
+        typer.Option(
+            "--monitoring-account",
+            help="Read linked accounts' X-Ray once in the sandbox's monitoring account (OAM); others by role.",
+        ),
+    ] = False,
     json: JsonOption = False,
 ) -> None:
     """The whole pipeline on synthetic multi-account traffic: sandbox → traffic → sweep → consume."""
@@ -387,6 +394,7 @@ def demo(
             traces_per_account=traces_per_account,
             hours_back=hours_back,
             console=None if json else console,
+            monitoring_account=monitoring_account,
         )
     finally:
         if stop:
