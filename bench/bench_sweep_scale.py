@@ -240,6 +240,7 @@ def organization_cycle(base: Any, n: int) -> dict[str, Any]:
     discovery = time.perf_counter() - started
     config = resolution.config(config)
     accounts = list(config.roster.accounts)
+    common.log(f"discovery: {len(accounts)} accounts in {discovery:.1f} s ({resolution.calls} calls)")
     assert len(accounts) == n, f"discovered {len(accounts)} of {n} accounts"
 
     member = common.fresh_sinks(config, uuid.uuid4().hex[:8])
@@ -252,6 +253,7 @@ def organization_cycle(base: Any, n: int) -> dict[str, Any]:
     member_seconds = time.perf_counter() - started
     member_cpu = cpu.read()
     member_missed = len(expected - set(drain(member)))
+    common.log(f"member-role cycle: {member_seconds:.1f} s, {member_missed} traces missed")
 
     mon = common.fresh_sinks(config, uuid.uuid4().hex[:8])
     mon_collector = col.Collector.from_config(mon, xray.LimiterRegistry(rate=20.0))
