@@ -69,6 +69,8 @@ class Config(BaseModel):
         data = self.model_dump(mode="json")
         # Secrets are written only to the sandbox state file (0600), never logged.
         data["roster"]["external_id"] = self.roster.external_id.get_secret_value()
+        if self.roster.organizations is not None:
+            data["roster"]["organizations"]["external_id"] = self.roster.organizations.external_id.get_secret_value()
         data["signing_keys"] = [k.get_secret_value() for k in self.signing_keys]
         return orjson.dumps(data, option=orjson.OPT_INDENT_2)
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from prefect.blocks.core import Block
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 ACCOUNT_ID = re.compile(r"^\d{12}$")
 
@@ -17,6 +18,11 @@ class MemberAccount(BaseModel):
     name: str
     environment: str = "unknown"
     regions: list[str] = Field(default_factory=lambda: ["us-east-1"])
+    origin: str | None = Field(
+        default=None,
+        description="Where this entry came from: None for the static list, else e.g. "
+        "`organizations:ou-ab12-cdef34gh (workloads)` (shown by `xraylake roster`).",
+    )
 
     @field_validator("account_id", mode="before")
     @classmethod
@@ -24,6 +30,72 @@ class MemberAccount(BaseModel):
         text = str(value)
         if not ACCOUNT_ID.match(text):
             raise ValueError(f"account id must be 12 digits (keep leading zeros), got {value!r}")
+        return text
+
+
+TagFilter = dict[str, list[str]]
+
+
+class OrganizationsSource(BaseModel):
+    """The roster read from AWS Organizations instead of a static list.
+
+    Accounts come from the whole organization (`parents` empty: walked from its root) or from the
+    OUs (or root) named in `parents`, walked down through their child OUs; only ACTIVE accounts are
+    collected. `include_tags` keeps an account only when, for every key, its tag value is one of the
+    listed values (an empty list: any value); `exclude_tags` drops it when any key matches the same way.
+    Name from Organizations; environment from the `environment_tag` tag, else the name of the OU the
+    account sits in; regions from `regions_by_tag` (`"key=value"`), then `regions_by_ou` (OU id or
+    name, the nearest enclosing OU wins), then `regions`.
+    """
+
+    role_arn: str = Field(
+        description="Read-only role in the management or delegated-administrator account "
+        "(infra/organizations-reader-role.yaml), assumed like the member roles."
+    )
+    external_id: SecretStr = Field(default=SecretStr(""), description="ExternalId that role requires, if any.")
+    parents: list[str] = Field(default_factory=list, description="OU ids (ou-…) or the root id (r-…); empty: all.")
+    include_tags: TagFilter = Field(default_factory=dict)
+    exclude_tags: TagFilter = Field(default_factory=dict)
+    environment_tag: str = "environment"
+    regions: list[str] = Field(default_factory=lambda: ["us-east-1"])
+    regions_by_ou: dict[str, list[str]] = Field(default_factory=dict)
+    regions_by_tag: dict[str, list[str]] = Field(default_factory=dict)
+    cache_ttl_seconds: int = Field(default=300, ge=0, description="How long a discovered roster is reused.")
+    region: str = Field(default="us-east-1", description="Region of the Organizations endpoint.")
+
+    @field_validator("parents")
+    @classmethod
+    def _parent_ids(cls, value: list[str]) -> list[str]:
+        for parent in value:
+            if not re.match(r"^(r-[0-9a-z]{4,32}|ou-[0-9a-z]{4,32}-[a-z0-9]{8,32})$", parent):
+                raise ValueError(f"parent {parent!r} is neither an OU id (ou-…) nor a root id (r-…)")
+        return value
+
+    @field_validator("regions_by_tag")
+    @classmethod
+    def _tag_pairs(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for key in value:
+            if "=" not in key:
+                raise ValueError(f"regions_by_tag key {key!r} must be `tag-key=tag-value`")
+        return value
+
+
+class MonitoringAccount(BaseModel):
+    """CloudWatch cross-account observability: read X-Ray once in this account per region.
+
+    Linked source accounts (OAM links sharing `AWS::XRay::Trace` to the account's sink) are read
+    here through one role; every other roster account falls back to its own member role."""
+
+    account_id: str
+    role_name: str = "xraylake-monitoring-reader"
+    regions: list[str] = Field(default_factory=lambda: ["us-east-1"])
+
+    @field_validator("account_id", mode="before")
+    @classmethod
+    def _twelve_digits(cls, value: object) -> str:
+        text = str(value)
+        if not ACCOUNT_ID.match(text):
+            raise ValueError(f"monitoring account id must be 12 digits (keep leading zeros), got {value!r}")
         return text
 
 
@@ -36,6 +108,19 @@ class Roster(Block):
     role_name: str = "xraylake-reader"
     external_id: SecretStr = Field(default=SecretStr(""), description="ExternalId the member roles require.")
     session_duration_seconds: int = 3600
+    source: Literal["static", "organizations"] = Field(
+        default="static", description="`static`: `accounts` as listed; `organizations`: discovered each sweep."
+    )
+    organizations: OrganizationsSource | None = None
+    monitoring: MonitoringAccount | None = Field(
+        default=None, description="Monitoring-account mode (CloudWatch cross-account observability)."
+    )
+
+    @model_validator(mode="after")
+    def _source_configured(self) -> Roster:
+        if self.source == "organizations" and self.organizations is None:
+            raise ValueError("roster.source is `organizations` but roster.organizations is not configured")
+        return self
 
     def get(self, account_id: str) -> MemberAccount:
         for account in self.accounts:

@@ -18,7 +18,7 @@ from prefect.states import Completed, State
 from blocks.config import Config, load_config
 from flows.observe import emit, human_bytes, summary_artifact
 from flows.parameters import ConsumeParameters, takes
-from tasks import queue
+from tasks import organizations, queue
 from tasks.aws import log_client
 from tasks.consumer import BatchStats, Consumer
 from tasks.health import run_row, write_health
@@ -117,6 +117,8 @@ def run_consumer(
 def consume(params: ConsumeParameters, config_path: str | None) -> State:
     """Drain the org queue into the archive (raw + Parquet) and OpenSearch."""
     config = load_config(config_path)
+    # An Organizations roster: the accounts the sweeps collect (cached roster, no rediscovery).
+    config = organizations.resolve_for_run(config, cached_only=True).config(config)
     stats = run_consumer(config, **params.flow_kwargs())
     data: dict[str, Any] = stats.as_dict()
     for reason, count in stats.dead_lettered.items():

@@ -24,7 +24,7 @@ from blocks.config import Config, load_config
 from flows.observe import Progress, emit, human_bytes, summary_artifact
 from flows.parameters import MAX_ACCOUNT_THREADS, SweepParameters, takes
 from tasks import collector as col
-from tasks import xray
+from tasks import monitoring, organizations, xray
 from tasks.health import account_rows, write_health
 from tasks.limits import SLOT_TIMEOUT_SECONDS, concurrency_name, existing_limits, xray_slot
 
@@ -93,6 +93,20 @@ def sweep_account_task(
             result.watermark_after,
         )
     return result
+
+
+@task(name="sweep-monitoring-account", cache_policy=NO_CACHE)
+def sweep_monitoring_task(
+    collector: col.Collector,
+    roster: Any,
+    region: str,
+    accounts: list[MemberAccount],
+    now: datetime,
+    options: dict[str, Any],
+) -> monitoring.MonitoringResult:
+    """Every linked roster account of `region`, read once in the monitoring account (never raises)."""
+    sessions = monitoring.monitoring_sessions(roster)
+    return monitoring.sweep_region(collector, sessions, roster.monitoring, region, accounts, now=now, **options)
 
 
 def _result_or_failure(future: Any, account: MemberAccount, region: str) -> col.AccountResult:
@@ -187,6 +201,10 @@ def finish(
 def sweep(params: SweepParameters, config_path: str | None) -> State:
     """Collect new traces of every roster account (or `accounts`) and send them to the org queue."""
     config = load_config(config_path)
+    # Organizations roster: refreshed (or reused within its TTL) before any account is swept.
+    roster = organizations.resolve_for_run(config)
+    config = roster.config(config)
+    announce_roster(roster, config)
     targets = params.targets(config)
     limiters = xray.LimiterRegistry(rate=params.xray_rate_per_second) if params.xray_rate_per_second else None
     collector = col.Collector.from_config(config, limiters)
@@ -199,6 +217,14 @@ def sweep(params: SweepParameters, config_path: str | None) -> State:
         "time_range_type": params.time_range_type,
         "run_id": str(flow_run.get_id() or ""),
     }
+    # Monitoring-account mode: linked accounts are read once per region in the monitoring account;
+    # the others (and regions without a sink) keep their member roles. No sink at all: an error here.
+    routing = (
+        monitoring.route(config.roster, targets, monitoring.monitoring_sessions(config.roster))
+        if (config.roster.monitoring)
+        else monitoring.Route(list(targets), {})
+    )
+    targets = routing.member_targets
     # Every account is submitted at once and a slot frees as soon as one finishes: no batch waits
     # for its slowest account (bench B3b: 86 s → 68 s per 200-account cycle before shared models).
     slots = threading.BoundedSemaphore(params.concurrency)
@@ -212,9 +238,47 @@ def sweep(params: SweepParameters, config_path: str | None) -> State:
         )
         for (account, region), name in zip(targets, names, strict=True)
     ]
+    regional = [
+        sweep_monitoring_task.with_options(task_run_name=f"sweep-monitoring-{region}").submit(
+            collector, config.roster, region, accounts, now, options
+        )
+        for region, accounts in routing.groups.items()
+    ]
     progress = Progress("xraylake-sweep-progress", len(targets), f"sweep: {len(targets)} account/regions")
     results = []
     for f, (account, region) in zip(futures, targets, strict=True):
         results.append(_result_or_failure(f, account, region))
         progress.done(len(results))
-    return finish("sweep", results, params.fail_on_account_errors, config=config)
+    extra: dict[str, Any] = {"roster_source": roster.source, "roster_accounts": len(config.roster.accounts)}
+    for future in regional:
+        outcome: monitoring.MonitoringResult = future.result()
+        results += outcome.results
+        extra["dropped_outside_roster"] = extra.get("dropped_outside_roster", 0) + outcome.dropped_traces
+        extra["orphan_segments"] = extra.get("orphan_segments", 0) + outcome.orphan_segments
+    if routing.notes:
+        extra["routing"] = routing.notes
+    return finish("sweep", results, params.fail_on_account_errors, extra=extra, config=config)
+
+
+def announce_roster(roster: organizations.Resolution, config: Config) -> None:
+    """Events (and health rows for retired accounts) for what the roster refresh found."""
+    if roster.stale:
+        get_run_logger().warning("roster: using the last good roster (%s): %s", roster.fetched_at, roster.stale)
+        emit(
+            "xraylake.roster.stale",
+            "xraylake.roster",
+            {"error": roster.stale, "fetched_at": str(roster.fetched_at), "accounts": len(roster.roster.accounts)},
+        )
+    for gone in roster.retired:
+        emit(
+            "xraylake.account.retired",
+            f"aws.account.{gone.account_id}",
+            {"reason": gone.reason, "watermark": "kept"},
+            **{"xraylake.account.name": gone.name},
+        )
+    if roster.retired:
+        rows = [
+            {"account_id": g.account_id, "account_name": g.name, "status": "retired", "error": g.reason}
+            for g in roster.retired
+        ]
+        write_health(config, "sweep", rows)

@@ -80,6 +80,7 @@ class SandboxStack:
             from sandbox.strict_xray import StrictXRayFront
 
             front = StrictXRayFront(upstream=endpoint)
+            front.oam = seed.seed_observability()
             front.start()
             extra.append(front)
             service_endpoints["xray"] = front.url
@@ -87,6 +88,7 @@ class SandboxStack:
             service_endpoints["cloudwatch_logs"] = front.url
             for account_id, search_region in seed.TRANSACTION_SEARCH_REGIONS if transaction_search else []:
                 front.set_segment_destination(account_id, search_region, "CloudWatchLogs")
+            service_endpoints["oam"] = front.url  # moto has no OAM API: the front emulates it
         config = Config(
             region=region,
             log_account_id=seed.LOG_ACCOUNT_ID,

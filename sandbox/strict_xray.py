@@ -52,6 +52,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from sandbox import oam as oam_api
 from sandbox.transaction_search import LOGS_TARGET_PREFIX, ApiError, TransactionSearch
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,10 @@ class StrictXRayFront:
         self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
         self._withheld: dict[tuple[str, str, str], int] = defaultdict(int)
         self.transaction_search = transaction_search or TransactionSearch()
+        self._destinations: dict[tuple[str, str], str] = {}
+        # CloudWatch cross-account observability (sandbox/oam.py): None = no OAM API, no copies.
+        self.oam: oam_api.OamRegistry | None = None
+        self._services: dict[tuple[str, str, str], set[tuple[str, str]]] = defaultdict(set)
         self._totals = _Counters()
         self._accounts: dict[str, _Counters] = defaultdict(_Counters)
         self._filters: list[str] = []
@@ -441,6 +446,8 @@ class StrictXRayFront:
         region = match.group(2) if match else "us-east-1"
         account = self._resolve_account(access_key, lowered)
         route = urlsplit(path).path.rstrip("/") or "/"
+        if self.oam is not None and route in oam_api.PATHS:
+            return _json(*self.oam.handle(route, account, region, body))
         target = lowered.get("x-amz-target", "")
         if target.startswith(LOGS_TARGET_PREFIX):
             return self._logs(account, region, target[len(LOGS_TARGET_PREFIX) :], method, path, headers, body)
@@ -543,6 +550,11 @@ class StrictXRayFront:
             if not isinstance(document, dict) or not isinstance(document.get("trace_id"), str):
                 continue
             trace_id = document["trace_id"]
+            if document.get("type") != "subsegment" and isinstance(document.get("name"), str):
+                with self._lock:  # the trace's services, for a monitoring account's ServiceIds
+                    self._services[(account, region, trace_id)].add(
+                        (document["name"], str(document.get("origin") or ""))
+                    )
             key = (account, region, trace_id, str(document.get("id")))
             when = _number(document.get("end_time"))
             with self._lock:
@@ -638,8 +650,34 @@ class StrictXRayFront:
         return _json(200, answer)
 
     def _fetch_summaries(
-        self, account: str, region: str, method: str, path: str, headers: list[tuple[str, str]], request: dict[str, Any]
+        self,
+        account: str,
+        region: str,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        request: dict[str, Any],
+        copies: bool = True,
     ) -> _Snapshot | _Answer:
+        sources = self.oam.trace_sources(account, region) if copies and self.oam is not None else []
+        if sources:  # a monitoring account: its own traces plus the linked accounts' copies
+            per_account: dict[str, list[dict[str, Any]]] = {}
+            for source in [account, *sources]:
+                fetched = self._fetch_summaries(
+                    source, region, method, path, [*headers, ("x-moto-account-id", source)], request, copies=False
+                )
+                if isinstance(fetched, _Answer):
+                    return fetched
+                per_account[source] = fetched.summaries
+            merged = oam_api.merge_summaries(per_account, lambda a, t: sorted(self._services.get((a, region, t), ())))
+            merged.sort(key=lambda s: (_trace_epoch(s.get("Id")), str(s.get("Id"))), reverse=True)
+            return _Snapshot(
+                query="",
+                summaries=merged,
+                approximate_time=time.time(),
+                processed=len(merged),
+                created=time.monotonic(),
+            )
         upstream_request = dict(request)
         by_trace_id = request.get("TimeRangeType") == "TraceId"
         by_event = request.get("TimeRangeType", "Event") == "Event"
@@ -740,7 +778,23 @@ class StrictXRayFront:
         withheld = self._withhold(account, region, trace_ids)
         wanted = [t for t in trace_ids if t not in withheld]
         result: dict[str, Any] = {"Traces": [], "UnprocessedTraceIds": []}
-        if wanted:
+        sources = self.oam.trace_sources(account, region) if self.oam is not None else []
+        if wanted and sources:  # a monitoring account: every linked account's segments of each id
+            request["TraceIds"] = wanted
+            per_account: dict[str, list[dict[str, Any]]] = {}
+            with self._lock:  # ask only the accounts that recorded one of these ids
+                holders = [a for a in sources if any((a, region, t) in self._updated for t in wanted)]
+            for source in [account, *holders]:
+                answer = self._forward(
+                    account, method, path, [*headers, ("x-moto-account-id", source)], json.dumps(request).encode()
+                )
+                if answer.status != 200:
+                    return answer
+                per_account[source] = list((_parse(answer.body) or {}).get("Traces") or [])
+            merged = oam_api.merge_traces(per_account)
+            found = {str(t.get("Id")) for t in merged}
+            result = {"Traces": merged, "UnprocessedTraceIds": [t for t in wanted if t not in found]}
+        elif wanted:
             request["TraceIds"] = wanted
             answer = self._forward(account, method, path, headers, json.dumps(request).encode())
             if answer.status != 200:
@@ -750,6 +804,7 @@ class StrictXRayFront:
         cut = 0
         for trace in traces:
             trace["Segments"] = _latest_versions(trace.get("Segments") or [])
+            trace["Duration"] = _duration(trace["Segments"], trace.get("Duration"))
             if self._limit_trace(trace):
                 cut += 1
         result["Traces"] = traces
@@ -867,6 +922,18 @@ def _latest_versions(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if previous is None or _completed(segment) or not _completed(previous):
             chosen[segment_id] = segment
     return list(chosen.values())
+
+
+def _duration(segments: list[dict[str, Any]], fallback: Any) -> Any:
+    """Seconds from the first segment's start to the last end (X-Ray's float; moto truncates to int)."""
+    starts, ends = [], []
+    for segment in segments:
+        document = _parse(str(segment.get("Document", "")).encode()) or {}
+        start, end = _number(document.get("start_time")), _number(document.get("end_time"))
+        if start is not None:
+            starts.append(start)
+            ends.append(end if end is not None else start)
+    return max(ends) - min(starts) if starts else fallback
 
 
 def _completed(segment: dict[str, Any]) -> bool:

@@ -171,11 +171,37 @@ def log_client(service: str, region: str, config: BotoConfig | None = None) -> A
     return session.client(service, config=config or boto_config(service))
 
 
+def assumed_client(
+    role_arn: str,
+    service: str,
+    region: str,
+    *,
+    external_id: str = "",
+    session_name: str = "xraylake",
+    duration_seconds: int = 3600,
+) -> Any:
+    """A client in another account through one role (the organizations reader, the monitoring
+    account's reader), assumed with the log account's own credentials like the member roles."""
+    params: dict[str, Any] = {"RoleArn": role_arn, "RoleSessionName": session_name, "DurationSeconds": duration_seconds}
+    if external_id:
+        params["ExternalId"] = external_id
+    sts = log_client("sts", region)
+    credentials = sts.assume_role(**params)["Credentials"]
+    session: Any = shared_session(
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+        region_name=region,
+    )
+    return session.client(service, config=boto_config(service))
+
+
 __all__ = [
     "DEFAULT_BOTO_CONFIG",
     "AccountAccessError",
     "MemberSessions",
     "assume_role_params",
+    "assumed_client",
     "log_client",
     "member_credentials",
     "shared_session",

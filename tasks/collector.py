@@ -131,6 +131,7 @@ class AccountResult:
     spans: int = 0  # aws/spans log events read
     spans_rejected: int = 0  # without a readable trace id: counted, never sent
     deduplicated: int = 0  # traces both readers found, sent once
+    path: str = "member-role"  # or monitoring-account (tasks/monitoring.py): how X-Ray was read
     seconds: float = 0.0
     envelope_ids: list[str] = field(default_factory=list)
     trace_ids: list[str] = field(default_factory=list)

@@ -365,3 +365,34 @@ def test_setup_from_config_saves_the_blocks_every_flow_can_load(
     assert f"xraylake-config/{name}" in out["blocks"] and f"xraylake-roster/{name}" in out["blocks"]
     assert load_config_block(name).roster.accounts == fresh_config.roster.accounts
     assert run(cli, "setup", "--no-blocks", "--json")["blocks"] == []  # the JSON file alone, no server needed
+
+
+def test_roster_shows_the_resolved_roster_and_where_each_entry_came_from(
+    cli: CliRunner, stack, fresh_config, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    with_org = fresh_config.roster.model_copy(update={"organizations": stack.config.roster.organizations})
+    fresh_config = fresh_config.model_copy(update={"roster": with_org})
+    (tmp_path / "org.json").write_bytes(fresh_config.to_json())
+    monkeypatch.setenv("XRAYLAKE_CONFIG", str(tmp_path / "org.json"))
+    static = run(cli, "roster", "--json")
+    assert static["source"] == "static"
+    assert {a["origin"] for a in static["accounts"]} == {"static"}
+    assert [a["account_id"] for a in static["accounts"]] == [a.account_id for a in fresh_config.roster.accounts]
+
+    discovered = run(cli, "roster", "--source", "organizations", "--refresh", "--json")
+    assert discovered["source"] == "organizations"
+    by_name = {a["name"]: a for a in discovered["accounts"]}
+    assert set(by_name) == {"dev", "qa", "prod"}  # the sandbox's workloads OU
+    assert by_name["prod"]["regions"] == ["us-east-1", "eu-west-1"]
+    assert by_name["prod"]["origin"].startswith("organizations: ou-") and "(prod)" in by_name["prod"]["origin"]
+    table_output = run(cli, "roster", "--source", "organizations")["output"]
+    assert "origin" in table_output and "012345678901" in table_output
+
+    source = fresh_config.roster.organizations.model_copy(update={"parents": ["ou-zzzz-zzzzzzzz"]})
+    broken = fresh_config.model_copy(
+        update={"roster": fresh_config.roster.model_copy(update={"source": "organizations", "organizations": source})}
+    )
+    path = tmp_path / "broken.json"
+    path.write_bytes(broken.to_json())
+    monkeypatch.setenv("XRAYLAKE_CONFIG", str(path))
+    assert "OU ou-zzzz-zzzzzzzz does not exist in the organization" in run(cli, "roster", code=2)["output"]

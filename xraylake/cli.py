@@ -437,6 +437,13 @@ def demo(
     traces_per_account: int = 40,
     hours_back: float = 3.0,
     stop: Annotated[bool, typer.Option(help="Stop the sandbox at the end.")] = False,
+    monitoring_account: Annotated[
+        bool,
+        typer.Option(
+            "--monitoring-account",
+            help="Read linked accounts' X-Ray once in the sandbox's monitoring account (OAM); others by role.",
+        ),
+    ] = False,
     json: JsonOption = False,
 ) -> None:
     """The whole pipeline on synthetic multi-account traffic: sandbox → traffic → sweep → consume."""
@@ -449,6 +456,7 @@ def demo(
             traces_per_account=traces_per_account,
             hours_back=hours_back,
             console=None if json else console,
+            monitoring_account=monitoring_account,
         )
     finally:
         if stop:
@@ -720,6 +728,53 @@ def dlq_redrive(
         console.print(
             f"redrive ({report.method}): moved {report.moved}, kept {report.kept}, by reason {report.by_reason}"
         )
+
+
+@app.command()
+def roster(
+    config: ConfigOption = None,
+    source: Annotated[
+        str | None, typer.Option(help="Override roster.source for this view: static or organizations.")
+    ] = None,
+    refresh: Annotated[bool, typer.Option(help="Read Organizations now instead of the cached roster.")] = False,
+    json: JsonOption = False,
+) -> None:
+    """The resolved roster (what the next sweep collects) and where each entry came from."""
+    from tasks.organizations import RosterError, resolve_for_run
+
+    cfg = _config(config)
+    if source is not None:
+        if source not in ("static", "organizations"):
+            raise typer.BadParameter("must be static or organizations", param_hint="--source")
+        if source == "organizations" and cfg.roster.organizations is None:
+            _refuse("roster.organizations is not configured: no Organizations roster to show")
+        cfg = cfg.model_copy(update={"roster": cfg.roster.model_copy(update={"source": source})})
+    try:
+        resolution = resolve_for_run(cfg, force=refresh)
+    except RosterError as error:
+        _refuse(str(error))
+    rows = resolution.rows()
+    summary = {
+        "source": resolution.source,
+        "fetched_at": resolution.fetched_at.isoformat() if resolution.fetched_at else None,
+        "stale": resolution.stale,
+        "retired": [{"account_id": r.account_id, "name": r.name, "reason": r.reason} for r in resolution.retired],
+        "accounts": rows,
+    }
+    if json:
+        print_json(summary)
+        return
+    console.print(
+        table(
+            f"roster ({resolution.source}, {len(rows)} accounts)",
+            ["account_id", "name", "environment", "regions", "origin"],
+            [(r["account_id"], r["name"], r["environment"], ",".join(r["regions"]), r["origin"]) for r in rows],
+        )
+    )
+    if resolution.stale:
+        console.print(f"[yellow]last good roster of {resolution.fetched_at} used:[/yellow] {escape(resolution.stale)}")
+    for gone in resolution.retired:
+        console.print(f"retired {gone.account_id} ({gone.name}): {gone.reason}; its watermark is kept")
 
 
 @app.command()

@@ -61,6 +61,24 @@ def _data(state: Any) -> dict[str, Any]:
     return dict(data)
 
 
+def _demo_roster(home: Path, config: Any, monitoring_account: bool) -> tuple[str, list[dict[str, Any]]]:
+    """The demo's configuration: the sandbox's with the roster read from Organizations (and, with
+    `monitoring_account`, the sandbox's monitoring account, to which dev and qa are linked)."""
+    from blocks import MonitoringAccount
+    from sandbox import seed
+    from tasks.organizations import resolve_for_run
+
+    update: dict[str, Any] = {"source": "organizations"}
+    if monitoring_account:
+        update["monitoring"] = MonitoringAccount(account_id=seed.MONITORING_ACCOUNT_ID, role_name=seed.MONITORING_ROLE)
+    demo_config = config.model_copy(update={"roster": config.roster.model_copy(update=update)})
+    path = home / "demo-config.json"
+    path.write_bytes(demo_config.to_json())
+    path.chmod(0o600)
+    resolution = resolve_for_run(demo_config, force=True)
+    return str(path), resolution.rows()
+
+
 def run_demo(
     home: Path,
     *,
@@ -69,6 +87,7 @@ def run_demo(
     hours_back: float = 3.0,
     console: Console | None = None,
     report_path: Path | None = None,
+    monitoring_account: bool = False,
 ) -> dict[str, Any]:
     """Run the demo; prints Rich tables to `console` (None: quiet) and returns everything as data."""
     from blocks.config import load_config, sandbox_state_path
@@ -87,11 +106,20 @@ def run_demo(
     down(home)
     sandbox_state = up(home, transaction_search=True)  # prod/eu-west-1: Transaction Search
     config = load_config(sandbox_state_path(home))
-    config_path = str(sandbox_state_path(home))
+    config_path, roster_rows = _demo_roster(home, config, monitoring_account)
     timings["sandbox"] = time.monotonic() - tick
     say(
         f"[bold]1. sandbox[/bold] moto server {sandbox_state['aws_endpoint_url']}, "
         f"OpenSearch {sandbox_state['opensearch_url']}"
+    )
+    result["roster"] = roster_rows
+    mode = "monitoring account + member roles" if monitoring_account else "member roles"
+    say(
+        table(
+            f"roster from AWS Organizations (the workloads OU); X-Ray read through: {mode}",
+            ["account_id", "name", "environment", "regions", "origin"],
+            [[r["account_id"], r["name"], r["environment"], ",".join(r["regions"]), r["origin"]] for r in roster_rows],
+        )
     )
 
     tick = time.monotonic()
@@ -143,6 +171,7 @@ def run_demo(
     per_account: dict[tuple[str, str], Counter[str]] = {}
     readers: dict[tuple[str, str], str] = {}
     arrived: dict[tuple[str, str], set[str]] = {}
+    paths: dict[tuple[str, str], str] = {}
     for run in sweeps:
         for found in run.get("results") or []:  # trace ids in one form (W3C) whichever reader sent them
             key = (found.account_id, found.region)
@@ -154,9 +183,11 @@ def run_demo(
             counter = per_account.setdefault((row["account_id"], row["region"]), Counter())
             counter.update({k: row[k] for k in ("traces", "envelopes", "bytes", "claim_checks", "throttles")})
             counter["failed"] += row["status"] == "failed"
+            paths[(row["account_id"], row["region"])] = row.get("path", "member-role")
     generated = {(r.account_id, r.region): {t[2:10] + t[11:] for t in r.trace_ids} for r in written.regions}
     result["swept"] = [
-        {"account_id": a, "region": r, "reader": readers.get((a, r)), "generated": len(generated.get((a, r), ()))}
+        {"account_id": a, "region": r, "reader": readers.get((a, r)), "path": paths.get((a, r), "member-role")}
+        | {"generated": len(generated.get((a, r), ()))}
         | {"arrived": len(generated.get((a, r), set()) & arrived.get((a, r), set()))}
         | dict(c)
         for (a, r), c in per_account.items()
@@ -168,6 +199,7 @@ def run_demo(
             [
                 "account_id",
                 "region",
+                "path",
                 "reader",
                 "arrived",
                 "traces",
@@ -181,6 +213,7 @@ def run_demo(
                 [
                     s["account_id"],
                     s["region"],
+                    s["path"],
                     s["reader"],
                     f"{s['arrived']}/{s['generated']}",
                     s["traces"],

@@ -173,3 +173,86 @@ def test_an_account_whose_x_ray_slot_stays_busy_fails_alone_without_calling_x_ra
     freed = sweep_one()
     assert freed.status != "failed", freed.error
     assert freed.traces == 3
+
+
+def test_an_organizations_roster_sweeps_new_accounts_and_retires_closed_ones_without_config_changes(
+    fresh_config: Config, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    import uuid
+
+    from blocks import OrganizationsSource
+    from sandbox import seed
+    from tasks.index import client_for
+    from tasks.mappings import HEALTH_INDEX
+
+    org = boto3.client("organizations")
+    root = org.list_roots()["Roots"][0]["Id"]
+    ou = org.create_organizational_unit(ParentId=root, Name=f"s-{uuid.uuid4().hex[:8]}")["OrganizationalUnit"]["Id"]
+
+    def create(name: str) -> str:
+        status = org.create_account(Email=f"{name}-{uuid.uuid4().hex[:6]}@example.com", AccountName=name)
+        account_id = str(status["CreateAccountStatus"]["AccountId"])
+        org.move_account(AccountId=account_id, SourceParentId=root, DestinationParentId=ou)
+        return account_id
+
+    kept, closed = create("kept"), create("closing")
+    source = OrganizationsSource(
+        role_arn=f"arn:aws:iam::{seed.LOG_ACCOUNT_ID}:role/{seed.ORGANIZATIONS_READER_ROLE}",
+        parents=[ou],
+        cache_ttl_seconds=0,
+    )
+    roster = fresh_config.roster.model_copy(update={"source": "organizations", "organizations": source, "accounts": []})
+    config = fresh_config.model_copy(update={"roster": roster})
+    path = tmp_path / "org-config.json"
+    path.write_bytes(config.to_json())
+    put_simple_traces(config, kept, 3)
+
+    first = sweep(config_path=str(path), return_state=True)
+    assert first.is_completed(), first.message
+    assert {r["account_id"] for r in first.result()["accounts"]} == {kept, closed}
+    assert first.result()["totals"]["roster_source"] == "organizations"
+    assert first.result()["totals"]["traces"] == 3
+
+    org.close_account(AccountId=closed)
+    added = create("added")
+    put_simple_traces(config, added, 2)
+    second = sweep(config_path=str(path), return_state=True)
+    assert second.is_completed(), second.message  # a closed account is retired, not failed
+    rows = {r["account_id"]: r for r in second.result()["accounts"]}
+    assert set(rows) == {kept, added}
+    assert rows[added]["watermark_before"] is None and rows[added]["traces"] == 2  # swept from first_lookback
+    s3 = boto3.client("s3")
+    assert watermark.read(s3, config.archive, closed, "us-east-1").high_water is not None  # kept
+    search = client_for(config.opensearch)
+    search.indices.refresh(index=HEALTH_INDEX)
+    hits = search.search(index=HEALTH_INDEX, body={"query": {"term": {"status": "retired"}}})["hits"]["hits"]
+    assert [(h["_source"]["account_id"], h["_source"]["error"]) for h in hits] == [(closed, "status SUSPENDED")]
+
+
+def test_a_sweep_with_a_monitoring_account_reads_linked_accounts_there_and_says_which_path_each_took(
+    fresh_config: Config, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from blocks import MonitoringAccount
+    from tests.conftest import new_account_id
+
+    dev, qa, prod = (a.account_id for a in fresh_config.roster.accounts)
+    monitor = new_account_id()
+    sessions = MemberSessions(fresh_config.roster)
+    sink = sessions.client(monitor, "us-east-1", "oam").create_sink(Name="flow-test")["Arn"]
+    sessions.client(dev, "us-east-1", "oam").create_link(
+        LabelTemplate="$AccountName", ResourceTypes=["AWS::XRay::Trace"], SinkIdentifier=sink
+    )
+    for account in (dev, prod):
+        put_simple_traces(fresh_config, account, 2)
+    roster = fresh_config.roster.model_copy(update={"monitoring": MonitoringAccount(account_id=monitor)})
+    path = tmp_path / "monitoring.json"
+    path.write_bytes(fresh_config.model_copy(update={"roster": roster}).to_json())
+    state = sweep(config_path=str(path), return_state=True)
+    assert state.is_completed(), state.message
+    rows = {r["account_id"]: r for r in state.result()["accounts"]}
+    assert {k: (v["path"], v["traces"]) for k, v in rows.items()} == {
+        dev: ("monitoring-account", 2),
+        qa: ("member-role", 0),
+        prod: ("member-role", 2),
+    }
+    assert {e.account_id for e in drain(fresh_config)} == {dev, prod}

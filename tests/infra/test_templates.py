@@ -43,7 +43,9 @@ from tasks.aws import MemberSessions
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 MEMBER_TEMPLATE = INFRA / "member-reader-role.yaml"
 LOG_TEMPLATE = INFRA / "log-account.yaml"
-TEMPLATES = [MEMBER_TEMPLATE, LOG_TEMPLATE]
+ORGANIZATIONS_TEMPLATE = INFRA / "organizations-reader-role.yaml"
+MONITORING_TEMPLATE = INFRA / "monitoring-reader-role.yaml"
+TEMPLATES = [MEMBER_TEMPLATE, LOG_TEMPLATE, ORGANIZATIONS_TEMPLATE, MONITORING_TEMPLATE]
 
 READER_ACTIONS = {
     "xray:GetTraceSummaries",
@@ -251,6 +253,45 @@ def test_reader_role_outputs_its_arn() -> None:
     template = load(MEMBER_TEMPLATE)
     assert template["Outputs"]["ReaderRoleArn"]["Value"] == {"Fn::GetAtt": ["ReaderRole", "Arn"]}
     assert "Export" not in template["Outputs"]["ReaderRoleArn"]  # StackSet instances must not collide
+
+
+# ---------------------------------------------------------------- organizations / monitoring readers (structure)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (ORGANIZATIONS_TEMPLATE, set(seed.ORGANIZATIONS_READ_ACTIONS)),
+        (
+            MONITORING_TEMPLATE,
+            {
+                "xray:GetTraceSummaries",
+                "xray:BatchGetTraces",
+                "xray:GetTraceSegmentDestination",
+                "oam:ListSinks",
+                "oam:ListAttachedLinks",
+            },
+        ),
+    ],
+    ids=lambda v: v.name if isinstance(v, Path) else "",
+)
+def test_organizations_and_monitoring_roles_allow_only_read_actions_to_the_collector(
+    path: Path, expected: set[str]
+) -> None:
+    template = load(path)
+    (role,) = resources_of_type(template, "AWS::IAM::Role").values()
+    (statement,) = as_list(role["Properties"]["AssumeRolePolicyDocument"]["Statement"])
+    assert statement["Principal"] == {
+        "AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${LogAccountId}:role/${CollectorRoleName}"}
+    }
+    assert statement["Condition"] == {"StringEquals": {"sts:ExternalId": {"Ref": "ExternalId"}}}
+    assert template["Parameters"]["ExternalId"]["NoEcho"] is True
+    assert "ManagedPolicyArns" not in role["Properties"]
+    documents = [p["PolicyDocument"] for p in role["Properties"]["Policies"]]
+    assert all(s["Effect"] == "Allow" for d in documents for s in statements(d))
+    actions = set().union(*(allowed_actions(d) for d in documents))
+    assert actions == expected
+    assert all(a.split(":")[1].startswith(("List", "Describe", "Get", "BatchGet")) for a in actions)
 
 
 # ---------------------------------------------------------------- log account (structure)

@@ -18,6 +18,7 @@ from blocks.config import load_config, sandbox_state_path
 from sandbox import seed
 from sandbox.stack import _pid_alive, down, read_state, up
 from tasks.aws import MemberSessions
+from tasks.organizations import client_factory, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,7 +114,22 @@ def test_organization_roles_queue_and_bucket_are_seeded(stack) -> None:  # type:
     names = {a["Id"]: a["Name"] for a in org.list_accounts()["Accounts"]}
     assert {m.account_id: m.name for m in seed.MEMBERS}.items() <= names.items()
     tags = {t["Key"]: t["Value"] for t in org.list_tags_for_resource(ResourceId="012345678901")["Tags"]}
-    assert tags == {"environment": "dev"}
+    assert tags == {"environment": "dev", "team": "payments"}
+    layout = seed.ORG_LAYOUT
+    assert layout is not None
+    prod_parent = org.list_parents(ChildId="345678901234")["Parents"][0]["Id"]
+    assert prod_parent == layout.ous["prod"]
+    # The sandbox's Organizations roster (workloads OU) resolves to exactly the static members.
+    organizations_roster = stack.config.roster.model_copy(update={"source": "organizations", "accounts": []})
+    resolved = resolve(
+        stack.config.model_copy(update={"roster": organizations_roster}),
+        boto3.client("s3"),
+        client_factory(stack.config),
+        force=True,
+    )
+    assert {(a.account_id, a.name, a.environment, tuple(a.regions)) for a in resolved.roster.accounts} == {
+        (m.account_id, m.name, m.environment, tuple(m.regions)) for m in seed.MEMBERS
+    }
     attrs = boto3.client("sqs").get_queue_attributes(QueueUrl=stack.config.queue.queue_url, AttributeNames=["All"])[
         "Attributes"
     ]
