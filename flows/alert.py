@@ -13,10 +13,10 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.states import Completed, State
 
-from flows.observe import markdown_artifact
+from flows.observe import markdown_artifact, run_logger
 
 
 @flow(name="alert")
@@ -30,7 +30,7 @@ def alert(subject: str, body: str = "", event: str = "", resource: str = "", log
         resource: The resource the event is about (account, execution, queue, ...).
         log_file: File to append a JSON line to; empty = none.
     """
-    logger = get_run_logger()
+    logger = run_logger()
     logger.warning("ALERT %s | %s", subject, " ".join(body.split()))
     record = {
         "at": datetime.now(UTC).isoformat(),

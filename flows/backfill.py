@@ -31,7 +31,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
@@ -42,6 +42,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
 from blocks.config import BLOCK_SOURCE, load_config
+from flows.observe import run_logger
 from flows.parameters import BackfillChunkParameters, BackfillParameters, takes
 from flows.sweep import finish
 from tasks import archive, spans_reader, xray
@@ -178,7 +179,7 @@ def collect_chunks(
         result.error_kind = type(error).__name__
     result.count_calls(stats)
     result.count_span_calls(logs_call.stats)
-    logger = get_run_logger()
+    logger = run_logger()
     if result.status == "failed":
         logger.error("account %s (%s) region %s failed: %s", account.account_id, account.name, region, result.error)
     else:
@@ -216,7 +217,7 @@ def backfill_chunk(params: BackfillChunkParameters, config_path: str | None) -> 
     account = config.roster.get(params.account_id)
     windows = plan_windows(params.start, params.end, timedelta(minutes=params.chunk_minutes))
     collector = col.Collector.from_config(config)
-    get_run_logger().info(
+    run_logger().info(
         "backfill %s: %d chunks of %s/%s from %s",
         params.backfill_id, len(windows), params.account_id, params.region, params.start.isoformat(),
     )  # fmt: skip
@@ -254,7 +255,7 @@ def fan_out(
 ) -> tuple[list[col.AccountResult], int, int]:
     """Submit the groups without checkpoints to the chunk deployment, wait for every child run,
     and sum the results from the checkpoints. Returns (results, chunks finished, skipped)."""
-    logger = get_run_logger()
+    logger = run_logger()
     store = collector.config.archive
     total = len(windows) * len(targets)
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.states import Completed, Failed, State
 
 from blocks.config import load_config
-from flows.observe import emit, human_bytes, summary_artifact
+from flows.observe import emit, human_bytes, run_logger, summary_artifact
 from flows.parameters import CollectParameters, takes
 from flows.sweep import COLUMNS
 from tasks import collector as col
@@ -34,7 +34,7 @@ def collect(params: CollectParameters, config_path: str | None) -> State:
     account, parsed = params.target(config)
     collector = col.Collector.from_config(config)
     result = col.AccountResult(account.account_id, account.name, parsed.region)
-    logger = get_run_logger()
+    logger = run_logger()
     execution: dict[str, object] = {}
     try:
         states = collector.sessions.client(account.account_id, parsed.region, "stepfunctions", DEFAULT_BOTO_CONFIG)

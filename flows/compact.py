@@ -11,14 +11,14 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import ArchiveStore
 from blocks.config import load_config
-from flows.observe import emit, summary_artifact
+from flows.observe import emit, run_logger, summary_artifact
 from flows.parameters import CompactParameters, takes
 from tasks import compaction
 from tasks.aws import log_client
@@ -111,7 +111,7 @@ def compact(params: CompactParameters, config_path: str | None) -> State:
         timedelta(hours=params.skip_recent_hours),
     )
     work = [p for p in plans if p.has_work]
-    logger = get_run_logger()
+    logger = run_logger()
     logger.info("compact: %d partitions listed, %d with work", len(plans), len(work))
     if params.dry_run:
         rows = [

@@ -11,12 +11,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from blocks.config import Config, load_config
-from flows.observe import emit, human_bytes, summary_artifact
+from flows.observe import emit, human_bytes, run_logger, summary_artifact
 from flows.parameters import ConsumeParameters, takes
 from tasks import organizations, queue
 from tasks.aws import log_client
@@ -32,7 +32,7 @@ def consume_batch(consumer: Consumer, messages: list[queue.ReceivedMessage], vis
         sqs, url, messages, timeout_seconds=visibility_timeout, every_seconds=max(5.0, visibility_timeout / 3)
     ) as heartbeat:
         stats = consumer.process(messages, on_done=heartbeat.forget)
-    get_run_logger().info(
+    run_logger().info(
         "%d messages: %d done, %d traces, %d segments, %d dead-lettered, %d errors",
         stats.received,
         stats.deleted,
@@ -129,7 +129,7 @@ def consume(params: ConsumeParameters, config_path: str | None) -> State:
             **{"xraylake.reason": reason},
         )
     if stats.errors:
-        get_run_logger().warning("consume errors (first %d): %s", len(stats.errors), "; ".join(stats.errors[:5]))
+        run_logger().warning("consume errors (first %d): %s", len(stats.errors), "; ".join(stats.errors[:5]))
     summary_artifact(
         "xraylake-consume",
         f"consume: {stats.deleted} messages done, {stats.traces} traces, {stats.segments} segments, "

@@ -138,3 +138,15 @@ def emit(event: str, resource_id: str, payload: Mapping[str, Any] | None = None,
         )
     except Exception as error:
         log.warning("could not emit %s for %s: %s", event, resource_id, error)
+
+
+def run_logger() -> Any:
+    """The Prefect run logger (its lines reach the UI), or this module's logger when a flow or
+    task body runs as a plain function (tests, library use)."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("xraylake.flows")

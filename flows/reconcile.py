@@ -15,14 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
 from blocks.config import Config, load_config
-from flows.observe import emit, summary_artifact
+from flows.observe import emit, run_logger, summary_artifact
 from flows.parameters import ReconcileParameters, takes
 from tasks import collector as col
 from tasks import reconcile as rec
@@ -203,7 +203,7 @@ def reconcile(params: ReconcileParameters, config_path: str | None) -> State:
     targets = params.targets(config)  # unknown accounts/regions fail here
     collector = col.Collector.from_config(config)
     pairs = [(a.account_id, r) for a, r in targets]
-    logger = get_run_logger()
+    logger = run_logger()
 
     observation = observe(config, collector, targets, start, end, now, params.time_range_type)
     report = rec.compare(observation, pairs, params.max_ids, now)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed, Failed, State
 
 from blocks.config import Config, load_config
-from flows.observe import emit, summary_artifact
+from flows.observe import emit, run_logger, summary_artifact
 from flows.parameters import ReplayParameters, takes
 from tasks import archive, queue
 from tasks import replay as replay_tasks
@@ -58,7 +58,7 @@ def check_index_prefix(config: Config, prefix: str | None) -> str:
 @takes(ReplayParameters)
 def replay(params: ReplayParameters, config_path: str | None) -> State:
     """Re-send or re-ingest archived envelopes of a time range."""
-    logger = get_run_logger()
+    logger = run_logger()
     start, end = params.start, params.end  # checked and made UTC by ReplayParameters
     config = load_config(config_path)
     targets = params.targets(config)

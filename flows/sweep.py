@@ -13,7 +13,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
@@ -21,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
 from blocks.config import Config, load_config
-from flows.observe import Progress, emit, human_bytes, summary_artifact
+from flows.observe import Progress, emit, human_bytes, run_logger, summary_artifact
 from flows.parameters import MAX_ACCOUNT_THREADS, SweepParameters, takes
 from tasks import collector as col
 from tasks import monitoring, organizations, xray
@@ -78,7 +78,7 @@ def sweep_account_task(
             )
         else:
             result = col.sweep_account(collector, account, region, now=now, **options)
-    logger = get_run_logger()
+    logger = run_logger()
     if result.status == "failed":
         logger.error("account %s (%s) region %s failed: %s", account.account_id, account.name, region, result.error)
     else:
@@ -263,7 +263,7 @@ def sweep(params: SweepParameters, config_path: str | None) -> State:
 def announce_roster(roster: organizations.Resolution, config: Config) -> None:
     """Events (and health rows for retired accounts) for what the roster refresh found."""
     if roster.stale:
-        get_run_logger().warning("roster: using the last good roster (%s): %s", roster.fetched_at, roster.stale)
+        run_logger().warning("roster: using the last good roster (%s): %s", roster.fetched_at, roster.stale)
         emit(
             "xraylake.roster.stale",
             "xraylake.roster",

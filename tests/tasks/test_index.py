@@ -80,7 +80,7 @@ def test_setup_refuses_a_span_template_of_the_other_generation(cluster: OpenSear
 
 def test_standard_documents_index_under_the_standard_template(cluster: OpenSearch) -> None:
     ensure_templates(cluster, index_templates(generation="standard", profile="trace-analytics"))
-    assert _write_spans(cluster, "standard") == 9 + 4  # 9 spans, 4 service-map v2 documents
+    assert _write_spans(cluster, "standard") == 10 + 4  # 9 spans + 1 inferred Lambda node, 4 service-map v2 documents
     cluster.indices.refresh(index="otel-v2-apm-service-map")
     mapping = cluster.indices.get_mapping(index="otel-v1-apm-span")["otel-v1-apm-span-2024.09.22"]["mappings"]
     attributes = mapping["properties"]["attributes"]["properties"]
