@@ -58,6 +58,11 @@ class CatalogConfigError(TerminalError, ValueError):
     """The catalog configuration cannot work (unknown table, bad URI)."""
 
 
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
 def sql_uri(config: Config) -> str:
     """The SQL catalog's URI: the configured one, else one SQLite file per archive bucket."""
     if config.lake.sql_uri:
@@ -101,9 +106,7 @@ def open_catalog(config: Config) -> Catalog:
             **io_properties(config),
         )
     except Exception as error:
-        raise CatalogError(
-            f"cannot open the {config.lake.kind} lake catalog: {type(error).__name__}: {error}"
-        ) from error
+        raise CatalogError(f"cannot open the {config.lake.kind} lake catalog: {_one_line(error)}") from error
 
 
 def iceberg_schema(table: str) -> Any:
@@ -183,7 +186,7 @@ def open_table(config: Config, table: str, catalog: Catalog | None = None) -> Ta
         raise
     except Exception as error:
         raise CatalogError(
-            f"lake catalog ({config.lake.kind}) failed on {namespace}.{table}: {type(error).__name__}: {error}"
+            f"lake catalog ({config.lake.kind}) failed on {namespace}.{table}: {_one_line(error)}"
         ) from error
 
 

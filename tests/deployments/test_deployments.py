@@ -41,7 +41,7 @@ from tasks.mappings import HEALTH_INDEX
 
 PROJECT = Path(__file__).resolve().parents[2]
 WEBHOOK = json.loads((PROJECT / "deployments" / "webhook.json").read_text())
-EXPECTED = {"sweep", "consume", "consume-stream", "compact", "reconcile", "replay", "backfill", "collect"}
+EXPECTED = {"sweep", "consume", "consume-stream", "commit", "compact", "reconcile", "replay", "backfill", "collect"}
 FLOW_OF = {"consume-stream": "consume"}
 
 
@@ -188,6 +188,7 @@ def test_parameter_schemas_render_typed_forms() -> None:
     from flows import parameters as fp
     from flows.backfill import backfill
     from flows.collect import collect
+    from flows.commit import commit
     from flows.compact import compact
     from flows.consume import consume
     from flows.reconcile import reconcile
@@ -203,6 +204,7 @@ def test_parameter_schemas_render_typed_forms() -> None:
         (replay, fp.ReplayParameters),
         (reconcile, fp.ReconcileParameters),
         (compact, fp.CompactParameters),
+        (commit, fp.CommitParameters),
     ]:
         schema = parameter_schema(flow.fn).model_dump_for_openapi()
         expected = model.model_json_schema()

@@ -70,9 +70,7 @@ def commit_lake(config: Config) -> dict[str, committer.CommitResult]:
     }
 
 
-def ingest_batches(
-    config: Config, batches: Sequence[Sequence[env.Envelope]], commit: bool = True
-) -> BatchStats:
+def ingest_batches(config: Config, batches: Sequence[Sequence[env.Envelope]], commit: bool = True) -> BatchStats:
     """Each batch through the consumer's sinks (raw, Parquet, index) as one consumer batch would,
     then (`commit`) the committer's run."""
     consumer = Consumer(config, log_client("s3", config.archive.region), log_client("sqs", config.queue.region))
@@ -263,7 +261,9 @@ def test_duckdb_and_pyiceberg_read_identical_rows_of_one_snapshot_while_a_compac
     assert before is not None
     results: list[compaction.PartitionResult] = []
     worker = threading.Thread(
-        target=lambda: results.append(compaction.compact_partition(catalog.open_table(fresh_config, "segments"), planned))
+        target=lambda: results.append(
+            compaction.compact_partition(catalog.open_table(fresh_config, "segments"), planned)
+        )
     )
     worker.start()
     reads = 0
