@@ -17,6 +17,7 @@ from tests.tasks.test_lake import HOUR_START, envelope, ingest_batches, make_tra
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
+@pytest.mark.slow  # ~50 s on a loaded 2-core machine: two flow runs, a consume, a query
 def test_unreachable_catalog_fails_the_commit_run_not_the_consumer_and_the_next_run_commits(
     fresh_config: Config, tmp_path: Any
 ) -> None:

@@ -234,6 +234,7 @@ def test_files_that_vanish_between_listing_and_scan_are_listed_again(
     assert listings.count("segments") == 2
 
 
+@pytest.mark.slow  # ~45 s on a loaded 2-core machine: reads repeat until the compaction commits
 def test_duckdb_and_pyiceberg_read_identical_rows_of_one_snapshot_while_a_compaction_runs(
     fresh_config: Config,
 ) -> None:
