@@ -13,13 +13,32 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from blocks import ArchiveStore, OpenSearchTarget, Roster, TraceQueue
+
+
+class LakeCatalog(Block):
+    """Where the lake's Iceberg tables (`traces`, `segments`) are catalogued.
+
+    `sql`: a SQLite catalog file (default `$XRAYLAKE_HOME/lake/<bucket>.db`) for the sandbox and
+    single-machine use; `glue`: the AWS Glue Data Catalog (production; Athena, Spark, Trino and EMR
+    read the same tables). Table data and metadata live in the archive bucket under `table_prefix`.
+    """
+
+    _block_type_name = "xraylake Lake Catalog"
+
+    kind: Literal["sql", "glue"] = "sql"
+    namespace: str = Field(default="xraylake", description="Glue database / SQL catalog namespace.")
+    sql_uri: str | None = Field(
+        default=None, description="SQLAlchemy URI of the SQL catalog; empty = the default file."
+    )
+    glue_catalog_id: str | None = Field(default=None, description="Glue catalog (account) id; empty = the caller's.")
+    table_prefix: str = Field(default="iceberg", description="Key prefix of the tables in the archive bucket.")
 
 
 class ConfigError(ValueError):
@@ -41,6 +60,7 @@ class Config(BaseModel):
     queue: TraceQueue
     archive: ArchiveStore
     opensearch: OpenSearchTarget
+    lake: LakeCatalog = Field(default_factory=LakeCatalog, description="The Iceberg catalog of the Parquet lake.")
     redact_at_source: bool = Field(
         default=True,
         description="Collectors mask secrets in segment documents and execution input/output before "

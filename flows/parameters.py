@@ -550,23 +550,25 @@ class ReconcileParameters(FlowParameters):
 
 
 class CompactParameters(FlowParameters):
-    """Merge each partition's small Parquet files and drop duplicate rows."""
+    """Rewrite each partition of the Iceberg tables deduplicated, expire snapshots, remove orphans."""
 
     accounts: Accounts = None
     start_date: date | None = Field(default=None, description="First day (the `dt` partition); empty = the oldest.")
     end_date: date | None = Field(default=None, description="Last day, inclusive; empty = the newest.")
     tables: list[TableName] | None = Field(default=None, description="traces and/or segments; empty = both.")
-    target_file_mb: int = Field(default=128, ge=1, le=4096, description="Size of the merged files (MiB).")
     rewrite_single_files: bool = Field(
-        default=False, description="Also rewrite a partition holding one consumer file (duplicates inside it)."
+        default=False, description="Also rewrite partitions already compacted into one file."
     )
     skip_recent_hours: int = Field(
         default=0, ge=0, le=24 * 30, description="Leave partitions whose hour ended less than this long ago."
     )
-    orphan_grace_minutes: int = Field(
-        default=360,
+    snapshot_retention_hours: int = Field(
+        default=24, ge=1, le=24 * 90, description="Expire snapshots older than this (the time-travel window)."
+    )
+    orphan_delay_minutes: int = Field(
+        default=1440,
         ge=10,
-        description="Leftovers of a failed run younger than this stay (≥ 10: one may be running).",
+        description="Unreferenced files younger than this stay (≥ 10: a writer may be about to commit them).",
     )
     dry_run: bool = Field(default=False, description="Only plan: list what would change.")
 
@@ -586,3 +588,16 @@ class CompactParameters(FlowParameters):
 
     def check(self, config: Config) -> None:
         self.account_ids(config)
+
+
+class CommitParameters(FlowParameters):
+    """Commit the consumers' Parquet files to the Iceberg tables (one run at a time)."""
+
+    tables: list[TableName] | None = Field(default=None, description="traces and/or segments; empty = both.")
+    max_batches: int | None = Field(
+        default=None, ge=1, description="Commit at most this many batches (snapshots) per table; empty = all."
+    )
+
+    @property
+    def chosen_tables(self) -> list[str]:
+        return list(dict.fromkeys(self.tables or TABLES))

@@ -28,7 +28,7 @@ from tasks.mappings import HEALTH_FIELDS, HEALTH_INDEX
 
 log = logging.getLogger("xraylake.health")
 
-KINDS = frozenset({"sweep", "consume", "backfill", "replay", "collect", "reconcile", "compact"})
+KINDS = frozenset({"sweep", "consume", "backfill", "replay", "collect", "reconcile", "commit", "compact"})
 
 
 def _flow_run() -> tuple[str | None, str | None]:

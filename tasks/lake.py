@@ -1,15 +1,20 @@
-"""SQL over the Parquet lake: DuckDB reading pyarrow datasets (`FROM traces`, `FROM segments`).
+"""SQL over the lake's Iceberg tables: DuckDB reading the snapshot's files (`FROM traces`, `FROM segments`).
 
-DuckDB's httpfs extension is downloaded at run time (there may be no internet), so the lake is
-scanned by pyarrow (`S3FileSystem` with the same endpoint boto3 uses: the sandbox or real S3) and
-DuckDB queries the datasets with projection and filter pushdown. Same code on real S3.
+Each query opens `traces` and `segments` at their current snapshot in the catalog
+(`tasks.catalog`), plans the snapshot's data files with pyiceberg (partition pruning by account
+and `dt`), and hands DuckDB a pyarrow dataset of exactly those files (DuckDB's httpfs extension is
+downloaded at run time, and there may be no internet; pyarrow's `S3FileSystem` uses the same
+endpoint boto3 uses, the sandbox or real S3). A query therefore reads one consistent snapshot per
+table: a compaction committing meanwhile neither hides rows nor shows them twice, because the
+files it replaces stay in S3 until their snapshots expire and orphan removal's delay has passed.
+The tables hold what the committer has committed (freshness: the committer's schedule);
+`include_pending=True` (reconcile) adds the consumers' files not committed yet.
 
-The file list comes from `tasks.compaction.visible_files` (the compaction commit protocol), so
-a query never sees a partition both before and after a compaction. Partition columns
-(account_id, region, dt, hour) are strings: account ids keep their leading zeros. Timestamps are
-UTC. Between compactions a trace collected twice can appear twice (dedupe by the key and the
-latest `collected_at` if that matters, e.g. `QUALIFY row_number() OVER (PARTITION BY trace_id,
-segment_id ORDER BY collected_at DESC) = 1`).
+Partition columns (account_id, region, dt, hour) are strings: account ids keep their leading
+zeros. Timestamps are UTC. Rows are unique per document key once a partition is compacted; before
+that a trace collected twice can appear twice (dedupe by the key and the latest `collected_at`
+if that matters, e.g. `QUALIFY row_number() OVER (PARTITION BY trace_id, segment_id ORDER BY
+collected_at DESC) = 1`).
 
 Each query runs in its own DuckDB session with `QueryLimits`: a memory limit (nothing is spilled to
 disk, so the limit holds), a thread count and a time limit (a watchdog thread calls
@@ -36,8 +41,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from blocks.config import Config
-from tasks import archive, compaction
+from tasks import archive, catalog
 from tasks.aws import log_client
+from tasks.committer import list_pending
 from tasks.errors import TerminalError, TransientError
 from tasks.retrying import reread
 from tasks.tables import SEGMENT_SCHEMA, TRACE_SCHEMA
@@ -71,7 +77,11 @@ class LakeChangedError(LakeError):
 
 
 class EmptyLakeError(LakeError, LookupError):
-    """The lake holds no Parquet files yet."""
+    """The lake tables hold no rows yet."""
+
+
+class LakeUnavailable(LakeError):
+    """The lake catalog could not be reached."""
 
 
 _MEMORY = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", re.IGNORECASE)
@@ -96,10 +106,41 @@ class QueryLimits:
 
 
 def dataset_schema(table: str) -> pa.Schema:
-    """The dataset schema of a lake table: file columns, then the string partition columns."""
-    schema = LAKE_TABLES[table]
-    body = [f for f in schema if f.name not in archive.PARTITION_COLUMNS]
-    return pa.schema([*body, *archive.PARTITION_SCHEMA])
+    """The Arrow schema of a lake table as the code defines it (the catalog may hold more columns)."""
+    return LAKE_TABLES[table]
+
+
+def _row_filter(accounts: list[str] | None, start_date: date | None, end_date: date | None) -> Any:
+    from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, GreaterThanOrEqual, In, LessThanOrEqual
+
+    parts: list[BooleanExpression] = []
+    if accounts:
+        parts.append(In("account_id", set(accounts)))  # type: ignore[call-arg]
+    if start_date:
+        parts.append(GreaterThanOrEqual("dt", start_date.isoformat()))  # type: ignore[call-arg]
+    if end_date:
+        parts.append(LessThanOrEqual("dt", end_date.isoformat()))  # type: ignore[call-arg]
+    if not parts:
+        return AlwaysTrue()
+    return parts[0] if len(parts) == 1 else And(*parts)
+
+
+def _pending_keys(
+    s3: Any, config: Config, table: str, accounts: list[str] | None, start_date: date | None, end_date: date | None
+) -> list[str]:
+    wanted = set(accounts or [])
+    keys = []
+    for f in list_pending(s3, config.archive, table):
+        if not f.partition:
+            continue  # not in the layout: the committer refuses it
+        if wanted and f.partition["account_id"] not in wanted:
+            continue
+        if (start_date and f.partition["dt"] < start_date.isoformat()) or (
+            end_date and f.partition["dt"] > end_date.isoformat()
+        ):
+            continue
+        keys.append(f.key)
+    return keys
 
 
 def lake_dataset(
@@ -109,23 +150,48 @@ def lake_dataset(
     start_date: date | None = None,
     end_date: date | None = None,
     s3: Any = None,
+    *,
+    snapshot_id: int | None = None,
+    include_pending: bool = False,
+    iceberg_table: Any = None,
 ) -> ds.Dataset | None:
-    """The visible files of `table` as a pyarrow dataset (None when there are none)."""
+    """The data files of `table` at `snapshot_id` (default: the current snapshot) as a pyarrow
+    dataset (None when there are none); `include_pending` adds the consumers' files that the
+    committer has not committed yet. `LakeUnavailable` when the catalog cannot be reached."""
     if table not in LAKE_TABLES:
         raise ValueError(f"unknown lake table {table!r}: expected one of {', '.join(LAKE_TABLES)}")
     store = config.archive
-    s3 = s3 or log_client("s3", store.region)
-    files = compaction.visible_files(s3, store, table, accounts, start_date, end_date)
-    if not files:
-        return None
+    try:
+        tbl = iceberg_table or catalog.open_table(config, table)
+    except catalog.CatalogError as error:
+        raise LakeUnavailable(str(error)) from error
+    schema = catalog.arrow_schema(tbl, table)
     filesystem = archive.s3_filesystem(store.region, config.aws_endpoint_url)
-    return ds.dataset(
-        [f"{store.bucket}/{obj.key}" for obj in files],
-        filesystem=filesystem,
-        format="parquet",
-        partitioning=ds.partitioning(archive.PARTITION_SCHEMA, flavor="hive"),
-        partition_base_dir=f"{store.bucket}/{store.parquet_prefix}/{table}",
-    )
+    parts: list[ds.Dataset] = []
+    if snapshot_id is not None or tbl.metadata.current_snapshot_id is not None:
+        scan = tbl.scan(row_filter=_row_filter(accounts, start_date, end_date), snapshot_id=snapshot_id)
+        tasks = list(scan.plan_files())
+        if any(t.delete_files for t in tasks):  # xraylake writes none (copy-on-write); another engine might
+            parts.append(ds.dataset(scan.to_arrow().cast(schema)))
+        elif tasks:
+            paths = [t.file.file_path.split("://", 1)[-1] for t in tasks]
+            parts.append(ds.dataset(paths, schema=schema, filesystem=filesystem, format="parquet"))
+    if include_pending:
+        keys = _pending_keys(s3 or log_client("s3", store.region), config, table, accounts, start_date, end_date)
+        if keys:
+            parts.append(
+                ds.dataset(
+                    [f"{store.bucket}/{key}" for key in keys],
+                    schema=schema,
+                    filesystem=filesystem,
+                    format="parquet",
+                    partitioning=ds.partitioning(archive.PARTITION_SCHEMA, flavor="hive"),
+                    partition_base_dir=f"{store.bucket}/{store.parquet_prefix}/{table}",
+                )
+            )
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else ds.dataset(parts)
 
 
 class _Vanished(TransientError):
@@ -234,14 +300,19 @@ def query(config: Config, sql: str, *, max_rows: int | None = None, limits: Quer
         duckdb.extract_statements(sql)  # syntax errors before any listing
     except duckdb.Error as error:
         raise QueryError(str(error)) from error
-    s3 = log_client("s3", config.archive.region)
 
     def run() -> pd.DataFrame:
-        datasets = {name: lake_dataset(config, name, s3=s3) for name in LAKE_TABLES}
+        tables = {}
+        for name in LAKE_TABLES:
+            try:
+                tables[name] = catalog.open_table(config, name)
+            except catalog.CatalogError as error:
+                raise LakeUnavailable(str(error)) from error
+        datasets = {name: lake_dataset(config, name, iceberg_table=tbl) for name, tbl in tables.items()}
         if all(d is None for d in datasets.values()):
             raise EmptyLakeError(
-                f"the lake has no Parquet files yet under s3://{config.archive.bucket}/"
-                f"{config.archive.parquet_prefix}/ (consume some traces first)"
+                f"the lake tables {config.lake.namespace}.traces and .segments hold no rows yet "
+                "(consume some traces, then let the commit flow run: `xraylake lake commit`)"
             )
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -254,7 +325,7 @@ def query(config: Config, sql: str, *, max_rows: int | None = None, limits: Quer
             connection.execute("SET temp_directory = ''")  # no spilling to local disk: the limit holds
             connection.execute("SET enable_progress_bar = false")  # it would print into --json output
             for name, dataset in datasets.items():
-                source: Any = dataset if dataset is not None else dataset_schema(name).empty_table()
+                source: Any = dataset if dataset is not None else catalog.arrow_schema(tables[name], name).empty_table()
                 connection.register(name, source)
             connection.execute("SET enable_external_access = false")
             connection.execute("SET lock_configuration = true")
@@ -286,6 +357,7 @@ __all__ = [
     "EmptyLakeError",
     "LakeChangedError",
     "LakeError",
+    "LakeUnavailable",
     "QueryError",
     "QueryLimits",
     "QueryMemoryError",

@@ -9,7 +9,7 @@ partition hour otherwise — and is read by the same rule:
 * X-Ray       GetTraceSummaries through the member role, windows ≤ 1 h (`TimeRangeType=TraceId` by
               default), only for hours inside the 30-day retention;
 * raw         every envelope under the hour partitions (`raw/account_id=…/region=…/dt=…/hour=…/`);
-* Parquet     the `traces` table (the compaction-aware file list of `tasks.compaction`);
+* Parquet     the Iceberg `traces` table plus the consumers' files the committer has not committed yet;
 * index       the `<prefix>-traces` alias: account + region terms and a range on `partition_hour`
               (documents written before that field existed: a range on `trace_id`, whose fixed
               width lowercase hex sorts like the epoch), paged with search_after.
@@ -423,13 +423,15 @@ def observe_parquet(
     attempts: int = 3,
 ) -> dict[Target, Positions]:
     """Trace ids (with positions) in the `traces` table per (account, region) within the window's
-    dates (listed again, up to `attempts` listings, when a compaction swaps files between listing
-    and scan)."""
+    dates, committed or still pending (listed again, up to `attempts` listings, when the committer
+    moves a pending file into the table between listing and scan)."""
     last = end - timedelta(microseconds=1)
     dts = sorted({h.strftime("%Y-%m-%d") for h in hours_of(start, end)})
 
     def scan() -> dict[Target, Positions]:
-        dataset = lake.lake_dataset(config, "traces", list(account_ids), start.date(), last.date(), s3=s3)
+        dataset = lake.lake_dataset(
+            config, "traces", list(account_ids), start.date(), last.date(), s3=s3, include_pending=True
+        )
         if dataset is None:
             return {}
         table = dataset.to_table(

@@ -33,9 +33,10 @@ botocore standard mode retries throttling codes, 5xx, 429 and connection errors;
 `is_transient_error`.
 
 On top of these, and not transport retries: re-reads when the lake changes under a reader
-(compaction snapshot on `SnapshotChanged`, lake queries and reconcile's Parquet scan when files
-vanish between listing and scan: 3 listings each, every listing call itself ≤ 3 HTTP calls); the
-`compact-plan` Prefect task (2 retries of the whole plan, transient errors only); the Prefect API
+(lake queries when orphan removal deleted a planned snapshot's file, reconcile's Parquet scan
+when the committer moved a pending file into the table between listing and scan: 3 listings
+each, every listing call itself ≤ 3 HTTP calls); the `commit-table` and `compact-plan` Prefect
+tasks (2 retries of the whole plan, transient errors only); the Prefect API
 slot of `tasks.limits.xray_slot` (3 attempts, then the account works without the slot);
 opensearch-py's own retries for OpenSearch (`tasks.index`).
 """

@@ -198,6 +198,8 @@ def test_reconcile_compact_and_query_after_the_pipeline(cli: CliRunner, fresh_co
     checked = run(cli, "reconcile", "--start", start, "--end", end, "--json")
     assert checked["ok"] is True
     assert checked["totals"]["index"] == 15
+    committed = run(cli, "lake", "commit", "--json")  # what the commit deployment does every 5 minutes
+    assert committed["state"] == "COMPLETED" and committed["totals"]["committed_files"] > 0
     counted = run(
         cli, "query", "SELECT account_id, count(DISTINCT trace_id) AS traces FROM segments GROUP BY 1", "--json"
     )
@@ -207,6 +209,7 @@ def test_reconcile_compact_and_query_after_the_pipeline(cli: CliRunner, fresh_co
     assert compacted["state"] == "COMPLETED"
     assert compacted["totals"]["rows_out"] == compacted["totals"]["rows_in"] - compacted["totals"]["duplicates_removed"]
     assert compacted["totals"]["files_after"] <= compacted["totals"]["files_before"]
+    assert run(cli, "lake", "migrate", "--json")[0]["files_committed"] == 0  # nothing left in the old layout
     rows = run(cli, "query", "SELECT count(*) AS n FROM segments", "--json")
     assert rows == [{"n": 15}]
     assert "Parser Error" in run(cli, "query", "SELEC nonsense", code=2)["output"]
@@ -257,7 +260,7 @@ def future(hours: int = 2) -> str:
         (["reconcile", "--end", future()], "in the future"),
         (["reconcile", "--account", "999999999999"], "not in the roster"),
         (["consume", "--wait-seconds", "60"], "wait_seconds"),
-        (["compact", "--target-file-mb", "0"], "target_file_mb"),
+        (["compact", "--orphan-delay-minutes", "5"], "orphan_delay_minutes"),
         (["compact", "--start-date", "2026-11-02", "--end-date", "2026-11-01"], "before start_date"),
     ],
 )

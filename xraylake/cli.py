@@ -806,14 +806,16 @@ def compact(
     start_date: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD).")] = None,
     end_date: Annotated[str | None, typer.Option(help="Last day (YYYY-MM-DD).")] = None,
     tables: Annotated[list[LakeTable] | None, typer.Option("--table", help="traces | segments")] = None,
-    target_file_mb: int = 128,
     skip_recent_hours: int = 0,
     rewrite_single_files: bool = False,
+    snapshot_retention_hours: int = 24,
+    orphan_delay_minutes: int = 1440,
     dry_run: bool = False,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Merge small Parquet files per partition and drop duplicate rows (latest collected_at wins)."""
+    """Rewrite each Iceberg partition without duplicate rows (latest collected_at wins); expire
+    snapshots; remove orphan files."""
     from flows.compact import compact as compact_flow
     from flows.parameters import CompactParameters
 
@@ -823,9 +825,10 @@ def compact(
         start_date=start_date,
         end_date=end_date,
         tables=[t.value for t in tables] if tables else None,
-        target_file_mb=target_file_mb,
         skip_recent_hours=skip_recent_hours,
         rewrite_single_files=rewrite_single_files,
+        snapshot_retention_hours=snapshot_retention_hours,
+        orphan_delay_minutes=orphan_delay_minutes,
         dry_run=dry_run,
     )
     state, data = _run_flow(compact_flow, params, config)
@@ -840,6 +843,65 @@ def compact(
         console.print(f"{state.type.value}: {state.message}")
     if not state.is_completed():
         raise typer.Exit(1)
+
+
+lake_app = typer.Typer(no_args_is_help=True, help="The Iceberg tables traces and segments: commit, migrate.")
+app.add_typer(lake_app, name="lake")
+
+
+@lake_app.command("commit")
+def lake_commit(
+    tables: Annotated[list[LakeTable] | None, typer.Option("--table", help="traces | segments")] = None,
+    max_batches: Annotated[int | None, typer.Option(help="At most this many snapshots per table.")] = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Commit the consumers' pending Parquet files to the Iceberg tables (what the commit flow does)."""
+    from flows.commit import commit as commit_flow
+    from flows.parameters import CommitParameters
+
+    params = _parameters(
+        CommitParameters, tables=[t.value for t in tables] if tables else None, max_batches=max_batches
+    )
+    state, data = _run_flow(commit_flow, params, config)
+    if json:
+        print_json({"state": state.type.value, "message": state.message} | data)
+    else:
+        console.print(table("commit", ["metric", "value"], list(data["totals"].items())))
+        for item in data["refused"]:
+            console.print(f"refused {item['key']}: {item['reason']}")
+        console.print(f"{state.type.value}: {state.message}")
+    if not state.is_completed():
+        raise typer.Exit(1)
+
+
+@lake_app.command("migrate")
+def lake_migrate(
+    tables: Annotated[list[LakeTable] | None, typer.Option("--table", help="traces | segments")] = None,
+    compact_after: Annotated[bool, typer.Option("--compact/--no-compact", help="Compact what was committed.")] = True,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Bring a lake written before the Iceberg tables into them (idempotent; run it again to resume)."""
+    from rich.markup import escape
+
+    from tasks.aws import log_client
+    from tasks.catalog import CatalogError
+    from tasks.migration import migrate
+
+    cfg = _config(config)
+    chosen = [t.value for t in tables] if tables else ["traces", "segments"]
+    try:
+        results = migrate(log_client("s3", cfg.archive.region), cfg, chosen, compact=compact_after)
+    except CatalogError as error:
+        err_console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    rows = [r.as_row() for r in results]
+    if json:
+        print_json(rows)
+        return
+    columns = list(rows[0].keys())
+    console.print(table("lake migrate", columns, [[r[c] for c in columns] for r in rows]))
 
 
 @app.command()
@@ -891,7 +953,7 @@ def reconcile(
 
 @app.command()
 def query(
-    sql: Annotated[str, typer.Argument(help="SQL over the Parquet lake: FROM traces / FROM segments")],
+    sql: Annotated[str, typer.Argument(help="SQL over the Iceberg tables: FROM traces / FROM segments")],
     max_rows: int = 1000,
     memory_limit: Annotated[
         str | None,
@@ -904,7 +966,8 @@ def query(
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Ad-hoc SQL over the Parquet lake with DuckDB (no OpenSearch needed), within memory and time limits."""
+    """Ad-hoc SQL with DuckDB over the Iceberg tables' current snapshot (no OpenSearch needed), within
+    memory and time limits."""
     from rich.markup import escape
 
     from tasks.lake import LakeChangedError, LakeError, QueryLimits

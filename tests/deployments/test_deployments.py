@@ -45,6 +45,7 @@ EXPECTED = {
     "sweep",
     "consume",
     "consume-stream",
+    "commit",
     "compact",
     "reconcile",
     "replay",
@@ -200,6 +201,7 @@ def test_parameter_schemas_render_typed_forms() -> None:
     from flows import parameters as fp
     from flows.backfill import backfill, backfill_chunk
     from flows.collect import collect
+    from flows.commit import commit
     from flows.compact import compact
     from flows.consume import consume
     from flows.reconcile import reconcile
@@ -216,6 +218,7 @@ def test_parameter_schemas_render_typed_forms() -> None:
         (replay, fp.ReplayParameters),
         (reconcile, fp.ReconcileParameters),
         (compact, fp.CompactParameters),
+        (commit, fp.CommitParameters),
     ]:
         schema = serve.strict_schema(flow).model_dump_for_openapi()
         expected = fp.form_properties(model)

@@ -334,13 +334,14 @@ def observe_raw(config: Config, sinks: Sinks) -> None:
 
 
 def observe_parquet(config: Config, sinks: Sinks) -> None:
+    from tasks import lake
+
     s3 = boto3.client("s3")
-    store = config.archive
     for table_name in ("traces", "segments"):
-        prefix = f"{store.parquet_prefix}/{table_name}/"
-        if not any(True for _ in archive.list_keys(s3, store.bucket, prefix)):
+        # the Iceberg table plus the consumers' files the committer has not committed yet
+        dataset = lake.lake_dataset(config, table_name, s3=s3, include_pending=True)
+        if dataset is None:
             continue
-        dataset = archive.parquet_dataset(store, table_name, config.aws_endpoint_url)
         if table_name == "traces":
             table = dataset.to_table(columns=["account_id", "trace_id", "collected_at", "in_progress"])
             table = table.sort_by([("collected_at", "ascending")])

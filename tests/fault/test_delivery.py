@@ -12,6 +12,7 @@ import boto3
 import pytest
 
 from blocks.config import Config
+from flows.commit import commit
 from flows.compact import compact
 from flows.replay import replay
 from flows.sweep import sweep
@@ -31,6 +32,8 @@ def sweep_ok(config_file: str) -> None:
 
 
 def compacted_without_duplicates(config: Config, config_file: str) -> None:
+    committed = commit(config_path=config_file, return_state=True)
+    assert committed.is_completed(), committed.message
     state = compact(config_path=config_file, return_state=True)
     assert state.is_completed(), state.message
     after = h.Sinks()

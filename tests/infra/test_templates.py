@@ -393,9 +393,31 @@ def test_collector_role_least_privilege() -> None:
     }
     deletes = [s for s in statements(document) if "s3:DeleteObject" in as_list(s["Action"])]
     assert [d["Resource"] for d in deletes] == [
-        [{"Fn::Sub": "${ArchiveBucket.Arn}/parquet/*"}, {"Fn::Sub": "${ArchiveBucket.Arn}/state/*"}]
+        [
+            {"Fn::Sub": "${ArchiveBucket.Arn}/parquet/*"},
+            {"Fn::Sub": "${ArchiveBucket.Arn}/state/*"},
+            {"Fn::Sub": "${ArchiveBucket.Arn}/iceberg/*"},
+        ]
     ]
+    lake = by_sid["LakeCatalog"]
+    assert not any(a.startswith("glue:Delete") for a in lake["Action"])  # tables are never dropped
+    assert all("${LakeDatabaseName}" in r["Fn::Sub"] or r["Fn::Sub"].endswith(":catalog") for r in lake["Resource"])
     assert set(template["Outputs"]) >= {"QueueUrl", "DlqUrl", "BucketName", "CollectorRoleArn"}
+
+
+def test_lake_database_and_athena_workgroup() -> None:
+    template = load(LOG_TEMPLATE)
+    resources = template["Resources"]
+    database = resources["LakeDatabase"]
+    assert database["Type"] == "AWS::Glue::Database"
+    assert database["Properties"]["DatabaseInput"]["Name"] == {"Ref": "LakeDatabaseName"}
+    workgroup = resources["AthenaWorkgroup"]["Properties"]
+    assert workgroup["WorkGroupConfiguration"]["EnforceWorkGroupConfiguration"] is True
+    assert workgroup["WorkGroupConfiguration"]["EngineVersion"] == {"SelectedEngineVersion": "Athena engine version 3"}
+    assert workgroup["WorkGroupConfiguration"]["ResultConfiguration"]["OutputLocation"] == {
+        "Fn::Sub": "s3://${ArchiveBucket}/athena-results/"
+    }
+    assert set(template["Outputs"]) >= {"LakeDatabaseName", "AthenaWorkgroupName"}
 
 
 # ---------------------------------------------------------------- deployment on moto
@@ -426,7 +448,7 @@ def test_log_account_stack_deploys(stack: SandboxStack, encryption: str) -> None
     )
     out = outputs(described)
     log_account = stack.config.log_account_id
-    assert set(out) >= {"QueueUrl", "DlqUrl", "BucketName", "CollectorRoleArn"}
+    assert set(out) >= {"QueueUrl", "DlqUrl", "BucketName", "CollectorRoleArn", "LakeDatabaseName"}
     assert out["CollectorRoleArn"] == f"arn:aws:iam::{log_account}:role/xraylake-collector-{suffix}"
 
     sqs = session.client("sqs")

@@ -1,193 +1,28 @@
-"""Compaction planning and row logic, pure (no server)."""
+"""Compaction of the Iceberg tables: row logic pure, table operations on the moto S3 server with
+the SQL catalog (a deduplicating overwrite per partition, concurrent-append safety, snapshot
+expiry, orphan removal)."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+import boto3
 import pyarrow as pa
 import pytest
 
-from blocks import ArchiveStore
+from blocks.config import Config
+from tasks import catalog, committer
 from tasks import compaction as c
+from tests.tasks.test_committer import consumer_file, segment_rows
 
-STORE = ArchiveStore(bucket="lake")
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-PREFIX = "parquet/segments/account_id=012345678901/region=us-east-1/dt=2026-11-20/hour=10/"
 PARTITION = c.PartitionKey("segments", "012345678901", "us-east-1", "2026-11-20", "10")
 
 
-def obj(name: str, size: int = 100, age: timedelta = timedelta(hours=1), prefix: str = PREFIX) -> c.ObjectInfo:
-    return c.ObjectInfo(prefix + name, size, NOW - age)
-
-
-def marker(cid: str, outputs: list[str], replaces: list[str]) -> c.CommitMarker:
-    return c.CommitMarker(
-        compaction_id=cid,
-        table="segments",
-        account_id="012345678901",
-        region="us-east-1",
-        dt="2026-11-20",
-        hour="10",
-        outputs=outputs,
-        replaces=replaces,
-        created_at=NOW,
-    )
-
-
-def listing(*objects: c.ObjectInfo) -> c.PartitionListing:
-    grouped = c.group_listing(STORE, "segments", objects)
-    assert list(grouped) == [PARTITION]
-    return grouped[PARTITION]
-
-
-def plan(lst: c.PartitionListing, markers: dict[str, c.CommitMarker] | None = None, **kw: object) -> c.PartitionPlan:
-    return c.plan_partition(lst, c.resolve(lst, markers or {}), now=NOW, **kw)  # type: ignore[arg-type]
-
-
-A = "a" * 20
-B = "b" * 20
-
-
-# ----------------------------------------------------------------------------- listing
-
-
-def test_group_listing_sorts_kinds_and_ignores_foreign_keys() -> None:
-    objects = [
-        obj("part-1.parquet"),
-        obj(c.output_name(A, 0)),
-        obj(c.marker_name(A)),
-        obj("notes.txt"),
-        obj("_SUCCESS"),
-        c.ObjectInfo("parquet/segments/account_id=012345678901/loose.parquet", 1),
-        c.ObjectInfo("raw/account_id=012345678901/region=us-east-1/dt=2026-11-20/hour=10/x.json.gz", 1),
-    ]
-    grouped = c.group_listing(STORE, "segments", objects)
-    assert list(grouped) == [PARTITION]
-    lst = grouped[PARTITION]
-    assert [o.name for o in lst.parts] == ["part-1.parquet"]
-    assert list(lst.outputs) == [A]
-    assert list(lst.markers) == [A]
-    assert PARTITION.account_id == "012345678901"  # leading zero kept
-    assert PARTITION.prefix(STORE) == PREFIX
-
-
-def test_marker_contents_are_needed_only_where_they_decide_visibility() -> None:
-    assert not listing(obj("part-1.parquet"), obj("part-2.parquet")).needs_marker_contents
-    assert not listing(obj(c.output_name(A, 0)), obj(c.marker_name(A))).needs_marker_contents
-    assert listing(obj(c.output_name(A, 0)), obj(c.marker_name(A)), obj("part-9.parquet")).needs_marker_contents
-    assert listing(obj(c.marker_name(A)), obj(c.marker_name(B))).needs_marker_contents
-    with pytest.raises(ValueError, match="contents of markers"):
-        c.resolve(listing(obj(c.marker_name(A)), obj("part-1.parquet")))
-
-
-# ----------------------------------------------------------------------------- reader rule
-
-
-def test_reader_sees_old_files_until_the_marker_then_only_new_ones() -> None:
-    inputs = [obj("part-1.parquet"), obj("part-2.parquet")]
-    outputs = [obj(c.output_name(A, 0)), obj(c.output_name(A, 1))]
-    # outputs written, not committed: exactly the old files
-    before = c.resolve(listing(*inputs, *outputs))
-    assert [o.name for o in before.visible] == ["part-1.parquet", "part-2.parquet"]
-    assert len(before.uncommitted) == 2
-    # committed, inputs not yet deleted: exactly the new files
-    m = marker(A, [o.name for o in outputs], ["part-1.parquet", "part-2.parquet"])
-    during = c.resolve(listing(*inputs, *outputs, obj(c.marker_name(A))), {A: m})
-    assert [o.name for o in during.visible] == [o.name for o in outputs]
-    assert [o.name for o in during.superseded] == ["part-1.parquet", "part-2.parquet"]
-    # inputs deleted
-    after = c.resolve(listing(*outputs, obj(c.marker_name(A))))
-    assert [o.name for o in after.visible] == [o.name for o in outputs]
-    assert after.superseded == []
-
-
-def test_files_written_after_the_plan_stay_visible_next_to_the_outputs() -> None:
-    m = marker(A, [c.output_name(A, 0)], ["part-1.parquet"])
-    view = c.resolve(
-        listing(obj("part-1.parquet"), obj("part-new.parquet"), obj(c.output_name(A, 0)), obj(c.marker_name(A))),
-        {A: m},
-    )
-    assert sorted(o.name for o in view.visible) == [c.output_name(A, 0), "part-new.parquet"]
-
-
-def test_second_generation_hides_the_first_generation_outputs() -> None:
-    m1 = marker(A, [c.output_name(A, 0)], ["part-1.parquet"])
-    m2 = marker(B, [c.output_name(B, 0)], [c.output_name(A, 0), "part-2.parquet"])
-    view = c.resolve(
-        listing(
-            obj(c.output_name(A, 0)),
-            obj(c.marker_name(A)),
-            obj("part-2.parquet"),
-            obj(c.output_name(B, 0)),
-            obj(c.marker_name(B)),
-        ),
-        {A: m1, B: m2},
-    )
-    assert [o.name for o in view.visible] == [c.output_name(B, 0)]
-    assert sorted(o.name for o in view.superseded) == sorted([c.output_name(A, 0), "part-2.parquet"])
-
-
-def test_concurrent_marker_with_a_subset_of_inputs_is_overtaken() -> None:
-    m1 = marker(A, [c.output_name(A, 0)], ["part-1.parquet"])
-    m2 = marker(B, [c.output_name(B, 0)], ["part-1.parquet", "part-2.parquet"])
-    view = c.resolve(
-        listing(obj(c.output_name(A, 0)), obj(c.marker_name(A)), obj(c.output_name(B, 0)), obj(c.marker_name(B))),
-        {A: m1, B: m2},
-    )
-    assert [o.name for o in view.visible] == [c.output_name(B, 0)]
-    assert [o.name for o in view.superseded] == [c.output_name(A, 0)]
-
-
-# ----------------------------------------------------------------------------- planning
-
-
-def test_small_files_are_planned_with_a_deterministic_id() -> None:
-    lst = listing(obj("part-2.parquet", 300), obj("part-1.parquet", 200))
-    first = plan(lst, target_bytes=1000)
-    again = plan(listing(obj("part-1.parquet", 200), obj("part-2.parquet", 300)), target_bytes=1000)
-    assert first.compaction_id is not None
-    assert first.compaction_id == again.compaction_id
-    assert first.input_bytes == 500
-    assert [o.name for o in first.inputs] == ["part-1.parquet", "part-2.parquet"]
-    changed = plan(listing(obj("part-1.parquet", 200), obj("part-2.parquet", 301)))
-    assert changed.compaction_id != first.compaction_id
-
-
-def test_compacted_partition_is_left_alone_and_a_lone_part_only_on_request() -> None:
-    done = listing(obj(c.output_name(A, 0)), obj(c.output_name(A, 1)), obj(c.marker_name(A)))
-    p = plan(done)
-    assert not p.has_work
-    assert p.reason == "already compact"
-    lone = listing(obj("part-1.parquet"))
-    assert not plan(lone).has_work
-    assert plan(lone, rewrite_single_files=True).compaction_id is not None
-
-
-def test_new_part_next_to_outputs_merges_everything_and_retires_the_old_marker() -> None:
-    m = marker(A, [c.output_name(A, 0)], ["part-1.parquet"])
-    lst = listing(obj(c.output_name(A, 0)), obj(c.marker_name(A)), obj("part-new.parquet"))
-    p = plan(lst, {A: m})
-    assert p.compaction_id is not None
-    assert sorted(o.name for o in p.inputs) == sorted([c.output_name(A, 0), "part-new.parquet"])
-    assert [o.name for o in p.dead_markers] == [c.marker_name(A)]
-
-
-def test_interrupted_commit_is_finished_by_cleanup_only() -> None:
-    m = marker(A, [c.output_name(A, 0)], ["part-1.parquet", "part-2.parquet"])
-    lst = listing(obj("part-1.parquet"), obj("part-2.parquet"), obj(c.output_name(A, 0)), obj(c.marker_name(A)))
-    p = plan(lst, {A: m})
-    assert p.compaction_id is None
-    assert p.reason == "cleanup only"
-    assert sorted(o.name for o in p.cleanup) == ["part-1.parquet", "part-2.parquet"]
-    assert p.dead_markers == ()
-
-
-def test_orphans_are_removed_only_after_the_grace_period() -> None:
-    young = obj(c.output_name(A, 0), age=timedelta(minutes=5))
-    old = obj(c.output_name(B, 0), age=timedelta(hours=7))
-    p = plan(listing(obj("part-1.parquet"), young, old), orphan_grace=timedelta(hours=6))
-    assert [o.name for o in p.orphans] == [c.output_name(B, 0)]
-    assert p.reason == "cleanup only"
+def test_partition_filter_selects_exactly_one_partition() -> None:
+    text = repr(c.partition_filter(PARTITION))
+    for value in ("012345678901", "us-east-1", "2026-11-20", "'10'"):
+        assert value in text
+    assert PARTITION.label == "segments/012345678901/us-east-1/2026-11-20T10"
 
 
 def test_select_partitions_by_account_and_inclusive_dates() -> None:
@@ -256,11 +91,61 @@ def test_dedupe_traces_key_skips_the_partition_column_and_breaks_ties_determinis
         c.dedupe(pa.table({"x": [1]}), c.DEDUP_KEYS["segments"])
 
 
-def test_output_slices_cover_all_rows_with_files_near_the_target() -> None:
-    # 1000 input rows in 10 MB: 10 kB per row; target 1 MB → 100 rows per file
-    slices = c.output_slices(950, 1000, 10_000_000, 1_000_000)
-    assert len(slices) == 10
-    assert sum(length for _, length in slices) == 950
-    assert [offset for offset, _ in slices] == sorted(offset for offset, _ in slices)
-    assert c.output_slices(10, 10, 100, 1_000_000) == [(0, 10)]
-    assert c.output_slices(0, 10, 100, 1000) == []
+# ----------------------------------------------------------------------------- table operations
+
+
+def _committed(config: Config, batches: list[pa.Table]) -> tuple[object, committer.CommitResult]:
+    s3 = boto3.client("s3")
+    for number, rows in enumerate(batches):
+        consumer_file(s3, config, rows, f"b{number}")
+    tbl = catalog.open_table(config, "segments")
+    return tbl, committer.commit_table(s3, config.archive, tbl, "segments", max_files=1)  # one snapshot per file
+
+
+def test_overwrite_deduplicates_a_partition_atomically_and_expiry_and_orphans_clean_up(fresh_config: Config) -> None:
+    account = fresh_config.roster.accounts[0].account_id
+    old = datetime(2026, 11, 20, 10, 30, tzinfo=UTC)
+    first = segment_rows(account, range(0, 6), old)
+    again = segment_rows(account, range(3, 9), old + timedelta(minutes=5))  # segments 3-5 collected again
+    tbl, _ = _committed(fresh_config, [first, again])
+    [planned] = c.plan(tbl, "segments")  # type: ignore[arg-type]
+    assert (planned.files, planned.rows, planned.uncompacted) == (2, 12, 2)
+    before = tbl.metadata.current_snapshot_id  # type: ignore[attr-defined]
+
+    result = c.compact_partition(tbl, planned)  # type: ignore[arg-type]
+    assert (result.status, result.rows_in, result.rows_out, result.duplicates_removed) == ("compacted", 12, 9, 3)
+    assert (result.files_before, result.files_after) == (2, 1)
+    rows = tbl.scan().to_arrow().sort_by("segment_id")  # type: ignore[attr-defined]
+    assert rows.column("segment_id").to_pylist() == [f"s{i:02d}" for i in range(9)]
+    newest = old + timedelta(minutes=5)
+    assert [r["collected_at"] == newest for r in rows.select(["collected_at"]).to_pylist()] == [False] * 3 + [True] * 6
+    assert tbl.scan(snapshot_id=before).to_arrow().num_rows == 12  # type: ignore[attr-defined]  # time travel
+    assert c.plan(tbl, "segments") == []  # type: ignore[arg-type]  # idempotent: nothing left to do
+
+    s3 = boto3.client("s3")
+    later = datetime.now(UTC) + timedelta(days=2)
+    assert c.remove_orphans(s3, fresh_config.archive, tbl, timedelta(hours=24)) == []  # type: ignore[arg-type]
+    assert c.expire_snapshots(tbl, timedelta(hours=24), now=later) >= 2  # type: ignore[arg-type]
+    removed = c.remove_orphans(s3, fresh_config.archive, tbl, timedelta(hours=24), now=later)  # type: ignore[arg-type]
+    assert sum(k.endswith(".parquet") for k in removed) == 2  # the two committed files compaction replaced
+    assert tbl.scan().to_arrow().num_rows == 9  # type: ignore[attr-defined]
+    assert c.remove_orphans(s3, fresh_config.archive, tbl, timedelta(hours=24), now=later) == []  # type: ignore[arg-type]
+
+
+def test_an_append_during_compaction_fails_the_partition_and_loses_no_row(fresh_config: Config) -> None:
+    account = fresh_config.roster.accounts[0].account_id
+    at = datetime(2026, 11, 20, 10, 30, tzinfo=UTC)
+    tbl, _ = _committed(fresh_config, [segment_rows(account, range(0, 4), at), segment_rows(account, range(2, 6), at)])
+    [planned] = c.plan(tbl, "segments")  # type: ignore[arg-type]
+    # the committer (another process, its own table object) appends to the partition meanwhile
+    s3 = boto3.client("s3")
+    consumer_file(s3, fresh_config, segment_rows(account, range(10, 12), at), "late")
+    other = catalog.open_table(fresh_config, "segments")
+    assert committer.commit_table(s3, fresh_config.archive, other, "segments").committed_files == 1
+    result = c.compact_partition(tbl, planned)  # type: ignore[arg-type]  # planned before the append
+    assert result.status == "failed"
+    assert "ValidationException" in (result.error or "") or "CommitFailed" in (result.error or ""), result.error
+    other.refresh()
+    assert other.scan().to_arrow().num_rows == 10  # nothing dropped
+    [again] = c.plan(other, "segments")  # the next run compacts it
+    assert c.compact_partition(other, again).rows_out == 8

@@ -1,19 +1,21 @@
-"""SQL over the Parquet lake (DuckDB over pyarrow datasets on the moto S3 server)."""
+"""SQL over the Iceberg tables (DuckDB over the snapshot's files on the moto S3 server, SQL catalog)."""
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import duckdb
 import orjson
 import pytest
 
 from blocks.config import Config
+from tasks import catalog, committer, compaction, lake
 from tasks import envelope as env
-from tasks import lake
 from tasks.aws import log_client
 from tasks.consumer import BatchStats, Consumer
 from tasks.index import ensure_templates
@@ -59,8 +61,18 @@ def envelope(
     )
 
 
-def ingest_batches(config: Config, batches: Sequence[Sequence[env.Envelope]]) -> BatchStats:
-    """Each batch through the consumer's sinks (raw, Parquet, index) as one consumer batch would."""
+def commit_lake(config: Config) -> dict[str, committer.CommitResult]:
+    """What the commit flow does: the consumers' pending Parquet files into the Iceberg tables."""
+    s3 = log_client("s3", config.archive.region)
+    return {
+        table: committer.commit_table(s3, config.archive, catalog.open_table(config, table), table)
+        for table in ("traces", "segments")
+    }
+
+
+def ingest_batches(config: Config, batches: Sequence[Sequence[env.Envelope]], commit: bool = True) -> BatchStats:
+    """Each batch through the consumer's sinks (raw, Parquet, index) as one consumer batch would,
+    then (`commit`) the committer's run."""
     consumer = Consumer(config, log_client("s3", config.archive.region), log_client("sqs", config.queue.region))
     ensure_templates(consumer.opensearch, index_templates(consumer.index_prefix))
     total = BatchStats()
@@ -69,6 +81,8 @@ def ingest_batches(config: Config, batches: Sequence[Sequence[env.Envelope]]) ->
         failed = consumer.ingest([(e, e.to_json()) for e in batch], stats)
         assert not failed, stats.errors
         total.merge(stats)
+    if commit:
+        commit_lake(config)
     return total
 
 
@@ -113,8 +127,14 @@ def test_bad_sql_gives_duckdbs_message(fresh_config: Config) -> None:
 
 
 def test_empty_lake_is_a_clear_error(fresh_config: Config) -> None:
-    with pytest.raises(lake.EmptyLakeError, match="no Parquet files yet"):
+    with pytest.raises(lake.EmptyLakeError, match="hold no rows yet"):
         lake.query(fresh_config, "SELECT count(*) FROM traces")
+    trace = make_trace(fresh_config.roster.accounts[0].account_id, "x", HOUR_START)
+    ingest_batches(fresh_config, [[envelope(fresh_config, [trace])]], commit=False)
+    with pytest.raises(lake.EmptyLakeError, match="xraylake lake commit"):  # consumed, not committed yet
+        lake.query(fresh_config, "SELECT count(*) FROM traces")
+    commit_lake(fresh_config)
+    assert lake.query(fresh_config, "SELECT count(*) AS n FROM traces")["n"].tolist() == [1]
 
 
 def test_duckdbs_refusals_name_what_was_refused_and_why(fresh_config: Config) -> None:
@@ -185,24 +205,82 @@ def test_memory_and_thread_limits_are_applied(fresh_config: Config) -> None:
 def test_files_that_vanish_between_listing_and_scan_are_listed_again(
     fresh_config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A query planned on a snapshot whose files orphan removal deletes before the scan (a query
+    older than the retention) plans again on the current snapshot."""
     accounts = [a.account_id for a in fresh_config.roster.accounts]
     first = [make_trace(accounts[0], f"v{i}", HOUR_START) for i in range(2)]
-    second = [make_trace(accounts[1], f"w{i}", HOUR_START) for i in range(3)]
-    ingest_batches(fresh_config, [[envelope(fresh_config, first, 0)], [envelope(fresh_config, second, 1)]])
+    second = [make_trace(accounts[0], f"w{i}", HOUR_START) for i in range(3)]
+    ingest_batches(fresh_config, [[envelope(fresh_config, first, 0)]])
+    ingest_batches(fresh_config, [[envelope(fresh_config, second, 0)]])
     s3 = log_client("s3", fresh_config.archive.region)
     listings: list[str] = []
     real = lake.lake_dataset
 
-    def list_then_delete(config: Config, table: str, *args: Any, **kwargs: Any) -> Any:
+    def plan_then_compact(config: Config, table: str, *args: Any, **kwargs: Any) -> Any:
         dataset = real(config, table, *args, **kwargs)
         listings.append(table)
-        if table == "segments" and listings.count("segments") == 1:  # a compaction swaps a file away
-            doomed = next(f for f in dataset.files if f"account_id={accounts[0]}" in f)
-            bucket, key = doomed.split("/", 1)
-            s3.delete_object(Bucket=bucket, Key=key)
+        if table == "segments" and listings.count("segments") == 1:  # compaction + maintenance in between
+            tbl = catalog.open_table(config, table)
+            [planned] = compaction.plan(tbl, table)
+            assert compaction.compact_partition(tbl, planned).status == "compacted"
+            later = datetime.now(UTC) + timedelta(days=3)
+            assert compaction.expire_snapshots(tbl, timedelta(hours=1), now=later) > 0
+            assert compaction.remove_orphans(s3, config.archive, tbl, timedelta(minutes=10), now=later)
         return dataset
 
-    monkeypatch.setattr(lake, "lake_dataset", list_then_delete)
+    monkeypatch.setattr(lake, "lake_dataset", plan_then_compact)
     frame = lake.query(fresh_config, "SELECT account_id, count(*) AS n FROM segments GROUP BY 1")
-    assert frame.to_dict("records") == [{"account_id": accounts[1], "n": 3}]
+    assert frame.to_dict("records") == [{"account_id": accounts[0], "n": 5}]
     assert listings.count("segments") == 2
+
+
+@pytest.mark.slow  # ~45 s on a loaded 2-core machine: reads repeat until the compaction commits
+def test_duckdb_and_pyiceberg_read_identical_rows_of_one_snapshot_while_a_compaction_runs(
+    fresh_config: Config,
+) -> None:
+    account = fresh_config.roster.accounts[0].account_id
+    traces = [make_trace(account, f"c{i}", HOUR_START + timedelta(minutes=i), segments=2) for i in range(6)]
+    collected = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    batches = [[envelope(fresh_config, traces[:4], 0, collected)]]
+    batches.append([envelope(fresh_config, traces[2:], 0, collected + timedelta(minutes=1))])
+    ingest_batches(fresh_config, batches)
+    tbl = catalog.open_table(fresh_config, "segments")
+    [planned] = compaction.plan(tbl, "segments")
+    columns = ["trace_id", "segment_id", "collected_at"]
+
+    def both(snapshot_id: int) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        by_iceberg = tbl.scan(snapshot_id=snapshot_id, selected_fields=tuple(columns)).to_arrow()
+        dataset = lake.lake_dataset(fresh_config, "segments", snapshot_id=snapshot_id, iceberg_table=tbl)
+        connection = duckdb.connect()
+        connection.register("segments", dataset)
+        by_duckdb = connection.sql(f"SELECT {', '.join(columns)} FROM segments").fetch_arrow_table()
+        return sorted(zip(*by_iceberg.to_pydict().values(), strict=True)), sorted(
+            zip(*by_duckdb.to_pydict().values(), strict=True)
+        )
+
+    before = tbl.metadata.current_snapshot_id
+    assert before is not None
+    results: list[compaction.PartitionResult] = []
+    worker = threading.Thread(
+        target=lambda: results.append(
+            compaction.compact_partition(catalog.open_table(fresh_config, "segments"), planned)
+        )
+    )
+    worker.start()
+    reads = 0
+    while worker.is_alive() or reads < 2:
+        iceberg_rows, duckdb_rows = both(before)
+        assert iceberg_rows == duckdb_rows
+        assert len(duckdb_rows) == 16  # 4 + 4 traces of 2 segments, 2 traces twice: not yet deduplicated
+        reads += 1
+    worker.join()
+    assert results[0].status == "compacted", results[0].error
+    tbl.refresh()
+    after = tbl.metadata.current_snapshot_id
+    assert after != before
+    iceberg_rows, duckdb_rows = both(after)
+    assert iceberg_rows == duckdb_rows
+    assert len(duckdb_rows) == 12  # one row per segment, the newer collection of traces 2 and 3
+    newer = {r[0] for r in duckdb_rows if r[2] == collected + timedelta(minutes=1)}
+    assert newer == {t["Id"] for t in traces[2:]}
+    assert both(before)[1] != duckdb_rows  # the old snapshot still reads as it was
