@@ -43,7 +43,7 @@ from pydantic import BaseModel, Field
 
 from blocks import MemberAccount
 from blocks.config import Config
-from tasks import archive, lake, tracetime, windows, xray
+from tasks import archive, lake, spans_reader, tracetime, windows, xray
 from tasks import collector as col
 from tasks.consumer import BatchStats, Consumer
 from tasks.documents import EnvelopeDocuments
@@ -53,7 +53,10 @@ from tasks.ids import is_trace_id
 from tasks.index import bulk_index
 from tasks.mappings import SPAN_INDEX_PREFIX
 from tasks.retrying import reread
+from tasks.span_records import span_trace_id
+from tasks.spans import xray_trace_id
 from tasks.tables import to_arrow
+from tasks.tracetime import Partition
 
 SINKS = ("xray", "raw", "parquet", "index")
 ARCHIVE_SINKS = ("raw", "parquet", "index")
@@ -370,16 +373,56 @@ def observe_xray(
     hours: set[datetime],
     time_range_type: xray.TimeRangeType = "TraceId",
 ) -> Positions:
-    """Trace ids X-Ray lists for the hours in `hours` (each ≤ 1 h window clipped to the range)."""
+    """The source of truth for the hours in `hours`: trace ids X-Ray lists (each ≤ 1 h window
+    clipped to the range) and, for an account whose reader is `spans` or `both` (CloudWatch
+    Transaction Search: X-Ray lists only the indexed share), the trace ids in `aws/spans`."""
     client = collector.xray_client(account.account_id, region)
     limiter = collector.limiters.get(account.account_id, region)
+    xray_call, logs_call = collector.span_callers(account.account_id, region)
+    choice = spans_reader.select_reader(client, xray_call)
     found: set[str] = set()
-    for window in windows.plan_windows(start, end, HOUR):
-        if window.hour not in hours:
-            continue
-        listing = xray.list_trace_ids(client, window, time_range_type, account_id=account.account_id, limiter=limiter)
-        found.update(listing.trace_ids)
+    if choice.reader in ("xray", "both"):
+        for window in windows.plan_windows(start, end, HOUR):
+            if window.hour not in hours:
+                continue
+            listing = xray.list_trace_ids(
+                client, window, time_range_type, account_id=account.account_id, limiter=limiter
+            )
+            found.update(listing.trace_ids)
+    if choice.reader in ("spans", "both"):
+        found |= observe_spans(collector, account, region, start, end, hours, logs_call)
     return xray_positions(found)
+
+
+# A span's log event carries its end time: read this long past the window so the spans of a trace
+# that started inside it are seen (spans of longer traces are out of scope, as for X-Ray's listing).
+SPANS_READ_PAST = HOUR
+
+
+def observe_spans(
+    collector: col.Collector,
+    account: MemberAccount,
+    region: str,
+    start: datetime,
+    end: datetime,
+    hours: set[datetime],
+    call: spans_reader.Caller,
+) -> set[str]:
+    """Distinct trace ids (X-Ray form) in `aws/spans` whose id time lies in [start, end) and in
+    one of `hours`, read with FilterLogEvents (reconcile is the one place Logs Insights would
+    also fit; paging keeps it to API requests)."""
+    logs = collector.logs_client(account.account_id, region)
+    until = min(end + SPANS_READ_PAST, datetime.now(UTC))
+    found: set[str] = set()
+    if until <= start:
+        return found
+    for message in spans_reader.filter_events(logs, call, windows.Window(start, until)):
+        trace_id, _ = span_trace_id(message)
+        xray_id = xray_trace_id(trace_id) if trace_id else None
+        epoch = tracetime.id_epoch(xray_id) if xray_id else None
+        if xray_id and epoch is not None and Partition.of(epoch).start in hours and in_window(xray_id, start, end):
+            found.add(xray_id)
+    return found
 
 
 def _envelope_positions(s3: Any, bucket: str, key: str) -> Positions:
@@ -392,6 +435,8 @@ def _envelope_positions(s3: Any, bucket: str, key: str) -> Positions:
         trace_id = trace.get("Id")
         if isinstance(trace_id, str) and is_trace_id(trace_id):
             partition = tracetime.trace_partition(trace, envelope.collected_at)
+            # span envelopes carry W3C ids; every other sink files the X-Ray form (tasks/spans.py)
+            trace_id = xray_trace_id(trace_id) or trace_id
             out[trace_id] = position(trace_id, envelope.collected_at, partition.start)
     return out
 

@@ -193,3 +193,31 @@ def test_compare_and_plan_repair() -> None:
     assert plan.reprocess == {"raw/k0": {t[1]: {"index"}}, "raw/k3": {t[3]: {"parquet"}}}
     assert plan.unrepairable == {}
     assert rec.repair_part_name("e", [t[1], t[0]]) == rec.repair_part_name("e", [t[0], t[1]])
+
+
+def test_a_transaction_search_account_reconciles_against_aws_spans(
+    fresh_config: Config, config_file: str, stack: Any
+) -> None:
+    """X-Ray lists ~1 % of a span account's traces; reconcile takes `aws/spans` as the truth there
+    and finds every trace in raw (W3C ids in span envelopes), Parquet and the index alike."""
+    switched = fresh_config.roster.accounts[1]
+    front = next(c for c in stack.extra if type(c).__name__ == "StrictXRayFront")
+    front.set_segment_destination(switched.account_id, "us-east-1", "CloudWatchLogs")
+    try:
+        ids = put_simple_traces(fresh_config, switched.account_id, 8)
+        result = col.sweep_account(
+            col.Collector.from_config(fresh_config), switched, "us-east-1", now=datetime.now(UTC)
+        )
+        assert result.status == "ok" and result.reader == "spans", result.error
+        stats = run_consumer(fresh_config, wait_seconds=1, use_tasks=False)
+        assert stats.traces == len(ids), stats.errors
+        start, end = window()
+        state = reconcile(
+            start=start, end=end, accounts=[switched.account_id], config_path=config_file, return_state=True
+        )
+    finally:
+        front.set_segment_destination(switched.account_id, "us-east-1", "XRay")
+    assert state.is_completed(), state.message
+    report = rec.ReconcileReport.model_validate(state.result())
+    assert report.ok, report.message()
+    assert report.totals == {"xray": len(ids), "raw": len(ids), "parquet": len(ids), "index": len(ids)}
