@@ -21,9 +21,10 @@ install: $(VENV)/.installed
 demo: install
 	$(RUN)/xraylake demo
 
-# Two workers: most test time is waiting on servers (visibility timeouts, subprocesses), and each
-# worker gets its own sandbox and Prefect server. Modules stay on one worker (module fixtures).
-XDIST ?= -n 2 --dist loadfile
+# Four workers on two cores: most test time is waiting on servers (visibility timeouts, Prefect
+# runs, subprocesses), and each worker gets its own sandbox and Prefect server. Modules stay on one
+# worker (module fixtures).
+XDIST ?= -n 4 --dist loadfile
 
 test: install
 	$(RUN)/pytest $(XDIST) $(PYTEST_ARGS)

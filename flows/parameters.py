@@ -317,6 +317,8 @@ class SweepParameters(FlowParameters):
         return config.roster.targets(self.accounts, self.regions)
 
     def check(self, config: Config) -> None:
+        if config.roster.source == "organizations":
+            return  # the sweep resolves the roster first (tasks/organizations.py) and checks then
         self.targets(config)
 
 
@@ -418,8 +420,8 @@ class BackfillChunkParameters(FlowParameters):
     """One group of a fanned-out backfill: consecutive chunks of one account and region."""
 
     backfill_id: str = Field(pattern=r"^[0-9a-f]{16}$", description="The parent backfill's id (its checkpoints).")
-    account_id: AccountId
-    region: Region
+    account_id: Annotated[AccountId, Field(description="The roster account whose chunks this run collects.")]
+    region: Annotated[Region, Field(description="The region of those chunks.")]
     start: datetime = Field(description="First chunk's start, with a time zone.")
     end: datetime = Field(description="Last chunk's end (exclusive), with a time zone.")
     chunk_minutes: int = Field(default=60, ge=1, le=60, description="Window per chunk and checkpoint (1-60 minutes).")

@@ -653,9 +653,14 @@ def test_served_run_logs_at_info_and_a_failing_collect_fires_its_alert(served: P
     run: Any = run_deployment("consume/consume", parameters={"wait_seconds": 1}, timeout=180, poll_interval=1)
     assert run.state.is_completed(), run.state.message
     APILogWorker.drain_all(timeout=30)
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
-    info = [log.message for log in logs if log.level == 20]
+    deadline = time.monotonic() + 60  # the flow-run process sends its last lines after its final state
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+        info = [log.message for log in logs if log.level == 20]
+        if any(m.startswith("consume finished") for m in info) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert any(m.startswith("consume starting with") for m in info), [log.message for log in logs]
     assert any(m.startswith("consume finished: 0 messages consumed") for m in info), info
 

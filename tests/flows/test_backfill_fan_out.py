@@ -30,6 +30,7 @@ def start_worker(pool: str, name: str, log: Path) -> subprocess.Popen[bytes]:
         "PREFECT_API_URL": str(PREFECT_API_URL.value()),
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_LOGGING_LEVEL": "INFO",
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO",  # the CLI quiets its console; a worker must not
         "PYTHONUNBUFFERED": "1",
     }
     prefect = Path(sys.executable).parent / "prefect"
@@ -54,12 +55,13 @@ def test_two_process_workers_share_the_chunks_and_a_second_run_resumes(
     fresh_config: Config, config_file: str, tmp_path: Path
 ) -> None:
     accounts = fresh_config.roster.accounts[:2]
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    start = end - timedelta(hours=2)
+    since_end = (datetime.now(UTC) - end).total_seconds()
     expected: set[str] = set()
-    for account in accounts:  # one trace every 30 minutes of the last 2 hours
-        for age in range(40 * 60, 2 * 3600, 1800):
+    for account in accounts:  # one trace in each of the two hours
+        for age in (since_end + 600, since_end + 4200):
             expected |= set(put_simple_traces(fresh_config, account.account_id, 1, age_seconds=age))
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    start, end = now - timedelta(hours=2), now
     options = {
         "start": start,
         "end": end,

@@ -19,8 +19,8 @@ AT = datetime(2026, 11, 20, 10, 30, tzinfo=UTC)
 
 
 def test_missing_columns_are_named_in_order() -> None:
-    wanted = SEGMENT_SCHEMA.append(pa.field("links", pa.string()))
-    assert catalog.missing_columns(SEGMENT_SCHEMA, wanted) == ["links"]
+    wanted = SEGMENT_SCHEMA.append(pa.field("peer_service", pa.string()))
+    assert catalog.missing_columns(SEGMENT_SCHEMA, wanted) == ["peer_service"]
     assert catalog.missing_columns(wanted, SEGMENT_SCHEMA) == []
 
 
@@ -48,21 +48,21 @@ def test_a_new_column_is_added_in_the_catalog_without_rewriting_data(
     committer.commit_table(s3, fresh_config.archive, tbl, "segments")
     files_before = {t.file.file_path for t in tbl.scan().plan_files()}
 
-    # the code's schema gains a column (another writer's `links`): opening the table evolves it
-    evolved = SEGMENT_SCHEMA.append(pa.field("links", pa.string()))
+    # the code's schema gains a column (a column a newer writer adds): opening the table evolves it
+    evolved = SEGMENT_SCHEMA.append(pa.field("peer_service", pa.string()))
     monkeypatch.setitem(catalog.TABLE_SCHEMAS, "segments", evolved)
     tbl = catalog.open_table(fresh_config, "segments")
-    assert tbl.schema().find_field("links").required is False
+    assert tbl.schema().find_field("peer_service").required is False
     assert {t.file.file_path for t in tbl.scan().plan_files()} == files_before  # nothing rewritten
     rows = tbl.scan().to_arrow()
-    assert rows.column("links").null_count == 3  # old files read the new column as null
+    assert rows.column("peer_service").null_count == 3  # old files read the new column as null
 
     # an older writer's file (without the column) is still committed; a newer one carries it
-    newer = segment_rows(account, range(3, 5), AT).append_column("links", pa.array(['[{"trace_id": "x"}]'] * 2))
+    newer = segment_rows(account, range(3, 5), AT).append_column("peer_service", pa.array(['[{"trace_id": "x"}]'] * 2))
     consumer_file(s3, fresh_config, segment_rows(account, range(5, 6), AT), "older-writer")
     consumer_file(s3, fresh_config, newer, "newer-writer")
     assert committer.commit_table(s3, fresh_config.archive, tbl, "segments").committed_files == 2
-    links = dict(zip(*tbl.scan().to_arrow().select(["segment_id", "links"]).to_pydict().values(), strict=True))
+    links = dict(zip(*tbl.scan().to_arrow().select(["segment_id", "peer_service"]).to_pydict().values(), strict=True))
     assert links["s03"] == '[{"trace_id": "x"}]' and links["s05"] is None
 
 
