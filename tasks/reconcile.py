@@ -47,7 +47,7 @@ from tasks import archive, lake, spans_reader, tracetime, windows, xray
 from tasks import collector as col
 from tasks.consumer import BatchStats, Consumer
 from tasks.documents import EnvelopeDocuments
-from tasks.envelope import parse_envelope
+from tasks.envelope import SCHEMA_SPANS_V1, parse_envelope
 from tasks.errors import TransientError
 from tasks.ids import is_trace_id
 from tasks.index import bulk_index
@@ -435,8 +435,8 @@ def _envelope_positions(s3: Any, bucket: str, key: str) -> Positions:
         trace_id = trace.get("Id")
         if isinstance(trace_id, str) and is_trace_id(trace_id):
             partition = tracetime.trace_partition(trace, envelope.collected_at)
-            # span envelopes carry W3C ids; every other sink files the X-Ray form (tasks/spans.py)
-            trace_id = xray_trace_id(trace_id) or trace_id
+            if envelope.schema_ == SCHEMA_SPANS_V1:  # the consumer files span traces in X-Ray form
+                trace_id = xray_trace_id(trace_id) or trace_id
             out[trace_id] = position(trace_id, envelope.collected_at, partition.start)
     return out
 

@@ -225,13 +225,12 @@ def test_align_rebuilds_step_functions_traces_from_describe_results(traffic: Tra
     assert others == [document_json(d) for r in traffic.traces if r.execution != plan for d in r.documents]
 
 
-def test_generating_a_thousand_traces_is_fast() -> None:
+def test_generating_a_thousand_traces_across_two_regions() -> None:
+    # how fast is a benchmark's business (the generator feeds B1-B4), not a timed test's
     accounts = [MemberAccount(account_id="011122223333", name="load", regions=["us-east-1", "eu-west-1"])]
-    began = time.perf_counter()
     generated = generate_traffic(1, accounts, traces_per_account=1000, hours_back=6.0, now=NOW)
-    elapsed = time.perf_counter() - began
     assert sum(len(r.trace_ids) for r in generated.regions) == 1000
-    assert elapsed < 2.0, f"{elapsed:.2f} s"
+    assert {r.region for r in generated.regions} == {"us-east-1", "eu-west-1"}
 
 
 # ------------------------------------------------------------------------------ against moto
