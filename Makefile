@@ -6,7 +6,7 @@ VENV := .venv
 RUN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-quick lint fmt bench clean
+.PHONY: install demo test test-quick fuzz lint fmt bench clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -31,6 +31,11 @@ test: install
 
 test-quick: install
 	$(RUN)/pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
+
+# The long property tests only, with many more examples than make test draws (1,500 each).
+FUZZ_EXAMPLES ?= 20000
+fuzz: install
+	XRAYLAKE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(RUN)/pytest $(XDIST) -m fuzz $(PYTEST_ARGS)
 
 lint: install
 	$(RUN)/ruff check .

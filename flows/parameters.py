@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -172,17 +171,6 @@ CONFIG_BLOCK_SCHEMA: dict[str, Any] = {
 
 P = TypeVar("P", bound=FlowParameters)
 R = TypeVar("R")
-_log = logging.getLogger("xraylake")
-
-
-def _run_logger() -> Any:
-    from prefect import get_run_logger
-    from prefect.exceptions import MissingContextError
-
-    try:
-        return get_run_logger()
-    except MissingContextError:  # the body called as a plain function (tests)
-        return _log
 
 
 def _announce_failure(
@@ -214,10 +202,10 @@ def takes(model: type[P]) -> Callable[[Callable[[P, str | None], R]], Callable[.
 
         @functools.wraps(body)
         def flow_fn(config_path: str | None = None, config_block: str | None = None, **values: Any) -> R:
-            from flows.observe import mark_started
+            from flows.observe import mark_started, run_logger
 
             mark_started()
-            logger = _run_logger()
+            logger = run_logger()
             params: P | None = None
             try:
                 try:

@@ -767,7 +767,9 @@ class MachineSpec:
     fail_error: str
     fail_cause: str
     after: tuple[_Task, ...]
-    timeout_seconds: int = 3
+    # A planned SUCCEEDED run takes ~1 s (its Wait) plus moto's state transitions; 3 s was too tight on
+    # a loaded CI machine (runs ended TIMED_OUT). TIMED_OUT runs wait 30 s, well past this.
+    timeout_seconds: int = 8
 
     def definition(self) -> dict[str, Any]:
         states: dict[str, Any] = {}

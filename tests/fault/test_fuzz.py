@@ -37,10 +37,10 @@ from tasks.trace_model import TraceContext
 from tasks.transform import transform_trace
 from tests.fault import helpers as h
 from tests.fixtures import FIXTURES, load_fixture
+from tests.fuzzing import LONG, LONG_TIMEOUT_SECONDS
 
 ALLOWED = (env.EnvelopeError, TransientError)
 QUICK = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-LONG = settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=True) | st.text(max_size=20),
@@ -157,6 +157,8 @@ def test_decode_only_raises_envelope_or_transient_errors(consumers, body, attrs,
 
 
 @pytest.mark.slow
+@pytest.mark.fuzz
+@pytest.mark.timeout(LONG_TIMEOUT_SECONDS)
 @LONG
 @given(body=bodies, attrs=attributes, sys_attrs=system, which=st.integers(0, 1))
 def test_decode_only_raises_envelope_or_transient_errors_long(consumers, body, attrs, sys_attrs, which) -> None:  # type: ignore[no-untyped-def]
@@ -239,6 +241,8 @@ def test_transform_of_mutated_real_traces_never_raises(trace: Any) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.fuzz
+@pytest.mark.timeout(LONG_TIMEOUT_SECONDS)
 @LONG
 @given(trace=mutated_trace())
 def test_transform_of_mutated_real_traces_never_raises_long(trace: Any) -> None:

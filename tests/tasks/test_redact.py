@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tasks.redact import DEFAULT_DENY_KEYS, RedactionPolicy, cap_utf8, key_words, normalise_key, redact_url
+from tests.fuzzing import LONG, LONG_TIMEOUT_SECONDS
 
 POLICY = RedactionPolicy()
 
@@ -229,7 +230,9 @@ _KEYS = ["id", "name", "url", "request_url", "sql", "rows", "Token", "x-api-key"
 
 
 @pytest.mark.slow
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.fuzz
+@pytest.mark.timeout(LONG_TIMEOUT_SECONDS)
+@LONG
 @given(
     document=st.recursive(
         st.one_of(

@@ -24,6 +24,7 @@ from tasks.tables import SEGMENT_SCHEMA, TRACE_SCHEMA, to_arrow
 from tasks.trace_model import TraceContext, TraceDocuments
 from tasks.transform import transform_trace
 from tests.fixtures import load_fixture, load_fixture_text, mapping_errors, segment_trace
+from tests.fuzzing import LONG, LONG_TIMEOUT_SECONDS
 
 CTX = TraceContext(
     account_id="012345678901",
@@ -1076,10 +1077,9 @@ def test_arbitrary_documents_never_raise(trace: Any, execution: Any) -> None:
 
 
 @pytest.mark.slow
-# ~215 s beside another test process on this 2-core machine (the same before and after the
-# trace-time and id changes, measured side by side): the suite's 300 s default is too tight.
-@pytest.mark.timeout(900)
-@settings(max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.fuzz
+@pytest.mark.timeout(LONG_TIMEOUT_SECONDS)
+@LONG
 @given(trace=_trace_strategy, execution=_execution)
 def test_arbitrary_documents_never_raise_long(trace: Any, execution: Any) -> None:
     _never_raises(trace, execution)
