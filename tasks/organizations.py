@@ -503,10 +503,15 @@ def client_factory(config: Config) -> Callable[[OrganizationsSource], Any]:
 
 
 def resolve_for_run(
-    config: Config, *, force: bool = False, cached_only: bool = False, rate: float | None = ORGANIZATIONS_RATE
+    config: Config,
+    *,
+    force: bool = False,
+    cached_only: bool = False,
+    rate: float | None = ORGANIZATIONS_RATE,
+    now: datetime | None = None,
 ) -> Resolution:
     """`resolve` with the real clients: the log account's S3 and the organizations reader role."""
     from tasks.aws import log_client
 
     s3 = log_client("s3", config.archive.region)
-    return resolve(config, s3, client_factory(config), force=force, cached_only=cached_only, rate=rate)
+    return resolve(config, s3, client_factory(config), force=force, cached_only=cached_only, rate=rate, now=now)
