@@ -70,6 +70,23 @@ class PhaseTimer:
         self._undo.clear()
 
 
+def sweep_phases() -> PhaseTimer:
+    """A PhaseTimer on the functions one account's sweep calls (undo with `restore`)."""
+    from tasks import collector as col
+    from tasks import watermark, xray
+    from tasks.aws import MemberSessions
+
+    timer = PhaseTimer()
+    timer.wrap(MemberSessions, "_member", "assume_role_or_cached")
+    timer.wrap(watermark, "read", "watermark_read")
+    timer.wrap(watermark, "advance", "watermark_write")
+    timer.wrap(xray, "detect_transaction_search", "transaction_search_check")
+    timer.wrap(xray, "list_trace_ids", "summaries")
+    timer.wrap(xray, "batch_get_traces", "batch_get_traces")
+    timer.wrap(col, "send_envelopes", "send_envelopes")
+    return timer
+
+
 @contextlib.contextmanager
 def per_session_models(enabled: bool) -> Iterator[None]:
     """Patch: every session gets its own botocore data loader (plain `boto3.Session`)."""
@@ -105,7 +122,7 @@ def run_flow(config: Any, concurrency: int) -> list[Any]:
 def cycle(base: Any, accounts: list[Any], scheduler: str, workers: int, shared: bool) -> dict[str, Any]:
     """One sweep cycle over `accounts`; `workers` is the pool size, or the flow's `concurrency`."""
     from tasks import collector as col
-    from tasks import watermark, xray
+    from tasks import xray
     from tasks.aws import MemberSessions
 
     config = common.fresh_sinks(common.roster_of(base, accounts), uuid.uuid4().hex[:8])
@@ -114,14 +131,7 @@ def cycle(base: Any, accounts: list[Any], scheduler: str, workers: int, shared: 
     with ThreadPoolExecutor(8) as pool:
         expected = set().union(*pool.map(lambda a: put_traces(writer, a.account_id, 3, now), accounts))
 
-    timer = PhaseTimer()
-    timer.wrap(MemberSessions, "_member", "assume_role_or_cached")
-    timer.wrap(watermark, "read", "watermark_read")
-    timer.wrap(watermark, "advance", "watermark_write")
-    timer.wrap(xray, "detect_transaction_search", "transaction_search_check")
-    timer.wrap(xray, "list_trace_ids", "summaries")
-    timer.wrap(xray, "batch_get_traces", "batch_get_traces")
-    timer.wrap(col, "send_envelopes", "send_envelopes")
+    timer = sweep_phases()
     cpu = common.CpuMeter(base.sandbox_pid)
     started = time.perf_counter()
     try:
