@@ -97,12 +97,13 @@ def per_session_models(enabled: bool) -> Iterator[None]:
 
     from tasks import aws
 
-    original = aws.shared_session
+    original, client_session = aws.shared_session, aws._client_session
     aws.shared_session = lambda **kwargs: boto3.Session(**kwargs)
+    aws._client_session = lambda: boto3.Session()  # a plain session (and its loader) per member client
     try:
         yield
     finally:
-        aws.shared_session = original
+        aws.shared_session, aws._client_session = original, client_session
 
 
 def run_flow(config: Any, concurrency: int) -> list[Any]:
