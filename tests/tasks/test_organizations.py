@@ -241,3 +241,26 @@ def test_the_reader_role_client_is_reused_between_refreshes(unit: Unit) -> None:
 
 def unit_name(unit: Unit) -> str:
     return str(unit.org.describe_organizational_unit(OrganizationalUnitId=unit.ou)["OrganizationalUnit"]["Name"])
+
+
+def test_throttles_are_backed_off_counted_and_the_discovery_completes(
+    stack: Any, unit: Unit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandbox.faults import FaultProxy, FaultRule
+
+    throttled = FaultRule(
+        method="POST",
+        request_headers={"X-Amz-Target": "ListTagsForResource"},
+        status=400,
+        response=b'{"__type": "TooManyRequestsException", "Message": "AWS Organizations can\'t complete your request"}',
+        content_type="application/x-amz-json-1.1",
+        times=2,
+    )
+    with FaultProxy(stack.config.aws_endpoint_url) as proxy:
+        proxy.add(throttled)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_ORGANIZATIONS", proxy.url)
+        monkeypatch.setattr(orgs, "_clients", {})  # a client of its own, through the proxy
+        found = orgs.discover(factory()(source(unit)), source(unit))
+    assert throttled.hits == 2 and found.throttles == 2
+    assert found.tag_reads == 4 and found.calls_by_operation["list_tags_for_resource"] == 6
+    assert names(found, unit) == {"web-dev", "web-prod", "db-any", "sandbox"}
