@@ -16,13 +16,9 @@ boto3 session, as plain `boto3.Session()` does (~90 ms CPU per session + client,
 
 Baseline: the 5-minute schedule interval. Target: one cycle ≤ 60 s; per-account overhead reported.
 
-Organization scale (issue 18): N = 1,000 accounts created in the sandbox's Organization (one OU of
-their own, tags), every one linked to a monitoring account's OAM sink. Measured in one run, on the
-same traffic: discovery (`tasks.organizations.resolve`, forced: ListRoots/DescribeOrganizationalUnit,
-ListAccountsForParent, ListOrganizationalUnitsForParent, one ListTagsForResource per account), the
-member-role cycle over the discovered roster (pool of 32), and the monitoring-account cycle
-(`tasks.monitoring.route` + one `sweep_region` reading the monitoring account). Targets: member-role
-cycle ≤ 60 s, discovery ≤ 5 % of it. `--organization-only` runs just this part.
+Organization scale (issue 18): `bench_sweep_org.py` (1,000 accounts from an Organizations roster:
+discovery, member-role and monitoring-account cycles side by side); `--organization-only` here runs
+it (`--organization-accounts N`) and writes `bench_sweep_org.json`.
 """
 
 from __future__ import annotations
@@ -74,6 +70,23 @@ class PhaseTimer:
         self._undo.clear()
 
 
+def sweep_phases() -> PhaseTimer:
+    """A PhaseTimer on the functions one account's sweep calls (undo with `restore`)."""
+    from tasks import collector as col
+    from tasks import watermark, xray
+    from tasks.aws import MemberSessions
+
+    timer = PhaseTimer()
+    timer.wrap(MemberSessions, "_member", "assume_role_or_cached")
+    timer.wrap(watermark, "read", "watermark_read")
+    timer.wrap(watermark, "advance", "watermark_write")
+    timer.wrap(xray, "detect_transaction_search", "transaction_search_check")
+    timer.wrap(xray, "list_trace_ids", "summaries")
+    timer.wrap(xray, "batch_get_traces", "batch_get_traces")
+    timer.wrap(col, "send_envelopes", "send_envelopes")
+    return timer
+
+
 @contextlib.contextmanager
 def per_session_models(enabled: bool) -> Iterator[None]:
     """Patch: every session gets its own botocore data loader (plain `boto3.Session`)."""
@@ -84,12 +97,13 @@ def per_session_models(enabled: bool) -> Iterator[None]:
 
     from tasks import aws
 
-    original = aws.shared_session
+    original, client_session = aws.shared_session, aws._client_session
     aws.shared_session = lambda **kwargs: boto3.Session(**kwargs)
+    aws._client_session = lambda: boto3.Session()  # a plain session (and its loader) per member client
     try:
         yield
     finally:
-        aws.shared_session = original
+        aws.shared_session, aws._client_session = original, client_session
 
 
 def run_flow(config: Any, concurrency: int) -> list[Any]:
@@ -109,7 +123,7 @@ def run_flow(config: Any, concurrency: int) -> list[Any]:
 def cycle(base: Any, accounts: list[Any], scheduler: str, workers: int, shared: bool) -> dict[str, Any]:
     """One sweep cycle over `accounts`; `workers` is the pool size, or the flow's `concurrency`."""
     from tasks import collector as col
-    from tasks import watermark, xray
+    from tasks import xray
     from tasks.aws import MemberSessions
 
     config = common.fresh_sinks(common.roster_of(base, accounts), uuid.uuid4().hex[:8])
@@ -118,14 +132,7 @@ def cycle(base: Any, accounts: list[Any], scheduler: str, workers: int, shared: 
     with ThreadPoolExecutor(8) as pool:
         expected = set().union(*pool.map(lambda a: put_traces(writer, a.account_id, 3, now), accounts))
 
-    timer = PhaseTimer()
-    timer.wrap(MemberSessions, "_member", "assume_role_or_cached")
-    timer.wrap(watermark, "read", "watermark_read")
-    timer.wrap(watermark, "advance", "watermark_write")
-    timer.wrap(xray, "detect_transaction_search", "transaction_search_check")
-    timer.wrap(xray, "list_trace_ids", "summaries")
-    timer.wrap(xray, "batch_get_traces", "batch_get_traces")
-    timer.wrap(col, "send_envelopes", "send_envelopes")
+    timer = sweep_phases()
     cpu = common.CpuMeter(base.sandbox_pid)
     started = time.perf_counter()
     try:
@@ -181,113 +188,6 @@ def prefect_server(enabled: bool) -> Iterator[None]:
         yield
 
 
-def organization_accounts(n: int) -> tuple[str, list[str]]:
-    """`n` accounts created in the sandbox's Organization under an OU of their own (setup, not timed)."""
-    import boto3
-
-    org = boto3.client("organizations", region_name="us-east-1")
-    root = org.list_roots()["Roots"][0]["Id"]
-    ou = org.create_organizational_unit(ParentId=root, Name=f"bench-{uuid.uuid4().hex[:6]}")["OrganizationalUnit"]["Id"]
-
-    def create(i: int) -> str:
-        status = org.create_account(
-            Email=f"bench-{i}-{uuid.uuid4().hex[:6]}@example.com",
-            AccountName=f"org-{i:04d}",
-            Tags=[{"Key": "environment", "Value": ("dev", "qa", "prod")[i % 3]}, {"Key": "team", "Value": "bench"}],
-        )["CreateAccountStatus"]
-        account_id = str(status["AccountId"])
-        org.move_account(AccountId=account_id, SourceParentId=root, DestinationParentId=ou)
-        return account_id
-
-    with ThreadPoolExecutor(8) as pool:
-        return ou, list(pool.map(create, range(n)))
-
-
-def organization_cycle(base: Any, n: int) -> dict[str, Any]:
-    """Discovery, member-role cycle and monitoring-account cycle over the same traffic (one run)."""
-    from blocks import MonitoringAccount, OrganizationsSource
-    from sandbox import seed
-    from tasks import collector as col
-    from tasks import monitoring, organizations, xray
-    from tasks.aws import MemberSessions
-
-    setup = time.perf_counter()
-    ou, ids = organization_accounts(n)
-    source = OrganizationsSource(
-        role_arn=f"arn:aws:iam::{seed.LOG_ACCOUNT_ID}:role/{seed.ORGANIZATIONS_READER_ROLE}", parents=[ou]
-    )
-    monitor = f"08{uuid.uuid4().int % 10**10:010d}"
-    roster = common.roster_of(base, []).roster.model_copy(
-        update={"source": "organizations", "organizations": source, "monitoring": MonitoringAccount(account_id=monitor)}
-    )
-    config = common.fresh_sinks(base.model_copy(update={"roster": roster}), uuid.uuid4().hex[:8])
-    writer = MemberSessions(roster)
-    sink = writer.client(monitor, "us-east-1", "oam").create_sink(Name="bench")["Arn"]
-    now = time.time()
-
-    def link_and_write(account_id: str) -> set[str]:
-        writer.client(account_id, "us-east-1", "oam").create_link(
-            LabelTemplate="$AccountName", ResourceTypes=["AWS::XRay::Trace"], SinkIdentifier=sink
-        )
-        return put_traces(writer, account_id, 3, now)
-
-    with ThreadPoolExecutor(8) as pool:
-        expected = set().union(*pool.map(link_and_write, ids))
-    common.log(f"organization of {n} accounts, links and traffic set up in {time.perf_counter() - setup:.1f} s")
-
-    started = time.perf_counter()
-    resolution = organizations.resolve_for_run(config, force=True)
-    discovery = time.perf_counter() - started
-    config = resolution.config(config)
-    accounts = list(config.roster.accounts)
-    common.log(f"discovery: {len(accounts)} accounts in {discovery:.1f} s ({resolution.calls} calls)")
-    assert len(accounts) == n, f"discovered {len(accounts)} of {n} accounts"
-
-    member = common.fresh_sinks(config, uuid.uuid4().hex[:8])
-    collector = col.Collector.from_config(member, xray.LimiterRegistry(rate=20.0))
-    sweep_now = datetime.now(UTC)
-    cpu = common.CpuMeter(base.sandbox_pid)
-    started = time.perf_counter()
-    with ThreadPoolExecutor(32) as pool:
-        results = list(pool.map(lambda a: col.sweep_account(collector, a, "us-east-1", now=sweep_now), accounts))
-    member_seconds = time.perf_counter() - started
-    member_cpu = cpu.read()
-    member_missed = len(expected - set(drain(member)))
-    common.log(f"member-role cycle: {member_seconds:.1f} s, {member_missed} traces missed")
-
-    mon = common.fresh_sinks(config, uuid.uuid4().hex[:8])
-    mon_collector = col.Collector.from_config(mon, xray.LimiterRegistry(rate=20.0))
-    cpu = common.CpuMeter(base.sandbox_pid)
-    started = time.perf_counter()
-    sessions = monitoring.monitoring_sessions(mon.roster)
-    routing = monitoring.route(mon.roster, [(a, "us-east-1") for a in accounts], sessions)
-    outcome = monitoring.sweep_region(
-        mon_collector, sessions, mon.roster.monitoring, "us-east-1", routing.groups.get("us-east-1", []), now=sweep_now
-    )
-    monitoring_seconds = time.perf_counter() - started
-    monitoring_cpu = cpu.read()
-    monitoring_missed = len(expected - set(drain(mon)))
-    return {
-        "accounts": n,
-        "discovery_seconds": round(discovery, 2),
-        "discovery_calls": resolution.calls,
-        "member_role_cycle_seconds": round(member_seconds, 2),
-        "monitoring_cycle_seconds": round(monitoring_seconds, 2),
-        "discovery_share_of_member_cycle": round(discovery / member_seconds, 3),
-        "monitoring_vs_member_cycle": round(monitoring_seconds / member_seconds, 3),
-        "member_failed_accounts": sum(1 for r in results if r.status == "failed"),
-        "member_errors": [r.error for r in results if r.status == "failed"][:3],
-        "monitoring_status": outcome.status,
-        "monitoring_error": outcome.error,
-        "monitoring_linked_accounts": len(routing.groups.get("us-east-1", [])),
-        "traces_expected": len(expected),
-        "member_traces_missed": member_missed,
-        "monitoring_traces_missed": monitoring_missed,
-        "member_cpu_seconds": member_cpu,
-        "monitoring_cpu_seconds": monitoring_cpu,
-    }
-
-
 def main() -> None:
     def options(parser: Any) -> None:
         parser.add_argument(
@@ -296,31 +196,12 @@ def main() -> None:
         parser.add_argument("--organization-accounts", type=int, default=1000)
 
     args = common.parse_args(__doc__.splitlines()[0], options)
-    started = time.monotonic()
     if args.organization_only:
-        n_org = 40 if args.quick else args.organization_accounts
-        with common.detached_sandbox() as base:
-            org = organization_cycle(base, n_org)
-        common.log(f"organization: {org}")
-        check_org: Callable[[float], dict[str, Any]] = lambda s: common.target(s, 60.0, higher_is_better=False)  # noqa: E731
-        common.finish(
-            "bench_sweep_scale_organization",
-            args,
-            org
-            | {
-                "targets": {
-                    "member_role_cycle_seconds": check_org(org["member_role_cycle_seconds"]),
-                    "discovery_share": common.target(
-                        org["discovery_share_of_member_cycle"], 0.05, higher_is_better=False
-                    ),
-                    "traces_missed": common.target(
-                        org["member_traces_missed"] + org["monitoring_traces_missed"], 0, higher_is_better=False
-                    ),
-                }
-            },
-            started,
-        )
+        import bench_sweep_org
+
+        bench_sweep_org.measure(args, args.organization_accounts)
         return
+    started = time.monotonic()
     n = 16 if args.quick else 200
     plans: list[tuple[str, int, bool]] = [("pool", 32, False), ("pool", 32, True)]
     if not args.quick:

@@ -6,7 +6,9 @@ parameters `member_credentials` gives prefect-aws (role ARN, session name, durat
 `AwsCredentials(assume_role_arn=…).get_boto3_session()` builds two fresh boto3 sessions and an STS
 client per call (~100 ms CPU each), which dominated a 200-account sweep (bench B3b). Sessions are
 cached per (account, region) and refreshed before the role session expires, so runs longer than
-the session duration keep working; clients are cached with their session.
+the session duration keep working; clients are cached with their credentials, and all of them are
+built from one process-wide session (the member's credentials passed to `client()`), not from a
+session per member.
 
 Every session built here shares one botocore data loader: a fresh boto3 session re-reads and
 parses the service models and endpoint rules (~90 ms CPU per client).
@@ -94,10 +96,25 @@ def member_credentials(roster: Roster, account_id: str, region: str) -> AwsCrede
 @dataclass
 class _Member:
     expires: float
-    session: boto3.Session
-    # boto3 sessions are not thread-safe: clients are built one at a time per session.
+    credentials: dict[str, str]  # aws_access_key_id, aws_secret_access_key, aws_session_token
+    region: str
     lock: threading.Lock = field(default_factory=threading.Lock)
     clients: dict[tuple[str, int], Any] = field(default_factory=dict)
+    session: boto3.Session | None = None  # built only for callers that ask for a session
+
+
+_CLIENT_SESSION: boto3.Session | None = None
+# boto3 sessions are not thread-safe: member clients are built one at a time (CPU-bound anyway).
+_CLIENT_SESSION_LOCK = threading.Lock()
+
+
+def _client_session() -> boto3.Session:
+    """The one session every member client is built from, with that member's credentials passed
+    to `client()`: a boto3 session per member costs ~15 ms CPU more per account and sweep (B3o)."""
+    global _CLIENT_SESSION
+    if _CLIENT_SESSION is None:
+        _CLIENT_SESSION = shared_session()
+    return _CLIENT_SESSION
 
 
 class MemberSessions:
@@ -135,19 +152,26 @@ class MemberSessions:
         except Exception as error:  # translated: AccessDenied → AccountAccessError, throttling → transient
             translated = classify_aws_error(error, f"assume role {self._roster.role_arn(account_id)}")
             raise translated from error
-        session = shared_session(
-            aws_access_key_id=credentials["AccessKeyId"],
-            aws_secret_access_key=credentials["SecretAccessKey"],
-            aws_session_token=credentials["SessionToken"],
-            region_name=region,
+        member = _Member(
+            now + max(60.0, self._roster.session_duration_seconds - _REFRESH_MARGIN_SECONDS),
+            {
+                "aws_access_key_id": credentials["AccessKeyId"],
+                "aws_secret_access_key": credentials["SecretAccessKey"],
+                "aws_session_token": credentials["SessionToken"],
+            },
+            region,
         )
-        member = _Member(now + max(60.0, self._roster.session_duration_seconds - _REFRESH_MARGIN_SECONDS), session)
         with self._lock:
             self._members[key] = member
         return member
 
     def session(self, account_id: str, region: str) -> boto3.Session:
-        return self._member(account_id, region).session
+        """A boto3 session with the member's credentials (built on first use, cached with them)."""
+        member = self._member(account_id, region)
+        with member.lock:
+            if member.session is None:
+                member.session = shared_session(region_name=member.region, **member.credentials)
+            return member.session
 
     def client(self, account_id: str, region: str, service: str, config: BotoConfig | None = None) -> Any:
         member = self._member(account_id, region)
@@ -156,8 +180,10 @@ class MemberSessions:
         with member.lock:
             client = member.clients.get(key)
             if client is None:
-                session: Any = member.session  # the service name is dynamic: no typed overload
-                client = member.clients[key] = session.client(service, config=config)
+                with _CLIENT_SESSION_LOCK:
+                    session: Any = _client_session()  # the service name is dynamic: no typed overload
+                    client = session.client(service, region_name=member.region, config=config, **member.credentials)
+                member.clients[key] = client
         return client
 
     def invalidate(self, account_id: str, region: str) -> None:

@@ -2,8 +2,18 @@
 
 `discover(client, source)` walks the organization (or the configured OUs) through the read-only
 role in the management / delegated-administrator account: `ListRoots`, `DescribeOrganizationalUnit`,
-`ListAccountsForParent`, `ListOrganizationalUnitsForParent`, `ListTagsForResource`. Only ACTIVE
-accounts join the roster; SUSPENDED and PENDING_CLOSURE ones are reported as inactive.
+`ListAccountsForParent`, `ListOrganizationalUnitsForParent` (the OUs of one level walked in
+parallel), `ListTagsForResource`. Only ACTIVE accounts join the roster; SUSPENDED and
+PENDING_CLOSURE ones are reported as inactive.
+
+Cost at scale (Organizations pages ≤ 20 accounts and its quotas are low, about 10 calls per second):
+every call of one discovery is paced by one token bucket (`rate`, default `ORGANIZATIONS_RATE`),
+throttles (`TooManyRequestsException`) drain it, back off and are counted. ListTagsForResource is
+one call per account, so tags are read only when the source uses them (`include_tags`,
+`exclude_tags`, `regions_by_tag`, a non-empty `environment_tag`), and then reused from the cached
+roster: each account's tags are re-read once per `TAGS_MAX_AGE_SECONDS`, at a point of that period
+fixed by its id (so 1,000 accounts cost about 1,000 × ttl / max age reads per refresh, not 1,000),
+and at once for an account seen for the first time. `force` re-reads everything.
 
 `resolve(config, s3, client_factory)` is what a sweep calls first: a roster younger than
 `cache_ttl_seconds` (for the same source configuration) is reused from
@@ -21,7 +31,9 @@ then keeps the last good roster (`Resolution.stale` says why) instead of failing
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,13 +45,22 @@ import orjson
 from blocks import MemberAccount, OrganizationsSource, Roster
 from blocks.config import Config
 from tasks.errors import TerminalError, TransientError, aws_error_code, classify_aws_error
+from tasks.pacing import DEFAULT_BACKOFF, Backoff, TokenBucket
 
 ACTIVE = "ACTIVE"
-TAG_THREADS = 8
+THREADS = 4  # concurrent Organizations calls (tag reads, OUs of one level); the bucket sets the rate
+ORGANIZATIONS_RATE = 8.0  # calls per second for one discovery, under the ~10/s the service allows
+TAGS_MAX_AGE_SECONDS = 6 * 3600
+CLIENT_REUSE_SECONDS = 45 * 60  # the reader role's credentials last an hour
+THROTTLE_CODES = frozenset({"TooManyRequestsException", "ThrottlingException", "Throttling"})
 NOT_FOUND_CODES = frozenset(
     {"ParentNotFoundException", "OrganizationalUnitNotFoundException", "TargetNotFoundException"}
 )
 ACCESS_CODES = frozenset({"AccessDenied", "AccessDeniedException", "AWSOrganizationsNotInUseException"})
+
+
+Found = tuple[dict[str, Any], str, str, tuple[str, ...]]  # account, OU id, OU name, OU path
+Parent = tuple[str, str, tuple[str, ...]]  # id, name, path from the configured parent down
 
 
 class RosterError(TerminalError):
@@ -66,6 +87,12 @@ class Discovery:
     seen: int  # accounts under the parents before filters
     calls: int
     seconds: float
+    calls_by_operation: dict[str, int] = field(default_factory=dict)
+    throttles: int = 0
+    wait_seconds: float = 0.0  # spent waiting for the rate bucket and backing off
+    tag_reads: int = 0
+    tags_reused: int = 0
+    tags: dict[str, dict[str, Any]] = field(default_factory=dict)  # id → {"tags", "read_at"}: for the cache
 
 
 @dataclass(frozen=True)
@@ -86,6 +113,7 @@ class Resolution:
     stale: str | None = None  # why the last good roster was used instead of a fresh one
     discovery_seconds: float = 0.0
     calls: int = 0
+    discovery: Discovery | None = None  # what the walk cost (None: no walk this time)
 
     def config(self, config: Config) -> Config:
         return config.model_copy(update={"roster": self.roster})
@@ -107,31 +135,81 @@ class Resolution:
 # --------------------------------------------------------------------------- discovery
 
 
-def _call(client: Any, operation: str, context: str, **params: Any) -> dict[str, Any]:
-    try:
-        response: dict[str, Any] = getattr(client, operation)(**params)
-    except Exception as error:
-        code = aws_error_code(error)
-        if code in ACCESS_CODES:
-            raise RosterError(
-                f"Organizations {operation} denied ({code}) {context}: the organizations reader role needs "
-                "organizations:List*/Describe* in the management or delegated-administrator account "
-                "(infra/organizations-reader-role.yaml)"
-            ) from error
-        if code in NOT_FOUND_CODES:
-            raise RosterError(f"{context} does not exist in the organization ({code})") from error
-        raise classify_aws_error(error, f"Organizations {operation} {context}") from error
-    return response
+class Pacer:
+    """One discovery's Organizations calls: a shared token bucket, throttles backed off and counted."""
+
+    def __init__(self, rate: float | None, backoff: Backoff = DEFAULT_BACKOFF) -> None:
+        self.bucket = TokenBucket(rate, burst=max(1.0, rate / 2)) if rate else None
+        self.backoff = backoff
+        self.calls: Counter[str] = Counter()
+        self.throttles = 0
+        self.wait_seconds = 0.0
+        self._lock = threading.Lock()
+
+    def _count(self, operation: str, waited: float, throttled: bool = False) -> None:
+        with self._lock:
+            self.calls[operation] += 1
+            self.wait_seconds += waited
+            self.throttles += throttled
+
+    def call(self, client: Any, operation: str, context: str, **params: Any) -> dict[str, Any]:
+        """One paced call; throttles and other transient errors back off and retry (botocore does not:
+        `tasks.retrying.BOTOCORE_ATTEMPTS`), so every throttle is counted here."""
+        for attempt in range(self.backoff.max_attempts):
+            waited = self.bucket.acquire() if self.bucket else 0.0
+            try:
+                response: dict[str, Any] = getattr(client, operation)(**params)
+            except Exception as error:
+                code = aws_error_code(error)
+                translated = _translated(error, code, operation, context)
+                throttled = code in THROTTLE_CODES
+                retry = throttled or isinstance(translated, TransientError)
+                if not retry or attempt + 1 >= self.backoff.max_attempts:
+                    self._count(operation, waited)
+                    raise translated from error
+                if throttled and self.bucket:
+                    self.bucket.drain()  # everyone sharing the bucket slows down
+                delay = self.backoff.delay(attempt)
+                self._count(operation, waited + delay, throttled=throttled)
+                time.sleep(delay)
+                continue
+            self._count(operation, waited)
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def pages(self, client: Any, operation: str, key: str, context: str, **params: Any) -> Iterator[dict[str, Any]]:
+        token: str | None = None
+        while True:
+            response = self.call(client, operation, context, **params, **({"NextToken": token} if token else {}))
+            yield from response.get(key) or []
+            token = response.get("NextToken")
+            if not token:
+                return
 
 
-def _pages(client: Any, operation: str, key: str, context: str, **params: Any) -> Iterator[dict[str, Any]]:
-    token: str | None = None
-    while True:
-        response = _call(client, operation, context, **params, **({"NextToken": token} if token else {}))
-        yield from response.get(key) or []
-        token = response.get("NextToken")
-        if not token:
-            return
+def _translated(error: Exception, code: str, operation: str, context: str) -> Exception:
+    if code in ACCESS_CODES:
+        return RosterError(
+            f"Organizations {operation} denied ({code}) {context}: the organizations reader role needs "
+            "organizations:List*/Describe* in the management or delegated-administrator account "
+            "(infra/organizations-reader-role.yaml)"
+        )
+    if code in NOT_FOUND_CODES:
+        return RosterError(f"{context} does not exist in the organization ({code})")
+    return classify_aws_error(error, f"Organizations {operation} {context}")
+
+
+def uses_tags(source: OrganizationsSource) -> bool:
+    """Whether anything in the source looks at account tags (else no ListTagsForResource at all)."""
+    return bool(source.include_tags or source.exclude_tags or source.regions_by_tag or source.environment_tag)
+
+
+def tags_due(account_id: str, read_at: float | None, now: float, max_age: float = TAGS_MAX_AGE_SECONDS) -> bool:
+    """Re-read this account's tags now? Once per `max_age`, at a phase fixed by the id (spread)."""
+    if read_at is None or max_age <= 0:
+        return True
+    phase = int(hashlib.sha256(account_id.encode()).hexdigest()[:8], 16) % int(max_age)
+    return (now - phase) // max_age > (read_at - phase) // max_age
 
 
 def _tag_match(tags: dict[str, str], wanted: dict[str, list[str]]) -> dict[str, bool]:
@@ -139,44 +217,71 @@ def _tag_match(tags: dict[str, str], wanted: dict[str, list[str]]) -> dict[str, 
     return {key: key in tags and (not values or tags[key] in values) for key, values in wanted.items()}
 
 
-def discover(client: Any, source: OrganizationsSource, *, tag_threads: int = TAG_THREADS) -> Discovery:
-    """Walk the organization (or `source.parents`) and apply the source's filters and regions."""
+def discover(
+    client: Any,
+    source: OrganizationsSource,
+    *,
+    threads: int = THREADS,
+    rate: float | None = ORGANIZATIONS_RATE,
+    known_tags: dict[str, dict[str, Any]] | None = None,
+    now: float | None = None,
+) -> Discovery:
+    """Walk the organization (or `source.parents`) and apply the source's filters and regions.
+
+    `known_tags`: {account id: {"tags": {…}, "read_at": epoch seconds}} from the cached roster;
+    those not due (`tags_due`) are reused instead of read. `rate`: None for no pacing."""
     started = time.monotonic()
-    calls = 0
+    now = time.time() if now is None else now
+    pacer = Pacer(rate)
     parents: list[tuple[str, str]] = []
     if source.parents:
         for parent in source.parents:
             if parent.startswith("r-"):
                 parents.append((parent, "Root"))
                 continue
-            unit = _call(client, "describe_organizational_unit", f"OU {parent}", OrganizationalUnitId=parent)
-            calls += 1
+            unit = pacer.call(client, "describe_organizational_unit", f"OU {parent}", OrganizationalUnitId=parent)
             parents.append((parent, unit["OrganizationalUnit"]["Name"]))
     else:
-        roots = list(_pages(client, "list_roots", "Roots", "(organization root)"))
-        calls += 1
+        roots = list(pacer.pages(client, "list_roots", "Roots", "(organization root)"))
         parents = [(root["Id"], root.get("Name") or "Root") for root in roots]
 
-    found: list[tuple[dict[str, Any], str, str, tuple[str, ...]]] = []
-    pending: list[tuple[str, str, tuple[str, ...]]] = [(pid, name, (pid, name)) for pid, name in parents]
-    while pending:
-        parent_id, parent_name, path = pending.pop()
+    def children(parent: Parent) -> tuple[list[Found], list[Parent]]:
+        parent_id, parent_name, path = parent
         context = f"parent {parent_id} ({parent_name})"
-        for account in _pages(client, "list_accounts_for_parent", "Accounts", context, ParentId=parent_id):
-            found.append((account, parent_id, parent_name, path))
-        for unit in _pages(
-            client, "list_organizational_units_for_parent", "OrganizationalUnits", context, ParentId=parent_id
-        ):
-            pending.append((unit["Id"], unit["Name"], (*path, unit["Id"], unit["Name"])))
-        calls += 2
+        accounts = [
+            (account, parent_id, parent_name, path)
+            for account in pacer.pages(client, "list_accounts_for_parent", "Accounts", context, ParentId=parent_id)
+        ]
+        units = [
+            (unit["Id"], unit["Name"], (*path, unit["Id"], unit["Name"]))
+            for unit in pacer.pages(
+                client, "list_organizational_units_for_parent", "OrganizationalUnits", context, ParentId=parent_id
+            )
+        ]
+        return accounts, units
 
-    def tags_of(account_id: str) -> dict[str, str]:
-        tags = _pages(client, "list_tags_for_resource", "Tags", f"account {account_id}", ResourceId=account_id)
-        return {t["Key"]: t["Value"] for t in tags}
+    found: list[Found] = []
+    known = known_tags or {}
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        level: list[Parent] = [(pid, name, (pid, name)) for pid, name in parents]
+        while level:  # one level of OUs at a time, its OUs in parallel
+            walked = list(pool.map(children, level))
+            found += [item for accounts, _ in walked for item in accounts]
+            level = [unit for _, units in walked for unit in units]
 
-    with ThreadPoolExecutor(max_workers=max(1, tag_threads)) as pool:
-        all_tags = list(pool.map(tags_of, [a["Id"] for a, *_ in found]))
-    calls += len(found)
+        def tags_of(account_id: str) -> dict[str, str]:
+            tags = pacer.pages(client, "list_tags_for_resource", "Tags", f"account {account_id}", ResourceId=account_id)
+            return {t["Key"]: t["Value"] for t in tags}
+
+        ids = [str(a["Id"]) for a, *_ in found]
+        tag_record: dict[str, dict[str, Any]] = {}
+        due: list[str] = []
+        if uses_tags(source):
+            due = [i for i in ids if i not in known or tags_due(i, known[i].get("read_at"), now)]
+            tag_record = {i: known[i] for i in ids if i in known}
+            for account_id, tags in zip(due, pool.map(tags_of, due), strict=True):
+                tag_record[account_id] = {"tags": tags, "read_at": now}
+    all_tags = [dict(tag_record.get(i, {}).get("tags") or {}) for i in ids]
 
     accounts: list[MemberAccount] = []
     inactive: list[OrgAccount] = []
@@ -206,7 +311,19 @@ def discover(client: Any, source: OrganizationsSource, *, tag_threads: int = TAG
             f"tag filter include_tags={source.include_tags} matches none of the {len(found)} accounts under {where}"
         )
     accounts.sort(key=lambda a: a.account_id)
-    return Discovery(accounts, inactive, len(found), calls, round(time.monotonic() - started, 3))
+    return Discovery(
+        accounts,
+        inactive,
+        len(found),
+        sum(pacer.calls.values()),
+        round(time.monotonic() - started, 3),
+        calls_by_operation=dict(pacer.calls),
+        throttles=pacer.throttles,
+        wait_seconds=round(pacer.wait_seconds, 3),
+        tag_reads=len(due),
+        tags_reused=len(tag_record) - len(due),
+        tags=tag_record,
+    )
 
 
 def _member(account: OrgAccount, source: OrganizationsSource) -> MemberAccount:
@@ -282,11 +399,13 @@ def resolve(
     now: datetime | None = None,
     force: bool = False,
     cached_only: bool = False,
+    rate: float | None = ORGANIZATIONS_RATE,
 ) -> Resolution:
     """The roster for this run (see the module docstring); raises `RosterError` only without a cache.
 
     `cached_only`: any cached roster of this source, whatever its age (readers such as the consumer,
-    which must know the accounts the sweeps collect but need not rediscover them)."""
+    which must know the accounts the sweeps collect but need not rediscover them). `force`: walk
+    the organization now and re-read every tag. `rate`: Organizations calls per second (None: unpaced)."""
     roster = config.roster
     source = roster.organizations
     if roster.source != "organizations" or source is None:
@@ -300,8 +419,9 @@ def resolve(
         if cached_only or (now - fetched_at).total_seconds() < source.cache_ttl_seconds:
             accounts = [MemberAccount.model_validate(a) for a in cached_same["accounts"]]
             return Resolution(_with_accounts(roster, accounts), "cache", fetched_at)
+    known = {} if force else dict((cached_same or {}).get("tags") or {})
     try:
-        discovery = discover(client_factory(source), source)
+        discovery = discover(client_factory(source), source, rate=rate, known_tags=known, now=now.timestamp())
     except (RosterError, TransientError, TerminalError) as error:
         if cached_same:
             accounts = [MemberAccount.model_validate(a) for a in cached_same["accounts"]]
@@ -330,6 +450,7 @@ def resolve(
             "fetched_at": now.isoformat(),
             "accounts": [a.model_dump(mode="json") for a in discovery.accounts],
             "inactive": [{"account_id": a.account_id, "name": a.name, "status": a.status} for a in discovery.inactive],
+            "tags": discovery.tags,  # every account under the parents, filtered out or not
         },
     )
     return Resolution(
@@ -339,21 +460,34 @@ def resolve(
         retired=retired,
         discovery_seconds=discovery.seconds,
         calls=discovery.calls,
+        discovery=discovery,
     )
 
 
+_clients: dict[tuple[str, str, str], tuple[float, Any]] = {}
+_clients_lock = threading.Lock()
+
+
 def client_factory(config: Config) -> Callable[[OrganizationsSource], Any]:
-    """Organizations clients through the reader role (assumed with the log account's credentials)."""
+    """Organizations clients through the reader role (assumed with the log account's credentials),
+    one per (role, region, ExternalId) reused for `CLIENT_REUSE_SECONDS` by every refresh in this
+    process (a served deployment sweeps every 5 minutes: one AssumeRole per 45 minutes, not per sweep)."""
 
     def build(source: OrganizationsSource) -> Any:
         from tasks.aws import assumed_client
 
+        external_id = source.external_id.get_secret_value()
+        key = (source.role_arn, source.region, external_id)
+        with _clients_lock:
+            made_at, client = _clients.get(key, (0.0, None))
+            if client is not None and time.monotonic() - made_at < CLIENT_REUSE_SECONDS:
+                return client
         try:
-            return assumed_client(
+            client = assumed_client(
                 source.role_arn,
                 "organizations",
                 source.region,
-                external_id=source.external_id.get_secret_value(),
+                external_id=external_id,
                 session_name="xraylake-organizations",
             )
         except Exception as error:
@@ -361,13 +495,23 @@ def client_factory(config: Config) -> Callable[[OrganizationsSource], Any]:
             raise RosterError(
                 f"cannot assume the organizations reader role {source.role_arn}: {code or error}"
             ) from error
+        with _clients_lock:
+            _clients[key] = (time.monotonic(), client)
+        return client
 
     return build
 
 
-def resolve_for_run(config: Config, *, force: bool = False, cached_only: bool = False) -> Resolution:
+def resolve_for_run(
+    config: Config,
+    *,
+    force: bool = False,
+    cached_only: bool = False,
+    rate: float | None = ORGANIZATIONS_RATE,
+    now: datetime | None = None,
+) -> Resolution:
     """`resolve` with the real clients: the log account's S3 and the organizations reader role."""
     from tasks.aws import log_client
 
     s3 = log_client("s3", config.archive.region)
-    return resolve(config, s3, client_factory(config), force=force, cached_only=cached_only)
+    return resolve(config, s3, client_factory(config), force=force, cached_only=cached_only, rate=rate, now=now)

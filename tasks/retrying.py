@@ -20,6 +20,7 @@ unless this table says so:
 | sts  MemberSessions: AssumeRole            | 3              | 1                          | 3                   |
 | xray MemberSessions via xray.xray_client   | 1              | 8, throttles only (_call)  | 8                   |
 | logs MemberSessions (spans reader)         | 1              | 8, throttles only (Caller) | 8                   |
+| organizations assumed_client: roster       | 1              | 8, transient (Pacer.call)  | 8                   |
 | stepfunctions MemberSessions: Describe…    | 3              | 1                          | 3                   |
 | any other service                          | 3              | 1                          | 3                   |
 
@@ -28,7 +29,8 @@ unless this table says so:
 SQS is ours rather than botocore's because SendMessageBatch fails per entry inside a 200 answer
 (botocore cannot see that) and both kinds of failure should share one bound. X-Ray is ours
 because throttles must reach the (account, region) token bucket to be counted and paced; so are
-CloudWatch Logs reads of `aws/spans` (`tasks.spans_reader`).
+CloudWatch Logs reads of `aws/spans` (`tasks.spans_reader`), and Organizations discovery
+(`tasks.organizations.Pacer`: one bucket per discovery, its throttles counted in the roster report).
 botocore standard mode retries throttling codes, 5xx, 429 and connection errors; so does
 `is_transient_error`.
 
@@ -62,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- botocore, per client
 
-BOTOCORE_ATTEMPTS: dict[str, int] = {"sqs": 1, "xray": 1, "logs": 1}
+BOTOCORE_ATTEMPTS: dict[str, int] = {"sqs": 1, "xray": 1, "logs": 1, "organizations": 1}
 DEFAULT_BOTOCORE_ATTEMPTS = 3
 
 

@@ -127,8 +127,9 @@ def comparable(documents: list[Any]) -> tuple[list[tuple[str, str, str]], pa.Tab
 
 @pytest.mark.slow  # ~15 s: two sweeps of four accounts and both drains
 def test_both_modes_give_identical_documents_and_unlinked_accounts_keep_their_roles(
-    stack: Any, fresh_config: Config
+    stack: Any, fresh_config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(monitoring, "FETCH_CHUNK", 2)  # BatchGetTraces of 2 ids, several in flight
     roster = fresh_config.roster
     dev, qa, prod = (a.account_id for a in roster.accounts)
     monitor, outsider = new_account_id(), new_account_id()
@@ -154,6 +155,9 @@ def test_both_modes_give_identical_documents_and_unlinked_accounts_keep_their_ro
     assert outcome.status == "ok", outcome.error
     assert outcome.dropped_traces == 3 and outcome.orphan_segments == 0  # the outsider's, never sent
     assert {r.account_id: r.path for r in outcome.results} == {dev: "monitoring-account", qa: "monitoring-account"}
+    # one send for both accounts' envelopes, each result still counts its own
+    assert {r.account_id: r.traces for r in outcome.results} == {dev: len(written[dev]), qa: len(written[qa])}
+    assert all(r.envelopes >= 1 and r.bytes > 0 and r.summaries == len(written[r.account_id]) for r in outcome.results)
     fallback = col.sweep_account(collector_b, routing.member_targets[0][0], REGION, now=now)
     assert fallback.status == "ok" and fallback.path == "member-role" and fallback.traces == 3
 

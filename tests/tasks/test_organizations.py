@@ -173,3 +173,94 @@ def test_a_static_roster_resolves_to_itself(fresh_config: Config) -> None:
 def org_config(config: Config, src: OrganizationsSource) -> Config:
     roster = config.roster.model_copy(update={"source": "organizations", "organizations": src, "accounts": []})
     return config.model_copy(update={"roster": roster})
+
+
+# --------------------------------------------------------------------------- cost at scale
+
+
+def test_tags_are_read_once_then_reused_from_the_cache_until_due_and_force_rereads_them(
+    unit: Unit, fresh_config: Config
+) -> None:
+    config = org_config(fresh_config, source(unit, cache_ttl_seconds=0))
+    s3 = boto3.client("s3")
+    now = datetime.now(UTC)
+    first = orgs.resolve(config, s3, factory(), now=now)
+    assert first.discovery is not None and first.discovery.tag_reads == 4 and first.discovery.tags_reused == 0
+    unit.org.tag_resource(ResourceId=unit.accounts["web-dev"], Tags=[{"Key": "environment", "Value": "qa"}])
+    created = unit.add("web-new", {"environment": "prod"})
+    later = orgs.resolve(config, s3, factory(), now=now + timedelta(seconds=1))
+    assert later.discovery is not None
+    assert later.discovery.tag_reads == 1 and later.discovery.tags_reused == 4  # only the new account's
+    assert later.discovery.calls_by_operation["list_tags_for_resource"] == 1
+    by_id = {a.account_id: a for a in later.roster.accounts}
+    assert by_id[created].environment == "prod" and by_id[unit.accounts["web-dev"]].environment == "dev"
+    # Every account's tags are re-read once per TAGS_MAX_AGE_SECONDS, at its own point of the period.
+    aged = orgs.resolve(config, s3, factory(), now=now + timedelta(seconds=orgs.TAGS_MAX_AGE_SECONDS + 1))
+    assert aged.discovery is not None and aged.discovery.tag_reads == 5
+    assert {a.account_id: a.environment for a in aged.roster.accounts}[unit.accounts["web-dev"]] == "qa"
+    forced = orgs.resolve(config, s3, factory(), now=now + timedelta(seconds=2), force=True)
+    assert forced.discovery is not None and forced.discovery.tag_reads == 5 and forced.discovery.tags_reused == 0
+
+
+def test_no_tag_is_read_when_the_source_uses_none(unit: Unit) -> None:
+    plain = source(unit, environment_tag="")
+    assert not orgs.uses_tags(plain) and orgs.uses_tags(source(unit))
+    found = orgs.discover(factory()(plain), plain)
+    assert found.tag_reads == 0 and "list_tags_for_resource" not in found.calls_by_operation
+    assert len(found.accounts) == 4 and {a.environment for a in found.accounts} == {unit_name(unit), "databases"}
+
+
+def test_every_organizations_call_of_a_discovery_is_paced(unit: Unit) -> None:
+    src = source(unit)
+    paced = orgs.discover(factory()(src), src, rate=4.0)  # bucket of 2: the rest wait 1/4 s each
+    # DescribeOrganizationalUnit, 2 lists under each of the 2 OUs, 4 tag reads
+    assert paced.calls == 9 and paced.throttles == 0
+    assert paced.seconds >= (paced.calls - 2) / 4.0 * 0.9 and paced.wait_seconds > 1.0
+    unpaced = orgs.discover(factory()(src), src, rate=None)
+    assert unpaced.calls == 9 and unpaced.wait_seconds == 0.0 and unpaced.accounts == paced.accounts
+
+
+def test_tag_rereads_are_spread_evenly_over_the_period() -> None:
+    ids = [f"{i:012d}" for i in range(1000)]
+    start, period, step = 1_767_225_600.0, 3600.0, 300.0
+    due_per_step = []
+    read_at = dict.fromkeys(ids, start)
+    for k in range(1, 13):  # twelve 5-minute refreshes: one period
+        now = start + k * step
+        due = [i for i in ids if orgs.tags_due(i, read_at[i], now, period)]
+        read_at |= dict.fromkeys(due, now)
+        due_per_step.append(len(due))
+    assert sum(due_per_step) == 1000  # each account once per period
+    assert max(due_per_step) < 2 * 1000 / 12  # never a burst of them all
+
+
+def test_the_reader_role_client_is_reused_between_refreshes(unit: Unit) -> None:
+    build = orgs.client_factory(None)  # type: ignore[arg-type]
+    assert build(source(unit)) is build(source(unit, parents=[unit.inner]))
+
+
+def unit_name(unit: Unit) -> str:
+    return str(unit.org.describe_organizational_unit(OrganizationalUnitId=unit.ou)["OrganizationalUnit"]["Name"])
+
+
+def test_throttles_are_backed_off_counted_and_the_discovery_completes(
+    stack: Any, unit: Unit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandbox.faults import FaultProxy, FaultRule
+
+    throttled = FaultRule(
+        method="POST",
+        request_headers={"X-Amz-Target": "ListTagsForResource"},
+        status=400,
+        response=b'{"__type": "TooManyRequestsException", "Message": "AWS Organizations can\'t complete your request"}',
+        content_type="application/x-amz-json-1.1",
+        times=2,
+    )
+    with FaultProxy(stack.config.aws_endpoint_url) as proxy:
+        proxy.add(throttled)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_ORGANIZATIONS", proxy.url)
+        monkeypatch.setattr(orgs, "_clients", {})  # a client of its own, through the proxy
+        found = orgs.discover(factory()(source(unit)), source(unit))
+    assert throttled.hits == 2 and found.throttles == 2
+    assert found.tag_reads == 4 and found.calls_by_operation["list_tags_for_resource"] == 6
+    assert names(found, unit) == {"web-dev", "web-prod", "db-any", "sandbox"}
