@@ -128,12 +128,8 @@ def observe(
         for target, (found, error) in future.result().items():
             if error:
                 observation.errors[(sink, *target)] = error
-            elif sink == "raw":
-                observation.add_raw(target, found)
-            elif sink == "xray":
-                observation.add_source(target, found)
             else:
-                observation.add(sink, target, found)
+                observation.record(sink, target, found)
     return observation
 
 

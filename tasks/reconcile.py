@@ -163,6 +163,16 @@ class Observation:
         bucket = self.ids[sink].setdefault(target, {})
         bucket.update({t: second for t, second in positions.items() if low <= second < high})
 
+    def record(self, sink: str, target: Target, found: Any) -> None:
+        """What one sink's observation of a target returned (`observe_raw`'s keyed ids for raw,
+        `observe_xray`'s `SourceListing` for the source, positions for the others)."""
+        if sink == "raw":
+            self.add_raw(target, found)
+        elif sink == "xray":
+            self.add_source(target, found)
+        else:
+            self.add(sink, target, found)
+
     def add_source(self, target: Target, listing: SourceListing) -> None:
         """The source of truth's ids (the `xray` sink) with the reader and the ids from `aws/spans`."""
         self.add("xray", target, listing.positions)

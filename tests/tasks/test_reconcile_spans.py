@@ -10,6 +10,7 @@ import pytest
 from blocks.config import Config
 from sandbox.transaction_search import TransactionSearch
 from tasks import collector as col
+from tasks import reconcile as rec
 from tasks import span_retrieval, tracetime
 from tasks.errors import TransientError
 from tasks.span_records import w3c_trace_id
@@ -19,15 +20,20 @@ from tests.flows.test_sweep import put_simple_traces
 REGION = "us-east-1"
 
 
+def span_traces(config: Config, search: TransactionSearch, index: int, count: int) -> tuple[str, list[str]]:
+    """`count` traces put while roster account `index` sends to aws/spans: (account id, trace ids)."""
+    account = config.roster.accounts[index].account_id
+    search.set_destination(account, REGION, "CloudWatchLogs")
+    try:
+        return account, put_simple_traces(config, account, count)
+    finally:
+        search.set_destination(account, REGION, "XRay")
+
+
 def test_read_traces_by_trace_id_and_by_hour_find_the_same_whole_traces(
     fresh_config: Config, search: TransactionSearch
 ) -> None:
-    account = fresh_config.roster.accounts[0].account_id
-    search.set_destination(account, REGION, "CloudWatchLogs")
-    try:
-        ids = put_simple_traces(fresh_config, account, 12)
-    finally:
-        search.set_destination(account, REGION, "XRay")
+    account, ids = span_traces(fresh_config, search, 0, 12)
     collector = col.Collector.from_config(fresh_config)
     _, call = collector.span_callers(account, REGION)
     logs = collector.logs_client(account, REGION)
@@ -57,12 +63,7 @@ def test_execution_spans_retrieve_by_trace_header_and_time_out_in_one_line(
     )
     assert span_retrieval.header_trace_id("Sampled=1") is None
     assert span_retrieval.header_trace_id(None) is None
-    account = fresh_config.roster.accounts[1].account_id
-    search.set_destination(account, REGION, "CloudWatchLogs")
-    try:
-        ids = put_simple_traces(fresh_config, account, 2)
-    finally:
-        search.set_destination(account, REGION, "XRay")
+    account, ids = span_traces(fresh_config, search, 1, 2)
     collector = col.Collector.from_config(fresh_config)
     xray_call, logs_call = collector.span_callers(account, REGION)
     xray, logs = collector.xray_client(account, REGION), collector.logs_client(account, REGION)
@@ -91,3 +92,21 @@ def test_execution_spans_retrieve_by_trace_header_and_time_out_in_one_line(
     assert "\n" not in message
     assert f"trace retrieval of 1 trace ids in {account}/{REGION} not COMPLETE after 4 polls" in message
     assert "RUNNING" in message
+
+
+def test_plan_repair_takes_ids_found_in_aws_spans_from_there_and_the_rest_from_xray() -> None:
+    start = datetime(2026, 11, 20, 10, tzinfo=UTC)
+    epoch = int(start.timestamp())
+    t = [f"1-{epoch + i:08x}-{i:024x}" for i in range(4)]
+    target = ("012345678901", "us-east-1")
+    observation = rec.Observation(start=start, end=start + timedelta(hours=1), xray_hours={start})
+    # reader `both`: X-Ray lists t0 and t1, aws/spans holds t1, t2 and t3; the raw archive only t3
+    listing = rec.SourceListing(rec.xray_positions(t), "both", {t[1], t[2], t[3]})
+    observation.record("xray", target, listing)
+    observation.record("raw", target, {t[3]: ("raw/k", epoch + 3)})
+    for sink in ("parquet", "index"):
+        observation.record(sink, target, rec.xray_positions(t[3:]))
+    plan = rec.plan_repair(observation, [target])
+    assert plan.recollect == {target: [t[0]]}
+    assert plan.recollect_spans == {target: [t[1], t[2]]}
+    assert observation.readers == {target: "both"} and not plan.empty
