@@ -1,8 +1,16 @@
-"""Backfill: collect a past range (within X-Ray's 30-day retention), chunked and resumable.
+"""Backfill: collect a past range, chunked and resumable.
 
 The reader is chosen per (account, region) as in the sweep (`tasks.span_records`): Transaction Search
-accounts are read from `aws/spans` through Logs Insights, and only back to the log group's
-retention (DescribeLogGroups `retentionInDays`); older chunks are counted as `beyond_retention`.
+accounts are read from `aws/spans` through Logs Insights. Each reader is read back to its own
+horizon, known only here (the parameters check only what holds for every account: zoned, not
+empty, not in the future, ≤ 10 years): X-Ray keeps traces 30 days; `aws/spans` keeps them for its
+retention (DescribeLogGroups `retentionInDays`; none = never expires). Chunks wholly before every
+horizon of the account are not read and get no checkpoint (a rerun says the same again); a chunk
+that straddles a horizon is read from the horizon on. An account with nothing readable in the
+range fails with one clear line (for X-Ray: older traces can only be replayed from the archive) —
+a user asked for traces that are gone, so the run must not look successful; an account whose
+range is only partly readable is collected where it can be, and the `error` column of the
+artifact and the log say how many chunks lay beyond which retention.
 
 Each finished (account, region, chunk) leaves a checkpoint object under
 `state/backfill/<backfill_id>/…` ({"traces", "envelopes"}); running the same backfill again (same
@@ -43,7 +51,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks import MemberAccount
 from blocks.config import BLOCK_SOURCE, load_config
 from flows.observe import run_logger
-from flows.parameters import BackfillChunkParameters, BackfillParameters, takes
+from flows.parameters import XRAY_RETENTION, BackfillChunkParameters, BackfillParameters, takes
 from flows.sweep import finish
 from tasks import archive, spans_reader, xray
 from tasks import collector as col
@@ -113,6 +121,49 @@ def finished_chunks(s3: Any, bucket: str, prefix: str) -> dict[str, dict[str, in
     return done
 
 
+def readable(window: Window, horizon: datetime | None) -> Window | None:
+    """The part of `window` a store whose oldest data is at `horizon` still holds (None: nothing)."""
+    if horizon is None or window.start >= horizon:
+        return window
+    if window.end <= horizon:
+        return None
+    return Window(horizon, window.end)
+
+
+def horizons(
+    collector: col.Collector, account_id: str, region: str, reader: str, logs_call: Any, now: datetime
+) -> dict[str, tuple[datetime | None, str]]:
+    """Per store the reader uses: (the oldest time it holds, None = no limit; how it says so)."""
+    out: dict[str, tuple[datetime | None, str]] = {}
+    if reader in ("xray", "both"):
+        out["xray"] = (now - XRAY_RETENTION, f"X-Ray keeps traces {XRAY_RETENTION.days} days")
+    if reader in ("spans", "both"):
+        days = spans_reader.spans_retention_days(collector.logs_client(account_id, region), logs_call)
+        if days is None:
+            out["spans"] = (None, "aws/spans never expires")
+        else:
+            out["spans"] = (now - timedelta(days=days), f"aws/spans keeps spans {days} days (retentionInDays)")
+    return out
+
+
+def beyond_message(
+    limits: dict[str, tuple[datetime | None, str]], beyond: list[Window], total: int, nothing_read: bool
+) -> str:
+    """One line: which chunks lay before which store's retention."""
+    told = "; ".join(
+        f"{why}, the oldest it holds is {horizon:%Y-%m-%dT%H:%M}Z" for horizon, why in limits.values() if horizon
+    )
+    what = (
+        f"[{beyond[0].start:%Y-%m-%dT%H:%M}Z, {beyond[-1].end:%Y-%m-%dT%H:%M}Z) lies before the retention of "
+        "every store this account is read from"
+        if nothing_read
+        else f"{len(beyond)} of {total} chunks lie before the retention of every store this account is read from "
+        "and were not read"
+    )
+    hint = "; older traces can only be replayed from the archive (xraylake replay)" if "xray" in limits else ""
+    return f"{what} ({told}){hint}"
+
+
 def collect_chunks(
     collector: col.Collector,
     account: MemberAccount,
@@ -133,15 +184,19 @@ def collect_chunks(
         done = {o["Key"].rsplit("/", 1)[-1] for o in archive.list_keys(collector.s3, store.bucket, prefix)}
         choice = spans_reader.select_reader(collector.xray_client(account.account_id, region), xray_call)
         result.choose(choice)
-        horizon: datetime | None = None
-        if choice.reader != "xray":
-            logs = collector.logs_client(account.account_id, region)
-            days = spans_reader.spans_retention_days(logs, logs_call)
-            horizon = datetime.now(UTC) - timedelta(days=days) if days is not None else None
-        beyond = 0
+        limits = horizons(collector, account.account_id, region, choice.reader, logs_call, datetime.now(UTC))
+        beyond: list[Window] = []
+        pending = 0
         for window in windows:
             marker = chunk_marker(window)
             if marker in done:
+                if budget is not None:
+                    budget.count(skipped=1)
+                continue
+            pending += 1
+            parts = {store: readable(window, horizon) for store, (horizon, _) in limits.items()}
+            if all(part is None for part in parts.values()):
+                beyond.append(window)  # no store holds it any more: no checkpoint, a rerun says so again
                 if budget is not None:
                     budget.count(skipped=1)
                 continue
@@ -150,21 +205,23 @@ def collect_chunks(
                 break
             window_result = col.WindowResult(window=window.as_dict())
             sent_by_xray: set[str] = set()
-            if choice.reader in ("xray", "both"):
-                window_result = col.collect_window(collector, account, region, window, source="backfill", stats=stats)
+            xray_part, spans_part = parts.get("xray"), parts.get("spans")
+            if xray_part is not None:
+                window_result = col.collect_window(
+                    collector, account, region, xray_part, source="backfill", stats=stats
+                )
                 result.add_window(window_result)
                 sent_by_xray = {col.w3c_trace_id(t) for t in window_result.trace_ids}
-            if choice.reader in ("spans", "both"):
-                if horizon is not None and window.end <= horizon:
-                    beyond += 1  # aws/spans no longer holds it
-                else:
-                    spans_result = col.collect_spans_range(
-                        collector, account, region, window,
-                        source="backfill", logs_call=logs_call, sent_by_xray=sent_by_xray,
-                    )  # fmt: skip
-                    result.add_window(spans_result)
-                    window_result.traces += spans_result.traces
-                    window_result.envelopes += spans_result.envelopes
+            if spans_part is not None:
+                spans_result = col.collect_spans_range(
+                    collector, account, region, spans_part,
+                    source="backfill", logs_call=logs_call, sent_by_xray=sent_by_xray,
+                )  # fmt: skip
+                if xray_part is not None:
+                    result.windows -= 1  # one chunk, two readers
+                result.add_window(spans_result)
+                window_result.traces += spans_result.traces
+                window_result.envelopes += spans_result.envelopes
             counts = {"traces": window_result.traces, "envelopes": window_result.envelopes}
             collector.s3.put_object(Bucket=store.bucket, Key=prefix + marker, Body=orjson.dumps(counts))
             if budget is not None:
@@ -172,7 +229,11 @@ def collect_chunks(
             if on_chunk is not None:
                 on_chunk()
         if beyond:
-            result.error = f"{beyond} chunks older than aws/spans' retention were not read"
+            nothing_read = len(beyond) == pending
+            result.error = beyond_message(limits, beyond, pending, nothing_read)
+            if nothing_read:
+                result.status = "failed"
+                result.error_kind = "BeyondRetention"
     except Exception as error:
         result.status = "failed"
         result.error = f"{aws_error_code(error) or type(error).__name__}: {error}"[:500]
@@ -187,6 +248,8 @@ def collect_chunks(
             "account %s (%s) region %s: %d chunks collected, %d traces in %d envelopes (%s)",
             account.account_id, account.name, region, result.windows, result.traces, result.envelopes, result.status,
         )  # fmt: skip
+        if result.error:
+            logger.warning("account %s (%s) region %s: %s", account.account_id, account.name, region, result.error)
     return result
 
 

@@ -2,8 +2,8 @@
 
 A model holds its flow's parameter names, types, defaults and descriptions, and every rule JSON
 Schema can express (bounds, patterns such as 12-digit account ids and execution ARNs, enums,
-date-time formats, no unknown fields); rules across fields (end after start, within X-Ray's
-30-day retention, not in the future) are validators. `check(config)` adds what needs the
+date-time formats, no unknown fields); rules across fields (end after start, not in the future)
+are validators. `check(config)` adds what needs the
 configuration (accounts in the roster, regions enabled for them): the CLI runs it before it
 creates a flow run, the flow again at its start.
 
@@ -44,6 +44,10 @@ from tasks.compaction import TABLES
 from tasks.xray import TimeRangeType
 
 XRAY_RETENTION = timedelta(days=30)
+# The longest CloudWatch Logs retention (3653 days): no store xraylake reads keeps anything older.
+# Each account's own horizon (X-Ray's 30 days, or its aws/spans retention) is applied by the backfill
+# per (account, region), where the reader is known (flows/backfill.py).
+BACKFILL_MAX_AGE = timedelta(days=3653)
 # Threads are cheap waiting on I/O; a sweep's `concurrency` (a semaphore) bounds the work.
 MAX_ACCOUNT_THREADS = 64
 ACCOUNT_ID_PATTERN = r"^\d{12}$"
@@ -343,17 +347,19 @@ class CollectParameters(FlowParameters):
 
 
 def backfill_range(start: datetime, end: datetime, now: datetime) -> tuple[datetime, datetime]:
-    """[start, end) in UTC: zoned, not empty, within X-Ray's retention, not in the future."""
+    """[start, end) in UTC: zoned, not empty, not in the future, at most 10 years old (the longest
+    CloudWatch Logs retention). How far back each account can be read depends on its reader
+    (X-Ray: 30 days; Transaction Search: the log group's retention): the backfill checks that."""
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("start and end need a time zone (e.g. 2026-11-20T00:00:00Z)")
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     if end <= start:
         raise ValueError(f"end {end.isoformat()} is not after start {start.isoformat()}")
-    oldest = now - XRAY_RETENTION
+    oldest = now - BACKFILL_MAX_AGE
     if start < oldest:
         raise ValueError(
-            f"start {start.isoformat()} is older than X-Ray's 30-day retention (oldest: {oldest.isoformat()}); "
-            "older traces can only be replayed from the archive (`xraylake replay`)"
+            f"start {start.isoformat()} is older than 10 years, the longest CloudWatch Logs retention "
+            f"(oldest: {oldest.isoformat()}); older traces can only be replayed from the archive (`xraylake replay`)"
         )
     if end > now:
         raise ValueError(f"end {end.isoformat()} is in the future")
@@ -361,10 +367,13 @@ def backfill_range(start: datetime, end: datetime, now: datetime) -> tuple[datet
 
 
 class BackfillParameters(FlowParameters):
-    """Collect a past range (≤ 30 days old) for some or all accounts, chunked; the same range again resumes."""
+    """Collect a past range for some or all accounts, chunked; the same range again resumes. Each
+    account is read back to its own horizon: X-Ray keeps 30 days, a Transaction Search account's
+    `aws/spans` its retention (checked per account and region by the flow)."""
 
     start: datetime = Field(
-        description="From (inclusive), with a time zone, e.g. 2026-11-20T00:00:00Z. At most 30 days ago."
+        description="From (inclusive), with a time zone, e.g. 2026-11-20T00:00:00Z. X-Ray accounts are read "
+        "back 30 days, Transaction Search accounts back to their aws/spans retention."
     )
     end: datetime = Field(description="Until (exclusive), with a time zone; not in the future.")
     accounts: Accounts = None

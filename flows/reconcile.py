@@ -2,8 +2,9 @@
 
 Per account, region and hour: how many trace ids each sink holds and which ids each one misses
 (`tasks/reconcile.py` explains the rules). A mismatch emits `xraylake.reconcile.mismatch` per
-(account, region). With `repair=True`, ids the raw archive lacks are re-collected from X-Ray
-(within retention) through the org queue, ids Parquet or the index lack are re-processed from
+(account, region). With `repair=True`, ids the raw archive lacks are re-collected through the
+org queue — from X-Ray (within retention), or for an account read from Transaction Search from
+`aws/spans` (span envelopes) — ids Parquet or the index lack are re-processed from
 the raw envelope, the queue is drained (`consume_after_repair`), and the window is reconciled
 again: the returned report is the one after repair, with the first pass in `before`.
 """
@@ -127,10 +128,8 @@ def observe(
         for target, (found, error) in future.result().items():
             if error:
                 observation.errors[(sink, *target)] = error
-            elif sink == "raw":
-                observation.add_raw(target, found)
             else:
-                observation.add(sink, target, found)
+                observation.record(sink, target, found)
     return observation
 
 
@@ -151,6 +150,12 @@ def repair_task(config: Config, collector: col.Collector, plan: rec.RepairPlan) 
             rec.recollect(collector, account_id, region, ids, summary)
         except Exception as error:
             summary.errors.append(f"recollect {account_id}/{region}: {type(error).__name__}: {error}"[:300])
+    for (account_id, region), ids in sorted(plan.recollect_spans.items()):
+        try:
+            rec.recollect_spans(collector, account_id, region, ids, summary)
+        except Exception as error:
+            message = f"recollect from aws/spans {account_id}/{region}: {type(error).__name__}: {error}"
+            summary.errors.append(message[:300])
     return summary
 
 

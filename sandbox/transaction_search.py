@@ -467,6 +467,8 @@ def segment_spans(document: dict[str, Any], account: str, region: str) -> list[d
             attributes["rpc.system"] = "aws-api"
             attributes["rpc.method"] = aws["operation"]
             attributes["aws.remote.operation"] = aws["operation"]
+        if aws.get("execution_arn"):  # a Step Functions segment names its execution
+            attributes["aws.execution_arn"] = str(aws["execution_arn"])
         for key, value in (node.get("annotations") or {}).items():
             attributes[f"aws.xray.annotation.{key}"] = value
         error = bool(node.get("error") or node.get("fault") or node.get("throttle"))

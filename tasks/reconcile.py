@@ -18,9 +18,12 @@ Per (account, region, hour) the reference set is the union of every sink that wa
 misses what it lacks from that set. X-Ray "missing" ids (in the archive but not in X-Ray) cannot be
 repaired and usually mean the trace aged out or the sweep windows saw it differently.
 
-Repair (`plan_repair` is pure): ids missing in the raw archive that X-Ray still has are
-re-collected (BatchGetTraces → envelopes with source "backfill" → the org queue; the consumer
-writes every sink). Ids the raw archive has but Parquet or the index lack are re-processed from the
+Repair (`plan_repair` is pure): ids missing in the raw archive that the source still has are
+re-collected and sent with source "backfill" to the org queue (the consumer writes every sink):
+through BatchGetTraces when X-Ray listed them, and, for an account whose reader is `spans` or
+`both`, ids found in `aws/spans` are re-read from there (`tasks.span_retrieval.read_traces`,
+FilterLogEvents by trace id: whole traces, no Logs Insights) and sent as `xraylake.spans.v1`.
+Ids the raw archive has but Parquet or the index lack are re-processed from the
 raw envelope by `Repairer` (the consumer's transform; Parquet rows of just those traces under a
 `part-repair-…` name, index documents with `op_type=create`, so an existing or newer document is
 never overwritten and a deleted one comes back even inside the index's delete-tombstone window).
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -43,7 +46,7 @@ from pydantic import BaseModel, Field
 
 from blocks import MemberAccount
 from blocks.config import Config
-from tasks import archive, lake, spans_reader, tracetime, windows, xray
+from tasks import archive, lake, span_retrieval, spans_reader, tracetime, windows, xray
 from tasks import collector as col
 from tasks.consumer import BatchStats, Consumer
 from tasks.documents import EnvelopeDocuments
@@ -152,11 +155,29 @@ class Observation:
     raw_keys: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (account, region, id) → key
     errors: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (sink, account, region) → error
     xray_hours: set[datetime] = field(default_factory=set)
+    readers: dict[Target, str] = field(default_factory=dict)  # the source's reader per target
+    from_spans: dict[Target, set[str]] = field(default_factory=dict)  # source ids found in aws/spans
 
     def add(self, sink: str, target: Target, positions: Positions) -> None:
         low, high = epoch_bounds(self.start, self.end)
         bucket = self.ids[sink].setdefault(target, {})
         bucket.update({t: second for t, second in positions.items() if low <= second < high})
+
+    def record(self, sink: str, target: Target, found: Any) -> None:
+        """What one sink's observation of a target returned (`observe_raw`'s keyed ids for raw,
+        `observe_xray`'s `SourceListing` for the source, positions for the others)."""
+        if sink == "raw":
+            self.add_raw(target, found)
+        elif sink == "xray":
+            self.add_source(target, found)
+        else:
+            self.add(sink, target, found)
+
+    def add_source(self, target: Target, listing: SourceListing) -> None:
+        """The source of truth's ids (the `xray` sink) with the reader and the ids from `aws/spans`."""
+        self.add("xray", target, listing.positions)
+        self.readers[target] = listing.reader
+        self.from_spans[target] = set(listing.from_spans)
 
     def add_raw(self, target: Target, found: dict[str, tuple[str, int]]) -> None:
         """Raw ids with the key of the envelope holding each (repair re-reads it)."""
@@ -171,6 +192,16 @@ class Observation:
 
     def positions(self, sink: str, target: Target) -> Positions:
         return self.ids[sink].get(target, {})
+
+
+@dataclass
+class SourceListing:
+    """What the source of truth lists for one (account, region): ids with positions, the reader
+    chosen, and which of the ids (X-Ray form) were found in `aws/spans`."""
+
+    positions: Positions
+    reader: str = "xray"
+    from_spans: set[str] = field(default_factory=set)
 
 
 class HourRow(BaseModel):
@@ -202,6 +233,9 @@ class RepairSummary(BaseModel):
     recollected_traces: int = 0
     envelopes_sent: int = 0
     not_in_xray: int = 0
+    recollected_from_spans: int = 0  # of recollected_traces: re-read from aws/spans
+    not_in_spans: int = 0
+    span_reads: int = 0  # FilterLogEvents passes (by trace id or over an hour)
     consumed: dict[str, Any] | None = None
     unrepairable: dict[str, int] = Field(default_factory=dict)
     errors: list[str] = Field(default_factory=list)
@@ -313,12 +347,13 @@ class RepairPlan:
     """What repair will do (pure result of an observation)."""
 
     reprocess: dict[str, dict[str, set[str]]] = field(default_factory=dict)  # raw key → trace id → sinks
-    recollect: dict[Target, list[str]] = field(default_factory=dict)
+    recollect: dict[Target, list[str]] = field(default_factory=dict)  # through BatchGetTraces
+    recollect_spans: dict[Target, list[str]] = field(default_factory=dict)  # from aws/spans
     unrepairable: dict[str, int] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
-        return not self.reprocess and not self.recollect
+        return not self.reprocess and not self.recollect and not self.recollect_spans
 
 
 def plan_repair(observation: Observation, targets: Sequence[Target]) -> RepairPlan:
@@ -330,8 +365,11 @@ def plan_repair(observation: Observation, targets: Sequence[Target]) -> RepairPl
         xray_ok = ("xray", *target) not in observation.errors
         in_xray = got["xray"] if xray_ok else set()
         archived = got["raw"] | got["parquet"] | got["index"]
+        in_spans = observation.from_spans.get(target, set()) if xray_ok else set()
         for trace_id in sorted((archived | in_xray) - got["raw"]):
-            if trace_id in in_xray:
+            if trace_id in in_spans:  # a span account: aws/spans holds the whole trace
+                plan.recollect_spans.setdefault(target, []).append(trace_id)
+            elif trace_id in in_xray:
                 plan.recollect.setdefault(target, []).append(trace_id)
             else:
                 plan.unrepairable["raw"] = plan.unrepairable.get("raw", 0) + 1
@@ -372,7 +410,7 @@ def observe_xray(
     end: datetime,
     hours: set[datetime],
     time_range_type: xray.TimeRangeType = "TraceId",
-) -> Positions:
+) -> SourceListing:
     """The source of truth for the hours in `hours`: trace ids X-Ray lists (each ≤ 1 h window
     clipped to the range) and, for an account whose reader is `spans` or `both` (CloudWatch
     Transaction Search: X-Ray lists only the indexed share), the trace ids in `aws/spans`."""
@@ -381,6 +419,7 @@ def observe_xray(
     xray_call, logs_call = collector.span_callers(account.account_id, region)
     choice = spans_reader.select_reader(client, xray_call)
     found: set[str] = set()
+    in_spans: set[str] = set()
     if choice.reader in ("xray", "both"):
         for window in windows.plan_windows(start, end, HOUR):
             if window.hour not in hours:
@@ -390,13 +429,13 @@ def observe_xray(
             )
             found.update(listing.trace_ids)
     if choice.reader in ("spans", "both"):
-        found |= observe_spans(collector, account, region, start, end, hours, logs_call)
-    return xray_positions(found)
+        in_spans = observe_spans(collector, account, region, start, end, hours, logs_call)
+    return SourceListing(xray_positions(found | in_spans), choice.reader, in_spans)
 
 
 # A span's log event carries its end time: read this long past the window so the spans of a trace
 # that started inside it are seen (spans of longer traces are out of scope, as for X-Ray's listing).
-SPANS_READ_PAST = HOUR
+SPANS_READ_PAST = span_retrieval.SPANS_READ_PAST
 
 
 def observe_spans(
@@ -515,13 +554,26 @@ def observe_index(
         }
     }
     found: Positions = {}
+    fields = ["trace_id", "partition_hour", "collected_at"]
+    for source in _search_all(client, alias, query, fields, [{"trace_id": "asc"}]):
+        placed_at = _index_position(source)
+        if placed_at is not None:
+            found[placed_at[0]] = placed_at[1]
+    return found
+
+
+def _search_all(
+    client: OpenSearch, alias: str, query: dict[str, Any], fields: list[str], sort: list[dict[str, str]]
+) -> Iterator[dict[str, Any]]:
+    """Every hit's `_source` (only `fields`) of `query` on `alias`, paged with search_after on
+    `sort` (unique per document); nothing when the alias does not exist yet."""
     after: list[Any] | None = None
     try:
         while True:
             body: dict[str, Any] = {
                 "size": INDEX_PAGE,
-                "_source": ["trace_id", "partition_hour", "collected_at"],
-                "sort": [{"trace_id": "asc"}],
+                "_source": fields,
+                "sort": sort,
                 "query": query,
                 "track_total_hits": False,
             }
@@ -529,14 +581,12 @@ def observe_index(
                 body["search_after"] = after
             hits = client.search(index=alias, body=body)["hits"]["hits"]
             for hit in hits:
-                placed_at = _index_position(hit.get("_source") or {})
-                if placed_at is not None:
-                    found[placed_at[0]] = placed_at[1]
+                yield hit.get("_source") or {}
             if len(hits) < INDEX_PAGE:
-                return found
+                return
             after = hits[-1]["sort"]
     except os_exc.NotFoundError:
-        return found  # no traces index yet: everything is missing from the index
+        return  # no index yet: everything is missing from it
     except os_exc.TransportError as error:
         raise TransientError(f"OpenSearch search {alias}: {error}") from error
 
@@ -582,32 +632,13 @@ def observe_span_index(
         }
     }
     found: Positions = {}
-    after: list[Any] | None = None
-    try:
-        while True:
-            body: dict[str, Any] = {
-                "size": INDEX_PAGE,
-                "_source": ["traceId"],
-                "sort": [{"traceId": "asc"}, {"spanId": "asc"}],
-                "query": query,
-                "track_total_hits": False,
-            }
-            if after is not None:
-                body["search_after"] = after
-            hits = client.search(index=alias, body=body)["hits"]["hits"]
-            for hit in hits:
-                otel_id = str((hit.get("_source") or {}).get("traceId") or "")
-                trace_id = f"1-{otel_id[:8]}-{otel_id[8:]}"
-                epoch = tracetime.id_epoch(trace_id)
-                if epoch is not None:
-                    found[trace_id] = epoch
-            if len(hits) < INDEX_PAGE:
-                return found
-            after = hits[-1]["sort"]
-    except os_exc.NotFoundError:
-        return found
-    except os_exc.TransportError as error:
-        raise TransientError(f"OpenSearch search {alias}: {error}") from error
+    for source in _search_all(client, alias, query, ["traceId"], [{"traceId": "asc"}, {"spanId": "asc"}]):
+        otel_id = str(source.get("traceId") or "")
+        trace_id = f"1-{otel_id[:8]}-{otel_id[8:]}"
+        epoch = tracetime.id_epoch(trace_id)
+        if epoch is not None:
+            found[trace_id] = epoch
+    return found
 
 
 def _index_position(source: dict[str, Any]) -> tuple[str, int] | None:
@@ -700,6 +731,31 @@ def recollect(
     summary.envelopes_sent += report.sent
 
 
+def recollect_spans(
+    collector: col.Collector,
+    account_id: str,
+    region: str,
+    trace_ids: Sequence[str],
+    summary: RepairSummary,
+    now: datetime | None = None,
+) -> None:
+    """The ids' spans re-read from `aws/spans` (`tasks.span_retrieval.read_traces`: FilterLogEvents
+    by trace id, whole traces) → `xraylake.spans.v1` envelopes (source "backfill") → the org queue."""
+    account = collector.config.roster.get(account_id)
+    _, logs_call = collector.span_callers(account_id, region)
+    logs = collector.logs_client(account_id, region)
+    read = span_retrieval.read_traces(
+        logs, logs_call, trace_ids, now=now, redaction=collector.redaction, page_limit=collector.spans_page_limit
+    )
+    summary.recollect_requested += len(trace_ids)
+    summary.span_reads += read.filtered_reads + read.hour_reads
+    summary.not_in_spans += len(read.missing(trace_ids))
+    result = col.send_span_groups(collector, account, region, read.groups, source="backfill")
+    summary.recollected_traces += result.traces
+    summary.recollected_from_spans += result.traces
+    summary.envelopes_sent += result.envelopes
+
+
 __all__ = [
     "SINKS",
     "HourRow",
@@ -708,6 +764,7 @@ __all__ = [
     "RepairPlan",
     "RepairSummary",
     "Repairer",
+    "SourceListing",
     "compare",
     "epoch_bounds",
     "hours_of",
@@ -719,6 +776,7 @@ __all__ = [
     "observe_xray",
     "plan_repair",
     "recollect",
+    "recollect_spans",
     "refresh",
     "repair_part_name",
     "validate_window",

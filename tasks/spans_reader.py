@@ -158,9 +158,16 @@ def _ms(value: datetime) -> int:
 
 
 def filter_events(
-    logs: Any, call: Caller, window: Window, *, page_limit: int = FILTER_PAGE_LIMIT, max_pages: int = 100_000
+    logs: Any,
+    call: Caller,
+    window: Window,
+    *,
+    page_limit: int = FILTER_PAGE_LIMIT,
+    max_pages: int = 100_000,
+    filter_pattern: str | None = None,
 ) -> Iterator[str]:
-    """Every `aws/spans` message with a timestamp in [window.start, window.end)."""
+    """Every `aws/spans` message with a timestamp in [window.start, window.end) (and matching
+    `filter_pattern`, a CloudWatch Logs filter pattern, when given: filtered by the service)."""
     if not 1 <= page_limit <= FILTER_PAGE_LIMIT:
         raise ValueError(f"page_limit must be 1..{FILTER_PAGE_LIMIT}, got {page_limit}")
     params: dict[str, Any] = {
@@ -169,6 +176,8 @@ def filter_events(
         "endTime": _ms(window.end) - 1,  # endTime is inclusive
         "limit": page_limit,
     }
+    if filter_pattern:
+        params["filterPattern"] = filter_pattern
     seen_tokens: set[str] = set()
     for _ in range(max_pages):
         try:
@@ -350,7 +359,10 @@ def retrieve_spans(
                 call.sleep(poll_seconds)
                 continue
             if status != "COMPLETE":
-                raise TransientError(f"xray:ListRetrievedTraces {call.account_id}/{call.region}: {status}")
+                raise TransientError(
+                    f"trace retrieval of {len(ids)} trace ids in {call.account_id}/{call.region} ended {status} "
+                    "(xray:ListRetrievedTraces)"
+                )
             for trace in page.get("Traces") or []:
                 found += 1
                 for span in trace.get("Spans") or []:
@@ -359,7 +371,10 @@ def retrieve_spans(
             if not next_token:
                 break
         else:
-            raise TransientError(f"xray:ListRetrievedTraces: not COMPLETE after {max_polls} polls")
+            raise TransientError(
+                f"trace retrieval of {len(ids)} trace ids in {call.account_id}/{call.region} not COMPLETE after "
+                f"{max_polls} polls {poll_seconds:g} s apart (last status {status}; xray:ListRetrievedTraces)"
+            )
     return found
 
 

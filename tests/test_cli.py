@@ -161,7 +161,8 @@ def test_a_range_the_flow_would_refuse_is_refused_before_any_flow_run(cli: CliRu
     before = runs()
     now = datetime.now(UTC)
     old, older = (now - timedelta(days=40)).isoformat(), (now - timedelta(days=41)).isoformat()
-    assert "30-day retention" in run(cli, "backfill", "--start", older, "--end", old, code=2)["output"]
+    ancient, ancienter = (now - timedelta(days=3700)).isoformat(), (now - timedelta(days=3701)).isoformat()
+    assert "10 years" in run(cli, "backfill", "--start", ancienter, "--end", ancient, code=2)["output"]
     future = (now + timedelta(hours=2)).isoformat()
     assert "in the future" in run(cli, "backfill", "--start", now.isoformat(), "--end", future, code=2)["output"]
     naive = run(cli, "replay", "--start", "2026-11-20T00:00:00", "--end", "2026-11-21T00:00:00Z", code=2)

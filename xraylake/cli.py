@@ -298,7 +298,8 @@ def backfill(
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Collect a past range (≤ 30 days back), chunked; the same backfill again resumes."""
+    """Collect a past range (X-Ray: ≤ 30 days back; Transaction Search: its aws/spans retention), chunked;
+    the same backfill again resumes."""
     from flows.backfill import backfill as backfill_flow
     from flows.parameters import BackfillParameters
 

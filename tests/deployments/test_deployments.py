@@ -274,8 +274,9 @@ def test_parameter_schemas_render_typed_forms() -> None:
         fp.BackfillParameters(start=start, end=start)
     with pytest.raises(ValueError, match="time zone"):
         fp.BackfillParameters(start=start.replace(tzinfo=None), end=start.replace(tzinfo=None) + timedelta(hours=1))
-    with pytest.raises(ValueError, match="30-day retention"):
-        fp.BackfillParameters(start=start - timedelta(days=30), end=start)
+    with pytest.raises(ValueError, match="10 years"):
+        fp.BackfillParameters(start=start - timedelta(days=3700), end=start)
+    assert fp.BackfillParameters(start=start - timedelta(days=40), end=start).start == start - timedelta(days=40)
     with pytest.raises(ValueError, match="in the future"):
         fp.ReconcileParameters(end=datetime.now(UTC) + timedelta(hours=1))
     with pytest.raises(ValueError, match="before start_date"):

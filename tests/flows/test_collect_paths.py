@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 
 import boto3
+import orjson
 import pytest
 
 from blocks.config import Config
@@ -15,9 +18,12 @@ from flows.sweep import sweep
 from sandbox.faults import FaultProxy, sts_access_denied
 from sandbox.stack import SandboxStack
 from sandbox.traffic import complete_in_progress, generate_traffic, write_traffic
-from tasks import watermark
+from sandbox.transaction_search import SPANS_LOG_GROUP, segment_spans
+from tasks import collector as col
+from tasks import span_retrieval, watermark
 from tasks import xray as xray_tasks
 from tasks.aws import MemberSessions
+from tasks.span_records import w3c_trace_id
 from tests.flows.test_sweep import drain
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -198,8 +204,8 @@ def test_backfill_resumes_without_sending_finished_chunks_twice(
             "not after start",
         ),
         (
-            lambda p: backfill(start=datetime.now(UTC) - timedelta(days=31), end=datetime.now(UTC), config_path=p),
-            "30-day retention",
+            lambda p: backfill(start=datetime.now(UTC) - timedelta(days=3700), end=datetime.now(UTC), config_path=p),
+            "10 years",
         ),
         (lambda p: sweep(regions=["ap-south-1"], config_path=p), "no account is enabled"),
     ],
@@ -241,3 +247,98 @@ def test_transaction_search_account_is_read_from_its_spans(
     generated = {t[2:10] + t[11:] for r in report.regions if r.account_id == switched for t in r.trace_ids}
     assert by_account[switched] == generated
     assert rows[switched]["traces"] == len(generated)
+
+
+def test_collect_an_execution_of_a_transaction_search_account_retrieves_its_spans(
+    fresh_config: Config, config_file: str, stack: SandboxStack
+) -> None:
+    """X-Ray indexes ~1 % there and BatchGetTraces cannot find the rest: the execution's trace is
+    found by its ARN in `aws/spans` and retrieved whole (StartTraceRetrieval/ListRetrievedTraces)."""
+    switched = fresh_config.roster.accounts[1]
+    strict = front(stack)
+    strict.set_segment_destination(switched.account_id, "us-east-1", "CloudWatchLogs")
+    try:
+        planned = generate_traffic(23, fresh_config.roster.accounts[:2], traces_per_account=1, now=time.time())
+        planned = dataclasses.replace(
+            planned, regions=[r for r in planned.regions if r.account_id == switched.account_id]
+        )
+        report = write_traffic(planned, fresh_config.roster)
+        execution = next(e for e in report.executions if e.account_id == switched.account_id)
+        state = collect(execution_arn=execution.execution_arn, config_path=config_file, return_state=True)
+    finally:
+        strict.set_segment_destination(switched.account_id, "us-east-1", "XRay")
+    assert state.is_completed(), state.message
+    data = state.result()
+    assert data["account"]["reader"] == "spans" and data["execution_status"] == execution.status
+    envelopes = drain(fresh_config)
+    assert {(e.schema_, e.source) for e in envelopes} == {("xraylake.spans.v1", "collect")}
+    trace_id = w3c_trace_id(execution.trace_id)
+    assert [t["Id"] for e in envelopes for t in e.traces] == [trace_id]
+    assert envelopes[0].execution is not None and envelopes[0].execution["executionArn"] == execution.execution_arn
+    collector = col.Collector.from_config(fresh_config)
+    _, logs_call = collector.span_callers(switched.account_id, "us-east-1")
+    stored = span_retrieval.read_traces(collector.logs_client(switched.account_id, "us-east-1"), logs_call, [trace_id])
+    retrieved = envelopes[0].traces[0]["Spans"]
+    assert sorted(retrieved) == sorted(stored.groups.traces[trace_id])  # every span, verbatim
+    assert len(retrieved) > 1  # the state machine's span and the states and functions below it
+
+
+def plant_old_spans(config: Config, account_id: str, start: float, count: int, retention_days: int) -> set[str]:
+    """Spans of `count` traces from `start` (epoch seconds, far past) in the account's `aws/spans`,
+    kept `retention_days`. Written into moto's logs backend directly: PutLogEvents (moto's as AWS's)
+    refuses events older than 14 days, yet a log group with a longer retention holds older ones."""
+    from moto.logs.models import logs_backends
+
+    logs = MemberSessions(config.roster).client(account_id, "us-east-1", "logs")
+    with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+        logs.create_log_group(logGroupName=SPANS_LOG_GROUP)
+    with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+        logs.create_log_stream(logGroupName=SPANS_LOG_GROUP, logStreamName="old")
+    logs.put_retention_policy(logGroupName=SPANS_LOG_GROUP, retentionInDays=retention_days)
+    events, ids = [], set()
+    for i in range(count):
+        begin = start + i * 300
+        document = {
+            "name": "ledger",
+            "id": f"{i + 1:016x}",
+            "trace_id": f"1-{int(begin):08x}-{account_id}{i:012d}",
+            "start_time": begin,
+            "end_time": begin + 0.4,
+        }
+        ids.add(w3c_trace_id(document["trace_id"]))
+        for record in segment_spans(document, account_id, "us-east-1"):
+            events.append(
+                {"timestamp": record["endTimeUnixNano"] // 1_000_000, "message": orjson.dumps(record).decode()}
+            )
+    logs_backends[account_id]["us-east-1"].groups[SPANS_LOG_GROUP].put_log_events(
+        "old", sorted(events, key=lambda e: e["timestamp"])
+    )
+    return ids
+
+
+def test_backfill_reads_a_span_account_back_to_its_log_retention_and_says_why_a_classic_one_cannot(
+    fresh_config: Config, config_file: str, stack: SandboxStack
+) -> None:
+    classic, switched = fresh_config.roster.accounts[0], fresh_config.roster.accounts[1]
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=40)
+    planted = plant_old_spans(fresh_config, switched.account_id, start.timestamp() + 60, 4, retention_days=90)
+    strict = front(stack)
+    strict.set_segment_destination(switched.account_id, "us-east-1", "CloudWatchLogs")
+    try:
+        state = backfill(
+            start=start, end=start + timedelta(hours=2), accounts=[classic.account_id, switched.account_id],
+            fail_on_account_errors=False, config_path=config_file, return_state=True,
+        )  # fmt: skip
+    finally:
+        strict.set_segment_destination(switched.account_id, "us-east-1", "XRay")
+    assert state.is_completed(), state.message
+    rows = {a["account_id"]: a for a in state.result()["accounts"]}
+    assert rows[switched.account_id]["status"] == "ok" and rows[switched.account_id]["reader"] == "spans"
+    assert rows[switched.account_id]["traces"] == len(planted) and rows[switched.account_id]["error"] is None
+    refused = rows[classic.account_id]
+    assert refused["status"] == "failed" and refused["traces"] == 0
+    assert "X-Ray keeps traces 30 days" in refused["error"] and "xraylake replay" in refused["error"]
+    assert "\n" not in refused["error"]
+    envelopes = drain(fresh_config)
+    assert {e.account_id for e in envelopes} == {switched.account_id}
+    assert {t["Id"] for e in envelopes for t in e.traces} == planted

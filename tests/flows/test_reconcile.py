@@ -221,3 +221,53 @@ def test_a_transaction_search_account_reconciles_against_aws_spans(
     report = rec.ReconcileReport.model_validate(state.result())
     assert report.ok, report.message()
     assert report.totals == {"xray": len(ids), "raw": len(ids), "parquet": len(ids), "index": len(ids)}
+
+
+def test_a_transaction_search_account_is_repaired_from_aws_spans(
+    fresh_config: Config, config_file: str, stack: Any
+) -> None:
+    """Lost raw envelopes and index documents of a span account: repair re-reads those traces from
+    `aws/spans` (FilterLogEvents by trace id), sends span envelopes, consumes them, and the second
+    pass agrees in every sink."""
+    switched = fresh_config.roster.accounts[1]
+    front = next(c for c in stack.extra if type(c).__name__ == "StrictXRayFront")
+    front.set_segment_destination(switched.account_id, "us-east-1", "CloudWatchLogs")
+    try:
+        ids = put_simple_traces(fresh_config, switched.account_id, 5)
+        collector = col.Collector.from_config(fresh_config)
+        result = col.sweep_account(collector, switched, "us-east-1", now=datetime.now(UTC))
+        assert result.status == "ok" and result.reader == "spans", result.error
+        assert run_consumer(fresh_config, wait_seconds=1, use_tasks=False).traces == len(ids)
+        s3 = boto3.client("s3")
+        bucket = fresh_config.archive.bucket
+        raw_keys = [o["Key"] for o in archive.list_keys(s3, bucket, f"raw/account_id={switched.account_id}/")]
+        assert raw_keys
+        for key in raw_keys:
+            s3.delete_object(Bucket=bucket, Key=key)
+        client = client_for(fresh_config.opensearch)
+        client.indices.refresh(index="xray-traces")
+        victim = ids[0]
+        hit = client.search(index="xray-traces", body={"query": {"term": {"trace_id": victim}}})["hits"]["hits"][0]
+        client.delete(index=hit["_index"], id=hit["_id"], refresh=True)
+        start, end = window()
+        state = reconcile(
+            start=start, end=end, accounts=[switched.account_id], repair=True, config_path=config_file,
+            return_state=True,
+        )  # fmt: skip
+    finally:
+        front.set_segment_destination(switched.account_id, "us-east-1", "XRay")
+    assert state.is_completed(), state.message
+    repaired = rec.ReconcileReport.model_validate(state.result())
+    assert repaired.before is not None
+    assert repaired.before.missing == {"xray": 0, "raw": len(ids), "parquet": 0, "index": 1}
+    summary = repaired.repair
+    assert summary is not None and summary.errors == [], summary
+    assert summary.recollected_from_spans == summary.recollected_traces == len(ids)
+    assert summary.not_in_spans == 0 and summary.not_in_xray == 0
+    assert summary.span_reads == len(ids)  # one FilterLogEvents pass per trace id (few ids per hour)
+    assert repaired.ok, (repaired.message(), summary)
+    assert repaired.totals == {"xray": len(ids), "raw": len(ids), "parquet": len(ids), "index": len(ids)}
+    restored = [o["Key"] for o in archive.list_keys(s3, bucket, f"raw/account_id={switched.account_id}/")]
+    envelopes = [parse_envelope(archive.get_raw(s3, bucket, key)) for key in restored]
+    assert {(e.schema_, e.source) for e in envelopes} == {("xraylake.spans.v1", "backfill")}
+    assert {t["Id"] for e in envelopes for t in e.traces} == {t[2:10] + t[11:] for t in ids}

@@ -63,10 +63,7 @@ def test_each_index_profile_writes_only_its_families_and_reconciles(
     for sink, found in sinks.items():
         for key, (positions, error) in found.items():
             assert error is None, (sink, error)
-            if sink == "raw":
-                observation.add_raw(key, positions)
-            else:
-                observation.add(sink, key, positions)
+            observation.record(sink, key, positions)
     report = rec.compare(observation, [(account.account_id, "us-east-1")], now=now)
     assert report.ok, report.message()
     assert report.totals == {"xray": len(ids), "raw": len(ids), "parquet": len(ids), "index": len(ids)}
