@@ -36,7 +36,7 @@ from tasks.envelope import (
 )
 from tasks.errors import TransientError
 from tasks.ids import trace_id_problem
-from tasks.overlap import SentLedger, Unsent, revision_of
+from tasks.overlap import FLUSH_BYTES, SentLedger, Unsent, revision_of
 from tasks.redact import RedactionPolicy, redact_trace
 from tasks.span_records import ReaderChoice, SpanGroups, w3c_trace_id
 
@@ -443,6 +443,7 @@ def sweep_account(
     time_range_type: xray.TimeRangeType = "Event",
     run_id: str = "",
     skip_unchanged: bool = True,
+    flush_bytes: int = FLUSH_BYTES,
 ) -> AccountResult:
     """Incremental sweep of one (account, region) from its watermark; never raises for the
     account's own failures (they are reported in the result so other accounts go on).
@@ -450,7 +451,8 @@ def sweep_account(
     The X-Ray reader's traces of all the sweep's windows are packed and sent together at its end
     (earlier past `tasks.overlap.FLUSH_BYTES`), then the watermark moves; a window with nothing
     waiting moves it at once. `skip_unchanged`: traces of the overlap already sent with the same
-    revision are not fetched again (`tasks/overlap.py`); the ledger is stored with the watermark."""
+    revision are not fetched again (`tasks/overlap.py`); the ledger is stored with the watermark.
+    `flush_bytes=0` sends window by window (the packing before issue 18; B3 measures both)."""
     started = time.monotonic()
     result = AccountResult(account.account_id, account.name, region)
     stats = xray.XRayStats()
@@ -502,7 +504,7 @@ def sweep_account(
                         result.windows -= 1  # one window, two readers
                     result.add_window(spans_result)
                     sent_as_spans.update(spans_result.trace_ids)
-                if not unsent.due(last=number == len(planned)):
+                if not unsent.due(last=number == len(planned), limit=flush_bytes):
                     continue
                 start, end = unsent.span()
                 sent = send_traces(

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import boto3
 import orjson
+import pytest
 
 from blocks.config import Config
 from sandbox.faults import FaultProxy, FaultRule
@@ -43,6 +44,7 @@ def segments_by_trace(envelopes: list[env.Envelope]) -> Counter[str]:
     return Counter({t["Id"]: len(t["Segments"]) for e in envelopes for t in e.traces})
 
 
+@pytest.mark.slow  # six sweeps: ~30 s on a loaded 2-core machine
 def test_sweeps_across_an_hour_send_one_envelope_per_hour_and_every_revision(
     fresh_config: Config, stack: SandboxStack
 ) -> None:
@@ -84,7 +86,9 @@ def test_sweeps_across_an_hour_send_one_envelope_per_hour_and_every_revision(
     s3 = boto3.client("s3")
     before = watermark.read(s3, fresh_config.archive, account_id, REGION)
     with FaultProxy(stack.config.aws_endpoint_url or "") as proxy:
-        proxy.add(FaultRule(path="watermarks", method="PUT", status=500, times=None))
+        denied = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"  # not retried
+        xml = "application/xml"
+        proxy.add(FaultRule(path="watermarks", method="PUT", status=403, response=denied, content_type=xml))
         broken = dataclasses.replace(collector, s3=boto3.client("s3", endpoint_url=proxy.url))
         crashed = sweep(broken, fresh_config, hour + 480)
     assert crashed.status == "failed" and crashed.traces == 1
