@@ -14,12 +14,19 @@ Achieved rate = X-Ray read calls the front answered without throttling / sweep w
 Zero traces missed = every put trace id arrives in the queue (drained and decoded).
 Target: ≥ 0.9 × N·R with zero traces missed.
 
-Steady state (issue 18 item 5): the same traffic, arriving over 40 minutes with late segments
-for one trace in ten, swept every 5 minutes with the default lag and overlap, once re-fetching
-the overlap (as before) and once skipping traces whose revision was already sent
-(`tasks/overlap.py`), side by side. Reported: BatchGetTraces calls and envelopes of each, their
-ratio (target ≤ 0.55), and traces or revisions missed (target 0: the last version of every
-trace that was sent carries all its segments).
+Steady state (issue 18 item 5; alone with `--steady-only`, written to bench_sweep_steady.json):
+the same traffic, arriving over 40 minutes with late segments for one trace in ten and an hour
+boundary in the middle, swept every 5 minutes with the default lag and overlap, side by side:
+`today` re-fetches the overlap and sends window by window (the sweep before issue 18),
+`refetch_overlap` re-fetches it but packs the whole sweep together, `skip_unchanged` (now the
+default) packs per sweep and skips traces whose revision was already sent (`tasks/overlap.py`).
+Ratios are skip_unchanged / today; `ledger_alone` gives skip_unchanged / refetch_overlap.
+Reported per sweep and in total: BatchGetTraces calls, envelopes, bytes, traces sent, and the
+least envelopes any packing could use (one per account, sweep and start hour sent). The targets
+(≤ 0.55) are the ratios over the steady sweeps, those whose whole range lies in the traffic (the
+first sweep has no overlap, the last ones read an overlap whose traffic has stopped: every
+policy sends about the same there). Traces or revisions
+missed: target 0 (the last version of every trace that was sent carries all its segments).
 
 B3s, the spans reader (`--spans`, or after the X-Ray runs): N accounts in Transaction Search mode
 (the front's emulation, moto in this process), each with T traces of 2 spans in aws/spans;
@@ -230,20 +237,31 @@ def steady(base: Any, front: Any, n: int, traces_per_account: int) -> dict[str, 
     """Both overlap policies over the same arrivals (one config, queue and watermarks each)."""
     from datetime import timedelta
 
-    from tasks import archive, xray
+    from tasks import archive, tracetime, xray
     from tasks import collector as col
     from tasks import envelope as env
 
     accounts = common.member_accounts(n, prefix="0833")
     front.configure(rate_per_second=None)
-    now = time.time()
     interval, sweeps = 300.0, 10
-    first = now - interval * sweeps
+    # an hour boundary in the middle of the steady sweeps, every run: it falls in sweep 5's new
+    # part and sweep 6's overlap (a sweep that crosses an hour sends one envelope per hour)
+    boundary = (int(time.time()) - 1800) // 3600 * 3600
+    first = boundary - 4 * interval
+    traffic = (first - 60, first - 60 + interval * (sweeps - 2))
     arrivals = {
-        a.account_id: steady_traffic(a.account_id, traces_per_account, first - 60, interval * (sweeps - 2))
+        a.account_id: steady_traffic(a.account_id, traces_per_account, traffic[0], traffic[1] - traffic[0])
         for a in accounts
     }
-    policies = {"refetch_overlap": False, "skip_unchanged": True}
+    from tasks.overlap import FLUSH_BYTES
+
+    # (skip unchanged revisions, flush_bytes): today's sweep re-fetched the overlap and sent window
+    # by window; the ledger alone is skip_unchanged against refetch_overlap (both packed per sweep)
+    policies = {
+        "today": (False, 0),
+        "refetch_overlap": (False, FLUSH_BYTES),
+        "skip_unchanged": (True, FLUSH_BYTES),
+    }
     configs = {name: common.fresh_sinks(common.roster_of(base, accounts), uuid.uuid4().hex[:8]) for name in policies}
     # one set of member sessions: the front keys its per-account state by the assumed-role key
     # when moto runs in another process, so both policies must read as the same "account"
@@ -253,6 +271,7 @@ def steady(base: Any, front: Any, n: int, traces_per_account: int) -> dict[str, 
     listed: dict[str, list[int]] = {name: [] for name in policies}  # summaries listed per sweep
     envelopes = {name: 0 for name in policies}
     sent_bytes = {name: 0 for name in policies}
+    per_sweep: dict[str, list[dict[str, int]]] = {name: [] for name in policies}
     put = {a.account_id: 0 for a in accounts}
     for k in range(1, sweeps + 1):
         sweep_now = first + k * interval
@@ -263,20 +282,27 @@ def steady(base: Any, front: Any, n: int, traces_per_account: int) -> dict[str, 
                 for chunk in range(0, len(due), 50):
                     client.put_trace_segments(TraceSegmentDocuments=due[chunk : chunk + 50])
                 put[account.account_id] += len(due)
-        for name, skip in policies.items():
+        for name, (skip, flush_bytes) in policies.items():
             front.reset_stats()
             summaries = 0
+            this = {"envelopes": 0, "traces": 0, "windows": 0, "unchanged": 0, "bytes": 0, "least_envelopes": 0}
             for account in accounts:
                 result = col.sweep_account(
                     collectors[name], account, "us-east-1", now=datetime.fromtimestamp(sweep_now, UTC),
-                    first_lookback=timedelta(seconds=interval + 120), skip_unchanged=skip,
+                    first_lookback=timedelta(seconds=interval + 120), skip_unchanged=skip, flush_bytes=flush_bytes,
                 )  # fmt: skip
                 if result.status == "failed":
                     raise RuntimeError(f"{name}: {result.error}")
                 envelopes[name] += result.envelopes
                 sent_bytes[name] += result.bytes
                 summaries += result.summaries
-            calls[name] += front.stats()["operations"].get("BatchGetTraces", 0)
+                for key in ("envelopes", "traces", "windows", "unchanged", "bytes"):
+                    this[key] += getattr(result, key)
+                # one envelope per start hour sent is the least any packing can do
+                this["least_envelopes"] += len({(tracetime.id_epoch(t) or 0) // 3600 for t in result.trace_ids})
+            this["calls"] = front.stats()["operations"].get("BatchGetTraces", 0)
+            per_sweep[name].append(this)
+            calls[name] += this["calls"]
             listed[name].append(summaries)
     expected = {trace_id: 0 for a in accounts for _, trace_id, _ in arrivals[a.account_id]}
     for _, trace_id, _ in (x for a in accounts for x in arrivals[a.account_id]):
@@ -306,20 +332,90 @@ def steady(base: Any, front: Any, n: int, traces_per_account: int) -> dict[str, 
             "traces": sum(1 for t in swept if t not in latest),
             "revisions": sum(1 for t, c in swept.items() if t in latest and latest[t] < c),
         }
+    # steady sweeps: the whole range read (watermark - overlap .. now - lag) lies inside the
+    # traffic; the first sweep (no watermark, no overlap) and the sweeps after the traffic ended
+    # send about as much under both policies
+    steady_sweeps = [k for k in range(2, sweeps + 1) if first + k * interval - 720 >= traffic[0]
+                     and first + k * interval - 120 <= traffic[1]]  # fmt: skip
+
+    def over_steady(name: str, key: str) -> int:
+        return sum(per_sweep[name][k - 1][key] for k in steady_sweeps)
+
+    def steady_ratio(key: str, baseline: str = "today") -> float:
+        return round(over_steady("skip_unchanged", key) / max(1, over_steady(baseline, key)), 3)
+
+    def ratio(values: dict[str, int], baseline: str = "today") -> float:
+        return round(values["skip_unchanged"] / max(1, values[baseline]), 3)
+
     return {
         "accounts": n,
         "sweeps": sweeps,
+        "hour_boundary": datetime.fromtimestamp(boundary, UTC).isoformat(),
+        "steady_sweeps": steady_sweeps,
+        "calls_ratio_steady": steady_ratio("calls"),
+        "envelopes_ratio_steady": steady_ratio("envelopes"),
+        "bytes_ratio_steady": steady_ratio("bytes"),
+        "traces_sent_ratio_steady": steady_ratio("traces"),
+        "least_envelopes": {name: sum(x["least_envelopes"] for x in per_sweep[name]) for name in policies},
+        "traces_per_envelope": {
+            name: round(sum(x["traces"] for x in per_sweep[name]) / max(1, envelopes[name]), 1) for name in policies
+        },
         "traces": len(expected),
         "late_segments": sum(expected.values()) - len(expected),
         "batch_get_traces_calls": calls,
         "envelopes": envelopes,
         "summaries_per_sweep": listed,
-        "calls_ratio": round(calls["skip_unchanged"] / max(1, calls["refetch_overlap"]), 3),
-        "envelopes_ratio": round(envelopes["skip_unchanged"] / max(1, envelopes["refetch_overlap"]), 3),
+        "per_sweep": per_sweep,
+        "calls_ratio": ratio(calls),
+        "envelopes_ratio": ratio(envelopes),
         "bytes_sent": sent_bytes,
-        "bytes_ratio": round(sent_bytes["skip_unchanged"] / max(1, sent_bytes["refetch_overlap"]), 3),
+        "bytes_ratio": ratio(sent_bytes),
+        "ledger_alone": {  # skip_unchanged against refetch_overlap, both packed per sweep
+            "calls_ratio_steady": steady_ratio("calls", "refetch_overlap"),
+            "envelopes_ratio_steady": steady_ratio("envelopes", "refetch_overlap"),
+            "envelopes_ratio": ratio(envelopes, "refetch_overlap"),
+            "bytes_ratio": ratio(sent_bytes, "refetch_overlap"),
+        },
         "missed": missed,
     }
+
+
+def steady_targets(result: dict[str, Any]) -> dict[str, Any]:
+    """Ratios over the steady sweeps (the warm-up and drain sweeps are reported beside them)."""
+    return {
+        "steady_state_calls_ratio": common.target(result["calls_ratio_steady"], 0.55, higher_is_better=False),
+        "steady_state_envelopes_ratio": common.target(result["envelopes_ratio_steady"], 0.55, higher_is_better=False),
+        "steady_state_missed": common.target(
+            sum(sum(m.values()) for m in result["missed"].values()), 0, higher_is_better=False
+        ),
+    }
+
+
+def run_steady(base: Any, front: Any, quick: bool) -> dict[str, Any]:
+    # ~60 traces per 5 minutes per account (17,000 a day, near the capacity model's 20,000)
+    result = steady(base, front, 3 if quick else 10, 240 if quick else 480)
+    common.log(
+        f"steady state: BatchGetTraces {result['batch_get_traces_calls']} (ratio {result['calls_ratio']}), "
+        f"envelopes {result['envelopes']} (ratio {result['envelopes_ratio']}), missed {result['missed']}; "
+        f"steady sweeps {result['steady_sweeps']}: calls {result['calls_ratio_steady']}, "
+        f"envelopes {result['envelopes_ratio_steady']}, bytes {result['bytes_ratio_steady']}"
+    )
+    return result
+
+
+def steady_metrics(quick: bool) -> dict[str, Any]:
+    """B3's steady state alone, in a sandbox of its own (`--steady-only`)."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from sandbox.strict_xray import StrictXRayFront
+
+    with common.detached_sandbox(strict_xray=False) as base:
+        front = StrictXRayFront(upstream=base.aws_endpoint_url, rate_per_second=None, page_size=PAGE_SIZE).start()
+        os.environ["AWS_ENDPOINT_URL_XRAY"] = front.url
+        try:
+            result = run_steady(base, front, quick)
+        finally:
+            front.stop()
+    return {"steady_state": result, "targets": steady_targets(result)}
 
 
 LOGS_RATE = 5.0  # R_logs: FilterLogEvents calls per second per account (the emulated quota)
@@ -414,10 +510,15 @@ def spans_metrics(quick: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    args = common.parse_args(
-        __doc__.splitlines()[0],
-        lambda p: p.add_argument("--spans", action="store_true", help="only B3s, the spans reader"),
-    )
+    def flags(parser: Any) -> None:
+        parser.add_argument("--spans", action="store_true", help="only B3s, the spans reader")
+        parser.add_argument("--steady-only", action="store_true", help="only B3's steady state")
+
+    args = common.parse_args(__doc__.splitlines()[0], flags)
+    if args.steady_only:
+        started = time.monotonic()
+        common.finish("bench_sweep_steady", args, steady_metrics(args.quick), started)
+        return
     if args.spans:
         started = time.monotonic()
         common.finish("bench_sweep_spans", args, spans_metrics(args.quick), started)
@@ -443,14 +544,7 @@ def main() -> None:
                     f"({result['ratio_of_quota']}), missed {result['traces_missed']}"
                 )
                 runs.append(result)
-        # ~60 traces per 5 minutes per account (17,000 a day, near the capacity model's 20,000)
-        steady_state = steady(base, front, 3 if args.quick else 10, 240 if args.quick else 480)
-        common.log(
-            f"steady state: BatchGetTraces {steady_state['batch_get_traces_calls']} "
-            f"(ratio {steady_state['calls_ratio']}), "
-            f"envelopes {steady_state['envelopes']} (ratio {steady_state['envelopes_ratio']}), "
-            f"missed {steady_state['missed']}"
-        )
+        steady_state = run_steady(base, front, args.quick)
         front.stop()
     best = {n: max((r for r in runs if r["accounts"] == n), key=lambda r: r["ratio_of_quota"]) for n in sizes}
     worst_ratio = min(r["ratio_of_quota"] for r in best.values())
@@ -466,13 +560,7 @@ def main() -> None:
         "traces_missed": missed,
         "steady_state": steady_state,
         "targets": {
-            "steady_state_calls_ratio": common.target(steady_state["calls_ratio"], 0.55, higher_is_better=False),
-            "steady_state_envelopes_ratio": common.target(
-                steady_state["envelopes_ratio"], 0.55, higher_is_better=False
-            ),
-            "steady_state_missed": common.target(
-                sum(sum(m.values()) for m in steady_state["missed"].values()), 0, higher_is_better=False
-            ),
+            **steady_targets(steady_state),
             "ratio_of_quota_min_over_n": common.target(worst_ratio, 0.9),
             "traces_missed": common.target(missed, 0, higher_is_better=False),
         },

@@ -5,8 +5,10 @@ Each sweep picks the reader per (account, region) (`tasks.span_records.choose_re
 the `aws/spans` log group, or both while a switch is under way — then a trace the X-Ray reader
 sent is not sent again from its spans in the same run, nor the other way round.
 
-The watermark of a sweep advances window by window, each time only after every envelope of that
-window was accepted by SQS; a failure leaves it where the last complete window put it.
+The watermark of a sweep advances only after every envelope of the windows it passes was accepted
+by SQS; a failure leaves it where the last complete send put it. A sweep sends the X-Ray reader's
+traces of all its windows together (`tasks.overlap.Unsent`), so a sweep sends one envelope per
+start hour it touches, not one per window and hour.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from tasks.envelope import (
 )
 from tasks.errors import TransientError
 from tasks.ids import trace_id_problem
-from tasks.overlap import SentLedger, revision_of
+from tasks.overlap import FLUSH_BYTES, SentLedger, Unsent, revision_of
 from tasks.redact import RedactionPolicy, redact_trace
 from tasks.span_records import ReaderChoice, SpanGroups, w3c_trace_id
 
@@ -97,7 +99,6 @@ class WindowResult:
     deduplicated: int = 0
     envelope_ids: list[str] = field(default_factory=list)
     trace_ids: list[str] = field(default_factory=list)
-    revisions: dict[str, int] = field(default_factory=dict)  # sent trace id → listed revision
     rejected: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -137,8 +138,9 @@ class AccountResult:
     trace_ids: list[str] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
 
-    def add_window(self, result: WindowResult) -> None:
-        self.windows += 1
+    def add_window(self, result: WindowResult, window: bool = True) -> None:
+        """`window=False`: counts of a send that covered windows already counted."""
+        self.windows += int(window)
         self.summaries += result.summaries
         self.traces += result.traces
         self.envelopes += result.envelopes
@@ -238,6 +240,89 @@ def send_envelopes(collector: Collector, envelopes: Sequence[Envelope]) -> tuple
     return messages, report
 
 
+@dataclass
+class Fetched:
+    """One window listed and fetched by the X-Ray reader, not sent yet."""
+
+    result: WindowResult  # the listing's counts: summaries, unchanged, deduplicated
+    traces: list[dict[str, Any]] = field(default_factory=list)
+    revisions: dict[str, int] = field(default_factory=dict)  # fetched trace id → listed revision
+
+
+def fetch_window(
+    collector: Collector,
+    account: MemberAccount,
+    region: str,
+    window: windows.Window,
+    *,
+    stats: xray.XRayStats,
+    time_range_type: xray.TimeRangeType = "Event",
+    sent: SentLedger | None = None,
+    skip: set[str] | None = None,
+) -> Fetched:
+    """List and fetch one window. `sent`: (trace id, revision) pairs already sent (a sweep's
+    overlap): listed traces with the same revision are not fetched again. `skip` (W3C ids):
+    traces the spans reader already sent in this run (reader `both`)."""
+    client = collector.xray_client(account.account_id, region)
+    limiter = collector.limiters.get(account.account_id, region)
+    listing = xray.list_trace_ids(
+        client, window, time_range_type, account_id=account.account_id, limiter=limiter, stats=stats
+    )
+    fetched = Fetched(WindowResult(window=window.as_dict(), summaries=len(listing.summaries)))
+    unchanged = sent.unchanged(listing.summaries) if sent else set()
+    wanted = [trace_id for trace_id in listing.trace_ids if trace_id not in unchanged]
+    fetched.result.unchanged = len(unchanged)
+    if skip:
+        listed = len(wanted)
+        wanted = [t for t in wanted if w3c_trace_id(t) not in skip]
+        fetched.result.deduplicated = listed - len(wanted)
+    if not wanted:
+        return fetched
+    batch = xray.batch_get_traces(client, wanted, account_id=account.account_id, limiter=limiter, stats=stats)
+    if batch.unprocessed:
+        # Never advance past traces we could not fetch: the caller's watermark stays put.
+        raise TransientError(f"{len(batch.unprocessed)} trace ids stayed unprocessed in {account.account_id}/{region}")
+    fetched.traces = batch.traces
+    revision_by_id = {s.get("Id"): revision_of(s) for s in listing.summaries}
+    ids = {t.get("Id") for t in batch.traces}
+    fetched.revisions = {i: r for i, r in revision_by_id.items() if i in ids and isinstance(i, str) and r is not None}
+    return fetched
+
+
+def send_traces(
+    collector: Collector,
+    account: MemberAccount,
+    region: str,
+    traces: Sequence[dict[str, Any]],
+    *,
+    source: Source,
+    window: TimeWindow | None,
+    result: WindowResult,
+) -> WindowResult:
+    """Pack X-Ray traces into envelopes and send them; the counts go into `result`."""
+    if not traces:
+        return result
+    refused: list[dict[str, str]] = []
+    envelopes = envelopes_for(
+        traces,
+        source=source,
+        account_id=account.account_id,
+        region=region,
+        window=window,
+        redaction=collector.redaction,
+        refused=refused,
+    )
+    messages, report = send_envelopes(collector, envelopes)
+    result.traces = len(traces) - len(refused)
+    result.traces_refused = len(refused)
+    result.envelopes = report.sent
+    result.bytes = report.bytes
+    result.claim_checks = sum(1 for m in messages if m.claim_check)
+    result.envelope_ids = [e.envelope_id for e in envelopes]
+    result.trace_ids = [t["Id"] for e in envelopes for t in e.traces]
+    return result
+
+
 def collect_window(
     collector: Collector,
     account: MemberAccount,
@@ -250,49 +335,14 @@ def collect_window(
     sent: SentLedger | None = None,
     skip: set[str] | None = None,
 ) -> WindowResult:
-    """List, fetch, pack and send one window. `sent`: (trace id, revision) pairs already sent
-    (a sweep's overlap): listed traces with the same revision are not fetched again. `skip` (W3C
-    ids): traces the spans reader already sent in this run (reader `both`)."""
-    client = collector.xray_client(account.account_id, region)
-    limiter = collector.limiters.get(account.account_id, region)
-    listing = xray.list_trace_ids(
-        client, window, time_range_type, account_id=account.account_id, limiter=limiter, stats=stats
+    """List, fetch, pack and send one window (`fetch_window`'s `sent` and `skip`)."""
+    fetched = fetch_window(
+        collector, account, region, window, stats=stats, time_range_type=time_range_type, sent=sent, skip=skip
     )
-    result = WindowResult(window=window.as_dict(), summaries=len(listing.summaries))
-    unchanged = sent.unchanged(listing.summaries) if sent else set()
-    wanted = [trace_id for trace_id in listing.trace_ids if trace_id not in unchanged]
-    result.unchanged = len(unchanged)
-    if skip:
-        listed = len(wanted)
-        wanted = [t for t in wanted if w3c_trace_id(t) not in skip]
-        result.deduplicated = listed - len(wanted)
-    if not wanted:
-        return result
-    batch = xray.batch_get_traces(client, wanted, account_id=account.account_id, limiter=limiter, stats=stats)
-    if batch.unprocessed:
-        # Never advance past traces we could not fetch: the caller's watermark stays put.
-        raise TransientError(f"{len(batch.unprocessed)} trace ids stayed unprocessed in {account.account_id}/{region}")
-    refused: list[dict[str, str]] = []
-    envelopes = envelopes_for(
-        batch.traces,
-        source=source,
-        account_id=account.account_id,
-        region=region,
-        window=TimeWindow(start=window.start, end=window.end),
-        redaction=collector.redaction,
-        refused=refused,
-    )
-    messages, report = send_envelopes(collector, envelopes)
-    result.traces = len(batch.traces) - len(refused)
-    result.traces_refused = len(refused)
-    result.envelopes = report.sent
-    result.bytes = report.bytes
-    result.claim_checks = sum(1 for m in messages if m.claim_check)
-    result.envelope_ids = [e.envelope_id for e in envelopes]
-    result.trace_ids = [t["Id"] for e in envelopes for t in e.traces]
-    revision_by_id = {s.get("Id"): revision_of(s) for s in listing.summaries}
-    result.revisions = {i: r for i in result.trace_ids if (r := revision_by_id.get(i)) is not None}
-    return result
+    return send_traces(
+        collector, account, region, fetched.traces,
+        source=source, window=TimeWindow(start=window.start, end=window.end), result=fetched.result,
+    )  # fmt: skip
 
 
 def collect_spans_window(
@@ -393,12 +443,16 @@ def sweep_account(
     time_range_type: xray.TimeRangeType = "Event",
     run_id: str = "",
     skip_unchanged: bool = True,
+    flush_bytes: int = FLUSH_BYTES,
 ) -> AccountResult:
     """Incremental sweep of one (account, region) from its watermark; never raises for the
     account's own failures (they are reported in the result so other accounts go on).
 
-    `skip_unchanged`: traces of the overlap already sent with the same revision are not fetched
-    again (`tasks/overlap.py`); the ledger is stored with the watermark."""
+    The X-Ray reader's traces of all the sweep's windows are packed and sent together at its end
+    (earlier past `tasks.overlap.FLUSH_BYTES`), then the watermark moves; a window with nothing
+    waiting moves it at once. `skip_unchanged`: traces of the overlap already sent with the same
+    revision are not fetched again (`tasks/overlap.py`); the ledger is stored with the watermark.
+    `flush_bytes=0` sends window by window (the packing before issue 18; B3 measures both)."""
     started = time.monotonic()
     result = AccountResult(account.account_id, account.name, region)
     stats = xray.XRayStats()
@@ -416,23 +470,26 @@ def sweep_account(
             result.choose(choice)
             sent_by_xray: set[str] = set()  # W3C ids, reader `both`: each trace sent by one reader
             sent_as_spans: set[str] = set()
-            for window in windows.plan_windows(span[0], span[1], max_window):
-                revisions: dict[str, int] = {}
+            unsent = Unsent()  # X-Ray traces held until the sweep's end (one envelope per hour, not per window)
+            planned = windows.plan_windows(span[0], span[1], max_window)
+            for number, window in enumerate(planned, start=1):
+                fetched = Fetched(WindowResult(window=window.as_dict()))
                 if choice.reader in ("xray", "both"):
-                    window_result = collect_window(
+                    fetched = fetch_window(
                         collector,
                         account,
                         region,
                         window,
-                        source="sweep",
                         stats=stats,
                         time_range_type=time_range_type,
                         sent=mark.sent if skip_unchanged else None,
                         skip=sent_as_spans if choice.reader == "both" else None,
                     )
-                    result.add_window(window_result)
-                    sent_by_xray.update(w3c_trace_id(t) for t in window_result.trace_ids)
-                    revisions = window_result.revisions
+                    result.add_window(fetched.result)
+                    # to be sent at the end (a failed send keeps the watermark: both readers read again)
+                    fetched_ids = (t.get("Id") for t in fetched.traces)
+                    sent_by_xray.update(w3c_trace_id(str(i)) for i in fetched_ids if trace_id_problem(i) is None)
+                unsent.add(window.start, window.end, fetched.traces, fetched.revisions)
                 if choice.reader in ("spans", "both"):
                     spans_result = collect_spans_window(
                         collector,
@@ -447,12 +504,19 @@ def sweep_account(
                         result.windows -= 1  # one window, two readers
                     result.add_window(spans_result)
                     sent_as_spans.update(spans_result.trace_ids)
-                ledger = None
-                if skip_unchanged:
-                    ledger = mark.sent.record(revisions, window.end).prune(window.end - overlap)
+                if not unsent.due(last=number == len(planned), limit=flush_bytes):
+                    continue
+                start, end = unsent.span()
+                sent = send_traces(
+                    collector, account, region, unsent.traces,
+                    source="sweep", window=TimeWindow(start=start, end=end), result=WindowResult(window={}),
+                )  # fmt: skip
+                result.add_window(sent, window=False)
+                ledger = unsent.ledger(mark.sent, sent.trace_ids, overlap) if skip_unchanged else None
                 mark = watermark.advance(
-                    collector.s3, store, mark, window.end, run_id=run_id, sent=ledger, reader=choice.steady
+                    collector.s3, store, mark, end, run_id=run_id, sent=ledger, reader=choice.steady
                 )
+                unsent = Unsent()
         result.watermark_after = mark.high_water.isoformat() if mark.high_water else None
         if mark.high_water:
             result.watermark_lag_seconds = round((now - mark.high_water).total_seconds(), 3)

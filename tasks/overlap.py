@@ -12,16 +12,23 @@ An entry is needed only while its trace can be listed again: a trace listed in a
 at `e` has its event time before `e`, and the next sweep starts at `watermark - overlap`, so
 entries with `e <= watermark - overlap` are dropped. `MAX_ENTRIES` bounds the state even under a
 burst; dropping an entry costs at most one duplicate fetch, never a lost trace.
+
+`Unsent` holds what a sweep fetched until it is sent: the traces of all its windows are packed
+together (envelopes group traces by start hour), so a sweep that crosses an hour, or lists a late
+revision of a trace that started in the previous hour, sends one envelope per hour touched rather
+than one per (window, hour). It is sent at the end of the sweep, or earlier once it holds
+`FLUSH_BYTES` (a catch-up over hours); the watermark and the ledger move only after that send.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 MAX_ENTRIES = 200_000
+FLUSH_BYTES = 2 * 1024 * 1024  # segment documents held per (account, region) before sending early
 
 
 @dataclass(frozen=True)
@@ -91,3 +98,50 @@ def revision_of(summary: Mapping[str, Any]) -> int | None:
     if isinstance(revision, bool) or not isinstance(revision, int):
         return None
     return revision
+
+
+def trace_bytes(trace: Mapping[str, Any]) -> int:
+    """About what a trace adds to an envelope: its segment documents (the bulk of it)."""
+    segments = trace.get("Segments") or []
+    return 64 + sum(len(s.get("Document") or "") + 32 for s in segments if isinstance(s, Mapping))
+
+
+@dataclass
+class Unsent:
+    """A sweep's fetched traces, window by window, until they are sent (pure; see the module)."""
+
+    windows: list[tuple[datetime, datetime]] = field(default_factory=list)
+    traces: list[dict[str, Any]] = field(default_factory=list)
+    revisions: list[dict[str, int]] = field(default_factory=list)  # per window: fetched id → revision
+    size: int = 0
+
+    def add(
+        self, start: datetime, end: datetime, traces: Iterable[dict[str, Any]], revisions: Mapping[str, int]
+    ) -> None:
+        """One window's traces (none for a window the X-Ray reader did not read)."""
+        if self.windows and start != self.windows[-1][1]:
+            raise ValueError(f"windows must be contiguous: {start.isoformat()} after {self.windows[-1][1].isoformat()}")
+        self.windows.append((start, end))
+        for trace in traces:
+            self.traces.append(trace)
+            self.size += trace_bytes(trace)
+        self.revisions.append(dict(revisions))
+
+    def due(self, last: bool, limit: int = FLUSH_BYTES) -> bool:
+        """Send now: at the sweep's last window, once `limit` is reached, or when nothing waits
+        (then only the watermark moves, window by window as before)."""
+        return bool(self.windows) and (last or not self.traces or self.size >= limit)
+
+    def span(self) -> tuple[datetime, datetime]:
+        """The listing range the held traces were found in: each envelope's `window`."""
+        if not self.windows:
+            raise ValueError("nothing held")
+        return self.windows[0][0], self.windows[-1][1]
+
+    def ledger(self, ledger: SentLedger, sent: Iterable[str], overlap: timedelta) -> SentLedger:
+        """`ledger` after the held traces with ids in `sent` were accepted by SQS (a refused id is
+        never recorded), pruned for the sweep that would start at the held range's end − overlap."""
+        sent_ids = set(sent)
+        for (_, end), revisions in zip(self.windows, self.revisions, strict=True):
+            ledger = ledger.record({i: r for i, r in revisions.items() if i in sent_ids}, end)
+        return ledger.prune(self.span()[1] - overlap)

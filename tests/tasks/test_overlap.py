@@ -1,10 +1,12 @@
-"""The overlap ledger: which listed traces a sweep may skip (pure)."""
+"""The overlap ledger: which listed traces a sweep may skip, and what a sweep holds until it sends (pure)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from tasks.overlap import MAX_ENTRIES, SentLedger
+import pytest
+
+from tasks.overlap import MAX_ENTRIES, SentLedger, Unsent, trace_bytes
 
 T0 = datetime(2026, 12, 2, 1, 0, tzinfo=UTC)
 
@@ -46,3 +48,49 @@ def test_the_ledger_is_bounded_and_keeps_the_newest() -> None:
     pruned = ledger.prune(T0 - timedelta(hours=1))
     assert len(pruned) == MAX_ENTRIES
     assert "latest" in pruned.entries
+
+
+def trace(trace_id: str, document_bytes: int = 100) -> dict[str, object]:
+    return {"Id": trace_id, "Segments": [{"Id": "s", "Document": "x" * document_bytes}]}
+
+
+def test_unsent_sends_at_the_last_window_past_its_limit_or_when_nothing_waits() -> None:
+    unsent = Unsent()
+    assert not unsent.due(last=True)  # no window yet: nothing to send or advance
+    unsent.add(T0, T0 + timedelta(minutes=5), [], {})
+    assert unsent.due(last=False)  # nothing held: only the watermark moves, as before
+    unsent = Unsent()
+    unsent.add(T0, T0 + timedelta(minutes=5), [trace("a", 1000)], {"a": 1})
+    assert not unsent.due(last=False)
+    assert unsent.due(last=True)
+    assert unsent.due(last=False, limit=trace_bytes(trace("a", 1000)))
+    assert trace_bytes(trace("a", 1000)) > 1000
+
+
+def test_unsent_spans_its_windows_and_refuses_a_gap() -> None:
+    unsent = Unsent()
+    hour = T0 + timedelta(hours=1)
+    unsent.add(hour - timedelta(minutes=5), hour, [trace("a")], {"a": 1})
+    unsent.add(hour, hour + timedelta(minutes=5), [trace("b"), trace("c")], {"b": 2, "c": 1})
+    assert unsent.span() == (hour - timedelta(minutes=5), hour + timedelta(minutes=5))
+    assert [t["Id"] for t in unsent.traces] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="contiguous"):
+        unsent.add(hour + timedelta(minutes=6), hour + timedelta(minutes=7), [], {})
+    with pytest.raises(ValueError, match="nothing held"):
+        Unsent().span()
+
+
+def test_unsent_records_only_what_was_sent_each_with_its_own_window() -> None:
+    unsent = Unsent()
+    first_end = T0 + timedelta(minutes=5)
+    unsent.add(T0, first_end, [trace("a"), trace("bad")], {"a": 1, "bad": 1})
+    unsent.add(first_end, T0 + timedelta(minutes=10), [trace("b")], {"b": 3})
+    before = SentLedger().record({"old": 1}, T0 - timedelta(minutes=20)).record({"kept": 2}, T0 + timedelta(minutes=4))
+    # the next sweep starts at the held range's end − overlap = T0 + 3 min: "old" cannot come back
+    ledger = unsent.ledger(before, sent=["a", "b"], overlap=timedelta(minutes=7))  # "bad" was refused
+    assert ledger.entries == {
+        "kept": (2, (T0 + timedelta(minutes=4)).timestamp()),
+        "a": (1, first_end.timestamp()),
+        "b": (3, (T0 + timedelta(minutes=10)).timestamp()),
+    }
+    assert set(unsent.ledger(before, sent=[], overlap=timedelta(minutes=5)).entries) == set()
