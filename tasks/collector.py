@@ -6,13 +6,17 @@ the `aws/spans` log group, or both while a switch is under way — then a trace 
 sent is not sent again from its spans in the same run, nor the other way round.
 
 The watermark of a sweep advances window by window, each time only after every envelope of that
-window was accepted by SQS; a failure leaves it where the last complete window put it.
+window was accepted by SQS; a failure leaves it where the last complete window put it. A spans
+sweep reads the next window from `aws/spans` while the current one is sent (`SpansAhead`).
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -295,25 +299,32 @@ def collect_window(
     return result
 
 
-def collect_spans_window(
+def read_spans(
     collector: Collector,
-    account: MemberAccount,
+    account_id: str,
     region: str,
     window: windows.Window,
-    *,
-    source: Source,
     logs_call: spans_reader.Caller,
-    sent_by_xray: set[str] | None = None,
-) -> WindowResult:
-    """The spans of `window` from `aws/spans` (FilterLogEvents), grouped by trace into span envelopes.
-
-    `sent_by_xray` (W3C ids, reader `both`): traces the X-Ray reader sent in this run are left out."""
+    *,
+    through: Literal["filter", "insights"] = "filter",
+    stop: threading.Event | None = None,
+) -> SpanGroups:
+    """The spans of `window` from `aws/spans`, grouped by trace: FilterLogEvents paging (sweeps), or
+    Logs Insights chunked under the row limit (`through="insights"`: billed per GB scanned, so for
+    backfill and reconcile, not for every sweep). `stop` ends a FilterLogEvents read early."""
     groups = SpanGroups()
-    logs = collector.logs_client(account.account_id, region)
-    spans_reader.filter_spans(
-        logs, logs_call, window, groups, collector.redaction, collector.spans_page_limit, collector.spans_parallel
-    )
-    return send_span_groups(collector, account, region, groups, source=source, window=window, skip=sent_by_xray)
+    logs = collector.logs_client(account_id, region)
+    if through == "insights":
+        spans_reader.insights_spans(
+            logs, logs_call, window.start, window.end, groups,
+            redaction=collector.redaction, row_limit=collector.insights_row_limit,
+        )  # fmt: skip
+    else:
+        spans_reader.filter_spans(
+            logs, logs_call, window, groups, collector.redaction, collector.spans_page_limit,
+            collector.spans_parallel, stop,
+        )  # fmt: skip
+    return groups
 
 
 def collect_spans_range(
@@ -326,14 +337,9 @@ def collect_spans_range(
     logs_call: spans_reader.Caller,
     sent_by_xray: set[str] | None = None,
 ) -> WindowResult:
-    """Backfill's read of `aws/spans`: Logs Insights over `window`, chunked under the row limit
-    (billed per GB scanned: for backfill and reconcile, not for every sweep)."""
-    groups = SpanGroups()
-    logs = collector.logs_client(account.account_id, region)
-    spans_reader.insights_spans(
-        logs, logs_call, window.start, window.end, groups,
-        redaction=collector.redaction, row_limit=collector.insights_row_limit,
-    )  # fmt: skip
+    """Backfill's read of `aws/spans` (Logs Insights over `window`), grouped by trace into span
+    envelopes; `sent_by_xray` (W3C ids, reader `both`): traces the X-Ray reader sent are left out."""
+    groups = read_spans(collector, account.account_id, region, window, logs_call, through="insights")
     return send_span_groups(collector, account, region, groups, source=source, window=window, skip=sent_by_xray)
 
 
@@ -380,6 +386,54 @@ def send_span_groups(
     return result
 
 
+class SpansAhead:
+    """The spans of a sweep's windows, each read (FilterLogEvents) while the one before it is sent.
+
+    `groups(i)` returns window i's spans and starts reading window i + 1 in a background thread, so
+    the account's Logs quota keeps being used while envelopes are packed, sent and the watermark
+    advanced; at most two windows of spans are held at once. Leaving the `with` block early (a
+    failure) stops the read in flight after its current page."""
+
+    def __init__(
+        self,
+        collector: Collector,
+        account_id: str,
+        region: str,
+        planned: Sequence[windows.Window],
+        logs_call: spans_reader.Caller,
+    ) -> None:
+        self._read = functools.partial(read_spans, collector, account_id, region, logs_call=logs_call)
+        self._planned = list(planned)
+        self._stop = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
+        self._next: tuple[int, Future[SpanGroups]] | None = None
+
+    def _submit(self, index: int) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="spans-ahead")
+        self._next = (index, self._pool.submit(self._read, self._planned[index], stop=self._stop))
+
+    def groups(self, index: int) -> SpanGroups:
+        if self._next is None or self._next[0] != index:
+            self._submit(index)
+        assert self._next is not None
+        found = self._next[1].result()
+        self._next = None
+        if index + 1 < len(self._planned):
+            self._submit(index + 1)
+        return found
+
+    def __enter__(self) -> SpansAhead:
+        if self._planned:
+            self._submit(0)  # the first window is read while the X-Ray reader (reader `both`) lists it
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def sweep_account(
     collector: Collector,
     account: MemberAccount,
@@ -416,43 +470,47 @@ def sweep_account(
             result.choose(choice)
             sent_by_xray: set[str] = set()  # W3C ids, reader `both`: each trace sent by one reader
             sent_as_spans: set[str] = set()
-            for window in windows.plan_windows(span[0], span[1], max_window):
-                revisions: dict[str, int] = {}
-                if choice.reader in ("xray", "both"):
-                    window_result = collect_window(
-                        collector,
-                        account,
-                        region,
-                        window,
-                        source="sweep",
-                        stats=stats,
-                        time_range_type=time_range_type,
-                        sent=mark.sent if skip_unchanged else None,
-                        skip=sent_as_spans if choice.reader == "both" else None,
+            planned = windows.plan_windows(span[0], span[1], max_window)
+            reads_spans = choice.reader in ("spans", "both")
+            ahead = SpansAhead(collector, account.account_id, region, planned if reads_spans else [], logs_call)
+            with ahead:
+                for index, window in enumerate(planned):
+                    revisions: dict[str, int] = {}
+                    if choice.reader in ("xray", "both"):
+                        window_result = collect_window(
+                            collector,
+                            account,
+                            region,
+                            window,
+                            source="sweep",
+                            stats=stats,
+                            time_range_type=time_range_type,
+                            sent=mark.sent if skip_unchanged else None,
+                            skip=sent_as_spans if choice.reader == "both" else None,
+                        )
+                        result.add_window(window_result)
+                        sent_by_xray.update(w3c_trace_id(t) for t in window_result.trace_ids)
+                        revisions = window_result.revisions
+                    if reads_spans:
+                        spans_result = send_span_groups(
+                            collector,
+                            account,
+                            region,
+                            ahead.groups(index),  # read while the previous window was sent
+                            source="sweep",
+                            window=window,
+                            skip=sent_by_xray if choice.reader == "both" else None,
+                        )
+                        if choice.reader == "both":
+                            result.windows -= 1  # one window, two readers
+                        result.add_window(spans_result)
+                        sent_as_spans.update(spans_result.trace_ids)
+                    ledger = None
+                    if skip_unchanged:
+                        ledger = mark.sent.record(revisions, window.end).prune(window.end - overlap)
+                    mark = watermark.advance(
+                        collector.s3, store, mark, window.end, run_id=run_id, sent=ledger, reader=choice.steady
                     )
-                    result.add_window(window_result)
-                    sent_by_xray.update(w3c_trace_id(t) for t in window_result.trace_ids)
-                    revisions = window_result.revisions
-                if choice.reader in ("spans", "both"):
-                    spans_result = collect_spans_window(
-                        collector,
-                        account,
-                        region,
-                        window,
-                        source="sweep",
-                        logs_call=logs_call,
-                        sent_by_xray=sent_by_xray if choice.reader == "both" else None,
-                    )
-                    if choice.reader == "both":
-                        result.windows -= 1  # one window, two readers
-                    result.add_window(spans_result)
-                    sent_as_spans.update(spans_result.trace_ids)
-                ledger = None
-                if skip_unchanged:
-                    ledger = mark.sent.record(revisions, window.end).prune(window.end - overlap)
-                mark = watermark.advance(
-                    collector.s3, store, mark, window.end, run_id=run_id, sent=ledger, reader=choice.steady
-                )
         result.watermark_after = mark.high_water.isoformat() if mark.high_water else None
         if mark.high_water:
             result.watermark_lag_seconds = round((now - mark.high_water).total_seconds(), 3)
