@@ -56,7 +56,7 @@ class Collector:
     logs_limiters: xray.LimiterRegistry = field(default_factory=lambda: spans_reader.LOGS_LIMITERS)
     spans_page_limit: int = spans_reader.FILTER_PAGE_LIMIT  # FilterLogEvents `limit` (events per page)
     insights_row_limit: int = spans_reader.INSIGHTS_ROW_LIMIT  # rows per Logs Insights query (backfill)
-    spans_parallel: int = 4  # time slices of a window paged at once (bench B3s: latency vs quota)
+    spans_parallel: int = 4  # FilterLogEvents chains at most, while one leaves the quota unused (filter_spans)
 
     @classmethod
     def from_config(cls, config: Config, limiters: xray.LimiterRegistry | None = None) -> Collector:
