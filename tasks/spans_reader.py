@@ -257,11 +257,11 @@ class _WindowPager:
                     self._cond.notify_all()
 
     def _read(self, piece: _Slice) -> None:
-        top, at_top = piece.start - 1, set[str]()  # the latest timestamp read, and the events at it
+        top, at_top = piece.start - 1, set[str | None]()  # the latest timestamp read, and the events at it
         for events, more in _pages(self.logs, self.call, piece.start, piece.end, self.page_limit, self.max_pages):
             for event in events:
-                event_id = str(event.get("eventId"))
-                if event_id in piece.skip:
+                event_id = event.get("eventId")
+                if event_id is not None and event_id in piece.skip:
                     continue
                 piece.messages.append(event.get("message"))
                 stamp = event.get("timestamp")
@@ -276,13 +276,13 @@ class _WindowPager:
         with self._cond:
             self._done.append(piece)
 
-    def _split(self, piece: _Slice, top: int, at_top: set[str]) -> bool:
+    def _split(self, piece: _Slice, top: int, at_top: set[str | None]) -> bool:
         """Hand the rest of `piece`, [top, end), to idle workers as slices, when the quota goes unused.
 
         Pages come sorted by timestamp (the FilterLogEvents reference), so every event of `piece`
         before `top` has been read; the events at `top` already read are skipped by the first slice."""
-        if top <= piece.start or piece.end - top < 2:
-            return False  # no progress to cut at
+        if top <= piece.start or piece.end - top < 2 or None in at_top:
+            return False  # no progress to cut at, or events read at `top` that could not be told apart
         with self._cond:
             idle = self.parallel - self._busy
             if idle < 1 or self._pending:
@@ -292,7 +292,7 @@ class _WindowPager:
         parts = min(idle + 1, piece.end - top)
         edges = [top + (piece.end - top) * i // parts for i in range(parts)] + [piece.end]
         rest = [_Slice(a, b) for a, b in itertools.pairwise(edges)]
-        rest[0].skip = frozenset(at_top)
+        rest[0].skip = frozenset(str(event_id) for event_id in at_top)
         self.call.stats.add(filter_splits=1)
         with self._cond:
             self._pending.extend(rest)
