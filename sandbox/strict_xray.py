@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 
 from sandbox import oam as oam_api
 from sandbox.transaction_search import LOGS_TARGET_PREFIX, ApiError, TransactionSearch
+from tasks.pacing import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -159,28 +160,6 @@ def _moto_account_of(access_key: str) -> str | None:
     return None
 
 
-# --------------------------------------------------------------------------- token bucket
-
-
-class _Bucket:
-    """Non-blocking token bucket (the front answers 429 instead of waiting)."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 # --------------------------------------------------------------------------- statistics
 
 
@@ -282,11 +261,10 @@ class StrictXRayFront:
         self.trace_id_lookahead_seconds = trace_id_lookahead_seconds
         self.upstream_timeout = upstream_timeout
         self._resolve_account = account_resolver or MotoAccountResolver()
-        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}  # non-blocking: 429 instead of waiting
         self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
         self._withheld: dict[tuple[str, str, str], int] = defaultdict(int)
         self.transaction_search = transaction_search or TransactionSearch()
-        self._destinations: dict[tuple[str, str], str] = {}
         # CloudWatch cross-account observability (sandbox/oam.py): None = no OAM API, no copies.
         self.oam: oam_api.OamRegistry | None = None
         self._services: dict[tuple[str, str, str], set[tuple[str, str]]] = defaultdict(set)
@@ -464,8 +442,8 @@ class StrictXRayFront:
                 bucket = self._buckets.get((account, region))
                 if bucket is None:
                     burst = self._burst if self._burst is not None else max(1.0, self._rate)
-                    bucket = self._buckets[(account, region)] = _Bucket(self._rate, burst)
-                allowed = bucket.take()
+                    bucket = self._buckets[(account, region)] = TokenBucket(self._rate, burst)
+                allowed = bucket.try_acquire()
             if not allowed:
                 self._count(account, throttled=1)
                 return _error(429, "ThrottledException", "Rate exceeded")
@@ -527,8 +505,15 @@ class StrictXRayFront:
         headers: list[tuple[str, str]],
         body: bytes,
     ) -> _Answer:
-        """CloudWatch Logs: the emulated quotas and denials first, then moto."""
-        refused = self.transaction_search.logs_gate(account, region, operation, body)
+        """CloudWatch Logs: the emulated quotas and denials first, then FilterLogEvents from the
+        emulation (moto's backend in this process), anything else from moto."""
+        search = self.transaction_search
+        refused = search.logs_gate(account, region, operation, body)
+        if refused is None and operation == "FilterLogEvents":
+            try:
+                return _json(200, search.filter_log_events(account, region, body))
+            except ApiError as error:
+                refused = error
         if refused is not None:
             answer = _json(refused.status, {"__type": refused.code, "message": refused.message})
             answer.headers = [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-ErrorType", refused.code)]

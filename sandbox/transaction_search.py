@@ -24,7 +24,8 @@ this emulation does in the same order:
   `ThrottlingException`, as Logs answers), `StartQuery` answering `LimitExceededException` for
   the next `start_query_limit_exceeded` calls (the concurrent-query limit), and accounts whose
   role lacks the Logs read actions (`deny_logs`: `AccessDeniedException` naming the action).
-  Everything else is forwarded to moto unchanged.
+  FilterLogEvents is answered from moto's Logs backend in this process (`filter_log_events`);
+  everything else is forwarded to moto unchanged.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.otel import otel_trace_id
+from tasks.pacing import TokenBucket
 
 SPANS_LOG_GROUP = "aws/spans"
 SPANS_LOG_STREAM = "default"
@@ -89,20 +91,6 @@ class ApiError(Exception):
     message: str
 
 
-class _Bucket:
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 def indexed(trace_id: str, percentage: float) -> bool:
     """Whether X-Ray indexes a trace at `percentage` (deterministic by its W3C id)."""
     return zlib.crc32(otel_trace_id(trace_id).encode()) % 10_000 < round(percentage * 100)
@@ -136,7 +124,7 @@ class TransactionSearch:
         self._seen: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # traces, indexed
         self._store: dict[tuple[str, str, str], _Stored] = {}
         self._retrievals: dict[str, _Retrieval] = {}
-        self._filter_buckets: dict[tuple[str, str], _Bucket] = {}
+        self._filter_buckets: dict[tuple[str, str], TokenBucket] = {}
         self._filter_rate: float | None = None
         self._filter_burst: float | None = None
         self.configure_filter_quota(filter_rate, filter_burst)
@@ -369,6 +357,31 @@ class TransactionSearch:
 
     # ------------------------------------------------------------------ CloudWatch Logs
 
+    def filter_log_events(self, account: str, region: str, body: bytes) -> dict[str, Any]:
+        """FilterLogEvents answered from moto's Logs backend in this process: moto's events, pages
+        and tokens, without the HTTP hop to moto, whose request routing costs more CPU than the
+        query (in a benchmark the front and moto share the reader's process). Events come sorted by
+        timestamp across streams, as the FilterLogEvents reference says (moto sorts only when asked
+        to interleave)."""
+        from moto.core.exceptions import JsonRESTError
+        from moto.logs.models import logs_backends
+
+        request: Any = _parse_json(body)  # moto's handler passes the parameters unchecked too
+        try:
+            events, token, searched = logs_backends[account][region].filter_log_events(
+                request.get("logGroupName"),
+                request.get("logStreamNames") or [],
+                request.get("startTime"),
+                request.get("endTime"),
+                request.get("limit"),
+                request.get("nextToken"),
+                request.get("filterPattern"),
+                True,
+            )
+        except JsonRESTError as error:
+            raise ApiError(error.code, error.error_type, error.message) from None
+        return {"events": events, "nextToken": token, "searchedLogStreams": searched}
+
     def logs_gate(self, account: str, region: str, operation: str, body: bytes) -> ApiError | None:
         """An error the Logs request must get instead of being forwarded, or None."""
         self.counters[f"logs.{operation}"] += 1
@@ -384,8 +397,8 @@ class TransactionSearch:
                 bucket = self._filter_buckets.get((account, region))
                 if bucket is None:
                     burst = self._filter_burst if self._filter_burst is not None else max(1.0, self._filter_rate)
-                    bucket = self._filter_buckets[(account, region)] = _Bucket(self._filter_rate, burst)
-                allowed = bucket.take()
+                    bucket = self._filter_buckets[(account, region)] = TokenBucket(self._filter_rate, burst)
+                allowed = bucket.try_acquire()
             if not allowed:
                 self.counters["logs.FilterLogEvents.throttled"] += 1
                 return ApiError(400, "ThrottlingException", "Rate exceeded")
@@ -399,6 +412,16 @@ class TransactionSearch:
                         400, "LimitExceededException", "Account maximum query concurrency limit of [30] reached."
                     )
         return None
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(body or b"{}")
+    except ValueError:
+        raise ApiError(400, "SerializationException", "the request body is not JSON") from None
+    if not isinstance(request, dict):
+        raise ApiError(400, "SerializationException", "the request body is not a JSON object")
+    return request
 
 
 class _suppress:

@@ -8,13 +8,17 @@ sent is not sent again from its spans in the same run, nor the other way round.
 The watermark of a sweep advances only after every envelope of the windows it passes was accepted
 by SQS; a failure leaves it where the last complete send put it. A sweep sends the X-Ray reader's
 traces of all its windows together (`tasks.overlap.Unsent`), so a sweep sends one envelope per
-start hour it touches, not one per window and hour.
+start hour it touches, not one per window and hour. A spans sweep reads the next window from
+`aws/spans` while the current one is sent (`SpansAhead`).
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -54,7 +58,7 @@ class Collector:
     logs_limiters: xray.LimiterRegistry = field(default_factory=lambda: spans_reader.LOGS_LIMITERS)
     spans_page_limit: int = spans_reader.FILTER_PAGE_LIMIT  # FilterLogEvents `limit` (events per page)
     insights_row_limit: int = spans_reader.INSIGHTS_ROW_LIMIT  # rows per Logs Insights query (backfill)
-    spans_parallel: int = 4  # time slices of a window paged at once (bench B3s: latency vs quota)
+    spans_parallel: int = 4  # FilterLogEvents chains at most, while one leaves the quota unused (filter_spans)
 
     @classmethod
     def from_config(cls, config: Config, limiters: xray.LimiterRegistry | None = None) -> Collector:
@@ -345,25 +349,32 @@ def collect_window(
     )  # fmt: skip
 
 
-def collect_spans_window(
+def read_spans(
     collector: Collector,
-    account: MemberAccount,
+    account_id: str,
     region: str,
     window: windows.Window,
-    *,
-    source: Source,
     logs_call: spans_reader.Caller,
-    sent_by_xray: set[str] | None = None,
-) -> WindowResult:
-    """The spans of `window` from `aws/spans` (FilterLogEvents), grouped by trace into span envelopes.
-
-    `sent_by_xray` (W3C ids, reader `both`): traces the X-Ray reader sent in this run are left out."""
+    *,
+    through: Literal["filter", "insights"] = "filter",
+    stop: threading.Event | None = None,
+) -> SpanGroups:
+    """The spans of `window` from `aws/spans`, grouped by trace: FilterLogEvents paging (sweeps), or
+    Logs Insights chunked under the row limit (`through="insights"`: billed per GB scanned, so for
+    backfill and reconcile, not for every sweep). `stop` ends a FilterLogEvents read early."""
     groups = SpanGroups()
-    logs = collector.logs_client(account.account_id, region)
-    spans_reader.filter_spans(
-        logs, logs_call, window, groups, collector.redaction, collector.spans_page_limit, collector.spans_parallel
-    )
-    return send_span_groups(collector, account, region, groups, source=source, window=window, skip=sent_by_xray)
+    logs = collector.logs_client(account_id, region)
+    if through == "insights":
+        spans_reader.insights_spans(
+            logs, logs_call, window.start, window.end, groups,
+            redaction=collector.redaction, row_limit=collector.insights_row_limit,
+        )  # fmt: skip
+    else:
+        spans_reader.filter_spans(
+            logs, logs_call, window, groups, collector.redaction, collector.spans_page_limit,
+            collector.spans_parallel, stop,
+        )  # fmt: skip
+    return groups
 
 
 def collect_spans_range(
@@ -376,14 +387,9 @@ def collect_spans_range(
     logs_call: spans_reader.Caller,
     sent_by_xray: set[str] | None = None,
 ) -> WindowResult:
-    """Backfill's read of `aws/spans`: Logs Insights over `window`, chunked under the row limit
-    (billed per GB scanned: for backfill and reconcile, not for every sweep)."""
-    groups = SpanGroups()
-    logs = collector.logs_client(account.account_id, region)
-    spans_reader.insights_spans(
-        logs, logs_call, window.start, window.end, groups,
-        redaction=collector.redaction, row_limit=collector.insights_row_limit,
-    )  # fmt: skip
+    """Backfill's read of `aws/spans` (Logs Insights over `window`), grouped by trace into span
+    envelopes; `sent_by_xray` (W3C ids, reader `both`): traces the X-Ray reader sent are left out."""
+    groups = read_spans(collector, account.account_id, region, window, logs_call, through="insights")
     return send_span_groups(collector, account, region, groups, source=source, window=window, skip=sent_by_xray)
 
 
@@ -430,6 +436,54 @@ def send_span_groups(
     return result
 
 
+class SpansAhead:
+    """The spans of a sweep's windows, each read (FilterLogEvents) while the one before it is sent.
+
+    `groups(i)` returns window i's spans and starts reading window i + 1 in a background thread, so
+    the account's Logs quota keeps being used while envelopes are packed, sent and the watermark
+    advanced; at most two windows of spans are held at once. Leaving the `with` block early (a
+    failure) stops the read in flight after its current page."""
+
+    def __init__(
+        self,
+        collector: Collector,
+        account_id: str,
+        region: str,
+        planned: Sequence[windows.Window],
+        logs_call: spans_reader.Caller,
+    ) -> None:
+        self._read = functools.partial(read_spans, collector, account_id, region, logs_call=logs_call)
+        self._planned = list(planned)
+        self._stop = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
+        self._next: tuple[int, Future[SpanGroups]] | None = None
+
+    def _submit(self, index: int) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="spans-ahead")
+        self._next = (index, self._pool.submit(self._read, self._planned[index], stop=self._stop))
+
+    def groups(self, index: int) -> SpanGroups:
+        if self._next is None or self._next[0] != index:
+            self._submit(index)
+        assert self._next is not None
+        found = self._next[1].result()
+        self._next = None
+        if index + 1 < len(self._planned):
+            self._submit(index + 1)
+        return found
+
+    def __enter__(self) -> SpansAhead:
+        if self._planned:
+            self._submit(0)  # the first window is read while the X-Ray reader (reader `both`) lists it
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def sweep_account(
     collector: Collector,
     account: MemberAccount,
@@ -472,51 +526,54 @@ def sweep_account(
             sent_as_spans: set[str] = set()
             unsent = Unsent()  # X-Ray traces held until the sweep's end (one envelope per hour, not per window)
             planned = windows.plan_windows(span[0], span[1], max_window)
-            for number, window in enumerate(planned, start=1):
-                fetched = Fetched(WindowResult(window=window.as_dict()))
-                if choice.reader in ("xray", "both"):
-                    fetched = fetch_window(
-                        collector,
-                        account,
-                        region,
-                        window,
-                        stats=stats,
-                        time_range_type=time_range_type,
-                        sent=mark.sent if skip_unchanged else None,
-                        skip=sent_as_spans if choice.reader == "both" else None,
+            reads_spans = choice.reader in ("spans", "both")
+            ahead = SpansAhead(collector, account.account_id, region, planned if reads_spans else [], logs_call)
+            with ahead:
+                for number, window in enumerate(planned, start=1):
+                    fetched = Fetched(WindowResult(window=window.as_dict()))
+                    if choice.reader in ("xray", "both"):
+                        fetched = fetch_window(
+                            collector,
+                            account,
+                            region,
+                            window,
+                            stats=stats,
+                            time_range_type=time_range_type,
+                            sent=mark.sent if skip_unchanged else None,
+                            skip=sent_as_spans if choice.reader == "both" else None,
+                        )
+                        result.add_window(fetched.result)
+                        # to be sent at the end (a failed send keeps the watermark: both readers read again)
+                        fetched_ids = (t.get("Id") for t in fetched.traces)
+                        sent_by_xray.update(w3c_trace_id(str(i)) for i in fetched_ids if trace_id_problem(i) is None)
+                    unsent.add(window.start, window.end, fetched.traces, fetched.revisions)
+                    if reads_spans:
+                        spans_result = send_span_groups(
+                            collector,
+                            account,
+                            region,
+                            ahead.groups(number - 1),  # read while the previous window was sent
+                            source="sweep",
+                            window=window,
+                            skip=sent_by_xray if choice.reader == "both" else None,
+                        )
+                        if choice.reader == "both":
+                            result.windows -= 1  # one window, two readers
+                        result.add_window(spans_result)
+                        sent_as_spans.update(spans_result.trace_ids)
+                    if not unsent.due(last=number == len(planned), limit=flush_bytes):
+                        continue
+                    start, end = unsent.span()
+                    sent = send_traces(
+                        collector, account, region, unsent.traces,
+                        source="sweep", window=TimeWindow(start=start, end=end), result=WindowResult(window={}),
+                    )  # fmt: skip
+                    result.add_window(sent, window=False)
+                    ledger = unsent.ledger(mark.sent, sent.trace_ids, overlap) if skip_unchanged else None
+                    mark = watermark.advance(
+                        collector.s3, store, mark, end, run_id=run_id, sent=ledger, reader=choice.steady
                     )
-                    result.add_window(fetched.result)
-                    # to be sent at the end (a failed send keeps the watermark: both readers read again)
-                    fetched_ids = (t.get("Id") for t in fetched.traces)
-                    sent_by_xray.update(w3c_trace_id(str(i)) for i in fetched_ids if trace_id_problem(i) is None)
-                unsent.add(window.start, window.end, fetched.traces, fetched.revisions)
-                if choice.reader in ("spans", "both"):
-                    spans_result = collect_spans_window(
-                        collector,
-                        account,
-                        region,
-                        window,
-                        source="sweep",
-                        logs_call=logs_call,
-                        sent_by_xray=sent_by_xray if choice.reader == "both" else None,
-                    )
-                    if choice.reader == "both":
-                        result.windows -= 1  # one window, two readers
-                    result.add_window(spans_result)
-                    sent_as_spans.update(spans_result.trace_ids)
-                if not unsent.due(last=number == len(planned), limit=flush_bytes):
-                    continue
-                start, end = unsent.span()
-                sent = send_traces(
-                    collector, account, region, unsent.traces,
-                    source="sweep", window=TimeWindow(start=start, end=end), result=WindowResult(window={}),
-                )  # fmt: skip
-                result.add_window(sent, window=False)
-                ledger = unsent.ledger(mark.sent, sent.trace_ids, overlap) if skip_unchanged else None
-                mark = watermark.advance(
-                    collector.s3, store, mark, end, run_id=run_id, sent=ledger, reader=choice.steady
-                )
-                unsent = Unsent()
+                    unsent = Unsent()
         result.watermark_after = mark.high_water.isoformat() if mark.high_water else None
         if mark.high_water:
             result.watermark_lag_seconds = round((now - mark.high_water).total_seconds(), 3)

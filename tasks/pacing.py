@@ -8,6 +8,9 @@
                      Backoff and Jitter", AWS Architecture Blog). `Backoff` holds its parameters and
                      an attempt bound; `tasks.retrying` waits with it, and so does the X-Ray loop
                      that counts and drains throttles (`tasks.xray._call`).
+* `CallCounters`     the counter mechanics of what paced calls cost (thread-safe `add`, `merge`,
+                     `as_dict`, copy and pickle without the lock): `tasks.xray.XRayStats` and
+                     `tasks.spans_reader.SpanStats` are dataclasses of counters on top of it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, Self
 
 Sleep = Callable[[float], None]
 Clock = Callable[[], float]
@@ -52,6 +56,38 @@ class Backoff:
 
 
 DEFAULT_BACKOFF = Backoff()
+
+
+class CallCounters:
+    """Base of a `@dataclass` whose fields are counters: added to from many threads at once.
+
+    The lock is not a field: equality, `as_dict`, copies and pickles see only the counters."""
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, **increments: float) -> None:
+        with self._lock:
+            for name, value in increments.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def merge(self, other: Self) -> Self:
+        """Add `other` into self (returns self)."""
+        self.add(**other.as_dict())
+        return self
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+        return type(self)(**self.as_dict())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.as_dict()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
 
 class TokenBucket:
@@ -179,6 +215,7 @@ __all__ = [
     "DEFAULT_BACKOFF",
     "DEFAULT_LIMITERS",
     "Backoff",
+    "CallCounters",
     "LimiterRegistry",
     "Sleep",
     "TokenBucket",

@@ -7,7 +7,8 @@ the pure half — reader choice, trace ids, grouping, rejection reasons — is `
 * `select_reader`       GetTraceSegmentDestination + GetIndexingRules (`Default` rule's
                         sampling percentage) + the reader of the previous run → `ReaderChoice`.
 * `filter_spans`        FilterLogEvents over [start, end) in ms, every nextToken page (pages may be
-                        empty while a token remains, as the API documents).
+                        empty while a token remains, as the API documents); one chain of pages,
+                        cut into slices paged at once only while the quota would go unused.
 * `insights_spans`      StartQuery/GetQueryResults `fields @timestamp, @message | sort @timestamp asc
                         | limit N`: a time range whose query returns N rows (the row limit, at most
                         10,000) is split in halves and asked again, until every query stays under it;
@@ -32,14 +33,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tasks.errors import ACCESS_CODES, AccountAccessError, TransientError, aws_error_code, classify_aws_error
-from tasks.pacing import DEFAULT_BACKOFF, Backoff, LimiterRegistry, Sleep, TokenBucket
+from tasks.pacing import DEFAULT_BACKOFF, Backoff, CallCounters, LimiterRegistry, Sleep, TokenBucket
 from tasks.span_records import ReaderChoice, SpanGroups, choose_reader, split_range
 from tasks.windows import Window
 
@@ -59,26 +60,18 @@ LOGS_LIMITERS = LimiterRegistry(rate=LOGS_RATE_PER_SECOND)
 
 
 @dataclass
-class SpanStats:
+class SpanStats(CallCounters):
     """What one (account, region) spans read cost; counted like `XRayStats`."""
 
     calls: int = 0
     pages: int = 0
     events: int = 0
+    filter_splits: int = 0  # FilterLogEvents ranges cut into slices paged at once
     queries: int = 0
     query_splits: int = 0
     throttles: int = 0
     retries: int = 0
     wait_seconds: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **increments: float) -> None:
-        with self._lock:
-            for name, value in increments.items():
-                setattr(self, name, getattr(self, name) + value)
-
-    def as_dict(self) -> dict[str, float]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
 
 @dataclass
@@ -157,23 +150,23 @@ def _ms(value: datetime) -> int:
     return int(value.astimezone(UTC).timestamp() * 1000)
 
 
-def filter_events(
+def _pages(
     logs: Any,
     call: Caller,
-    window: Window,
-    *,
-    page_limit: int = FILTER_PAGE_LIMIT,
-    max_pages: int = 100_000,
+    start: int,
+    end: int,
+    page_limit: int,
+    max_pages: int,
     filter_pattern: str | None = None,
-) -> Iterator[str]:
-    """Every `aws/spans` message with a timestamp in [window.start, window.end) (and matching
-    `filter_pattern`, a CloudWatch Logs filter pattern, when given: filtered by the service)."""
+) -> Iterator[tuple[list[Any], bool]]:
+    """(events, more pages follow) of FilterLogEvents over [start, end) in ms, page by page (only
+    events matching `filter_pattern`, a CloudWatch Logs filter pattern, when given)."""
     if not 1 <= page_limit <= FILTER_PAGE_LIMIT:
         raise ValueError(f"page_limit must be 1..{FILTER_PAGE_LIMIT}, got {page_limit}")
     params: dict[str, Any] = {
         "logGroupName": SPANS_LOG_GROUP,
-        "startTime": _ms(window.start),
-        "endTime": _ms(window.end) - 1,  # endTime is inclusive
+        "startTime": start,
+        "endTime": end - 1,  # endTime is inclusive
         "limit": page_limit,
     }
     if filter_pattern:
@@ -188,10 +181,10 @@ def filter_events(
             if "ResourceNotFoundException" in str(error):
                 return  # no span written yet: the group does not exist
             raise
-        call.stats.add(pages=1, events=len(page.get("events") or []))
-        for event in page.get("events") or []:
-            yield event.get("message")
+        events = page.get("events") or []
+        call.stats.add(pages=1, events=len(events))
         token = page.get("nextToken")
+        yield events, bool(token)
         if not token:
             return
         if token in seen_tokens:
@@ -199,6 +192,129 @@ def filter_events(
         seen_tokens.add(token)
         params["nextToken"] = token
     raise TransientError(f"logs:FilterLogEvents {call.account_id}/{call.region}: more than {max_pages} pages")
+
+
+def filter_events(
+    logs: Any,
+    call: Caller,
+    window: Window,
+    *,
+    page_limit: int = FILTER_PAGE_LIMIT,
+    max_pages: int = 100_000,
+    filter_pattern: str | None = None,
+) -> Iterator[str]:
+    """Every `aws/spans` message with a timestamp in [window.start, window.end) (and matching
+    `filter_pattern` when given: filtered by the service), one page after the other."""
+    pages = _pages(logs, call, _ms(window.start), _ms(window.end), page_limit, max_pages, filter_pattern)
+    for events, _ in pages:
+        for event in events:
+            yield event.get("message")
+
+
+@dataclass
+class _Slice:
+    """A time range [start, end) in ms paged by one chain of FilterLogEvents calls."""
+
+    start: int
+    end: int
+    skip: frozenset[str] = frozenset()  # eventIds at `start` the slice it was cut from already read
+    messages: list[Any] = field(default_factory=list)
+
+
+class _WindowPager:
+    """One window read by up to `parallel` chains of FilterLogEvents pages at once (`filter_spans`)."""
+
+    def __init__(
+        self,
+        logs: Any,
+        call: Caller,
+        window: Window,
+        page_limit: int,
+        parallel: int,
+        stop: threading.Event | None,
+        max_pages: int = 100_000,
+    ) -> None:
+        self.logs, self.call, self.page_limit, self.max_pages = logs, call, page_limit, max_pages
+        self.parallel, self.stop = max(1, parallel), stop
+        self._cond = threading.Condition()
+        self._pending = [_Slice(_ms(window.start), _ms(window.end))]
+        self._done: list[_Slice] = []
+        self._busy = 0
+        self._failed: BaseException | None = None
+
+    def messages(self) -> list[Any]:
+        """Every message of the window, in time order."""
+        if self.parallel == 1:
+            self._work()
+        else:
+            with ThreadPoolExecutor(self.parallel, thread_name_prefix="spans-page") as pool:
+                for worker in [pool.submit(self._work) for _ in range(self.parallel)]:
+                    worker.result()
+        if self._failed is not None:
+            raise self._failed
+        return [message for piece in sorted(self._done, key=lambda p: p.start) for message in piece.messages]
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and self._busy and self._failed is None:
+                    self._cond.wait()
+                if self._failed is not None or not self._pending:
+                    return
+                piece = self._pending.pop(0)
+                self._busy += 1
+            try:
+                self._read(piece)
+            except BaseException as error:
+                with self._cond:
+                    self._failed = self._failed or error
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    self._cond.notify_all()
+
+    def _read(self, piece: _Slice) -> None:
+        top, at_top = piece.start - 1, set[str | None]()  # the latest timestamp read, and the events at it
+        for events, more in _pages(self.logs, self.call, piece.start, piece.end, self.page_limit, self.max_pages):
+            for event in events:
+                event_id = event.get("eventId")
+                if event_id is not None and event_id in piece.skip:
+                    continue
+                piece.messages.append(event.get("message"))
+                stamp = event.get("timestamp")
+                if isinstance(stamp, int) and stamp >= top:
+                    at_top = at_top if stamp == top else set()
+                    top = stamp
+                    at_top.add(event_id)
+            if self.stop is not None and self.stop.is_set():
+                raise TransientError(f"logs:FilterLogEvents {self.call.account_id}/{self.call.region}: read stopped")
+            if more and events and self._split(piece, top, at_top):
+                break
+        with self._cond:
+            self._done.append(piece)
+
+    def _split(self, piece: _Slice, top: int, at_top: set[str | None]) -> bool:
+        """Hand the rest of `piece`, [top, end), to idle workers as slices, when the quota goes unused.
+
+        Pages come sorted by timestamp (the FilterLogEvents reference), so every event of `piece`
+        before `top` has been read; the events at `top` already read are skipped by the first slice."""
+        if top <= piece.start or piece.end - top < 2 or None in at_top:
+            return False  # no progress to cut at, or events read at `top` that could not be told apart
+        with self._cond:
+            idle = self.parallel - self._busy
+            if idle < 1 or self._pending:
+                return False
+        if self.call.limiter.tokens < 1:
+            return False  # the bucket is the limit, not this chain's latency: more chains add only calls
+        parts = min(idle + 1, piece.end - top)
+        edges = [top + (piece.end - top) * i // parts for i in range(parts)] + [piece.end]
+        rest = [_Slice(a, b) for a, b in itertools.pairwise(edges)]
+        rest[0].skip = frozenset(str(event_id) for event_id in at_top)
+        self.call.stats.add(filter_splits=1)
+        with self._cond:
+            self._pending.extend(rest)
+            self._cond.notify_all()
+        return True
 
 
 def filter_spans(
@@ -209,21 +325,20 @@ def filter_spans(
     redaction: Any = None,
     page_limit: int = FILTER_PAGE_LIMIT,
     parallel: int = 1,
+    stop: threading.Event | None = None,
 ) -> SpanGroups:
-    """`filter_events` grouped by trace into `groups` (returned).
+    """Every `aws/spans` message of `window` grouped by trace into `groups` (returned).
 
-    `parallel` > 1: the window is cut into that many time slices paged at once (threads sharing
-    the account's bucket), so a FilterLogEvents latency above 1/quota still uses the quota; the
-    slices' events are added in time order, so the result does not depend on `parallel`."""
-    if parallel <= 1:
-        groups.extend(filter_events(logs, call, window, page_limit=page_limit), redaction)
-        return groups
-    step = (window.end - window.start) / parallel
-    edges = [window.start + step * i for i in range(parallel)] + [window.end]
-    slices = [Window(a, b) for a, b in itertools.pairwise(edges) if a < b]
-    with ThreadPoolExecutor(len(slices)) as pool:
-        for messages in pool.map(lambda w: list(filter_events(logs, call, w, page_limit=page_limit)), slices):
-            groups.extend(messages, redaction)
+    One chain of FilterLogEvents pages to start with, so a window of one page costs one call.
+    `parallel` > 1: when a page comes back with more to read while a token of the account's bucket
+    goes unused (one chain's latency is above 1/quota) and a worker is idle, the rest of that
+    chain's range is cut at the last timestamp read into slices paged at once, up to `parallel`
+    chains (FilterLogEvents returns events sorted by timestamp: what lies before that timestamp
+    was read; events at it already read are skipped by eventId). The slices' events are added in
+    time order, so the result does not depend on `parallel`. `stop` set: the read ends after the
+    page in flight, raising `TransientError`."""
+    messages = _WindowPager(logs, call, window, page_limit, parallel, stop).messages()
+    groups.extend(messages, redaction)
     return groups
 
 

@@ -20,10 +20,9 @@ bucket and backs off with full jitter; exhausted throttling → `TransientError`
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -31,7 +30,16 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tasks.errors import TransientError, aws_error_code, classify_aws_error
-from tasks.pacing import DEFAULT_BACKOFF, DEFAULT_LIMITERS, Backoff, LimiterRegistry, Sleep, TokenBucket, limiter_for
+from tasks.pacing import (
+    DEFAULT_BACKOFF,
+    DEFAULT_LIMITERS,
+    Backoff,
+    CallCounters,
+    LimiterRegistry,
+    Sleep,
+    TokenBucket,
+    limiter_for,
+)
 from tasks.retrying import boto_config
 from tasks.windows import Window
 
@@ -65,7 +73,7 @@ XRAY_BOTO_CONFIG = boto_config("xray")
 
 
 @dataclass
-class XRayStats:
+class XRayStats(CallCounters):
     """What one (account, region) read cost; `merge` sums them for the sweep's report."""
 
     calls: int = 0
@@ -82,30 +90,6 @@ class XRayStats:
     missing: int = 0
     filter_fallbacks: int = 0
     wait_seconds: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **increments: float) -> None:
-        with self._lock:
-            for name, value in increments.items():
-                setattr(self, name, getattr(self, name) + value)
-
-    def merge(self, other: XRayStats) -> XRayStats:
-        """Add `other` into self (returns self)."""
-        self.add(**other.as_dict())
-        return self
-
-    def as_dict(self) -> dict[str, float]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> XRayStats:
-        return XRayStats(**self.as_dict())  # type: ignore[arg-type]
-
-    def __getstate__(self) -> dict[str, Any]:
-        return self.as_dict()
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
 
 @dataclass

@@ -43,7 +43,10 @@ def test_span_mode_account_sends_every_trace_though_xray_lists_about_one_percent
     share = {t for t in ids if indexed(t, 1.0)}
     assert {s["Id"] for s in listed["TraceSummaries"]} == share  # ~1 %
     collector = col.Collector.from_config(fresh_config)
-    result = sweep(collector, fresh_config, 0, base + 400, first_lookback=timedelta(minutes=10))
+    result = sweep(  # windows of 2 minutes: each read while the one before it is sent
+        collector, fresh_config, 0, base + 400, first_lookback=timedelta(minutes=10), max_window=timedelta(minutes=2)
+    )
+    assert result.windows >= 5 and result.watermark_after == datetime.fromtimestamp(base + 400, UTC).isoformat()
     assert (result.reader, result.transaction_search) == ("spans", "cloudwatch_logs")
     assert result.indexed_percentage == round(100 * len(share) / 100, 3)
     assert f"indexes only {result.indexed_percentage:g} %" in result.reader_reason
@@ -108,3 +111,22 @@ def test_backfill_reads_a_span_account_through_insights_chunked_under_the_row_li
     assert {e.source for e in envelopes} == {"backfill"}
     assert sorted(t["Id"] for e in envelopes for t in e.traces) == sorted(w3c(ids))
     assert all(len(t["Spans"]) == 2 for e in envelopes for t in e.traces)
+
+
+def test_a_span_account_whose_role_lacks_the_logs_actions_fails_alone_keeping_its_watermark(
+    fresh_config: Config, search: TransactionSearch
+) -> None:
+    denied, fine = fresh_config.roster.accounts[0], fresh_config.roster.accounts[1]
+    for account in (denied, fine):
+        search.set_destination(account.account_id, REGION, "CloudWatchLogs")
+    search.deny_logs.add(denied.account_id)
+    base = time.time() - 900
+    ids = put_at(fresh_config, fine.account_id, [base + i for i in range(5)])
+    collector = col.Collector.from_config(fresh_config)
+    options = {"first_lookback": timedelta(minutes=20), "max_window": timedelta(minutes=5)}
+    failed = col.sweep_account(collector, denied, REGION, now=datetime.now(UTC), **options)  # type: ignore[arg-type]
+    assert failed.status == "failed" and "lacks logs:FilterLogEvents" in str(failed.error)
+    assert failed.watermark_after is None and failed.envelopes == 0  # no window read: nothing advanced
+    swept = col.sweep_account(collector, fine, REGION, now=datetime.now(UTC), **options)  # type: ignore[arg-type]
+    assert swept.status == "ok" and swept.windows >= 4
+    assert sorted(t["Id"] for e in drain(fresh_config) for t in e.traces) == sorted(w3c(ids))

@@ -119,6 +119,32 @@ def test_filter_log_events_pages_through_every_span(fresh_config: Config, span_a
     assert not set(before.traces) & set(after.traces)
 
 
+def test_a_window_is_cut_into_slices_only_while_the_quota_goes_unused(fresh_config: Config, span_account: str) -> None:
+    base = time.time() - 1500
+    ids = put_at(fresh_config, span_account, [base + i for i in range(20)], segments=3)  # 3 spans per ms
+    logs, _ = clients(fresh_config, span_account)
+    window = Window(datetime.fromtimestamp(base - 60, UTC), datetime.fromtimestamp(base + 60, UTC))
+    one = caller(span_account)
+    chained = filter_spans(logs, one, window, SpanGroups(), page_limit=7)  # pages end inside a timestamp
+    assert set(chained.traces) == w3c(ids) and chained.events == 60
+    assert one.stats.filter_splits == 0 and one.stats.pages == 9
+    spare = caller(span_account)  # a token always spare: one chain's latency leaves the quota unused
+    sliced = filter_spans(logs, spare, window, SpanGroups(), page_limit=7, parallel=4)
+    assert spare.stats.filter_splits > 0
+    assert list(sliced.traces.items()) == list(chained.traces.items())  # same spans, same order, none twice
+    assert sliced.events == 60
+    clock = [0.0]  # every call waits for its token: the bucket is the limit, more chains add only calls
+
+    def wait(seconds: float) -> None:
+        clock[0] += seconds
+
+    paced = Caller(span_account, REGION, TokenBucket(4.0, burst=1, clock=lambda: clock[0], sleep=wait))  # exact floats
+    assert list(filter_spans(logs, paced, window, SpanGroups(), page_limit=7, parallel=4).traces) == list(
+        chained.traces
+    )
+    assert paced.stats.filter_splits == 0 and paced.stats.pages == 9
+
+
 def test_insights_backfill_chunks_until_each_query_is_under_the_row_limit(
     fresh_config: Config, span_account: str
 ) -> None:
