@@ -23,8 +23,9 @@ keeps the deployment's other values.
 At the start of a run the wrapper validates the values (a rule beyond the schema, such as end
 after start, raises `InvalidParameters` with one line), loads the configuration (`config_path`,
 else the `config_block` saved by `xraylake setup`, else $XRAYLAKE_CONFIG or the sandbox) with its
-roster resolved (the cached Organizations roster; a model with `refresh_roster`, the sweep's,
-refreshes it), logs the roster's source and size (`flows.observe.announce_roster`) and runs
+roster resolved as the model's `roster_use` says (the cached Organizations roster; the sweep
+refreshes it; commit names no account and leaves it), logs the roster's source and size
+(`flows.observe.announce_roster`) and runs
 `check` (accounts in the roster). The body gets that `RunConfig` (`run.config`, `run.roster`,
 `run.source`): the one way a run loads its configuration. Each of these failures, and any
 exception of the body, is logged with its traceback and emitted as the flow's failure event
@@ -48,7 +49,7 @@ from blocks.config import Config, block_source, problems
 from tasks import replay as replay_tasks
 from tasks import stepfunctions as sfn
 from tasks.compaction import TABLES
-from tasks.organizations import RunConfig, load_run_config
+from tasks.organizations import RosterUse, RunConfig, load_run_config
 from tasks.xray import TimeRangeType
 
 XRAY_RETENTION = timedelta(days=30)
@@ -109,9 +110,9 @@ class InvalidParameters(ValueError):
 
 class FlowParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    # True: the run rediscovers an Organizations roster older than its TTL (the sweep); False:
-    # it uses the cached one (runs that only act on accounts).
-    refresh_roster: ClassVar[bool] = False
+    # How the run resolves the roster (tasks.organizations.RosterUse): runs that act on accounts
+    # use the cached Organizations roster; the sweep refreshes it; a run naming no account, none.
+    roster_use: ClassVar[RosterUse] = "cached"
 
     def check(self, config: Config) -> None:
         """Refuse what the configuration rules out, before any work (nothing by default)."""
@@ -244,8 +245,9 @@ def takes(model: type[P]) -> Callable[[Callable[[P, RunConfig], R]], Callable[..
                 except ValidationError as error:
                     raise InvalidParameters(problems(error)) from None
                 source = config_path or (block_source(config_block) if config_block else None)
-                run = load_run_config(source, refresh=model.refresh_roster)
-                announce_roster(flow_name, run)
+                run = load_run_config(source, roster=model.roster_use)
+                if model.roster_use != "none":
+                    announce_roster(flow_name, run)
                 check_run(params, run)
             except Exception as error:
                 logger.error("%s refused before any work: %s", flow_name, one_line(error), exc_info=True)
@@ -334,7 +336,7 @@ class SweepParameters(FlowParameters):
     )
     fail_on_account_errors: FailOnAccountErrors = True
 
-    refresh_roster: ClassVar[bool] = True
+    roster_use: ClassVar[RosterUse] = "refresh"
 
     def targets(self, config: Config) -> list[tuple[MemberAccount, str]]:
         return config.roster.targets(self.accounts, self.regions)
@@ -615,6 +617,8 @@ class CompactParameters(FlowParameters):
 
 class CommitParameters(FlowParameters):
     """Commit the consumers' Parquet files to the Iceberg tables (one run at a time)."""
+
+    roster_use: ClassVar[RosterUse] = "none"
 
     tables: list[TableName] | None = Field(default=None, description="traces and/or segments; empty = both.")
     max_batches: int | None = Field(

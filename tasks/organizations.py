@@ -15,10 +15,10 @@ every retired account (and every non-ACTIVE one Organizations reports under the 
 date xraylake first saw it so, until it is ACTIVE again: a run that names one is refused with
 `RetiredAccountError` ("retired since …"), not as an unknown account.
 
-`load_run_config(source, refresh=…)` is how every run (and every CLI command that names accounts)
+`load_run_config(source, roster=…)` is how every run (and every CLI command that names accounts)
 gets its configuration: loaded, with the roster resolved. Runs that only act on accounts use the
-cached roster (`refresh=False`: no rediscovery each run; the first run without a cache discovers
-it); the sweep refreshes it within the TTL (`refresh=True`).
+cached roster (`cached`: no rediscovery each run; the first run without a cache discovers it); the
+sweep refreshes it within the TTL (`refresh`); a run that names no account leaves it (`none`).
 
 Bad input: an OU that does not exist, an include-tag filter that matches no account, and an
 AccessDenied from Organizations raise `RosterError` (one line naming the problem) before any
@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -48,6 +48,9 @@ NOT_FOUND_CODES = frozenset(
     {"ParentNotFoundException", "OrganizationalUnitNotFoundException", "TargetNotFoundException"}
 )
 ACCESS_CODES = frozenset({"AccessDenied", "AccessDeniedException", "AWSOrganizationsNotInUseException"})
+# How a run uses the roster: `refresh` it within its TTL (the sweep), the `cached` one (runs that act
+# on accounts), or `none` (runs that name no account: not resolved, never an Organizations call).
+RosterUse = Literal["refresh", "cached", "none"]
 
 
 class RosterError(TerminalError):
@@ -111,7 +114,7 @@ class Resolution:
     """The roster a run uses and where it came from."""
 
     roster: Roster
-    source: str  # static | organizations | cache | stale-cache
+    source: str  # static | organizations | cache | stale-cache | unresolved (a run that needs no accounts)
     fetched_at: datetime | None = None
     retired: list[RetiredAccount] = field(default_factory=list)  # retired by this refresh (said once)
     stale: str | None = None  # why the last good roster was used instead of a fresh one
@@ -461,11 +464,14 @@ class RunConfig:
     roster: Resolution
 
 
-def load_run_config(source: str | None, *, refresh: bool = False) -> RunConfig:
+def load_run_config(source: str | None, *, roster: RosterUse = "cached") -> RunConfig:
     """The configuration a run uses, its roster resolved (see the module docstring): `refresh`
-    rediscovers an Organizations roster older than its TTL (the sweep); otherwise the cached roster
-    is used whatever its age, and discovered only when there is none. Raises `ConfigError` or
-    `RosterError` (one line) when there is no usable configuration or roster."""
+    rediscovers an Organizations roster older than its TTL (the sweep); `cached` uses the cached
+    roster whatever its age, discovered only when there is none; `none` leaves it as configured.
+    Raises `ConfigError` or `RosterError` (one line) when there is no usable configuration or roster."""
     config = load_config(source)
-    roster = resolve_for_run(config, cached_only=not refresh)
-    return RunConfig(source, roster.config(config), roster)
+    if roster == "none":
+        left = "static" if config.roster.source == "static" else "unresolved"
+        return RunConfig(source, config, Resolution(config.roster, left))
+    resolution = resolve_for_run(config, cached_only=roster == "cached")
+    return RunConfig(source, resolution.config(config), resolution)

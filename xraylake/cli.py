@@ -33,7 +33,7 @@ from xraylake.output import console, err_console, print_json, table
 if TYPE_CHECKING:
     from blocks.config import Config
     from flows.parameters import FlowParameters
-    from tasks.organizations import RunConfig
+    from tasks.organizations import RosterUse, RunConfig
 
 P = TypeVar("P", bound="FlowParameters")
 
@@ -176,14 +176,14 @@ def _config(path: str | None) -> Config:
         _refuse(str(error))
 
 
-def _run_config(path: str | None) -> RunConfig:
+def _run_config(path: str | None, roster: RosterUse = "cached") -> RunConfig:
     """The configuration with its roster resolved as a run resolves it (an Organizations roster from
     its cache, discovered only when there is none), or exit 2 naming why there is none."""
     from blocks.config import ConfigError
     from tasks.organizations import RosterError, load_run_config
 
     try:
-        return load_run_config(path)
+        return load_run_config(path, roster=roster)
     except (ConfigError, RosterError) as error:
         _refuse(str(error))
 
@@ -210,12 +210,13 @@ def _run_flow(flow_fn, params: FlowParameters, config_path: str | None):  # type
     from blocks import UnknownAccountError
     from flows.parameters import check_run
 
-    run = _run_config(config_path)
+    # the sweep refreshes the roster itself, in the run: here its cached accounts are checked
+    run = _run_config(config_path, "none" if type(params).roster_use == "none" else "cached")
     try:
         check_run(params, run)
     except UnknownAccountError as error:
         # A sweep refreshes an Organizations roster first and checks then: the account may be new.
-        if not (type(params).refresh_roster and run.config.roster.source == "organizations"):
+        if not (type(params).roster_use == "refresh" and run.config.roster.source == "organizations"):
             _refuse(str(error))
     except (ValueError, LookupError) as error:
         _refuse(str(error))

@@ -33,7 +33,8 @@ from tasks.mappings import traces_alias
 from tasks.organizations import load_run_config
 from tests.flows.test_sweep import put_simple_traces
 
-pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
+# slow: a dozen flow runs; the timeout also covers the Prefect server's start on a loaded machine
+pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @dataclass
@@ -187,3 +188,16 @@ def test_a_new_account_joins_at_the_next_sweep_and_a_retired_one_is_refused_as_r
         message = state.message or ""
         assert f"account {closing} (closing) is retired since {datetime.now(UTC):%Y-%m-%d}" in message, message
         assert "status SUSPENDED" in message and "not in the roster" not in message
+    # the CLI checks against the same roster before any flow run exists, and lists the retired account
+    from typer.testing import CliRunner
+
+    from xraylake.cli import app
+
+    cli = CliRunner()
+    options = ["--start", start.isoformat(), "--end", end.isoformat(), "--config", path]
+    refused_cli = cli.invoke(app, ["backfill", *options, "--account", closing])
+    assert refused_cli.exit_code == 2 and f"account {closing} (closing) is retired since" in refused_cli.output
+    shown = orjson.loads(cli.invoke(app, ["roster", "--config", path, "--json"]).stdout)
+    assert {a["account_id"] for a in shown["accounts"]} == {kept, added}
+    assert [(r["account_id"], r["reason"]) for r in shown["retired"]] == [(closing, "status SUSPENDED")]
+    assert shown["retired"][0]["since"].startswith(f"{datetime.now(UTC):%Y-%m-%d}")
