@@ -385,12 +385,13 @@ def setup_server_objects(
     """X-Ray limits (needs a config for the roster) and alert automations; returns notes to print."""
     notes: list[str] = []
     if limits:
-        from blocks.config import ConfigError, load_config
+        from blocks.config import ConfigError
         from tasks.limits import ensure_limits
+        from tasks.organizations import RosterError, load_run_config
 
         try:
-            config = load_config(config_path)
-        except ConfigError as error:
+            config = load_run_config(config_path).config  # an Organizations roster: its accounts as cached
+        except (ConfigError, RosterError) as error:
             notes.append(f"X-Ray limits not created (no config: {error})")
         else:
             names = ensure_limits(config.roster)

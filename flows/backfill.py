@@ -49,13 +49,14 @@ from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
-from blocks.config import BLOCK_SOURCE, load_config
+from blocks.config import BLOCK_SOURCE
 from flows.observe import run_logger
 from flows.parameters import XRAY_RETENTION, BackfillChunkParameters, BackfillParameters, takes
 from flows.sweep import finish
 from tasks import archive, spans_reader, xray
 from tasks import collector as col
 from tasks.errors import aws_error_code
+from tasks.organizations import RunConfig
 from tasks.windows import Window, plan_windows
 
 FAN_OUT_POLL_SECONDS = 2.0
@@ -273,10 +274,10 @@ def backfill_account_task(
 
 @flow(name="backfill-chunk")  # type: ignore[arg-type]
 @takes(BackfillChunkParameters)
-def backfill_chunk(params: BackfillChunkParameters, config_path: str | None) -> State:
+def backfill_chunk(params: BackfillChunkParameters, run: RunConfig) -> State:
     """One group of a fanned-out backfill (the parent submits it): consecutive chunks of one
     account and region, each skipped when its checkpoint exists."""
-    config = load_config(config_path)
+    config = run.config
     account = config.roster.get(params.account_id)
     windows = plan_windows(params.start, params.end, timedelta(minutes=params.chunk_minutes))
     collector = col.Collector.from_config(config)
@@ -409,12 +410,12 @@ def fan_out(
 
 @flow(name="backfill", task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
 @takes(BackfillParameters)
-def backfill(params: BackfillParameters, config_path: str | None) -> State:
+def backfill(params: BackfillParameters, run: RunConfig) -> State:
     """Collect [start, end) for the accounts; `max_chunks` bounds one run (the next run resumes).
 
     An account whose chunks this run's `max_chunks` did not reach ends with status `partial`."""
     start, end = params.start, params.end  # checked and made UTC by BackfillParameters
-    config = load_config(config_path)
+    config = run.config
     targets = params.targets(config)
     chunk = timedelta(minutes=params.chunk_minutes)
     windows = plan_windows(start, end, chunk)
@@ -430,7 +431,7 @@ def backfill(params: BackfillParameters, config_path: str | None) -> State:
     except Exception:  # observability only
         progress_id = None
     if params.fan_out:
-        results, finished, skipped = fan_out(params, config_path, collector, targets, windows, run_key, progress_id)
+        results, finished, skipped = fan_out(params, run.source, collector, targets, windows, run_key, progress_id)
     else:
         futures = [
             backfill_account_task.with_options(task_run_name=f"backfill-{account.account_id}-{region}").submit(

@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
-from blocks.config import load_config
 from flows.observe import emit, human_bytes, run_logger, summary_artifact
 from flows.parameters import CollectParameters, takes
 from flows.sweep import COLUMNS
@@ -34,6 +33,7 @@ from tasks import stepfunctions as sfn
 from tasks.aws import DEFAULT_BOTO_CONFIG
 from tasks.envelope import TimeWindow
 from tasks.health import account_rows, write_health
+from tasks.organizations import RunConfig
 
 RETRIEVAL_WAIT_SECONDS = span_retrieval.RETRIEVAL_WAIT_SECONDS
 RETRIEVAL_POLL_SECONDS = 1.0
@@ -41,9 +41,9 @@ RETRIEVAL_POLL_SECONDS = 1.0
 
 @flow(name="collect")
 @takes(CollectParameters)
-def collect(params: CollectParameters, config_path: str | None) -> State:
+def collect(params: CollectParameters, run: RunConfig) -> State:
     """Collect the X-Ray traces of one Step Functions execution and send them to the org queue."""
-    config = load_config(config_path)
+    config = run.config
     account, parsed = params.target(config)
     collector = col.Collector.from_config(config)
     result = col.AccountResult(account.account_id, account.name, parsed.region)

@@ -14,13 +14,14 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
-from blocks.config import Config, load_config
+from blocks.config import Config
 from flows.observe import emit, summary_artifact
 from flows.parameters import CommitParameters, takes
 from tasks import catalog, committer
 from tasks.aws import log_client
 from tasks.errors import is_transient
 from tasks.health import run_row, write_health
+from tasks.organizations import RunConfig
 
 
 @task(name="commit-table", retries=2, retry_delay_seconds=10, retry_condition_fn=is_transient, cache_policy=NO_CACHE)
@@ -44,11 +45,11 @@ def totals(results: list[committer.CommitResult]) -> dict[str, Any]:
 
 @flow(name="commit")  # type: ignore[arg-type]
 @takes(CommitParameters)
-def commit(params: CommitParameters, config_path: str | None) -> State:
+def commit(params: CommitParameters, run: RunConfig) -> State:
     """Append every pending consumer file to its table (one snapshot per batch of files); settle
     what an interrupted run left; refuse (and set aside) files that are not lake Parquet.
     Failed when the catalog cannot be reached or a commit fails; the files then stay pending."""
-    config = load_config(config_path)
+    config = run.config
     logger = get_run_logger()
     results: list[committer.CommitResult] = []
     errors: list[str] = []

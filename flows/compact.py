@@ -17,13 +17,14 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
-from blocks.config import Config, load_config
+from blocks.config import Config
 from flows.observe import emit, run_logger, summary_artifact
 from flows.parameters import CompactParameters, takes
 from tasks import catalog, compaction
 from tasks.aws import log_client
 from tasks.errors import is_transient
 from tasks.health import run_row, write_health
+from tasks.organizations import RunConfig
 
 
 @task(name="compact-plan", retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient, cache_policy=NO_CACHE)
@@ -77,7 +78,7 @@ def totals(results: list[compaction.PartitionResult], planned: int) -> dict[str,
 
 @flow(name="compact")  # type: ignore[arg-type]
 @takes(CompactParameters)
-def compact(params: CompactParameters, config_path: str | None) -> State:
+def compact(params: CompactParameters, run: RunConfig) -> State:
     """Rewrite each partition with more than one file (or rows not yet deduplicated) as one file per
     partition without duplicate keys, then expire old snapshots and remove orphan files.
 
@@ -85,7 +86,7 @@ def compact(params: CompactParameters, config_path: str | None) -> State:
     `skip_recent_hours` leaves partitions whose hour ended less than that long ago; `dry_run` only
     plans. Completed unless a partition or the maintenance failed (the others still ran).
     """
-    config = load_config(config_path)
+    config = run.config
     accounts = params.account_ids(config)  # unknown ids fail here
     logger = run_logger()
     plans = {

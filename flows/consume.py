@@ -15,14 +15,15 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
-from blocks.config import Config, load_config
+from blocks.config import Config
 from flows.observe import emit, human_bytes, run_logger, summary_artifact
 from flows.parameters import ConsumeParameters, takes
-from tasks import organizations, queue
+from tasks import queue
 from tasks.aws import log_client
 from tasks.consumer import BatchStats, Consumer
 from tasks.health import run_row, write_health
 from tasks.index import ensure_templates, target_templates
+from tasks.organizations import RunConfig
 
 
 @task(name="consume-batch", timeout_seconds=900, cache_policy=NO_CACHE)
@@ -114,11 +115,9 @@ def run_consumer(
 
 @flow(name="consume")
 @takes(ConsumeParameters)
-def consume(params: ConsumeParameters, config_path: str | None) -> State:
+def consume(params: ConsumeParameters, run: RunConfig) -> State:
     """Drain the org queue into the archive (raw + Parquet) and OpenSearch."""
-    config = load_config(config_path)
-    # An Organizations roster: the accounts the sweeps collect (cached roster, no rediscovery).
-    config = organizations.resolve_for_run(config, cached_only=True).config(config)
+    config = run.config  # an Organizations roster: the accounts the sweeps collect (cached, no rediscovery)
     stats = run_consumer(config, **params.flow_kwargs())
     data: dict[str, Any] = stats.as_dict()
     for reason, count in stats.dead_lettered.items():

@@ -4,6 +4,10 @@
 markdown summary a person reads first (the headline, the numbers that matter, the failures and
 their causes, the run's duration). `emit` sends the `xraylake.*` events the automations of
 deployments/automations.yaml alert on. Neither ever fails a run (observability only).
+
+`announce_roster` says, once per run, which roster the run uses (source: static, organizations,
+cache or stale-cache, and its size) in the run's log and in every summary artifact of the run,
+and sends the events (and health rows) for a stale roster and for accounts a refresh retired.
 """
 
 from __future__ import annotations
@@ -22,8 +26,12 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
+from tasks.health import KINDS, write_health
+from tasks.organizations import RunConfig
+
 log = logging.getLogger("xraylake")
 _started: contextvars.ContextVar[float | None] = contextvars.ContextVar("xraylake_run_started", default=None)
+_roster: contextvars.ContextVar[str | None] = contextvars.ContextVar("xraylake_run_roster", default=None)
 
 
 def mark_started() -> None:
@@ -64,13 +72,19 @@ def human_bytes(count: float) -> str:
 
 
 def summary_markdown(
-    title: str, metrics: Mapping[str, Any] | None = None, notes: Sequence[str] = (), seconds: float | None = None
+    title: str,
+    metrics: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
+    seconds: float | None = None,
+    roster: str | None = None,
 ) -> str:
     """`## title`, a two-column table of the numbers, the notes (failures and causes) as bullets."""
     lines = [f"## {title}", ""]
     numbers = dict(metrics or {})
     if seconds is not None:
         numbers.setdefault("duration", f"{seconds:,.1f} s")
+    if roster is not None:
+        numbers.setdefault("roster", roster)
     if numbers:
         lines += ["| | |", "|---|---|", *[f"| {name} | {_number(value)} |" for name, value in numbers.items()], ""]
     if notes:
@@ -102,7 +116,7 @@ def summary_artifact(
         create_table_artifact(key=key, table=table, description=title)
     except Exception as error:
         log.warning("could not write artifact %s: %s", key, error)
-    markdown_artifact(f"{key}-summary", summary_markdown(title, metrics, notes, elapsed()), title)
+    markdown_artifact(f"{key}-summary", summary_markdown(title, metrics, notes, elapsed(), _roster.get()), title)
 
 
 class Progress:
@@ -150,3 +164,32 @@ def run_logger() -> Any:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger("xraylake.flows")
+
+
+def announce_roster(flow: str, run: RunConfig) -> None:
+    """The roster this run uses, in its log and its summary artifacts; events (and health rows)
+    for a stale roster and for the accounts this run's refresh retired."""
+    roster = run.roster
+    _roster.set(roster.describe())
+    logger = run_logger()
+    logger.info("roster: %s", roster.describe())
+    if roster.stale:
+        logger.warning("roster: using the last good roster (%s): %s", roster.fetched_at, roster.stale)
+        emit(
+            "xraylake.roster.stale",
+            "xraylake.roster",
+            {"error": roster.stale, "fetched_at": str(roster.fetched_at), "accounts": len(roster.roster.accounts)},
+        )
+    for gone in roster.retired:
+        emit(
+            "xraylake.account.retired",
+            f"aws.account.{gone.account_id}",
+            {"reason": gone.reason, "watermark": "kept"},
+            **{"xraylake.account.name": gone.name},
+        )
+    if roster.retired and flow in KINDS:
+        rows = [
+            {"account_id": g.account_id, "account_name": g.name, "status": "retired", "error": g.reason}
+            for g in roster.retired
+        ]
+        write_health(run.config, flow, rows)

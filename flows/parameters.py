@@ -5,9 +5,12 @@ Schema can express (bounds, patterns such as 12-digit account ids and execution 
 date-time formats, no unknown fields); rules across fields (end after start, not in the future)
 are validators. `check(config)` adds what needs the
 configuration (accounts in the roster, regions enabled for them): the CLI runs it before it
-creates a flow run, the flow again at its start.
+creates a flow run, the flow again at its start. Both check against the run's resolved roster
+(`tasks.organizations.load_run_config`: the static list, or the accounts discovered from AWS
+Organizations), so an account discovered there is known to every flow; one the roster retired is
+refused as retired, with the date (`check_run`).
 
-`@takes(Model)` gives a flow body `(params, config_path)` the signature Prefect sees: one flat
+`@takes(Model)` gives a flow body `(params, run)` the signature Prefect sees: one flat
 parameter per field whose JSON schema is the field's form schema (`form_properties`: title,
 plain-text description, default, limits, patterns; optional values as their plain type so the
 UI shows a list as a list), plus `config_path` and `config_block`. So the deployment's form
@@ -19,9 +22,13 @@ keeps the deployment's other values.
 
 At the start of a run the wrapper validates the values (a rule beyond the schema, such as end
 after start, raises `InvalidParameters` with one line), loads the configuration (`config_path`,
-else the `config_block` saved by `xraylake setup`, else $XRAYLAKE_CONFIG or the sandbox) and
-runs `check(config)` (accounts in the roster). Each of these failures, and any exception of the
-body, is logged with its traceback and emitted as the flow's failure event
+else the `config_block` saved by `xraylake setup`, else $XRAYLAKE_CONFIG or the sandbox) with its
+roster resolved as the model's `roster_use` says (the cached Organizations roster; the sweep
+refreshes it; commit names no account and leaves it), logs the roster's source and size
+(`flows.observe.announce_roster`) and runs
+`check` (accounts in the roster). The body gets that `RunConfig` (`run.config`, `run.roster`,
+`run.source`): the one way a run loads its configuration. Each of these failures, and any
+exception of the body, is logged with its traceback and emitted as the flow's failure event
 (`FlowParameters.failure_event`) before the run ends Failed with a one-line message.
 """
 
@@ -32,15 +39,16 @@ import inspect
 import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from blocks import MemberAccount, UnknownAccountError
-from blocks.config import Config, block_source, load_config, problems
+from blocks.config import Config, block_source, problems
 from tasks import replay as replay_tasks
 from tasks import stepfunctions as sfn
 from tasks.compaction import TABLES
+from tasks.organizations import RosterUse, RunConfig, load_run_config
 from tasks.xray import TimeRangeType
 
 XRAY_RETENTION = timedelta(days=30)
@@ -105,6 +113,9 @@ class InvalidParameters(ValueError):
 
 class FlowParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # How the run resolves the roster (tasks.organizations.RosterUse): runs that act on accounts
+    # use the cached Organizations roster; the sweep refreshes it; a run naming no account, none.
+    roster_use: ClassVar[RosterUse] = "cached"
 
     def check(self, config: Config) -> None:
         """Refuse what the configuration rules out, before any work (nothing by default)."""
@@ -121,6 +132,15 @@ class FlowParameters(BaseModel):
         if isinstance(error, UnknownAccountError):
             return "xraylake.account.failed", f"aws.account.{error.account_id}", payload
         return "xraylake.flow.failed", f"xraylake.flow.{flow}", payload
+
+
+def check_run(params: FlowParameters, run: RunConfig) -> None:
+    """`params.check` against the run's resolved roster; an account the roster retired is
+    refused as retired (since when, why), not as unknown."""
+    try:
+        params.check(run.config)
+    except UnknownAccountError as error:
+        raise run.roster.explain(error) from None
 
 
 def message_of(error: BaseException, limit: int = 500) -> str:
@@ -193,20 +213,20 @@ def _announce_failure(
     emit(event, resource, payload)
 
 
-def takes(model: type[P]) -> Callable[[Callable[[P, str | None], R]], Callable[..., R]]:
-    """Decorate a flow body `(params, config_path)` (under `@flow`): Prefect, the UI form and
+def takes(model: type[P]) -> Callable[[Callable[[P, RunConfig], R]], Callable[..., R]]:
+    """Decorate a flow body `(params, run)` (under `@flow`): Prefect, the UI form and
     callers see one keyword parameter per field of `model`, plus `config_path` and
-    `config_block`; the body gets the validated model and the configuration source (see the
-    module docstring for what happens before and around it)."""
+    `config_block`; the body gets the validated model and the run's configuration, its roster
+    resolved (see the module docstring for what happens before and around it)."""
     properties = form_properties(model)
     assert "$ref" not in str(properties), f"{model.__name__}: a flat form needs inline field schemas"
 
-    def decorate(body: Callable[[P, str | None], R]) -> Callable[..., R]:
+    def decorate(body: Callable[[P, RunConfig], R]) -> Callable[..., R]:
         flow_name = body.__name__
 
         @functools.wraps(body)
         def flow_fn(config_path: str | None = None, config_block: str | None = None, **values: Any) -> R:
-            from flows.observe import mark_started, run_logger
+            from flows.observe import announce_roster, mark_started, run_logger
 
             mark_started()
             logger = run_logger()
@@ -217,7 +237,10 @@ def takes(model: type[P]) -> Callable[[Callable[[P, str | None], R]], Callable[.
                 except ValidationError as error:
                     raise InvalidParameters(problems(error)) from None
                 source = config_path or (block_source(config_block) if config_block else None)
-                params.check(load_config(source))
+                run = load_run_config(source, roster=model.roster_use)
+                if model.roster_use != "none":
+                    announce_roster(flow_name, run)
+                check_run(params, run)
             except Exception as error:
                 logger.error("%s refused before any work: %s", flow_name, one_line(error), exc_info=True)
                 _announce_failure(flow_name, model, params, values, error)
@@ -229,7 +252,7 @@ def takes(model: type[P]) -> Callable[[Callable[[P, str | None], R]], Callable[.
                 source or "$XRAYLAKE_CONFIG or the sandbox",
             )
             try:
-                result = body(params, source)
+                result = body(params, run)
             except Exception as error:
                 logger.error("%s failed: %s", flow_name, one_line(error), exc_info=True)
                 _announce_failure(flow_name, model, params, values, error)
@@ -305,12 +328,12 @@ class SweepParameters(FlowParameters):
     )
     fail_on_account_errors: FailOnAccountErrors = True
 
+    roster_use: ClassVar[RosterUse] = "refresh"
+
     def targets(self, config: Config) -> list[tuple[MemberAccount, str]]:
         return config.roster.targets(self.accounts, self.regions)
 
     def check(self, config: Config) -> None:
-        if config.roster.source == "organizations":
-            return  # the sweep resolves the roster first (tasks/organizations.py) and checks then
         self.targets(config)
 
 
@@ -591,6 +614,8 @@ class CompactParameters(FlowParameters):
 
 class CommitParameters(FlowParameters):
     """Commit the consumers' Parquet files to the Iceberg tables (one run at a time)."""
+
+    roster_use: ClassVar[RosterUse] = "none"
 
     tables: list[TableName] | None = Field(default=None, description="traces and/or segments; empty = both.")
     max_batches: int | None = Field(

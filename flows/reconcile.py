@@ -22,7 +22,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
-from blocks.config import Config, load_config
+from blocks.config import Config
 from flows.observe import emit, run_logger, summary_artifact
 from flows.parameters import ReconcileParameters, takes
 from tasks import collector as col
@@ -32,6 +32,7 @@ from tasks.aws import log_client
 from tasks.health import run_row, write_health
 from tasks.index import client_for
 from tasks.mappings import SPAN_INDEX_PREFIX, traces_alias
+from tasks.organizations import RunConfig
 
 # ----------------------------------------------------------------------------- observing (tasks)
 
@@ -196,7 +197,7 @@ def emit_mismatches(report: rec.ReconcileReport, *, after_repair: bool, repair: 
 
 @flow(name="reconcile", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]
 @takes(ReconcileParameters)
-def reconcile(params: ReconcileParameters, config_path: str | None) -> State:
+def reconcile(params: ReconcileParameters, run: RunConfig) -> State:
     """Compare trace ids per account/region/hour across X-Ray, raw archive, Parquet and index.
 
     Without `start`/`end`: the last `lookback_hours` whole hours that ended `settle_minutes` ago.
@@ -204,7 +205,7 @@ def reconcile(params: ReconcileParameters, config_path: str | None) -> State:
     """
     now = datetime.now(UTC)
     start, end = params.window(now)
-    config = load_config(config_path)
+    config = run.config
     targets = params.targets(config)  # unknown accounts/regions fail here
     collector = col.Collector.from_config(config)
     pairs = [(a.account_id, r) for a, r in targets]

@@ -15,7 +15,7 @@ from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed, Failed, State
 
-from blocks.config import Config, load_config
+from blocks.config import Config
 from flows.observe import emit, run_logger, summary_artifact
 from flows.parameters import ReplayParameters, takes
 from tasks import archive, queue
@@ -25,6 +25,7 @@ from tasks.consumer import BatchStats, Consumer
 from tasks.envelope import Envelope, encode
 from tasks.health import run_row, write_health
 from tasks.index import client_for, ensure_templates, target_templates
+from tasks.organizations import RunConfig
 from tasks.pacing import rate_limiter
 
 
@@ -56,11 +57,11 @@ def check_index_prefix(config: Config, prefix: str | None) -> str:
 
 @flow(name="replay")
 @takes(ReplayParameters)
-def replay(params: ReplayParameters, config_path: str | None) -> State:
+def replay(params: ReplayParameters, run: RunConfig) -> State:
     """Re-send or re-ingest archived envelopes of a time range."""
     logger = run_logger()
     start, end = params.start, params.end  # checked and made UTC by ReplayParameters
-    config = load_config(config_path)
+    config = run.config
     targets = params.targets(config)
     s3 = log_client("s3", config.archive.region)
     store = config.archive

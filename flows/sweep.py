@@ -20,13 +20,14 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
-from blocks.config import Config, load_config
+from blocks.config import Config
 from flows.observe import Progress, emit, human_bytes, run_logger, summary_artifact
 from flows.parameters import MAX_ACCOUNT_THREADS, SweepParameters, takes
 from tasks import collector as col
-from tasks import monitoring, organizations, xray
+from tasks import monitoring, xray
 from tasks.health import account_rows, write_health
 from tasks.limits import SLOT_TIMEOUT_SECONDS, concurrency_name, existing_limits, xray_slot
+from tasks.organizations import RunConfig
 
 _ACCOUNT = ["account_id", "account_name", "region", "status"]
 _SENT = ["traces", "envelopes", "bytes", "throttles", "retries"]
@@ -198,13 +199,10 @@ def finish(
 
 @flow(name="sweep", task_runner=ThreadPoolTaskRunner(max_workers=MAX_ACCOUNT_THREADS))  # type: ignore[arg-type]
 @takes(SweepParameters)
-def sweep(params: SweepParameters, config_path: str | None) -> State:
+def sweep(params: SweepParameters, run: RunConfig) -> State:
     """Collect new traces of every roster account (or `accounts`) and send them to the org queue."""
-    config = load_config(config_path)
-    # Organizations roster: refreshed (or reused within its TTL) before any account is swept.
-    roster = organizations.resolve_for_run(config)
-    config = roster.config(config)
-    announce_roster(roster, config)
+    # An Organizations roster was refreshed (or reused within its TTL) before any account is swept.
+    config = run.config
     targets = params.targets(config)
     limiters = xray.LimiterRegistry(rate=params.xray_rate_per_second) if params.xray_rate_per_second else None
     collector = col.Collector.from_config(config, limiters)
@@ -249,7 +247,7 @@ def sweep(params: SweepParameters, config_path: str | None) -> State:
     for f, (account, region) in zip(futures, targets, strict=True):
         results.append(_result_or_failure(f, account, region))
         progress.done(len(results))
-    extra: dict[str, Any] = {"roster_source": roster.source, "roster_accounts": len(config.roster.accounts)}
+    extra: dict[str, Any] = {"roster_source": run.roster.source, "roster_accounts": len(config.roster.accounts)}
     for future in regional:
         outcome: monitoring.MonitoringResult = future.result()
         results += outcome.results
@@ -258,27 +256,3 @@ def sweep(params: SweepParameters, config_path: str | None) -> State:
     if routing.notes:
         extra["routing"] = routing.notes
     return finish("sweep", results, params.fail_on_account_errors, extra=extra, config=config)
-
-
-def announce_roster(roster: organizations.Resolution, config: Config) -> None:
-    """Events (and health rows for retired accounts) for what the roster refresh found."""
-    if roster.stale:
-        run_logger().warning("roster: using the last good roster (%s): %s", roster.fetched_at, roster.stale)
-        emit(
-            "xraylake.roster.stale",
-            "xraylake.roster",
-            {"error": roster.stale, "fetched_at": str(roster.fetched_at), "accounts": len(roster.roster.accounts)},
-        )
-    for gone in roster.retired:
-        emit(
-            "xraylake.account.retired",
-            f"aws.account.{gone.account_id}",
-            {"reason": gone.reason, "watermark": "kept"},
-            **{"xraylake.account.name": gone.name},
-        )
-    if roster.retired:
-        rows = [
-            {"account_id": g.account_id, "account_name": g.name, "status": "retired", "error": g.reason}
-            for g in roster.retired
-        ]
-        write_health(config, "sweep", rows)

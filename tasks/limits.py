@@ -166,14 +166,14 @@ def ensure_limits(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from blocks.config import load_config
+    from tasks.organizations import load_run_config
 
     parser = argparse.ArgumentParser(prog="python -m tasks.limits", description="Create the per-account X-Ray limits.")
     parser.add_argument("--config", help="config file (default: $XRAYLAKE_CONFIG or the sandbox)")
     parser.add_argument("--collectors", type=int, default=COLLECTORS_PER_ACCOUNT)
     parser.add_argument("--calls-per-second", type=float, default=CALLS_PER_SECOND)
     args = parser.parse_args(argv)
-    config = load_config(args.config)
+    config = load_run_config(args.config).config  # an Organizations roster: its accounts as cached
     for name in ensure_limits(config.roster, args.collectors, args.calls_per_second):
         print(name)
     return 0

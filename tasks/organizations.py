@@ -20,7 +20,15 @@ and at once for an account seen for the first time. `force` re-reads everything.
 `<state_prefix>/roster/organizations.json`; otherwise Organizations is read again and the cache
 rewritten. Accounts that were in the cached roster and are no longer ACTIVE (closed, suspended,
 moved out of the OUs, filtered out by tags) come back as `retired`: their watermarks stay, the
-flow writes a health row and an event, and they are simply no longer swept.
+flow writes a health row and an event, and they are simply no longer swept. The cache remembers
+every retired account (and every non-ACTIVE one Organizations reports under the parents) with the
+date xraylake first saw it so, until it is ACTIVE again: a run that names one is refused with
+`RetiredAccountError` ("retired since …"), not as an unknown account.
+
+`load_run_config(source, roster=…)` is how every run (and every CLI command that names accounts)
+gets its configuration: loaded, with the roster resolved. Runs that only act on accounts use the
+cached roster (`cached`: no rediscovery each run; the first run without a cache discovers it); the
+sweep refreshes it within the TTL (`refresh`); a run that names no account leaves it (`none`).
 
 Bad input: an OU that does not exist, an include-tag filter that matches no account, and an
 AccessDenied from Organizations raise `RosterError` (one line naming the problem) before any
@@ -38,12 +46,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
-from blocks import MemberAccount, OrganizationsSource, Roster
-from blocks.config import Config
+from blocks import MemberAccount, OrganizationsSource, Roster, UnknownAccountError
+from blocks.config import Config, load_config
 from tasks.errors import TerminalError, TransientError, aws_error_code, classify_aws_error
 from tasks.pacing import DEFAULT_BACKOFF, Backoff, TokenBucket
 
@@ -57,6 +65,9 @@ NOT_FOUND_CODES = frozenset(
     {"ParentNotFoundException", "OrganizationalUnitNotFoundException", "TargetNotFoundException"}
 )
 ACCESS_CODES = frozenset({"AccessDenied", "AccessDeniedException", "AWSOrganizationsNotInUseException"})
+# How a run uses the roster: `refresh` it within its TTL (the sweep), the `cached` one (runs that act
+# on accounts), or `none` (runs that name no account: not resolved, never an Organizations call).
+RosterUse = Literal["refresh", "cached", "none"]
 
 
 Found = tuple[dict[str, Any], str, str, tuple[str, ...]]  # account, OU id, OU name, OU path
@@ -65,6 +76,10 @@ Parent = tuple[str, str, tuple[str, ...]]  # id, name, path from the configured 
 
 class RosterError(TerminalError):
     """The roster could not be resolved from Organizations (bad OU, empty tag filter, no access)."""
+
+
+class RetiredAccountError(UnknownAccountError):
+    """An account the roster retired (closed, suspended, moved out of the OUs or tag filters)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,25 @@ class RetiredAccount:
     account_id: str
     name: str
     reason: str
+    since: datetime | None = None  # when xraylake first saw it gone (None: before the cache kept it)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "account_id": self.account_id,
+            "name": self.name,
+            "reason": self.reason,
+            "since": self.since.isoformat() if self.since else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RetiredAccount:
+        since = data.get("since")
+        return cls(
+            str(data["account_id"]),
+            str(data.get("name") or data["account_id"]),
+            str(data.get("reason") or "retired"),
+            datetime.fromisoformat(since) if since else None,
+        )
 
 
 @dataclass
@@ -107,16 +141,46 @@ class Resolution:
     """The roster a run uses and where it came from."""
 
     roster: Roster
-    source: str  # static | organizations | cache | stale-cache
+    source: str  # static | organizations | cache | stale-cache | unresolved (a run that needs no accounts)
     fetched_at: datetime | None = None
-    retired: list[RetiredAccount] = field(default_factory=list)
+    retired: list[RetiredAccount] = field(default_factory=list)  # retired by this refresh (said once)
     stale: str | None = None  # why the last good roster was used instead of a fresh one
     discovery_seconds: float = 0.0
     calls: int = 0
     discovery: Discovery | None = None  # what the walk cost (None: no walk this time)
+    all_retired: dict[str, RetiredAccount] = field(default_factory=dict)  # every one the cache remembers
 
     def config(self, config: Config) -> Config:
         return config.model_copy(update={"roster": self.roster})
+
+    def describe(self) -> str:
+        """`organizations, 12 accounts (fetched 2026-12-02T04:50:00+00:00)`: a log line's and an artifact's."""
+        text = f"{self.source}, {len(self.roster.accounts)} accounts"
+        if self.fetched_at is not None:
+            text += f" (fetched {self.fetched_at.isoformat(timespec='seconds')})"
+        if self.all_retired:
+            text += f", {len(self.all_retired)} retired"
+        return text
+
+    def explain(self, error: UnknownAccountError) -> UnknownAccountError:
+        """`error` as a run reports it, in one line: an account the roster retired says since when;
+        one a cached Organizations roster does not know says when it was read and what refreshes it."""
+        gone = self.all_retired.get(error.account_id)
+        if gone is None:
+            if self.source in ("cache", "stale-cache") and self.fetched_at is not None:
+                return UnknownAccountError(
+                    f"{error}; this is the roster AWS Organizations gave at "
+                    f"{self.fetched_at:%Y-%m-%d %H:%M} UTC: an account created since joins it at the next "
+                    "sweep (or `xraylake roster --refresh`)",
+                    error.account_id,
+                )
+            return error
+        since = f" since {gone.since:%Y-%m-%d %H:%M} UTC" if gone.since else ""
+        return RetiredAccountError(
+            f"account {gone.account_id} ({gone.name}) is retired{since}: {gone.reason}; "
+            "it is no longer collected (its watermark and archive are kept)",
+            gone.account_id,
+        )
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per roster entry: what `xraylake roster` shows."""
@@ -414,11 +478,12 @@ def resolve(
     cached = read_cache(s3, config)
     # A roster cached for another source configuration is not this one's.
     cached_same = cached if cached and cached.get("fingerprint") == fingerprint(source) else None
+    remembered = _retired_of(cached_same)
     if cached_same and not force:
         fetched_at = datetime.fromisoformat(cached_same["fetched_at"])
         if cached_only or (now - fetched_at).total_seconds() < source.cache_ttl_seconds:
             accounts = [MemberAccount.model_validate(a) for a in cached_same["accounts"]]
-            return Resolution(_with_accounts(roster, accounts), "cache", fetched_at)
+            return Resolution(_with_accounts(roster, accounts), "cache", fetched_at, all_retired=remembered)
     known = {} if force else dict((cached_same or {}).get("tags") or {})
     try:
         discovery = discover(client_factory(source), source, rate=rate, known_tags=known, now=now.timestamp())
@@ -430,6 +495,7 @@ def resolve(
                 "stale-cache",
                 datetime.fromisoformat(cached_same["fetched_at"]),
                 stale=str(error)[:500],
+                all_retired=remembered,
             )
         raise RosterError(str(error)) from error
     current = {a.account_id for a in discovery.accounts}
@@ -441,7 +507,14 @@ def resolve(
             continue
         gone = inactive.get(account_id)
         reason = f"status {gone.status}" if gone else "no longer in the organization, its OUs or its tag filters"
-        retired.append(RetiredAccount(account_id, str(previous.get("name") or account_id), reason))
+        retired.append(RetiredAccount(account_id, str(previous.get("name") or account_id), reason, now))
+    # Remembered until ACTIVE again: the ones retired before, now, and those never seen ACTIVE.
+    all_retired = {k: v for k, v in remembered.items() if k not in current}
+    all_retired |= {r.account_id: r for r in retired}
+    for account_id, org_account in inactive.items():
+        all_retired.setdefault(
+            account_id, RetiredAccount(account_id, org_account.name, f"status {org_account.status}", now)
+        )
     write_cache(
         s3,
         config,
@@ -451,6 +524,7 @@ def resolve(
             "accounts": [a.model_dump(mode="json") for a in discovery.accounts],
             "inactive": [{"account_id": a.account_id, "name": a.name, "status": a.status} for a in discovery.inactive],
             "tags": discovery.tags,  # every account under the parents, filtered out or not
+            "retired": [r.as_json() for r in sorted(all_retired.values(), key=lambda r: r.account_id)],
         },
     )
     return Resolution(
@@ -461,7 +535,13 @@ def resolve(
         discovery_seconds=discovery.seconds,
         calls=discovery.calls,
         discovery=discovery,
+        all_retired=all_retired,
     )
+
+
+def _retired_of(cached: dict[str, Any] | None) -> dict[str, RetiredAccount]:
+    """The retired accounts a cached roster remembers (none in a cache written before it kept them)."""
+    return {str(r["account_id"]): RetiredAccount.from_json(r) for r in (cached or {}).get("retired") or []}
 
 
 _clients: dict[tuple[str, str, str], tuple[float, Any]] = {}
@@ -513,5 +593,29 @@ def resolve_for_run(
     """`resolve` with the real clients: the log account's S3 and the organizations reader role."""
     from tasks.aws import log_client
 
+    if config.roster.source != "organizations":
+        return Resolution(roster=config.roster, source="static")
     s3 = log_client("s3", config.archive.region)
     return resolve(config, s3, client_factory(config), force=force, cached_only=cached_only, rate=rate, now=now)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a run works with: the configuration with its roster resolved, and where both came from."""
+
+    source: str | None  # config_path or `prefect-block:<name>` (None: $XRAYLAKE_CONFIG or the sandbox)
+    config: Config
+    roster: Resolution
+
+
+def load_run_config(source: str | None, *, roster: RosterUse = "cached") -> RunConfig:
+    """The configuration a run uses, its roster resolved (see the module docstring): `refresh`
+    rediscovers an Organizations roster older than its TTL (the sweep); `cached` uses the cached
+    roster whatever its age, discovered only when there is none; `none` leaves it as configured.
+    Raises `ConfigError` or `RosterError` (one line) when there is no usable configuration or roster."""
+    config = load_config(source)
+    if roster == "none":
+        left = "static" if config.roster.source == "static" else "unresolved"
+        return RunConfig(source, config, Resolution(config.roster, left))
+    resolution = resolve_for_run(config, cached_only=roster == "cached")
+    return RunConfig(source, resolution.config(config), resolution)

@@ -33,6 +33,7 @@ from xraylake.output import console, err_console, print_json, table
 if TYPE_CHECKING:
     from blocks.config import Config
     from flows.parameters import FlowParameters
+    from tasks.organizations import RosterUse, RunConfig
 
 P = TypeVar("P", bound="FlowParameters")
 
@@ -175,6 +176,18 @@ def _config(path: str | None) -> Config:
         _refuse(str(error))
 
 
+def _run_config(path: str | None, roster: RosterUse = "cached") -> RunConfig:
+    """The configuration with its roster resolved as a run resolves it (an Organizations roster from
+    its cache, discovered only when there is none), or exit 2 naming why there is none."""
+    from blocks.config import ConfigError
+    from tasks.organizations import RosterError, load_run_config
+
+    try:
+        return load_run_config(path, roster=roster)
+    except (ConfigError, RosterError) as error:
+        _refuse(str(error))
+
+
 def _parameters(model: type[P], **values: Any) -> P:
     """The flow's parameter model from the command's options, or exit 2 naming the bad value."""
     from pydantic import ValidationError
@@ -190,13 +203,21 @@ def _parameters(model: type[P], **values: Any) -> P:
 def _run_flow(flow_fn, params: FlowParameters, config_path: str | None):  # type: ignore[no-untyped-def]
     """Run a flow with validated parameters, returning (state, data).
 
-    The configuration and what the parameters need from it (accounts in the roster, regions
-    enabled) are checked first: a problem exits 2 with one line before a flow run exists."""
+    The configuration and what the parameters need from it (accounts in the resolved roster,
+    regions enabled) are checked first: a problem exits 2 with one line before a flow run exists."""
     from prefect.states import State
 
-    config = _config(config_path)
+    from blocks import UnknownAccountError
+    from flows.parameters import check_run
+
+    # the sweep refreshes the roster itself, in the run: here its cached accounts are checked
+    run = _run_config(config_path, "none" if type(params).roster_use == "none" else "cached")
     try:
-        params.check(config)
+        check_run(params, run)
+    except UnknownAccountError as error:
+        # A sweep refreshes an Organizations roster first and checks then: the account may be new.
+        if not (type(params).roster_use == "refresh" and run.config.roster.source == "organizations"):
+            _refuse(str(error))
     except (ValueError, LookupError) as error:
         _refuse(str(error))
     state: State = flow_fn(return_state=True, config_path=config_path, **params.flow_kwargs())
@@ -492,17 +513,21 @@ def import_(
     json: JsonOption = False,
 ) -> None:
     """Import exported X-Ray traces or raw segment documents for one roster account (streaming)."""
+    from blocks import UnknownAccountError
     from tasks import collector as col
     from tasks.aws import log_client
     from tasks.consumer import BatchStats, Consumer
     from tasks.importer import Importer
     from tasks.redact import RedactionPolicy
 
-    cfg = _config(config)
+    run = _run_config(config)
+    cfg = run.config
     try:
         account = cfg.roster.get(account_id)
-    except ValueError as error:
-        err_console.print(f"[red]error:[/red] {error} (`xraylake sandbox status --json` lists the sandbox's)")
+    except UnknownAccountError as error:
+        err_console.print(
+            f"[red]error:[/red] {run.roster.explain(error)} (`xraylake roster` lists the roster's accounts)"
+        )
         raise typer.Exit(2) from None
     if region not in account.regions:
         err_console.print(f"[red]error:[/red] region {region} is not enabled for {account_id}: {account.regions}")
@@ -687,7 +712,7 @@ def dlq_inspect(message_id: str, config: ConfigOption = None, json: JsonOption =
     from tasks.consumer import Consumer
     from tasks.envelope import EnvelopeError
 
-    cfg = _config(config)
+    cfg = _run_config(config).config  # decodes against the roster the consumer uses
     sqs = log_client("sqs", cfg.queue.region)
     found = [(e, m) for e, m in dlq.peek(sqs, cfg.queue.dlq_url, 1000) if e.message_id == message_id]
     if not found:
@@ -759,7 +784,7 @@ def roster(
         "source": resolution.source,
         "fetched_at": resolution.fetched_at.isoformat() if resolution.fetched_at else None,
         "stale": resolution.stale,
-        "retired": [{"account_id": r.account_id, "name": r.name, "reason": r.reason} for r in resolution.retired],
+        "retired": [r.as_json() for r in resolution.all_retired.values()],
         "accounts": rows,
     }
     if json:
@@ -774,8 +799,9 @@ def roster(
     )
     if resolution.stale:
         console.print(f"[yellow]last good roster of {resolution.fetched_at} used:[/yellow] {escape(resolution.stale)}")
-    for gone in resolution.retired:
-        console.print(f"retired {gone.account_id} ({gone.name}): {gone.reason}; its watermark is kept")
+    for gone in resolution.all_retired.values():
+        since = f" since {gone.since:%Y-%m-%d %H:%M} UTC" if gone.since else ""
+        console.print(f"retired{since}: {gone.account_id} ({gone.name}): {gone.reason}; its watermark is kept")
 
 
 @app.command()
