@@ -1,6 +1,6 @@
 """How many examples the long property tests draw.
 
-`make test` (and CI) draws 1,500 per long property so the whole suite stays well under 15 minutes on
+`make test` (and CI) draws 1,000 per long property so the whole suite stays well under 15 minutes on
 two cores; `make fuzz` sets XRAYLAKE_FUZZ_EXAMPLES (default there: 20,000) for a deep run.
 """
 
@@ -10,7 +10,7 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-LONG_EXAMPLES = int(os.environ.get("XRAYLAKE_FUZZ_EXAMPLES", "1500"))
+LONG_EXAMPLES = int(os.environ.get("XRAYLAKE_FUZZ_EXAMPLES", "1000"))
 
 LONG = settings(max_examples=LONG_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 

@@ -16,13 +16,14 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from blocks.config import Config
 from flows import consume as consume_flow
-from flows.sweep import sweep
+from flows.backfill import backfill
 from sandbox.faults import FaultProxy, FaultRule
 from tasks.consumer import BatchStats
 from tests.fault import helpers as h
@@ -76,10 +77,12 @@ def recording_receives(ledger: Ledger) -> Any:
 def test_two_consumers_hold_messages_at_once_and_every_trace_lands_once(
     fresh_config: Config, config_file: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # ~one trace per one-minute window: one envelope, one message each
+    # ~one trace per one-minute chunk: one envelope, one message each (a backfill sends chunk by
+    # chunk; a sweep packs all its windows' traces together)
     expected = h.plant(fresh_config, 8, tag="compete", age_seconds=300, spacing=70)
-    options = {"first_lookback_minutes": 20, "lag_seconds": 0, "max_window_minutes": 1}
-    state = sweep(config_path=config_file, **options, return_state=True)
+    now = datetime.now(UTC).replace(microsecond=0)
+    options = {"start": (now - timedelta(minutes=20)).isoformat(), "end": now.isoformat(), "chunk_minutes": 1}
+    state = backfill(config_path=config_file, **options, return_state=True)
     assert state.is_completed(), state.message
     backlog = h.queue_depth(fresh_config)["visible"]
     assert backlog >= 16, backlog
