@@ -32,7 +32,7 @@ test: install
 test-quick: install
 	$(RUN)/pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
-# The long property tests only, with many more examples than make test draws (1,500 each).
+# The long property tests only, with many more examples than make test draws (1,000 each).
 FUZZ_EXAMPLES ?= 20000
 fuzz: install
 	XRAYLAKE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(RUN)/pytest $(XDIST) -m fuzz $(PYTEST_ARGS)

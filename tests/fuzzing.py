@@ -1,6 +1,6 @@
 """How many examples the long property tests draw.
 
-`make test` (and CI) draws 1,000 per long property so the whole suite stays well under 15 minutes on
+`make test` (and CI) draws 1,000 per long property to keep the whole suite near its 15-minute budget on
 two cores; `make fuzz` sets XRAYLAKE_FUZZ_EXAMPLES (default there: 20,000) for a deep run.
 """
 
