@@ -18,23 +18,23 @@ from blocks.config import Config
 from sandbox import seed
 from sandbox.stack import SandboxStack
 
-# Modules that take longest, longest first (seconds of one run on this 2-core machine, 2026-12-02).
+# Modules that take longest, longest first (seconds in a clean-clone `make test`, 2026-12-02).
 # `--dist loadfile` hands whole modules to the workers in collection order, so starting these first
 # lets the four workers finish together instead of one running a long module at the end.
 LONGEST_MODULES = (
-    "tests/deployments/test_deployments.py",  # ~550 s: a served Prefect server, runs, the UI
-    "tests/test_cli.py",  # ~400
-    "tests/deployments/test_definitions.py",  # ~360: prefect deploy, forms refused by the server
-    "tests/tasks/test_report.py",  # ~290
-    "tests/fault/test_sinks.py",  # ~290
-    "tests/sandbox/test_demo.py",  # ~275: make demo in a subprocess
-    "tests/flows/test_consume.py",  # ~270
-    "tests/flows/test_backfill_fan_out.py",  # ~200: two process workers
-    "tests/fault/test_delivery.py",  # ~190
-    "tests/tasks/test_transform.py",  # ~175
-    "tests/fault/test_collect.py",  # ~175
-    "tests/sandbox/test_stack.py",  # ~170
-    "tests/flows/test_collect_paths.py",  # ~165
+    "tests/deployments/test_deployments.py",  # 386: a served Prefect server, runs, the UI
+    "tests/test_cli.py",  # 238
+    "tests/flows/test_collect_paths.py",  # 204
+    "tests/fault/test_sinks.py",  # 204
+    "tests/tasks/test_report.py",  # 171
+    "tests/fault/test_delivery.py",  # 171
+    "tests/flows/test_consume.py",  # 167
+    "tests/sandbox/test_demo.py",  # 126: make demo in a subprocess
+    "tests/deployments/test_definitions.py",  # 123: prefect deploy, forms refused by the server
+    "tests/fault/test_collect.py",  # 120
+    "tests/sandbox/test_stack.py",  # 117
+    "tests/flows/test_backfill_fan_out.py",  # 116: two process workers
+    "tests/tasks/test_transform.py",  # 81
 )
 
 
