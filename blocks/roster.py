@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import re
+import zlib
 from typing import Literal
 
 from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 ACCOUNT_ID = re.compile(r"^\d{12}$")
+MAX_SHARDS = 64
+
+
+def shard_of(account_id: str, shards: int) -> int:
+    """The sweep shard an account belongs to: stable across runs, processes and roster changes
+    (a CRC of its id), so an account's watermark is only ever advanced by one shard."""
+    return zlib.crc32(account_id.encode()) % shards
 
 
 class MemberAccount(BaseModel):

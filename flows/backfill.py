@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,14 +41,11 @@ import orjson
 from prefect import flow, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import FlowRun
-from prefect.deployments import run_deployment
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
-from blocks.config import BLOCK_SOURCE
+from flows import children
 from flows.observe import run_logger
 from flows.parameters import XRAY_RETENTION, BackfillChunkParameters, BackfillParameters, takes
 from flows.sweep import finish
@@ -58,8 +54,6 @@ from tasks import collector as col
 from tasks.errors import aws_error_code
 from tasks.organizations import RunConfig
 from tasks.windows import Window, plan_windows
-
-FAN_OUT_POLL_SECONDS = 2.0
 
 
 def backfill_id(accounts: list[str], regions: list[str], start: datetime, end: datetime, chunk: timedelta) -> str:
@@ -356,32 +350,18 @@ def fan_out(
             "start": group.windows[0].start.isoformat(),
             "end": group.windows[-1].end.isoformat(),
             "chunk_minutes": params.chunk_minutes,
+            **children.config_parameters(config_path),
         }
-        # the children read the parent's configuration (else the deployment's own config_block)
-        if config_path and config_path.startswith(BLOCK_SOURCE):
-            parameters["config_block"] = config_path.removeprefix(BLOCK_SOURCE)
-        elif config_path:
-            parameters["config_path"] = config_path
-        child: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call in a sync flow
-            params.chunk_deployment,
-            parameters=parameters,
-            timeout=0,
-            tags=["xraylake", "backfill", f"backfill-{run_key}"],
-        )
-        runs[child.id] = group
+        tags = ["xraylake", "backfill", f"backfill-{run_key}"]
+        runs[children.submit(params.chunk_deployment, parameters, tags)] = group
     logger.info("backfill %s: %d child runs submitted to %s", run_key, len(runs), params.chunk_deployment)
-    states: dict[UUID, Any] = {}
-    with get_client(sync_client=True) as client:
-        while len(states) < len(runs):
-            time.sleep(FAN_OUT_POLL_SECONDS)
-            for run_id in runs:
-                if run_id not in states:
-                    state = client.read_flow_run(run_id).state
-                    if state is not None and state.is_final():
-                        states[run_id] = state
-            if progress_id is not None:
-                finished = sum(len(done) for done in checkpoints().values())
-                update_progress_artifact(progress_id, progress=100.0 * finished / max(1, total))
+
+    def progress() -> None:
+        if progress_id is not None:
+            finished = sum(len(done) for done in checkpoints().values())
+            update_progress_artifact(progress_id, progress=100.0 * finished / max(1, total))
+
+    states = children.wait_for(runs, progress)
     after = checkpoints()
     results: dict[tuple[str, str], col.AccountResult] = {}
     for account, region in targets:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from prefect.artifacts import (
@@ -166,9 +166,10 @@ def run_logger() -> Any:
         return logging.getLogger("xraylake.flows")
 
 
-def announce_roster(flow: str, run: RunConfig) -> None:
+def announce_roster(flow: str, run: RunConfig, reported: Collection[str] = ()) -> None:
     """The roster this run uses, in its log and its summary artifacts; events (and health rows)
-    for a stale roster and for the accounts this run's refresh retired."""
+    for a stale roster and for the accounts this run's refresh retired (except the `reported`
+    ones: the run's own results carry their rows)."""
     roster = run.roster
     _roster.set(roster.describe())
     logger = run_logger()
@@ -187,9 +188,10 @@ def announce_roster(flow: str, run: RunConfig) -> None:
             {"reason": gone.reason, "watermark": "kept"},
             **{"xraylake.account.name": gone.name},
         )
-    if roster.retired and flow in KINDS:
+    unreported = [g for g in roster.retired if g.account_id not in reported]
+    if unreported and flow in KINDS:
         rows = [
             {"account_id": g.account_id, "account_name": g.name, "status": "retired", "error": g.reason}
-            for g in roster.retired
+            for g in unreported
         ]
         write_health(run.config, flow, rows)

@@ -45,10 +45,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from blocks import MemberAccount, UnknownAccountError
 from blocks.config import Config, block_source, problems
+from blocks.roster import MAX_SHARDS, shard_of
 from tasks import replay as replay_tasks
 from tasks import stepfunctions as sfn
 from tasks.compaction import TABLES
-from tasks.organizations import RosterUse, RunConfig, load_run_config
+from tasks.organizations import RosterUse, RunConfig, load_run_config, refreshed
 from tasks.xray import TimeRangeType
 
 XRAY_RETENTION = timedelta(days=30)
@@ -141,6 +142,17 @@ def check_run(params: FlowParameters, run: RunConfig) -> None:
         params.check(run.config)
     except UnknownAccountError as error:
         raise run.roster.explain(error) from None
+
+
+def params_known(params: FlowParameters, run: RunConfig) -> bool:
+    """Whether `params` pass their check against the run's roster (False: an unknown account)."""
+    try:
+        params.check(run.config)
+    except UnknownAccountError:
+        return False
+    except Exception:  # any other problem is reported by check_run, with the roster announced
+        return True
+    return True
 
 
 def message_of(error: BaseException, limit: int = 500) -> str:
@@ -238,6 +250,8 @@ def takes(model: type[P]) -> Callable[[Callable[[P, RunConfig], R]], Callable[..
                     raise InvalidParameters(problems(error)) from None
                 source = config_path or (block_source(config_block) if config_block else None)
                 run = load_run_config(source, roster=model.roster_use)
+                if model.roster_use == "beside" and not params_known(params, run):
+                    run = refreshed(run)  # a named account may be newer than the cached roster
                 if model.roster_use != "none":
                     announce_roster(flow_name, run)
                 check_run(params, run)
@@ -327,14 +341,48 @@ class SweepParameters(FlowParameters):
         default=None, gt=0, description="X-Ray calls per second per account and region; empty = the built-in rate."
     )
     fail_on_account_errors: FailOnAccountErrors = True
+    shards: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_SHARDS,
+        description=(
+            "Split the accounts into this many shards, each swept by a child run of shard_deployment "
+            "on any worker (1 = all in this run). For organizations too large for one process."
+        ),
+    )
+    shard: int | None = Field(
+        default=None,
+        ge=0,
+        lt=MAX_SHARDS,
+        description="Sweep only the accounts of this shard (0-based, below shards); set by the parent sweep.",
+    )
+    shard_deployment: str = Field(
+        default="sweep/sweep-shard",
+        pattern=r"^[^/]+/[^/]+$",
+        description="shards above 1 only: the deployment that sweeps one shard, as flow-name/deployment-name.",
+    )
 
-    roster_use: ClassVar[RosterUse] = "refresh"
+    roster_use: ClassVar[RosterUse] = "beside"
+
+    @model_validator(mode="after")
+    def _shard_below_shards(self) -> SweepParameters:
+        if self.shard is not None and self.shard >= self.shards:
+            raise ValueError(f"shard {self.shard} is not below shards {self.shards} (shards are 0-{self.shards - 1})")
+        return self
+
+    @property
+    def fans_out(self) -> bool:
+        """This run submits one child run per shard instead of sweeping accounts itself."""
+        return self.shards > 1 and self.shard is None
 
     def targets(self, config: Config) -> list[tuple[MemberAccount, str]]:
-        return config.roster.targets(self.accounts, self.regions)
+        pairs = config.roster.targets(self.accounts, self.regions)
+        if self.shard is None:
+            return pairs
+        return [(a, region) for a, region in pairs if shard_of(a.account_id, self.shards) == self.shard]
 
     def check(self, config: Config) -> None:
-        self.targets(config)
+        config.roster.targets(self.accounts, self.regions)
 
 
 class CollectParameters(FlowParameters):

@@ -9,7 +9,10 @@ the UI show it) unless `fail_on_account_errors=False`. Each failure is also an
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
+from collections import Counter
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,10 +24,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks import MemberAccount
 from blocks.config import Config
-from flows.observe import Progress, emit, human_bytes, run_logger, summary_artifact
+from blocks.roster import shard_of
+from flows import children
+from flows.observe import Progress, announce_roster, emit, human_bytes, run_logger, summary_artifact
 from flows.parameters import MAX_ACCOUNT_THREADS, SweepParameters, takes
 from tasks import collector as col
-from tasks import monitoring, xray
+from tasks import monitoring, organizations, xray
 from tasks.health import account_rows, write_health
 from tasks.limits import SLOT_TIMEOUT_SECONDS, concurrency_name, existing_limits, xray_slot
 from tasks.organizations import RunConfig
@@ -197,13 +202,62 @@ def finish(
     return Completed(message=f"{totals['traces']} traces sent", data=data)
 
 
+def sweep_shards(params: SweepParameters, run: RunConfig) -> State:
+    """Submit one child run of `shard_deployment` per shard and wait for them all. Any number of
+    workers share the shards; each child refreshes nothing (this run just resolved the roster, so
+    the cache is fresh) and sweeps, advances and reports its own accounts."""
+    logger = run_logger()
+    shared = {k: v for k, v in params.flow_kwargs().items() if v is not None and k not in ("shard", "shard_deployment")}
+    shared |= children.config_parameters(run.source)
+    sizes = Counter(shard_of(a.account_id, params.shards) for a, _ in params.targets(run.config))
+    tags = ["xraylake", "sweep", f"sweep-{flow_run.get_id() or 'local'}"]
+    runs = {children.submit(params.shard_deployment, shared | {"shard": n}, tags): n for n in range(params.shards)}
+    logger.info("sweep: %d shards submitted to %s (account/regions per shard: %s)",
+                params.shards, params.shard_deployment, dict(sorted(sizes.items())))  # fmt: skip
+    states = children.wait_for(runs)
+    rows = [
+        {
+            "shard": shard,
+            "account/regions": sizes.get(shard, 0),
+            "state": states[run_id].name,
+            "message": states[run_id].message or "",
+            "flow_run_id": str(run_id),
+        }
+        for run_id, shard in sorted(runs.items(), key=lambda item: item[1])
+    ]
+    failed = [row for row in rows if row["state"] != "Completed"]
+    summary_artifact(
+        "xraylake-sweep",
+        f"sweep: {params.shards} shards, {len(failed)} not completed",
+        rows,
+        metrics={
+            "shards": params.shards,
+            "account/regions": sum(sizes.values()),
+            "shards not completed": len(failed),
+            "roster source": run.roster.source,
+        },
+    )
+    data = {"totals": {"shards": params.shards, "failed_shards": len(failed)}, "shards": rows}
+    if failed:
+        names = ", ".join(f"shard {row['shard']} {row['state']}: {row['message']}" for row in failed)
+        return Failed(message=f"{len(failed)} of {params.shards} shards did not complete: {names}"[:500], data=data)
+    return Completed(message=f"{params.shards} shards swept", data=data)
+
+
 @flow(name="sweep", task_runner=ThreadPoolTaskRunner(max_workers=MAX_ACCOUNT_THREADS))  # type: ignore[arg-type]
 @takes(SweepParameters)
 def sweep(params: SweepParameters, run: RunConfig) -> State:
     """Collect new traces of every roster account (or `accounts`) and send them to the org queue."""
-    # An Organizations roster was refreshed (or reused within its TTL) before any account is swept.
+    if params.fans_out:  # the shards must agree on the roster: refreshed before any child starts
+        return sweep_shards(params, _settled(run, organizations.refreshed(run)) if _cached(run) else run)
+    # A cached Organizations roster is swept while it is refreshed beside the sweep (discovery is
+    # paced calls, mostly waiting): accounts it adds are swept once it is in, accounts it retires
+    # are not failures. Monitoring-account mode waits for it: one read per region attributes every
+    # linked account's traces and drops the others, so its roster must be current.
+    pending = organizations.refresh_beside(run)
+    if pending is not None and run.config.roster.monitoring:
+        run, pending = _settled(run, pending.result()), None
     config = run.config
-    targets = params.targets(config)
     limiters = xray.LimiterRegistry(rate=params.xray_rate_per_second) if params.xray_rate_per_second else None
     collector = col.Collector.from_config(config, limiters)
     now = datetime.now(UTC)
@@ -215,37 +269,33 @@ def sweep(params: SweepParameters, run: RunConfig) -> State:
         "time_range_type": params.time_range_type,
         "run_id": str(flow_run.get_id() or ""),
     }
-    # Monitoring-account mode: linked accounts are read once per region in the monitoring account;
-    # the others (and regions without a sink) keep their member roles. No sink at all: an error here.
-    routing = (
-        monitoring.route(config.roster, targets, monitoring.monitoring_sessions(config.roster))
-        if (config.roster.monitoring)
-        else monitoring.Route(list(targets), {})
-    )
+    routing = _route(params, config)
     targets = routing.member_targets
     # Every account is submitted at once and a slot frees as soon as one finishes: no batch waits
     # for its slowest account (bench B3b: 86 s → 68 s per 200-account cycle before shared models).
     slots = threading.BoundedSemaphore(params.concurrency)
-    # One listing instead of a slot request per account for limits that do not exist (B3b: a
-    # 200-account cycle took 25 s instead of 69 s on a local server); None: ask per account.
-    names = [concurrency_name(account.account_id, region) for account, region in targets]
-    limited = existing_limits(names)
-    futures = [
-        sweep_account_task.with_options(task_run_name=f"sweep-{account.account_id}-{region}").submit(
-            collector, account, region, now, options, slots, limited is None or name in limited
-        )
-        for (account, region), name in zip(targets, names, strict=True)
-    ]
+    submit = functools.partial(_submit_accounts, collector, now=now, options=options, slots=slots)
+    futures = submit(targets)
     regional = [
         sweep_monitoring_task.with_options(task_run_name=f"sweep-monitoring-{region}").submit(
             collector, config.roster, region, accounts, now, options
         )
         for region, accounts in routing.groups.items()
     ]
+    retired: dict[str, str] = {}
+    if pending is not None:
+        fresh = _settled(run, pending.result(), {a.account_id for a, _ in targets})
+        known = {(a.account_id, r) for a, r in targets}
+        added = [(a, r) for a, r in params.targets(fresh.config) if (a.account_id, r) not in known]
+        if added:
+            run_logger().info("roster: %d account/regions joined during the sweep, swept now", len(added))
+            targets, futures = targets + added, futures + submit(added)
+        retired = {gone.account_id: gone.reason for gone in fresh.roster.retired}
+        run, config = fresh, fresh.config
     progress = Progress("xraylake-sweep-progress", len(targets), f"sweep: {len(targets)} account/regions")
     results = []
     for f, (account, region) in zip(futures, targets, strict=True):
-        results.append(_result_or_failure(f, account, region))
+        results.append(_retired_or(_result_or_failure(f, account, region), retired))
         progress.done(len(results))
     extra: dict[str, Any] = {"roster_source": run.roster.source, "roster_accounts": len(config.roster.accounts)}
     for future in regional:
@@ -256,3 +306,60 @@ def sweep(params: SweepParameters, run: RunConfig) -> State:
     if routing.notes:
         extra["routing"] = routing.notes
     return finish("sweep", results, params.fail_on_account_errors, extra=extra, config=config)
+
+
+def _cached(run: RunConfig) -> bool:
+    return run.roster.source in ("cache", "stale-cache")
+
+
+def _settled(run: RunConfig, fresh: RunConfig, swept: Collection[str] = ()) -> RunConfig:
+    """The refreshed roster, announced (log, events, health rows) when it is not the cached one
+    again; the `swept` accounts' health rows come with their results."""
+    if fresh.roster.source != "cache":
+        announce_roster("sweep", fresh, reported=swept)
+    return fresh
+
+
+def _route(params: SweepParameters, config: Config) -> monitoring.Route:
+    """This run's member-role targets and monitoring-account reads. Linked accounts are read once
+    per region in the monitoring account; the others (and regions without a sink) keep their member
+    roles; no sink at all is an error here. When sharded, shard 0 reads the monitoring account for
+    every linked account (one watermark per monitoring account and region); each shard keeps its
+    own fallbacks."""
+    targets = params.targets(config)  # this shard's, when sharded
+    if not config.roster.monitoring:
+        return monitoring.Route(list(targets), {})
+    everyone = config.roster.targets(params.accounts, params.regions) if params.shard == 0 else targets
+    routing = monitoring.route(config.roster, everyone, monitoring.monitoring_sessions(config.roster))
+    mine = {(a.account_id, r) for a, r in targets}
+    fallbacks = [(a, r) for a, r in routing.member_targets if (a.account_id, r) in mine]
+    return monitoring.Route(fallbacks, routing.groups if params.shard in (None, 0) else {}, routing.notes)
+
+
+def _submit_accounts(
+    collector: col.Collector,
+    targets: list[tuple[MemberAccount, str]],
+    *,
+    now: datetime,
+    options: dict[str, Any],
+    slots: threading.BoundedSemaphore,
+) -> list[Any]:
+    """One sweep-account task per (account, region), all submitted at once (futures, in order)."""
+    # One listing instead of a slot request per account for limits that do not exist (B3b: a
+    # 200-account cycle took 25 s instead of 69 s on a local server); None: ask per account.
+    names = [concurrency_name(account.account_id, region) for account, region in targets]
+    limited = existing_limits(names)
+    return [
+        sweep_account_task.with_options(task_run_name=f"sweep-{account.account_id}-{region}").submit(
+            collector, account, region, now, options, slots, limited is None or name in limited
+        )
+        for (account, region), name in zip(targets, names, strict=True)
+    ]
+
+
+def _retired_or(result: col.AccountResult, retired: dict[str, str]) -> col.AccountResult:
+    """An account the refresh retired while it was swept (its last sweep) is reported retired,
+    never failed: its role may already be gone."""
+    if result.account_id in retired:
+        result.status, result.error, result.error_kind = "retired", retired[result.account_id], None
+    return result

@@ -43,7 +43,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -65,9 +65,10 @@ NOT_FOUND_CODES = frozenset(
     {"ParentNotFoundException", "OrganizationalUnitNotFoundException", "TargetNotFoundException"}
 )
 ACCESS_CODES = frozenset({"AccessDenied", "AccessDeniedException", "AWSOrganizationsNotInUseException"})
-# How a run uses the roster: `refresh` it within its TTL (the sweep), the `cached` one (runs that act
-# on accounts), or `none` (runs that name no account: not resolved, never an Organizations call).
-RosterUse = Literal["refresh", "cached", "none"]
+# How a run uses the roster: `refresh` it within its TTL before any work, `beside`: start on the
+# cached one and refresh it while the run works (the sweep: `refresh_beside`), the `cached` one
+# (runs that act on accounts), or `none` (runs that name no account: never an Organizations call).
+RosterUse = Literal["refresh", "beside", "cached", "none"]
 
 
 Found = tuple[dict[str, Any], str, str, tuple[str, ...]]  # account, OU id, OU name, OU path
@@ -610,12 +611,31 @@ class RunConfig:
 
 def load_run_config(source: str | None, *, roster: RosterUse = "cached") -> RunConfig:
     """The configuration a run uses, its roster resolved (see the module docstring): `refresh`
-    rediscovers an Organizations roster older than its TTL (the sweep); `cached` uses the cached
-    roster whatever its age, discovered only when there is none; `none` leaves it as configured.
+    rediscovers an Organizations roster older than its TTL; `cached` and `beside` use the cached
+    roster whatever its age, discovered only when there is none (`beside`: the run then calls
+    `refresh_beside`); `none` leaves it as configured.
     Raises `ConfigError` or `RosterError` (one line) when there is no usable configuration or roster."""
     config = load_config(source)
     if roster == "none":
         left = "static" if config.roster.source == "static" else "unresolved"
         return RunConfig(source, config, Resolution(config.roster, left))
-    resolution = resolve_for_run(config, cached_only=roster == "cached")
+    resolution = resolve_for_run(config, cached_only=roster in ("cached", "beside"))
     return RunConfig(source, resolution.config(config), resolution)
+
+
+def refresh_beside(run: RunConfig) -> Future[RunConfig] | None:
+    """The roster refreshed (within its TTL) on a thread of its own while the run works on the
+    cached one: discovery is paced Organizations calls, mostly waiting, so a sweep need not wait
+    for it. None when the run's roster is not a cached Organizations one (nothing to refresh)."""
+    if run.roster.source not in ("cache", "stale-cache"):
+        return None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="roster-refresh")
+    future = pool.submit(lambda: refreshed(run))
+    pool.shutdown(wait=False)
+    return future
+
+
+def refreshed(run: RunConfig) -> RunConfig:
+    """`run` with its roster refreshed now (within its TTL)."""
+    resolution = resolve_for_run(run.config)
+    return RunConfig(run.source, resolution.config(run.config), resolution)

@@ -255,6 +255,8 @@ def future(hours: int = 2) -> str:
         (["sweep", "--account", "12345"], "12 digits"),
         (["sweep", "--region", "mars-1"], "mars-1"),
         (["sweep", "--concurrency", "0"], "concurrency"),
+        (["sweep", "--shards", "2", "--shard", "2"], "shard 2 is not below shards 2"),
+        (["sweep", "--shards", "65"], "shards"),
         (["collect", "not-an-arn"], "malformed"),
         (["collect", "arn:aws:states:us-east-1:123456789012:stateMachine:sm"], "malformed"),
         (["collect", "arn:aws:states:us-east-1:999999999999:execution:sm:run-1"], "not in the roster"),

@@ -216,7 +216,7 @@ def _run_flow(flow_fn, params: FlowParameters, config_path: str | None):  # type
         check_run(params, run)
     except UnknownAccountError as error:
         # A sweep refreshes an Organizations roster first and checks then: the account may be new.
-        if not (type(params).roster_use == "refresh" and run.config.roster.source == "organizations"):
+        if not (type(params).roster_use in ("refresh", "beside") and run.config.roster.source == "organizations"):
             _refuse(str(error))
     except (ValueError, LookupError) as error:
         _refuse(str(error))
@@ -253,6 +253,9 @@ def _finish(state, data, json: bool, title: str) -> None:  # type: ignore[no-unt
     else:
         if isinstance(public, dict) and "accounts" in public:
             _account_table(title, public["accounts"])
+        if isinstance(public, dict) and "shards" in public:  # a sharded sweep: one row per child run
+            columns = ["shard", "account/regions", "state", "message", "flow_run_id"]
+            console.print(table(f"{title} shards", columns, [[r.get(c) for c in columns] for r in public["shards"]]))
         console.print(f"{state.type.value}: {state.message}")
     if not state.is_completed():
         raise typer.Exit(1)
@@ -266,6 +269,16 @@ def sweep(
     overlap_seconds: int = 300,
     first_lookback_minutes: int = 60,
     concurrency: int = 32,
+    shards: Annotated[
+        int,
+        typer.Option(
+            help="Split the accounts into this many shards, each a child run of the sweep-shard "
+            "deployment on the Prefect server's workers (see README 'Sharded sweeps')."
+        ),
+    ] = 1,
+    shard: Annotated[
+        int | None, typer.Option(help="Sweep only this shard (0 to shards - 1) here, in this process.")
+    ] = None,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -281,6 +294,8 @@ def sweep(
         overlap_seconds=overlap_seconds,
         first_lookback_minutes=first_lookback_minutes,
         concurrency=concurrency,
+        shards=shards,
+        shard=shard,
     )
     state, data = _run_flow(sweep_flow, params, config)
     _finish(state, data, json, "sweep")

@@ -15,6 +15,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 WEBHOOK = json.loads((PROJECT / "deployments" / "webhook.json").read_text())
 EXPECTED = {
     "sweep",
+    "sweep-shard",
     "consume",
     "consume-stream",
     "commit",
@@ -26,7 +27,7 @@ EXPECTED = {
     "collect",
     "alert",
 }
-FLOW_OF = {"consume-stream": "consume"}
+FLOW_OF = {"consume-stream": "consume", "sweep-shard": "sweep"}
 
 
 def flow_name(deployment: str) -> str:

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
-def start_worker(pool: str, name: str, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(pool: str, name: str, log: Path, queue: str = "backfill") -> subprocess.Popen[bytes]:
     env = os.environ | {
         "PREFECT_API_URL": str(PREFECT_API_URL.value()),
         "PREFECT_WORKER_QUERY_SECONDS": "1",
@@ -41,13 +41,24 @@ def start_worker(pool: str, name: str, log: Path) -> subprocess.Popen[bytes]:
         "--pool",
         pool,
         "--work-queue",
-        "backfill",
+        queue,
         "--name",
         name,
         "--limit",
         "1",
     ]
     return subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a worker slow to stop on SIGTERM on a loaded machine
+            worker.kill()
+            worker.wait(timeout=30)
 
 
 @pytest.mark.timeout(900)  # child flow-run processes on a 2-core machine
@@ -88,14 +99,7 @@ def test_two_process_workers_share_the_chunks_and_a_second_run_resumes(
         state = backfill(**options, return_state=True)
         second = backfill(**options, return_state=True)
     finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:  # a worker slow to stop on SIGTERM on a loaded machine
-                worker.kill()
-                worker.wait(timeout=30)
+        stop_workers(workers)
 
     assert state.is_completed(), state.message
     totals = state.result()["totals"]

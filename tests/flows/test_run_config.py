@@ -43,7 +43,7 @@ def test_each_run_resolves_the_roster_as_it_uses_it(fresh_config: Config, tmp_pa
     again = load_run_config(str(path))
     assert again.roster.source == "cache" and again.config.roster.accounts == first.config.roster.accounts
     assert again.roster.describe().startswith("cache, 1 accounts (fetched ")
-    assert SweepParameters.roster_use == "refresh"
+    assert SweepParameters.roster_use == "beside"  # the cached roster, refreshed beside the sweep
 
     # an id the cached roster does not know: the one line says when it was read and what refreshes it
     with pytest.raises(UnknownAccountError) as unknown:

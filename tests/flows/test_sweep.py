@@ -218,8 +218,12 @@ def test_an_organizations_roster_sweeps_new_accounts_and_retires_closed_ones_wit
     put_simple_traces(config, added, 2)
     second = sweep(config_path=str(path), return_state=True)
     assert second.is_completed(), second.message  # a closed account is retired, not failed
+    assert second.result()["totals"]["roster_source"] == "organizations"  # refreshed beside the sweep
     rows = {r["account_id"]: r for r in second.result()["accounts"]}
-    assert set(rows) == {kept, added}
+    # the cached roster was swept while Organizations was read again: the closed account had its
+    # last sweep and is reported retired; the new one was swept once the refresh was in
+    assert set(rows) == {kept, added, closed}
+    assert (rows[closed]["status"], rows[closed]["error"]) == ("retired", "status SUSPENDED")
     assert rows[added]["watermark_before"] is None and rows[added]["traces"] == 2  # swept from first_lookback
     s3 = boto3.client("s3")
     assert watermark.read(s3, config.archive, closed, "us-east-1").high_water is not None  # kept
