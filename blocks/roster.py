@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 
 ACCOUNT_ID = re.compile(r"^\d{12}$")
 MAX_SHARDS = 64
+KNOWN_SHOWN = 10  # account ids an "unknown account" message lists
 
 
 def shard_of(account_id: str, shards: int) -> int:
@@ -134,8 +135,10 @@ class Roster(Block):
         for account in self.accounts:
             if account.account_id == account_id:
                 return account
-        known = ", ".join(a.account_id for a in self.accounts) or "none"
-        raise UnknownAccountError(f"account {account_id!r} is not in the roster (known: {known})", account_id)
+        ids = [a.account_id for a in self.accounts]
+        # one line even for an organization of 1,000 accounts: the first few, then how many more
+        known = ", ".join(ids[:KNOWN_SHOWN]) + (f" and {len(ids) - KNOWN_SHOWN} more" if len(ids) > KNOWN_SHOWN else "")
+        raise UnknownAccountError(f"account {account_id!r} is not in the roster (known: {known or 'none'})", account_id)
 
     def select(self, account_ids: list[str] | None) -> list[MemberAccount]:
         """The roster accounts named (all when None); unknown ids raise before any work."""

@@ -84,3 +84,14 @@ def test_config_saved_as_blocks_drives_runs_and_an_edit_changes_the_next_run(fre
     with pytest.raises(ConfigError, match="no xraylake Config block named 'nope'.*xraylake setup --from-config"):
         load_config_block("nope")
     assert block_source(name) == f"prefect-block:{name}"
+
+
+def test_an_unknown_account_in_a_large_roster_is_one_short_line() -> None:
+    from blocks import MemberAccount, Roster, UnknownAccountError
+
+    roster = Roster(accounts=[MemberAccount(account_id=f"{n:012d}", name=f"a{n}") for n in range(1, 1001)])
+    with pytest.raises(UnknownAccountError) as refused:
+        roster.get("999999999999")
+    message = str(refused.value)
+    assert message.startswith("account '999999999999' is not in the roster (known: 000000000001, ")
+    assert message.endswith("000000000010 and 990 more)") and len(message) < 250
