@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import time
+import tracemalloc
 import zlib
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,34 @@ def test_bad_input_is_refused_once_each_with_file_line_and_reason_and_the_rest_i
     assert [s["Id"] for s in trace["Segments"]] == [f"70de5b6f19ff9a2{n}" for n in range(6)]
     (report,) = result.files
     assert (report.documents_read, report.segments_read, report.rejected) == (12, 6, 6)
+
+
+def test_bad_input_is_read_in_bounded_memory(tmp_path: Path) -> None:
+    """Peak Python memory while importing stays a few MiB whatever the size of the bad part: a 10 MB
+    annotation, 40 MB of brackets on one line (nested 20 million deep), a gzip bomb inflating to 80 MiB."""
+    annotation = tmp_path / "annotation.json"
+    big = segment(id="70de5b6f19ff9a11", annotations={"blob": "x" * 10_000_000})
+    annotation.write_text(json.dumps(segment()) + "\n" + json.dumps(big) + "\n")
+    nested = tmp_path / "nested.json"
+    levels = 20_000_000
+    nested.write_bytes(b'{"a": ' + b"[" * levels + b"]" * levels + b"}\n" + json.dumps(segment()).encode())
+    bomb = tmp_path / "bomb.gz"
+    bomb.write_bytes(gzip.compress(json.dumps(segment()).encode() + b"\n") + gzip.compress(bytes(1 << 20), 9) * 80)
+    for path, reason in (
+        (annotation, "larger than 4,194,304 bytes"),
+        (nested, "nested deeper than 512 levels"),
+        (bomb, "not JSON: starts with b'\\x00"),
+    ):
+        tracemalloc.start()
+        try:
+            result = parse_files([path])
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert [r["reason"][: len(reason)] for r in result.rejected] == [reason], path.name
+        assert result.segments_read == 1, path.name
+        # 4 MiB document limit + read chunks + copies of a bracket run, not the bad part's size
+        assert peak < 16 * 1024 * 1024, (path.name, peak)
 
 
 def test_gzip_bombs_and_broken_gzip_are_one_refusal_each_after_what_was_readable(tmp_path: Path) -> None:
