@@ -13,6 +13,9 @@ own, so each peak RSS (VmHWM) belongs to that job alone:
   budget) and every trace handed out, as `xraylake import` does before it sends;
 - `import_gzip`: the same on the file gzipped (level 1).
 
+`orjson_whole` and `stream_parse` run alternately, three rounds each, and the best round of each
+is compared (`mb_per_s_rounds` lists them all): on a shared machine the load drifts within a run.
+
 Targets: `stream_parse` ≥ 0.5 × orjson_whole's MB/s (boundaries found in C, not per byte in
 Python); `import` peak RSS ≤ interpreter + 150 MB on the 200 MB file, and below orjson_whole's.
 
@@ -37,6 +40,7 @@ import orjson
 
 TARGET_MB = 200
 QUICK_MB = 20
+ROUNDS = 3
 
 
 def generate(path: Path, megabytes: int) -> list[tuple[int, int]]:
@@ -140,7 +144,16 @@ def main() -> None:
             while block := source.read(1 << 20):
                 out.write(block)
         common.log(f"generated {path.stat().st_size / 1e6:.1f} MB, {len(ranges)} documents")
-        results = {mode: run_child(mode, path, ranges_path) for mode in ("orjson_whole", "stream_parse", "import")}
+        # the two fast jobs alternate ROUNDS times (the load of a shared machine drifts): best of each
+        rounds: dict[str, list[dict[str, Any]]] = {"orjson_whole": [], "stream_parse": []}
+        for _ in range(ROUNDS):
+            for mode, runs in rounds.items():
+                runs.append(run_child(mode, path, ranges_path))
+        results = {}
+        for mode, runs in rounds.items():
+            best = max(runs, key=lambda run: run["mb_per_s"])
+            results[mode] = best | {"mb_per_s_rounds": [run["mb_per_s"] for run in runs]}
+        results["import"] = run_child("import", path, ranges_path)
         results["import_gzip"] = run_child("import_gzip", Path(folder) / "segments.json.gz", ranges_path)
         file_mb = path.stat().st_size / 1e6
     base = results["orjson_whole"]
