@@ -468,9 +468,9 @@ def _document(record: _Record, trace_id: str, is_top: bool, service: str) -> dic
     if namespace is not None:
         doc["namespace"] = namespace
     if namespace == "aws" and not is_top:  # the service its dependency node is named after
-        service = remote[5:] if type(remote) is str and remote.startswith("AWS::") else get("rpc.service")
-        if type(service) is str and service:
-            doc[REMOTE_SERVICE] = service
+        called = remote[5:] if type(remote) is str and remote.startswith("AWS::") else get("rpc.service")
+        if type(called) is str and called:
+            doc[REMOTE_SERVICE] = called
     origin = get("aws.xray.origin")
     if origin is None and is_top:  # the resource's origin is its segment's, not its subsegments'
         origin = record.resource.get("aws.xray.origin") or _ORIGIN_BY_PLATFORM.get(
