@@ -419,6 +419,25 @@ def test_deviation_url_query_values_and_denied_keys_are_redacted() -> None:
     assert (attributes["api_key"], attributes["aws.xray.annotations"]) == ("***", ["api_key"])
 
 
+def test_deviation_long_values_are_cut_to_the_keyword_limits() -> None:
+    # the receiver copies strings whole; xraylake cuts names, annotation values and the user agent at
+    # 1,024 characters, URLs at 4,096 and the user at 256 (the original stays in the Parquet document)
+    segment = _segment(
+        annotations={"long": "a" * 10_000},
+        user="u" * 1000,
+        http={"request": {"url": "https://x.example.com/" + "p" * 5000, "user_agent": "A" * 5000}},
+    )
+    docs = _document(segment)
+    attributes = _span_attributes(docs.spans[0])
+    assert {key: len(value) for key, value in attributes.items() if isinstance(value, str)} == {
+        "long": 1024,
+        "enduser.id": 256,
+        "http.url": 4096,
+        "http.user_agent": 1024,
+    }
+    assert orjson.loads(docs.segment_documents[0] or "{}") == segment  # what Parquet's `document` keeps
+
+
 def test_parity_does_not_change_the_input() -> None:
     segment = _segment(metadata={"default": {"k": "v"}}, annotations={"a": 1})
     before = copy.deepcopy(segment)
