@@ -314,3 +314,24 @@ def test_the_document_limit_can_be_lifted_like_the_consumer_s(tmp_path: Path) ->
     lifted = parse_files([path], max_document_bytes=8 * 1024 * 1024)
     assert lifted.rejected == []
     assert imported(lifted.traces) == {TRACE_ID: {big["id"]: big}}
+
+
+def test_a_batch_get_traces_page_larger_than_the_document_limit_is_read_trace_by_trace(tmp_path: Path) -> None:
+    """`aws xray batch-get-traces` output is one JSON object: each Trace is a document of its own, so
+    a page of any size imports while each document stays within the limit (here 64 KiB, the page 1.1 MB)."""
+    traces = []
+    for number in range(300):
+        trace_id = f"1-{int(NOW):08x}-{number:024x}"
+        docs = [
+            segment(id=f"{number:012x}{n:04x}", trace_id=trace_id, metadata={"pad": {"x": "y" * 1500}}) for n in (1, 2)
+        ]
+        traces.append(
+            {"Id": trace_id, "Duration": 1.0, "Segments": [{"Id": d["id"], "Document": json.dumps(d)} for d in docs]}
+        )
+    path = batch_file(tmp_path / "page.json", traces)
+    assert path.stat().st_size > 1_000_000
+    importer = Importer(budget_bytes=64 * 1024, max_document_bytes=64 * 1024)
+    report = importer.read(path)
+    assert (report.documents_read, report.segments_read, report.rejected) == (600, 600, 0)
+    assert importer.grouper.spilled
+    assert sorted(trace["Id"] for trace, _ in importer.traces()) == [t["Id"] for t in traces]
