@@ -13,14 +13,21 @@ own, so each peak RSS (VmHWM) belongs to that job alone:
   budget) and every trace handed out, as `xraylake import` does before it sends;
 - `import_gzip`: the same on the file gzipped (level 1).
 
+`orjson_whole` and `stream_parse` run alternately, three rounds each, and the best round of each
+is compared (`mb_per_s_rounds` lists them all): on a shared machine the load drifts within a run.
+
 Targets: `stream_parse` ≥ 0.5 × orjson_whole's MB/s (boundaries found in C, not per byte in
 Python); `import` peak RSS ≤ interpreter + 150 MB on the 200 MB file, and below orjson_whole's.
+
+`--megabytes 1024` runs the same jobs on a 1 GB file (the issue's "a 1 GB file in bounded memory")
+and writes `bench/results/bench_import_1024mb.json`, beside the 200 MB result.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,6 +40,7 @@ import orjson
 
 TARGET_MB = 200
 QUICK_MB = 20
+ROUNDS = 3
 
 
 def generate(path: Path, megabytes: int) -> list[tuple[int, int]]:
@@ -120,9 +128,13 @@ def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--child":
         print(json.dumps(child(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))))
         return
-    args = common.parse_args(__doc__ or "")
+    args = common.parse_args(
+        __doc__ or "",
+        lambda parser: parser.add_argument("--megabytes", type=int, default=TARGET_MB, help="file size"),
+    )
     started = time.monotonic()
-    megabytes = QUICK_MB if args.quick else TARGET_MB
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    megabytes = QUICK_MB if args.quick else args.megabytes
     with tempfile.TemporaryDirectory(prefix="bench-import-") as folder:
         path = Path(folder) / "segments.json"
         ranges = generate(path, megabytes)
@@ -132,12 +144,22 @@ def main() -> None:
             while block := source.read(1 << 20):
                 out.write(block)
         common.log(f"generated {path.stat().st_size / 1e6:.1f} MB, {len(ranges)} documents")
-        results = {mode: run_child(mode, path, ranges_path) for mode in ("orjson_whole", "stream_parse", "import")}
+        # the two fast jobs alternate ROUNDS times (the load of a shared machine drifts): best of each
+        rounds: dict[str, list[dict[str, Any]]] = {"orjson_whole": [], "stream_parse": []}
+        for _ in range(ROUNDS):
+            for mode, runs in rounds.items():
+                runs.append(run_child(mode, path, ranges_path))
+        results = {}
+        for mode, runs in rounds.items():
+            best = max(runs, key=lambda run: run["mb_per_s"])
+            results[mode] = best | {"mb_per_s_rounds": [run["mb_per_s"] for run in runs]}
+        results["import"] = run_child("import", path, ranges_path)
         results["import_gzip"] = run_child("import_gzip", Path(folder) / "segments.json.gz", ranges_path)
         file_mb = path.stat().st_size / 1e6
     base = results["orjson_whole"]
     interpreter = results["import"]["rss_after_imports_mb"]
     metrics = {
+        "load_average_at_start": load_at_start,
         "file_mb": round(file_mb, 1),
         "documents": len(ranges),
         "jobs": results,
@@ -156,7 +178,8 @@ def main() -> None:
             ),
         },
     }
-    common.finish("bench_import", args, metrics, started)
+    name = "bench_import" if megabytes in (TARGET_MB, QUICK_MB) else f"bench_import_{megabytes}mb"
+    common.finish(name, args, metrics, started)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ their service map would show a caller with no edge. Here each such call becomes 
 
 - `namespace: aws` → named like the subsegment (`DynamoDB`, `S3`, `SQS`, …; the Go SDK's
   `dynamodb` → `DynamoDB`), as X-Ray names its inferred segment; typed `AWS::DynamoDB::Table`,
-  `AWS::S3::Bucket`, `AWS::SQS::Queue`, … (`AWS::<name>` for other services);
+  `AWS::S3::Bucket`, `AWS::SQS::Queue`, … (`AWS::<name>` for other services). A document made of
+  an OTel span (`tasks.spans`) names the service under `REMOTE_SERVICE` (from `aws.remote.service`
+  or `rpc.service`), since its span name is `DynamoDB.GetItem` or `orders-queue send`;
 - `namespace: remote` with `sql` → `<database>@<host>` from `sql.url` (the SDKs' own subsegment
   name), else the subsegment name; typed `Database::SQL`;
 - `namespace: remote` with `http.request.url` → the URL's host; typed `remote`;
@@ -32,7 +34,7 @@ from tasks.coerce import digest_hex
 from tasks.otel import resource_attributes, split_sql_url
 from tasks.trace_model import TraceContext
 
-__all__ = ["AWS_NODE_TYPES", "dependency_node", "dependency_spans", "inferred_span_id"]
+__all__ = ["AWS_NODE_TYPES", "REMOTE_SERVICE", "dependency_node", "dependency_spans", "inferred_span_id"]
 
 # X-Ray's type of the inferred node per AWS service (the subsegment name the SDKs use).
 AWS_NODE_TYPES = {
@@ -51,6 +53,8 @@ AWS_NODE_TYPES = {
 }
 
 _CANONICAL = {name.lower(): name for name in AWS_NODE_TYPES}
+# Key of an X-Ray document made of an OTel span that names the AWS service it called.
+REMOTE_SERVICE = "xraylake_remote_service"
 
 # The call's attributes the node repeats (what X-Ray copies into its inferred segment).
 _COPIED_PREFIXES = ("span.attributes.http@", "span.attributes.aws@", "span.attributes.db@")
@@ -66,6 +70,9 @@ def dependency_node(call: dict[str, Any], node: dict[str, Any]) -> tuple[str, st
     namespace = call.get("namespace")
     name = call.get("name") or ""
     if namespace == "aws":
+        service = node.get(REMOTE_SERVICE)
+        if type(service) is str and service:
+            name = service[:_MAX_NAME]
         canonical = _CANONICAL.get(name.lower().replace(" ", ""))
         if canonical is not None:  # `dynamodb` (Go SDK) → `DynamoDB`, the name X-Ray draws
             return canonical, AWS_NODE_TYPES[canonical]

@@ -39,6 +39,7 @@ import orjson
 
 from tasks import coerce, tracetime
 from tasks.coerce import MAX_NAME, MAX_TEXT
+from tasks.dependencies import REMOTE_SERVICE
 from tasks.otel import service_map_relations
 from tasks.redact import RedactionPolicy
 from tasks.trace_model import TraceContext, TraceDocuments
@@ -466,6 +467,10 @@ def _document(record: _Record, trace_id: str, is_top: bool, service: str) -> dic
         namespace = "aws" if is_aws_call else "remote"
     if namespace is not None:
         doc["namespace"] = namespace
+    if namespace == "aws" and not is_top:  # the service its dependency node is named after
+        called = remote[5:] if type(remote) is str and remote.startswith("AWS::") else get("rpc.service")
+        if type(called) is str and called:
+            doc[REMOTE_SERVICE] = called
     origin = get("aws.xray.origin")
     if origin is None and is_top:  # the resource's origin is its segment's, not its subsegments'
         origin = record.resource.get("aws.xray.origin") or _ORIGIN_BY_PLATFORM.get(
@@ -674,6 +679,9 @@ def transform_span_trace(
         for record in parsed.records
         if record.span_id in by_span
     ]
+    # the dependency nodes the transform inferred for calls with no SERVER span below them
+    recorded = {record.span_id for record in parsed.records}
+    spans += [span for span in result.spans if span["spanId"] not in recorded]
     raw_by_id = {record.span_id: record.raw for record in parsed.records}
     result.spans = spans
     result.service_map = service_map_relations(spans, result.trace.get("root_service_name"))

@@ -72,11 +72,14 @@ def test_a_trace_across_a_classic_and_a_span_account_is_whole_in_the_span_index(
     by_account = {s["spanId"]: s["resource.attributes.cloud@account@id"] for s in real}
     assert {by_account[s] for s in parts[caller.account_id]} == {caller.account_id}
     assert {by_account[s] for s in parts[callee.account_id]} == {callee.account_id}
-    # Beside them, only X-Ray-style inferred nodes (`aws.xray.inferred`), as X-Ray draws them in the
-    # caller's account: the database, and the traced call whose answering segment lives in the other
-    # account (not in the caller's envelope). They are marked, so a count of real spans is exact.
+    # Beside them, only X-Ray-style inferred nodes (`aws.xray.inferred`), as X-Ray draws them in each
+    # account: the caller's database, and the traced call whose answering segment lives in the other
+    # account (not in the caller's envelope); the callee's DynamoDB table and SNS topic, inferred on
+    # the span path too. They are marked, so a count of real spans is exact.
     nodes = [s for s in (h["_source"] for h in hits) if s not in real]
-    assert {n["parentSpanId"] for n in nodes} <= set(parts[caller.account_id])
-    assert {n["resource.attributes.cloud@account@id"] for n in nodes} <= {caller.account_id}
+    assert {n["span.attributes.aws@xray@inferred"] for n in nodes} == {"true"}
+    assert {n["parentSpanId"] for n in nodes} <= set(expected)
+    assert all(n["resource.attributes.cloud@account@id"] == by_account[n["parentSpanId"]] for n in nodes)
+    assert {n["name"] for n in nodes if by_account[n["parentSpanId"]] == callee.account_id} == {"DynamoDB", "SNS"}
     traces = client.search(index="xray-traces", body={"query": {"term": {"trace_id": trace_id}}})["hits"]["hits"]
     assert sorted(h["_source"]["account_id"] for h in traces) == sorted([caller.account_id, callee.account_id])

@@ -19,9 +19,10 @@ import orjson
 
 from tasks import mappings
 from tasks.dependencies import dependency_node, inferred_span_id
+from tasks.spans import SpanTrace, parse_span_records, transform_span_trace
 from tasks.trace_model import TraceDocuments
 from tasks.transform import transform_trace
-from tests.fixtures import load_fixture, mapping_errors, segment_trace
+from tests.fixtures import load_fixture, load_fixture_text, mapping_errors, segment_trace
 from tests.tasks.test_transform import CTX
 
 SPAN_MAPPING = mappings.span_mapping()
@@ -193,3 +194,39 @@ def test_dependency_node_naming() -> None:
 
 def _span(docs: TraceDocuments, span_id: str) -> dict[str, Any]:
     return next(span for span in docs.spans if span["spanId"] == span_id)
+
+
+def test_span_records_get_the_nodes_x_ray_draws_for_their_calls() -> None:
+    """The Transaction Search path (an ADOT trace from aws/spans): each call with no SERVER span below
+    it gets its node, named by the AWS service (`aws.remote.service`, not the span name
+    `DynamoDB.GetItem`), the database or the host; the call answered by `payments` gets none."""
+    records = load_fixture_text("aws_spans/adot_checkout_trace.jsonl").splitlines()
+    parsed = parse_span_records({"Id": "6b0e9e245e1c0a9d3b7f20c4e6a81d92", "Spans": records})
+    assert isinstance(parsed, SpanTrace)
+    docs = transform_span_trace(parsed, CTX)
+    nodes = {
+        s["parentSpanId"]: (s["name"], s["span.attributes.aws@xray@origin"], s["kind"])
+        for s in docs.spans
+        if s.get("span.attributes.aws@xray@inferred") == "true"
+    }
+    database = "orders@orders.cluster-abc.eu-west-1.rds.amazonaws.com"
+    assert nodes == {
+        "b1b2c3d4e5f60718": ("DynamoDB", "AWS::DynamoDB::Table", "SPAN_KIND_SERVER"),
+        "c1b2c3d4e5f60718": ("SQS", "AWS::SQS::Queue", "SPAN_KIND_SERVER"),
+        "d1b2c3d4e5f60718": (database, "Database::SQL", "SPAN_KIND_SERVER"),
+        "0718a1b2c3d4e5f6": ("StepFunctions", "AWS::StepFunctions::StateMachine", "SPAN_KIND_SERVER"),
+    }
+    assert all(s["spanId"] == inferred_span_id(s["parentSpanId"]) for s in docs.spans if s["parentSpanId"] in nodes)
+    assert len(docs.segments) == 7  # spans only: no segment document is invented
+    for span in docs.spans:
+        assert not mapping_errors(span, SPAN_MAPPING)
+    _, edges, broken = service_map_graph(docs)
+    assert broken == []
+    root = docs.trace["root_service_name"]
+    assert edges == {
+        (root, "DynamoDB"),
+        (root, "SQS"),
+        (root, database),
+        (root, "StepFunctions"),
+        (root, "payments"),
+    }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import time
+import tracemalloc
 import zlib
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,34 @@ def test_bad_input_is_refused_once_each_with_file_line_and_reason_and_the_rest_i
     assert (report.documents_read, report.segments_read, report.rejected) == (12, 6, 6)
 
 
+def test_bad_input_is_read_in_bounded_memory(tmp_path: Path) -> None:
+    """Peak Python memory while importing stays a few MiB whatever the size of the bad part: a 10 MB
+    annotation, 40 MB of brackets on one line (nested 20 million deep), a gzip bomb inflating to 80 MiB."""
+    annotation = tmp_path / "annotation.json"
+    big = segment(id="70de5b6f19ff9a11", annotations={"blob": "x" * 10_000_000})
+    annotation.write_text(json.dumps(segment()) + "\n" + json.dumps(big) + "\n")
+    nested = tmp_path / "nested.json"
+    levels = 20_000_000
+    nested.write_bytes(b'{"a": ' + b"[" * levels + b"]" * levels + b"}\n" + json.dumps(segment()).encode())
+    bomb = tmp_path / "bomb.gz"
+    bomb.write_bytes(gzip.compress(json.dumps(segment()).encode() + b"\n") + gzip.compress(bytes(1 << 20), 9) * 80)
+    for path, reason in (
+        (annotation, "larger than 4,194,304 bytes"),
+        (nested, "nested deeper than 512 levels"),
+        (bomb, "not JSON: starts with b'\\x00"),
+    ):
+        tracemalloc.start()
+        try:
+            result = parse_files([path])
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert [r["reason"][: len(reason)] for r in result.rejected] == [reason], path.name
+        assert result.segments_read == 1, path.name
+        # 4 MiB document limit + read chunks + copies of a bracket run, not the bad part's size
+        assert peak < 16 * 1024 * 1024, (path.name, peak)
+
+
 def test_gzip_bombs_and_broken_gzip_are_one_refusal_each_after_what_was_readable(tmp_path: Path) -> None:
     good = json.dumps(segment()) + "\n"
     bomb = tmp_path / "bomb.gz"  # 80 members of 1 MiB of zeros each: ~80 KB inflating to 80 MiB
@@ -285,3 +314,24 @@ def test_the_document_limit_can_be_lifted_like_the_consumer_s(tmp_path: Path) ->
     lifted = parse_files([path], max_document_bytes=8 * 1024 * 1024)
     assert lifted.rejected == []
     assert imported(lifted.traces) == {TRACE_ID: {big["id"]: big}}
+
+
+def test_a_batch_get_traces_page_larger_than_the_document_limit_is_read_trace_by_trace(tmp_path: Path) -> None:
+    """`aws xray batch-get-traces` output is one JSON object: each Trace is a document of its own, so
+    a page of any size imports while each document stays within the limit (here 64 KiB, the page 1.1 MB)."""
+    traces = []
+    for number in range(300):
+        trace_id = f"1-{int(NOW):08x}-{number:024x}"
+        docs = [
+            segment(id=f"{number:012x}{n:04x}", trace_id=trace_id, metadata={"pad": {"x": "y" * 1500}}) for n in (1, 2)
+        ]
+        traces.append(
+            {"Id": trace_id, "Duration": 1.0, "Segments": [{"Id": d["id"], "Document": json.dumps(d)} for d in docs]}
+        )
+    path = batch_file(tmp_path / "page.json", traces)
+    assert path.stat().st_size > 1_000_000
+    importer = Importer(budget_bytes=64 * 1024, max_document_bytes=64 * 1024)
+    report = importer.read(path)
+    assert (report.documents_read, report.segments_read, report.rejected) == (600, 600, 0)
+    assert importer.grouper.spilled
+    assert sorted(trace["Id"] for trace, _ in importer.traces()) == [t["Id"] for t in traces]

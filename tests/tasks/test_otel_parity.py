@@ -382,6 +382,62 @@ def test_deviation_unsupported_annotation_value_is_stored_as_json() -> None:
     assert any("annotation 'tags' is list" in (p["reason"] or "") for p in docs.problems)
 
 
+def test_deviation_what_xraylake_adds_from_the_envelope_and_the_roster() -> None:
+    # translator.go sets cloud.account.id only from aws.account_id and none of the others
+    span = _document(_segment(origin="AWS::EC2::Instance")).spans[0]
+    resource = _attributes(span, "resource.attributes.")
+    assert resource["cloud.account.id"] == CTX.account_id
+    assert resource["cloud.region"] == CTX.region
+    assert resource["deployment.environment"] == CTX.environment
+    assert resource["xraylake.account.name"] == CTX.account_name
+    assert resource["aws.xray.origin"] == span["span.attributes.aws@xray@origin"] == "AWS::EC2::Instance"
+    assert set(_attributes(span, "resource.attributes.")) - set(_resource(span)) == XRAYLAKE_RESOURCE_EXTRAS | {
+        "cloud.account.id"
+    }
+    docs = _translate("xray/otel_ddb_sample")
+    put = _span(docs, "71631df3f58bdfc5")
+    assert (put["span.attributes.aws@xray@namespace"], put["span.attributes.aws@xray@status"]) == ("aws", "fault")
+    assert "span.attributes.aws@xray@status" not in _span(docs, "7318c46a385557f5")  # ok: not set
+
+
+def test_deviation_metadata_floats_and_cap() -> None:
+    # metadata.go: Go's json.Marshal writes 1.0 as 1 and has no cap; xraylake writes orjson's 1.0 and
+    # cuts at 4,096 characters (keyword limit; the whole original stays in the Parquet document)
+    metadata = {"default": {"f": 1.0, "big": "y" * 5000}}
+    value = _document(_segment(metadata=metadata)).spans[0]["span.attributes.aws@xray@metadata@default"]
+    assert len(value) == 4096 and value.startswith('{"big":"yyy')
+    small = _document(_segment(metadata={"default": {"f": 1.0}})).spans[0]
+    assert small["span.attributes.aws@xray@metadata@default"] == '{"f":1.0}'
+
+
+def test_deviation_url_query_values_and_denied_keys_are_redacted() -> None:
+    # the receiver copies http.url and annotations as sent; xraylake masks URL query values and the
+    # values of denied keys (tasks.redact's policy) before anything is indexed
+    segment = _segment(http={"request": {"url": "https://api.example.com/pay?card=4111"}}, annotations={"api_key": "k"})
+    attributes = _span_attributes(_document(segment).spans[0])
+    assert attributes["http.url"] == "https://api.example.com/pay?card=***"
+    assert (attributes["api_key"], attributes["aws.xray.annotations"]) == ("***", ["api_key"])
+
+
+def test_deviation_long_values_are_cut_to_the_keyword_limits() -> None:
+    # the receiver copies strings whole; xraylake cuts names, annotation values and the user agent at
+    # 1,024 characters, URLs at 4,096 and the user at 256 (the original stays in the Parquet document)
+    segment = _segment(
+        annotations={"long": "a" * 10_000},
+        user="u" * 1000,
+        http={"request": {"url": "https://x.example.com/" + "p" * 5000, "user_agent": "A" * 5000}},
+    )
+    docs = _document(segment)
+    attributes = _span_attributes(docs.spans[0])
+    assert {key: len(value) for key, value in attributes.items() if isinstance(value, str)} == {
+        "long": 1024,
+        "enduser.id": 256,
+        "http.url": 4096,
+        "http.user_agent": 1024,
+    }
+    assert orjson.loads(docs.segment_documents[0] or "{}") == segment  # what Parquet's `document` keeps
+
+
 def test_parity_does_not_change_the_input() -> None:
     segment = _segment(metadata={"default": {"k": "v"}}, annotations={"a": 1})
     before = copy.deepcopy(segment)

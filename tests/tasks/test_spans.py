@@ -172,7 +172,8 @@ def test_adot_trace_maps_every_field() -> None:
 def test_span_documents_are_a_direct_copy_keeping_every_attribute() -> None:
     docs, parsed = _transform(_span_trace("adot_checkout_trace"))
     spans = {s["spanId"]: s for s in docs.spans}
-    assert len(spans) == 7
+    inferred = [s for s in docs.spans if s.get("span.attributes.aws@xray@inferred") == "true"]
+    assert len(spans) == 7 + len(inferred) == 11  # + the nodes of 4 calls (tests/tasks/test_dependencies.py)
     for record in parsed.records:
         span = spans[record.span_id]
         for key, value in record.attributes.items():
@@ -267,7 +268,7 @@ def test_malformed_records_are_rejected_one_by_one_with_a_reason() -> None:
     ]
     for reason, part in zip(reasons, expected, strict=True):
         assert part in str(reason)
-    assert len(docs.segments) == 7 and len(docs.spans) == 7  # the good records all mapped
+    assert len(docs.segments) == 7 and len(docs.spans) == 7 + 4  # the good records all mapped (+ 4 dependency nodes)
 
 
 def test_odd_values_in_good_records_never_raise() -> None:
@@ -313,7 +314,7 @@ def test_span_envelopes_validate_their_form_and_count_rejections() -> None:
     mixed = validate_envelope({**data, "traces": [{"Id": CHECKOUT_ID, "Spans": [*records, "{oops"]}]})
     account = MemberAccount(account_id="111111111111", name="shop-prod", environment="prod")
     result = transform_envelope(mixed, account, RedactionPolicy())
-    assert len(result.documents) == 1 and len(result.spans) == 7
+    assert len(result.documents) == 1 and len(result.spans) == 7 + 4  # + the calls' dependency nodes
     assert [p for p in result.problems if "Spans[7]" in str(p["reason"])]
     assert result.documents[0].trace["problem_count"] == 1 and result.records_rejected == 1
     # a trace whose Id is no trace id is refused whole (kept in the raw archive)
@@ -441,18 +442,12 @@ def test_classic_and_span_reads_of_one_trace_converge(fixture: str) -> None:
     assert (spans.dt, spans.hour, spans.day) == (classic.dt, classic.hour, classic.day)
 
     def ids(docs: TraceDocuments) -> set[tuple[str, str]]:
-        # dependency nodes are inferred from each path's own segments (issue 16); a known gap: the
-        # span path does not always re-infer the node of a call whose callee the classic trace lacks
-        inferred = {
-            f"{docs.account_id}:{s['traceId']}{s['spanId']}"
-            for s in docs.spans
-            if s.get("span.attributes.aws@xray@inferred") == "true"
-        }
-        return {
-            (r.kind, r.doc_id) for r in docs.index_requests() if r.kind != "service-map" and r.doc_id not in inferred
-        }
+        return {(r.kind, r.doc_id) for r in docs.index_requests() if r.kind != "service-map"}
 
-    assert ids(spans) == ids(classic)
+    assert ids(spans) == ids(classic)  # the dependency nodes too: each path infers them from its own calls
+    assert {r.doc_id for r in spans.index_requests() if r.kind == "service-map"} == {
+        r.doc_id for r in classic.index_requests() if r.kind == "service-map"
+    }
     for key in TRACE_KEYS:
         assert spans.trace[key] == classic.trace[key], key
     assert spans.trace["source_store"] == "spans" and classic.trace["source_store"] == "xray"
