@@ -570,9 +570,10 @@ def sweep_account(
                     )  # fmt: skip
                     result.add_window(sent, window=False)
                     ledger = unsent.ledger(mark.sent, sent.trace_ids, overlap) if skip_unchanged else None
-                    mark = watermark.advance(
-                        collector.s3, store, mark, end, run_id=run_id, sent=ledger, reader=choice.steady
-                    )
+                    if watermark.worth_writing(mark, end, sent_anything=result.traces > 0, reader=choice.steady):
+                        mark = watermark.advance(
+                            collector.s3, store, mark, end, run_id=run_id, sent=ledger, reader=choice.steady
+                        )
                     unsent = Unsent()
         result.watermark_after = mark.high_water.isoformat() if mark.high_water else None
         if mark.high_water:

@@ -101,3 +101,32 @@ def test_sweeps_across_an_hour_send_one_envelope_per_hour_and_every_revision(
     last = sweep(collector, fresh_config, hour + 600)
     assert (last.status, last.traces, last.envelopes) == ("ok", 0, 0)
     assert drain(fresh_config) == []
+
+
+def test_an_idle_account_keeps_its_watermark_object_and_the_next_busy_sweep_misses_nothing(
+    stack: SandboxStack, fresh_config: Config
+) -> None:
+    collector = col.Collector.from_config(fresh_config)
+    account = fresh_config.roster.accounts[0]
+    s3 = boto3.client("s3")
+    key = watermark.watermark_key(fresh_config.archive, account.account_id, REGION)
+    base = time.time() - 3600
+
+    def etag() -> str:
+        return str(s3.head_object(Bucket=fresh_config.archive.bucket, Key=key)["ETag"])
+
+    assert sweep(collector, fresh_config, base).status == "ok"  # first sweep: written
+    first = etag()
+    idle = sweep(collector, fresh_config, base + 300)  # nothing new, 5 minutes later
+    assert idle.traces == 0 and etag() == first  # no S3 write
+    assert (
+        idle.watermark_after
+        == watermark.read(s3, fresh_config.archive, account.account_id, REGION).high_water.isoformat()
+    )  # type: ignore[union-attr]
+    # a trace of those idle minutes arrives late: the next sweep lists them again and sends it
+    trace_id = f"1-{int(base + 200):08x}-{account.account_id}abcdef123456"
+    put_segment(fresh_config, account.account_id, trace_id, "late", base + 200, base + 201)
+    busy = sweep(collector, fresh_config, base + 600)
+    assert busy.traces == 1 and etag() != first
+    assert [t["Id"] for e in drain(fresh_config) for t in e.traces] == [trace_id]
+    assert sweep(collector, fresh_config, base + 600 + 60 * 16).traces == 0 and etag() != first  # 16 idle min: written

@@ -46,3 +46,15 @@ def test_advance_is_conditional_and_never_moves_backwards(fresh_config: Config) 
     assert ahead.high_water == NOW + timedelta(minutes=5)
     assert moved.etag != ahead.etag
     assert watermark.read(s3, store, "012345678901", "us-east-1").high_water == NOW + timedelta(minutes=5)
+
+
+def test_an_idle_sweep_writes_a_recent_watermark_only_every_idle_interval() -> None:
+    at = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
+    mark = watermark.Watermark("012345678901", "us-east-1", at, "etag", reader="xray")
+    later = at + watermark.IDLE_WRITE_INTERVAL
+    assert not watermark.worth_writing(mark, at + timedelta(minutes=5), sent_anything=False, reader="xray")
+    assert watermark.worth_writing(mark, later, sent_anything=False, reader="xray")  # old enough
+    assert watermark.worth_writing(mark, at + timedelta(minutes=5), sent_anything=True, reader="xray")
+    assert watermark.worth_writing(mark, at + timedelta(minutes=5), sent_anything=False, reader="spans")
+    first = watermark.Watermark("012345678901", "us-east-1", None)
+    assert watermark.worth_writing(first, at, sent_anything=False, reader="xray")
