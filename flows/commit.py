@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
 from blocks.config import Config
-from flows.observe import emit, summary_artifact
+from flows.observe import emit, flow_failed, summary_artifact
 from flows.parameters import CommitParameters, takes
 from tasks import catalog, committer
 from tasks.aws import log_client
@@ -77,6 +77,7 @@ def commit(params: CommitParameters, run: RunConfig) -> State:
         [run_row(status="failed" if errors else "ok", errors=len(errors), committed_files=summary["committed_files"])],
     )
     if errors:
+        flow_failed("commit", "CommitFailed", "; ".join(errors))
         return Failed(message="; ".join(errors), data=data)
     return Completed(
         message=f"{summary['committed_files']} files committed in {summary['snapshots']} snapshots, "

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
 from blocks.config import Config
-from flows.observe import emit, run_logger, summary_artifact
+from flows.observe import emit, flow_failed, run_logger, summary_artifact
 from flows.parameters import CompactParameters, takes
 from tasks import catalog, compaction
 from tasks.aws import log_client
@@ -157,6 +157,8 @@ def compact(params: CompactParameters, run: RunConfig) -> State:
             )
         ],
     )
+    if errors:  # a failed partition has its own event (above)
+        flow_failed("compact", "MaintenanceFailed", "; ".join(errors))
     if failed or errors:
         return Failed(message=f"{len(failed)} of {len(results)} partitions failed; {'; '.join(errors)}", data=data)
     return Completed(

@@ -154,6 +154,16 @@ def emit(event: str, resource_id: str, payload: Mapping[str, Any] | None = None,
         log.warning("could not emit %s for %s: %s", event, resource_id, error)
 
 
+def flow_failed(flow: str, error_kind: str, error: str) -> None:
+    """`xraylake.flow.failed` for a run that ends Failed without raising (the alert
+    `xraylake-run-failed` reacts to it), with the same payload as a raised failure."""
+    emit(
+        "xraylake.flow.failed",
+        f"xraylake.flow.{flow}",
+        {"flow": flow, "error": " ".join(error.split())[:500], "error_kind": error_kind},
+    )
+
+
 def run_logger() -> Any:
     """The Prefect run logger (its lines reach the UI), or this module's logger when a flow or
     task body runs as a plain function (tests, library use)."""

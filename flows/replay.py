@@ -16,7 +16,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed, Failed, State
 
 from blocks.config import Config
-from flows.observe import emit, run_logger, summary_artifact
+from flows.observe import flow_failed, run_logger, summary_artifact
 from flows.parameters import ReplayParameters, takes
 from tasks import archive, queue
 from tasks import replay as replay_tasks
@@ -187,15 +187,8 @@ def replay(params: ReplayParameters, run: RunConfig) -> State:
         ],
     )
     if totals["failed_envelopes"]:
-        emit(
-            "xraylake.flow.failed",
-            "xraylake.flow.replay",
-            {
-                "flow": "replay",
-                "error": f"{totals['failed_envelopes']} envelopes failed: {'; '.join(stats.errors[-3:])}"[:500],
-                "error_kind": "ReplayIncomplete",
-            },
-        )
+        failure = f"{totals['failed_envelopes']} envelopes failed: {'; '.join(stats.errors[-3:])}"
+        flow_failed("replay", "ReplayIncomplete", failure)
         return Failed(message=f"{totals['failed_envelopes']} envelopes failed; run again to resume", data=data)
     message = headline if params.dry_run else f"{totals['sent']} envelopes replayed"
     if totals["partitions_skipped"]:

@@ -185,7 +185,8 @@ def finish(
     }
     if lags:
         metrics["watermark lag (max)"] = f"{max(lags):,.0f} s"
-    metrics |= {k.replace("_", " "): v for k, v in (extra or {}).items()}
+    # roster_* are in the state's totals; the summary's own "roster" row already says them
+    metrics |= {k.replace("_", " "): v for k, v in (extra or {}).items() if not k.startswith("roster_")}
     summary_artifact(
         f"xraylake-{kind}",
         f"{kind}: {totals['traces']} traces in {totals['envelopes']} envelopes from {totals['accounts']} accounts",

@@ -299,6 +299,24 @@ def test_automation_definitions_are_valid_prefect_automations() -> None:
         validate_user_template(automation.actions[0].body)  # type: ignore[union-attr]
 
 
+# events that inform (the event feed shows them) rather than report a failure
+INFORMATIONAL_EVENTS = {"xraylake.account.retired", "xraylake.account.transaction-search"}
+
+
+def test_every_failure_event_the_code_emits_has_an_alert() -> None:
+    """Each `xraylake.*` event name in flows/ and tasks/ is expected by an automation, unless it
+    is informational: a new failure event without an alert fails here."""
+    names = {
+        match
+        for folder in ("flows", "tasks")
+        for path in (PROJECT / folder).glob("*.py")
+        for match in re.findall(r'"(xraylake\.[a-z-]+\.[a-z-]+)"', path.read_text())
+    } - {"xraylake.account.name"}  # a resource label, not an event
+    assert {"xraylake.flow.failed", "xraylake.collect.failed", "xraylake.lake.file-refused"} <= names
+    alerted = {e for a in auto.load_definitions() for e in a["trigger"]["expect"]}
+    assert names - INFORMATIONAL_EVENTS <= alerted, sorted(names - INFORMATIONAL_EVENTS - alerted)
+
+
 def test_planned_limits_cover_every_account_and_region(fresh_config: Config) -> None:
     specs = limits.planned_limits(fresh_config.roster, collectors=2, calls_per_second=5)
     pairs = [(a.account_id, r) for a in fresh_config.roster.accounts for r in a.regions]

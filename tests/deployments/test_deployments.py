@@ -469,6 +469,10 @@ def test_ui_renders_the_replay_run_form(served: Path, prefect_server: LocalServe
     for label in ("Start", "End", "Target", "Sinks", "Index Prefix", "Dry Run", "Rate Per Second", "Force"):
         assert label in dom, label
     assert "Trace start time, from (UTC)." in dom  # the field descriptions of ReplayParameters
+    # optional lists render as list inputs, not as a type toggle, and no help text is cut short
+    assert dom.count("No items in this list") == 2, "accounts and regions as empty lists"
+    assert "Property is type" not in dom
+    assert "the Prefect UI renders" not in dom
 
 
 @pytest.mark.slow

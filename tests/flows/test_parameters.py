@@ -80,3 +80,17 @@ def test_a_run_logs_its_progress_at_info(fresh_config: Config, config_file: str)
     assert any(m.startswith("sweep starting with") and account in m for m in info), info
     assert any(f"account {account} (dev) region us-east-1:" in m for m in info), info  # the task's line
     assert any(m.startswith("sweep finished: 0 traces sent") for m in info), info
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (summary,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+                key=ArtifactFilterKey(any_=["xraylake-sweep-summary"]),
+            )
+        )
+    rows = [line.split("|")[1].strip() for line in str(summary.data).splitlines() if line.startswith("| ")]
+    rows = [r for r in rows if r]  # the header row is empty
+    assert rows[:3] == ["accounts", "account/regions", "failed account/regions"], rows
+    assert [r for r in rows if r.startswith("roster")] == ["roster"], rows  # said once

@@ -57,10 +57,13 @@ def test_wiped_indices_come_back_identical_from_a_direct_replay(ingested: Config
 
 def test_dry_run_counts_and_queue_replay_reingests_without_duplicates(ingested: Config, config_file: str) -> None:
     before = documents(ingested, "xray-traces")
-    dry = replay(**window(), dry_run=True, config_path=config_file, return_state=True).result()
+    dry_state = replay(**window(), dry_run=True, config_path=config_file, return_state=True)
+    dry = dry_state.result()
     assert dry["traces"] == 18
     assert dry["sent"] == 0
     assert dry["objects"] >= 3
+    # the state says what a real run would do, as the summary artifact does
+    assert dry_state.message == f"would replay {dry['objects']} envelopes (18 traces) to queue"
     params = {**window(), "rate_per_second": 50}
     sent = replay(**params, config_path=config_file, return_state=True)
     assert sent.result()["sent"] == dry["objects"]
