@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prefect.events.schemas.events import ResourceSpecification
 
 from blocks.config import Config
@@ -291,6 +292,16 @@ def test_automation_definitions_are_valid_prefect_automations() -> None:
         assert event in expected
     assert all(a.actions[0].type == "send-notification" for a in built)
     assert all(a.actions[0].type == "do-nothing" for a in auto.build_automations(definitions, None))
+    # a run whose process died emits no event of ours: Prefect's own Crashed event of any run of a
+    # deployment tagged xraylake alerts instead, and every deployment carries that tag
+    (crashed,) = [a for a in built if "prefect.flow-run.Crashed" in a.trigger.expect]  # type: ignore[union-attr]
+    related = crashed.trigger.match_related  # type: ignore[union-attr]
+    related = related if isinstance(related, list) else [related]
+    assert {"prefect.resource.role": "tag", "prefect.resource.id": "prefect.tag.xraylake"} in [
+        r.model_dump() for r in related
+    ]
+    deployments = yaml.safe_load((PROJECT / "prefect.yaml").read_text())["deployments"]
+    assert all("xraylake" in d["tags"] for d in deployments)
     # every subject/body is a template Prefect's sandboxed Jinja environment can parse
     from prefect.server.utilities.user_templates import validate_user_template
 
