@@ -6,6 +6,10 @@ each peak RSS belongs to that job alone:
 
 - consume: `flows.consume.receive_batch` + `consume_batch` until the queue is empty (batches of
   100 messages; `describe_executions=False` as in B2);
+- commit (after consume, the committer's own process, issue 21): what one run of the `commit`
+  flow does (`flows.commit.commit_table_task` for both tables, without the Prefect run) over the
+  Parquet files the consume child left pending: pyiceberg and its SQL catalog are imported here,
+  never in the consume child (`heavy_modules_loaded` shows it);
 - replay: the data path of `flows.replay.replay(target="direct", sinks=[index, parquet])` — its
   task functions (`tasks.replay.partitions`, `list_partition`, `iter_chunks`, `Consumer.ingest`)
   over the raw archive the consume child wrote, without the Prefect run around it.
@@ -19,7 +23,9 @@ imports (prefect, pyarrow.dataset, which loads pandas, boto3, opensearch-py), re
 `rss_after_imports_mb`. Baseline: the 10k run. Target: flat, ≤ 300 MB.
 1M segments are consumed only with --million or --million-only (about an hour in the sandbox:
 the in-memory OpenSearch indexes ~2,000 documents/s, 1M segments are ~2.3M documents);
---million-only writes `bench_memory_1m.json` with the 10k baseline measured in the same run.
+--million-only writes `bench_memory_1m.json` with the 10k baseline measured in the same run;
+--consume-commit-only consumes and commits 10k and 100k segments, nothing else
+(`bench_memory_committer.json`: B4's consumer beside the committer's process).
 One large document (issue 15.5): a single 50 MB segment document (a generated segment with a
 50 MB `metadata` object, as an export of an instrumented batch job might hold; X-Ray itself caps
 segments at 64 kB) enters through the importer (`tasks.importer.parse_files` on a file, then the
@@ -93,13 +99,21 @@ def child(
 
     config = load_config(config_path)
     baseline = common.peak_rss_mb()
-    import flows.consume  # noqa: F401 (imports counted in the baseline)
-    import tasks.replay  # noqa: F401
+    if job == "commit":  # the committer's process: the commit flow's module and pyiceberg's catalogs
+        import pyiceberg.catalog.sql
+        import pyiceberg.table  # noqa: F401
+
+        import flows.commit
+    else:
+        import flows.consume  # noqa: F401 (imports counted in the baseline)
+        import tasks.replay  # noqa: F401
 
     after_imports = common.peak_rss_mb()
     started = time.perf_counter()
     if job == "consume":
         out = consume(config, batch, chunk_bytes, janitor_documents, max_document_bytes)
+    elif job == "commit":
+        out = commit_pending(config)
     else:
         out = replay_direct(config)
     out.update(
@@ -108,7 +122,7 @@ def child(
         rss_start_mb=round(baseline, 1),
         rss_after_imports_mb=round(after_imports, 1),
         peak_rss_mb=round(common.peak_rss_mb(), 1),
-        heavy_modules_loaded=[m for m in ("pandas", "duckdb", "pyarrow.dataset") if m in sys.modules],
+        heavy_modules_loaded=[m for m in ("pandas", "duckdb", "pyarrow.dataset", "pyiceberg") if m in sys.modules],
     )
     print(json.dumps(out))
 
@@ -163,6 +177,15 @@ def consume(
         "raw_objects": total.raw_objects,
         "errors": total.errors[:3],
     }
+
+
+def commit_pending(config: Any) -> dict[str, Any]:
+    """What one run of the `commit` flow does, without the Prefect run around it: every pending
+    Parquet file the consume child wrote is appended to its Iceberg table (default batch sizes)."""
+    from flows.commit import commit_table_task, totals
+
+    results = [commit_table_task.fn(config, table, None) for table in ("traces", "segments")]
+    return {"tables": [r.as_row() for r in results], **totals(results)}
 
 
 def replay_direct(config: Any) -> dict[str, Any]:
@@ -233,6 +256,7 @@ def measure(
     replay: bool = True,
     chunk_bytes: int | None = None,
     janitor_documents: int | None = None,
+    commit: bool = True,
 ) -> dict[str, Any]:
     from tasks import collector as col
 
@@ -254,6 +278,10 @@ def measure(
         try:
             consumed = run_child("consume", handle.name, batch, chunk_bytes, janitor_documents)
             common.log(f"consume: {consumed['segments']} segments, peak {consumed['peak_rss_mb']} MB")
+            committed = None
+            if commit:
+                committed = run_child("commit", handle.name)
+                common.log(f"commit: {committed['committed_rows']} rows, peak {committed['peak_rss_mb']} MB")
             replayed = None
             if replay:
                 replayed = run_child("replay", handle.name)
@@ -265,6 +293,7 @@ def measure(
         "batch_messages": batch,
         "messages": sent,
         "consume": consumed,
+        "commit": committed,
         "replay": replayed,
     }
 
@@ -352,6 +381,11 @@ def main() -> None:
                 help="only consume 10k and 1M segments, side by side (results: bench_memory_1m.json)",
             ),
             p.add_argument(
+                "--consume-commit-only",
+                action="store_true",
+                help="only consume and commit 10k and 100k segments (results: bench_memory_committer.json)",
+            ),
+            p.add_argument(
                 "--large-document-only",
                 action="store_true",
                 help="only the one 50 MB document case (results: bench_memory_large.json)",
@@ -361,6 +395,7 @@ def main() -> None:
     from tasks.consumer import CHUNK_BYTES  # not at module level: a child's baseline is measured before imports
 
     started = time.monotonic()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     if args.large_document_only:
         with common.detached_sandbox() as base:
             large = measure_large_document(base)
@@ -378,6 +413,8 @@ def main() -> None:
         plan = [(4_000, True)]
     elif args.million_only:
         plan = [(10_000, False), (1_000_000, False)]
+    elif args.consume_commit_only:  # B4's consumer and the committer's process, without replay or the levers
+        plan = [(10_000, False), (100_000, False)]
     else:
         # replay's working set is one partition (account, region, hour), not the archive: at 1M
         # only consume is measured (replaying 1M segments into the sandbox takes another hour)
@@ -387,20 +424,27 @@ def main() -> None:
     with common.detached_sandbox() as base:
         for size, replay in plan:
             janitor = JANITOR_DOCUMENTS if size >= 1_000_000 else None
-            runs.append(measure(base, size, replay=replay, janitor_documents=janitor))
-        if not (args.quick or args.million_only):  # the levers: messages per batch, bytes per chunk
-            batch_runs.append(measure(base, 100_000, batch=20, replay=False))
-            batch_runs.append(measure(base, 100_000, replay=False, chunk_bytes=2 * CHUNK_BYTES))
-        large = None if args.million_only else measure_large_document(base, 5.0 if args.quick else 50.0)
+            commit = replay or args.consume_commit_only
+            runs.append(measure(base, size, replay=replay, janitor_documents=janitor, commit=commit))
+        levers = not (args.quick or args.million_only or args.consume_commit_only)
+        if levers:  # the levers: messages per batch, bytes per chunk
+            batch_runs.append(measure(base, 100_000, batch=20, replay=False, commit=False))
+            batch_runs.append(measure(base, 100_000, replay=False, chunk_bytes=2 * CHUNK_BYTES, commit=False))
+        skip_large = args.million_only or args.consume_commit_only
+        large = None if skip_large else measure_large_document(base, 5.0 if args.quick else 50.0)
     peaks = [max(r["consume"]["peak_rss_mb"], (r["replay"] or {}).get("peak_rss_mb", 0)) for r in runs]
     if large:
         peaks.append(large["default_limit"]["peak_rss_mb"])
     base_run = runs[0]
     replayed = [r for r in runs if r["replay"]]
+    committed = [r for r in runs if r["commit"]]
     growth = {
         "consume": round(runs[-1]["consume"]["peak_rss_mb"] / base_run["consume"]["peak_rss_mb"], 3),
         "replay": round(replayed[-1]["replay"]["peak_rss_mb"] / replayed[0]["replay"]["peak_rss_mb"], 3)
         if replayed
+        else None,
+        "commit": round(committed[-1]["commit"]["peak_rss_mb"] / committed[0]["commit"]["peak_rss_mb"], 3)
+        if committed
         else None,
     }
     by_batch = next((r for r in runs if r["target_segments"] == 100_000), None)
@@ -410,9 +454,11 @@ def main() -> None:
             str(r["target_segments"]): {
                 "consume": r["consume"]["peak_rss_mb"],
                 "replay": r["replay"]["peak_rss_mb"] if r["replay"] else None,
+                "commit": r["commit"]["peak_rss_mb"] if r["commit"] else None,
             }
             for r in runs
         },
+        "consume_imports_pyiceberg": any("pyiceberg" in r["consume"]["heavy_modules_loaded"] for r in runs),
         "growth_vs_smallest": growth,
         "consume_peak_rss_mb_by_batch_messages": {
             **({"100": by_batch["consume"]["peak_rss_mb"]} if by_batch else {}),
@@ -433,13 +479,24 @@ def main() -> None:
         if large
         else None,
         "million": "consume only" if args.million or args.million_only else "skipped: about an hour (see docstring)",
+        "load_average_at_start": load_at_start,
         "targets": {
             "peak_rss_mb": common.target(max(peaks), 300.0, higher_is_better=False),
             "flat_consume": common.target(growth["consume"], 1.25, higher_is_better=False),
             "flat_replay": common.target(growth["replay"], 1.25, higher_is_better=False) if len(replayed) > 1 else None,
+            # not a target of B4 (the consumer's): the committer's own process, against the same budget
+            "commit_peak_rss_mb": common.target(max(r["commit"]["peak_rss_mb"] for r in committed), 300.0, False)
+            if committed
+            else None,
         },
     }
-    name = "bench_memory_1m" if args.million_only else "bench_memory"
+    name = (
+        "bench_memory_1m"
+        if args.million_only
+        else "bench_memory_committer"
+        if args.consume_commit_only
+        else "bench_memory"
+    )
     common.finish(name, args, metrics, started)
 
 

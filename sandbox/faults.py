@@ -142,13 +142,18 @@ class FaultProxy:
                 self._answer(*proxy._forward(self.command, self.path, headers, body))
 
             def _answer(self, status: int, headers: list[tuple[str, str]], payload: bytes) -> None:
+                # a HEAD answer keeps the upstream's Content-Length (the object's size: S3 readers
+                # such as pyarrow's size a file by it) and has no body
+                head = self.command == "HEAD"
                 self.send_response(status)
                 for name, value in headers:
-                    if name.lower() not in _HOP_HEADERS and name.lower() != "content-length":
+                    if name.lower() not in _HOP_HEADERS and (head or name.lower() != "content-length"):
                         self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
+                if not head:
+                    self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                if not head:
+                    self.wfile.write(payload)
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 

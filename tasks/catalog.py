@@ -164,8 +164,11 @@ def open_table(config: Config, table: str, catalog: Catalog | None = None) -> Ta
         try:
             tbl = catalog.load_table(identifier)
         except NoSuchTableError:
-            with contextlib.suppress(NamespaceAlreadyExistsError):
-                catalog.create_namespace(namespace)
+            # only a missing namespace is created: in production the log-account stack creates the
+            # Glue database and grants no glue:CreateDatabase, which AWS checks before existence
+            if not catalog.namespace_exists(namespace):
+                with contextlib.suppress(NamespaceAlreadyExistsError):
+                    catalog.create_namespace(namespace)
             schema = iceberg_schema(table)
             try:
                 tbl = catalog.create_table(

@@ -7,10 +7,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import boto3
+import orjson
 import pyarrow as pa
 import pytest
 
 from blocks.config import Config, LakeCatalog
+from sandbox.faults import FaultProxy, FaultRule
 from tasks import catalog, committer
 from tasks.tables import SEGMENT_SCHEMA
 from tests.tasks.test_committer import consumer_file, segment_rows
@@ -36,6 +38,42 @@ def test_glue_catalog_holds_the_tables_with_spec_and_identifier_fields(fresh_con
     glue = boto3.client("glue", region_name=config.region)
     names = {t["Name"] for t in glue.get_tables(DatabaseName=config.lake.namespace)["TableList"]}
     assert names == {"segments"}
+
+
+def test_the_glue_catalog_creates_its_tables_in_the_stacks_database_without_creating_databases(
+    fresh_config: Config,
+) -> None:
+    """The log-account stack creates the Glue database and grants the collector role no
+    glue:CreateDatabase (infra/log-account.yaml, LakeCatalog): the first run must create the
+    tables in that database without asking for another one."""
+    namespace = f"x{fresh_config.archive.bucket[-10:]}"
+    boto3.client("glue", region_name=fresh_config.region).create_database(DatabaseInput={"Name": namespace})
+    assert fresh_config.aws_endpoint_url
+    with FaultProxy(fresh_config.aws_endpoint_url) as proxy:
+        denied = proxy.add(
+            FaultRule(
+                method="POST",
+                request_headers={"X-Amz-Target": r"AWSGlue\.CreateDatabase$"},
+                status=400,
+                response=orjson.dumps(
+                    {
+                        "__type": "AccessDeniedException",
+                        "Message": "User is not authorized to perform: glue:CreateDatabase",
+                    }
+                ),
+                content_type="application/x-amz-json-1.1",
+            )
+        )
+        config = fresh_config.model_copy(
+            update={
+                "lake": LakeCatalog(kind="glue", namespace=namespace),
+                "service_endpoints": {**fresh_config.service_endpoints, "glue": proxy.url},
+            }
+        )
+        tbl = catalog.open_table(config, "traces")
+        assert tbl.schema().identifier_field_names() == set(catalog.IDENTIFIER_FIELDS["traces"])
+        assert catalog.open_table(config, "traces").metadata.table_uuid == tbl.metadata.table_uuid
+    assert denied.hits == 0
 
 
 def test_a_new_column_is_added_in_the_catalog_without_rewriting_data(

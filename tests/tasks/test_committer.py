@@ -5,8 +5,14 @@ between writing and committing and between committing and cleaning up."""
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -17,6 +23,7 @@ import pytest
 
 from blocks import ArchiveStore
 from blocks.config import Config
+from sandbox.faults import FaultProxy, FaultRule
 from tasks import archive, catalog, committer
 from tasks.tables import SEGMENT_SCHEMA
 
@@ -186,3 +193,96 @@ def test_a_run_interrupted_before_or_after_its_commit_is_finished_by_the_next_ru
     assert _rows(fresh_config).num_rows == 4  # not appended twice
     assert _pending(s3, fresh_config) == []
     assert list(archive.list_keys(s3, store.bucket, committer.ledger_prefix(store, "segments"))) == []
+
+
+# ----------------------------------------------------------------------------- a committer process killed
+
+REPO = Path(__file__).resolve().parents[2]
+COMMITTER = (
+    "import sys\n"
+    "from blocks.config import load_config\n"
+    "from tasks import catalog, committer\n"
+    "from tasks.aws import log_client\n"
+    "config = load_config(sys.argv[1])\n"
+    "config.apply_environment()\n"
+    "s3 = log_client('s3', config.archive.region)\n"
+    "print('committer started', flush=True)\n"
+    "committer.commit_table(s3, config.archive, catalog.open_table(config, 'segments'), 'segments')\n"
+    "print('committer done', flush=True)\n"
+)
+
+
+def kill_committer_at(
+    config: Config, proxy: FaultProxy, rule: FaultRule, tmp_path: Path, name: str, *, boto3_only: bool = False
+) -> str:
+    """Run the committer in its own process with S3 through `proxy` (`boto3_only`: only its boto3
+    calls; pyiceberg's writes go straight to the server, as the proxy reads no chunked uploads),
+    wait until `rule` holds a request, then SIGKILL it (no cleanup runs: a crash). Returns the
+    process's output."""
+    path = tmp_path / f"{name}.json"
+    if boto3_only:
+        routed = config.model_copy(update={"service_endpoints": {**config.service_endpoints, "s3": proxy.url}})
+    else:
+        routed = config.model_copy(update={"aws_endpoint_url": proxy.url})
+    path.write_bytes(routed.to_json())
+    log = tmp_path / f"{name}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
+    env["PYTHONPATH"] = str(REPO)
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", COMMITTER, str(path)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 180  # imports and a catalog open on a loaded 2-core machine
+        while rule.hits == 0:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"the committer never reached the held request: {log.read_text()}"
+            time.sleep(0.05)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    return log.read_text()
+
+
+@pytest.mark.slow  # two committer processes (pyiceberg imports) on a loaded machine: ~40 s
+def test_a_committer_killed_before_or_after_its_commit_leaves_nothing_the_next_run_does_not_finish(
+    fresh_config: Config, tmp_path: Path
+) -> None:
+    s3 = boto3.client("s3")
+    store = fresh_config.archive
+    account = fresh_config.roster.accounts[0].account_id
+    tbl = catalog.open_table(fresh_config, "segments")  # created before, as any run after the first finds it
+    ledgers = committer.ledger_prefix(store, "segments")
+    assert fresh_config.aws_endpoint_url
+
+    # killed while its new table metadata is being written: its ledger is left, nothing committed
+    first = consumer_file(s3, fresh_config, segment_rows(account, range(0, 4), AT), "one")
+    with FaultProxy(fresh_config.aws_endpoint_url) as proxy:
+        held = proxy.add(
+            FaultRule(method="PUT|POST", path=r"/iceberg/segments/metadata/[^/?]*\.metadata\.json", delay_seconds=600)
+        )
+        output = kill_committer_at(fresh_config, proxy, held, tmp_path, "before-commit")
+    assert "committer done" not in output
+    assert len(list(archive.list_keys(s3, store.bucket, ledgers))) == 1
+    tbl.refresh()
+    assert tbl.metadata.current_snapshot_id is None
+    assert _pending(s3, fresh_config) == first  # still pending, not lost
+
+    result = committer.commit_table(s3, store, tbl, "segments")  # the next run
+    assert (result.abandoned_batches, result.committed_files, result.committed_rows) == (1, 1, 4)
+
+    # killed after its commit, while deleting the files it committed
+    second = consumer_file(s3, fresh_config, segment_rows(account, range(4, 10), AT), "two")
+    with FaultProxy(fresh_config.aws_endpoint_url) as proxy:
+        held = proxy.add(FaultRule(method="POST", path=r"[?&]delete(=|&|$)", delay_seconds=600))  # DeleteObjects
+        output = kill_committer_at(fresh_config, proxy, held, tmp_path, "after-commit", boto3_only=True)
+    assert "committer done" not in output
+    assert _pending(s3, fresh_config) == second  # the files are still there, but already in the table
+    assert _rows(fresh_config).num_rows == 10
+
+    result = committer.commit_table(s3, store, tbl, "segments")  # the next run
+    assert (result.recovered_batches, result.committed_files) == (1, 0)
+    rows = _rows(fresh_config)
+    assert sorted(rows.column("segment_id").to_pylist()) == [f"s{i:02d}" for i in range(10)]  # each row once
+    assert _pending(s3, fresh_config) == []
+    assert list(archive.list_keys(s3, store.bucket, ledgers)) == []

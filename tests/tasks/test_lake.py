@@ -284,3 +284,24 @@ def test_duckdb_and_pyiceberg_read_identical_rows_of_one_snapshot_while_a_compac
     newer = {r[0] for r in duckdb_rows if r[2] == collected + timedelta(minutes=1)}
     assert newer == {t["Id"] for t in traces[2:]}
     assert both(before)[1] != duckdb_rows  # the old snapshot still reads as it was
+
+
+def test_reconcile_sees_committed_rows_and_files_still_pending_the_query_only_committed_ones(
+    fresh_config: Config,
+) -> None:
+    from tasks import reconcile
+
+    account = fresh_config.roster.accounts[0].account_id
+    committed = [make_trace(account, f"r{i}", HOUR_START + timedelta(minutes=i)) for i in range(3)]
+    pending = [make_trace(account, f"p{i}", HOUR_START + timedelta(minutes=10 + i)) for i in range(2)]
+    ingest_batches(fresh_config, [[envelope(fresh_config, committed)]])
+    ingest_batches(fresh_config, [[envelope(fresh_config, pending)]], commit=False)
+    s3 = log_client("s3", fresh_config.archive.region)
+    assert len(committer.list_pending(s3, fresh_config.archive, "traces")) == 1
+
+    found = reconcile.observe_parquet(
+        fresh_config, s3, [account], ["us-east-1"], HOUR_START, HOUR_START + timedelta(hours=1)
+    )
+    assert set(found[(account, "us-east-1")]) == {t["Id"] for t in committed + pending}
+    queried = lake.query(fresh_config, "SELECT trace_id FROM traces")
+    assert sorted(queried["trace_id"]) == sorted(t["Id"] for t in committed)  # the tables: committed rows only
