@@ -5,60 +5,19 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.settings import PREFECT_API_URL
 
 from blocks.config import Config
 from flows.backfill import backfill, backfill_chunk, checkpoint_prefix, finished_chunks
 from tests.flows.test_sweep import drain, put_simple_traces
+from tests.flows.workers import pool_with_deployment, start_worker, stop_workers
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-
-
-def start_worker(pool: str, name: str, log: Path, queue: str = "backfill") -> subprocess.Popen[bytes]:
-    env = os.environ | {
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_LOGGING_LEVEL": "INFO",
-        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO",  # the CLI quiets its console; a worker must not
-        "PYTHONUNBUFFERED": "1",
-    }
-    prefect = Path(sys.executable).parent / "prefect"
-    command = [
-        str(prefect),
-        "worker",
-        "start",
-        "--pool",
-        pool,
-        "--work-queue",
-        queue,
-        "--name",
-        name,
-        "--limit",
-        "1",
-    ]
-    return subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
-def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
-    for worker in workers:
-        worker.terminate()
-    for worker in workers:
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # a worker slow to stop on SIGTERM on a loaded machine
-            worker.kill()
-            worker.wait(timeout=30)
 
 
 @pytest.mark.timeout(900)  # child flow-run processes on a 2-core machine
@@ -82,17 +41,7 @@ def test_two_process_workers_share_the_chunks_and_a_second_run_resumes(
         "config_path": config_file,
     }
 
-    pool = f"backfill-{uuid.uuid4().hex[:6]}"
-    with get_client(sync_client=True) as client:  # what `prefect deploy` registers from prefect.yaml
-        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-        client.create_deployment(
-            flow_id=client.create_flow_from_name(backfill_chunk.name),
-            name="backfill-chunk",
-            entrypoint="flows/backfill.py:backfill_chunk",
-            work_pool_name=pool,
-            work_queue_name="backfill",
-            pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT_DIR)}}],
-        )
+    pool = pool_with_deployment(backfill_chunk.name, "backfill-chunk", "flows/backfill.py:backfill_chunk", "backfill")
     logs = [Path(os.environ.get("XRAYLAKE_WORKER_LOGS", tmp_path)) / f"worker-{n}.log" for n in "ab"]
     workers = [start_worker(pool, log.stem, log) for log in logs]
     try:

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from pathlib import Path
 
 import boto3
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
 from pydantic import ValidationError
 
 from blocks.config import Config
@@ -19,8 +16,8 @@ from blocks.roster import shard_of
 from flows.parameters import SweepParameters
 from flows.sweep import sweep
 from tasks import watermark
-from tests.flows.test_backfill_fan_out import PROJECT_DIR, start_worker, stop_workers
 from tests.flows.test_sweep import drain, put_simple_traces
+from tests.flows.workers import pool_with_deployment, start_worker, stop_workers
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -74,17 +71,7 @@ def test_a_sharded_sweep_runs_its_shards_as_child_runs_on_the_workers(
     expected = set()
     for account in fresh_config.roster.accounts:
         expected |= set(put_simple_traces(fresh_config, account.account_id, 2, age_seconds=400))
-    pool = f"sweep-{uuid.uuid4().hex[:6]}"
-    with get_client(sync_client=True) as client:  # what `prefect deploy` registers from prefect.yaml
-        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-        client.create_deployment(
-            flow_id=client.create_flow_from_name(sweep.name),
-            name="sweep-shard",
-            entrypoint="flows/sweep.py:sweep",
-            work_pool_name=pool,
-            work_queue_name="collect",
-            pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT_DIR)}}],
-        )
+    pool = pool_with_deployment(sweep.name, "sweep-shard", "flows/sweep.py:sweep", "collect")
     logs = [Path(os.environ.get("XRAYLAKE_WORKER_LOGS", tmp_path)) / f"shard-worker-{n}.log" for n in "ab"]
     workers = [start_worker(pool, log.stem, log, queue="collect") for log in logs]
     try:
