@@ -163,13 +163,15 @@ _SPAN_TEMPLATE: dict[str, Any] = {
 }
 
 # The last context's shared parts: (context, its collected_at in seconds, the trace document's
-# context fields, the segment document template without trace_id). Never mutated once built.
-_CONTEXT_CACHE: list[Any] = [None, 0.0, {}, {}]
+# context fields, the segment document template without trace_id). Never mutated once built, and
+# replaced as a whole tuple, so threads transforming under different contexts never mix them.
+_CONTEXT_CACHE: tuple[Any, float, dict[str, Any], dict[str, Any]] = (None, 0.0, {}, {})
 
 
 def _context_parts(ctx: TraceContext) -> tuple[float, dict[str, Any], dict[str, Any]]:
-    cache = _CONTEXT_CACHE
-    if cache[0] is not ctx:
+    global _CONTEXT_CACHE
+    cached = _CONTEXT_CACHE
+    if cached[0] is not ctx:
         collected_s = ctx.collected_at.timestamp()
         fields = {
             "account_id": ctx.account_id,
@@ -194,8 +196,8 @@ def _context_parts(ctx: TraceContext) -> tuple[float, dict[str, Any], dict[str, 
             status="ok",
             exception_count=0,
         )
-        cache[:] = [ctx, collected_s, fields, template]
-    return cache[1], cache[2], cache[3]
+        cached = _CONTEXT_CACHE = (ctx, collected_s, fields, template)
+    return cached[1], cached[2], cached[3]
 
 
 class _TraceBuilder:
