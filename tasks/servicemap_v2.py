@@ -28,9 +28,21 @@ Where xraylake differs, on purpose:
   A SERVER span the transform infers for such a call (`aws.xray.inferred`) stands for the same
   resource: the edge gets the same typed node (never a `service` node, never a source node).
 - **Span time.** `timestamp` is the span's end time truncated to `granularity_seconds` (Data
-  Prepper's `metric_timestamp_source: span_end_time`), never arrival time: a backfill draws the
-  map of its own time range. Documents are deduplicated per trace and given an id derived from
-  their content, so the same edge in the same minute is one document however often it is written.
+  Prepper's `metric_timestamp_source: span_end_time` with `metric_timestamp_granularity:
+  minutes`), never arrival time: a backfill draws the map of its own time range. Documents are
+  deduplicated per trace and given an id derived from their content, so the same edge in the same
+  minute is one document however often it is written (the consumer also writes it once per
+  envelope).
+
+How many documents that makes, against Data Prepper (`OTelApmServiceMapProcessorConfig`,
+`processCurrentWindowSpans`): by default it evaluates a `window_duration` of 60 s, keeps one
+`NodeOperationDetail` per distinct edge, operations and timestamp in that window (a HashSet) and
+stamps each with the evaluation's arrival time truncated to seconds, so it writes one document per
+edge and operation pair per minute of processing; its span-time stamps are truncated to seconds
+(default) or minutes, never coarser. One document per edge and minute of span time is therefore
+as coarse as Data Prepper gets while keeping span time. On B2's traffic (~1.4 traces per account
+per minute) that is 0.37 service-map documents per segment against 0.06 for the legacy map
+(hourly buckets would be 0.04, five-minute ones 0.27).
 """
 
 from __future__ import annotations

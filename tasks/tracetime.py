@@ -60,22 +60,42 @@ class Partition:
     @property
     def dt(self) -> str:
         """`YYYY-MM-DD`: the archive's `dt=` partition."""
-        return time.strftime("%Y-%m-%d", time.gmtime(self.second))
+        return _spellings(self.second)[0]
 
     @property
     def hour(self) -> str:
         """`HH`: the archive's `hour=` partition."""
-        return time.strftime("%H", time.gmtime(self.second))
+        return _spellings(self.second)[1]
 
     @property
     def day(self) -> str:
         """`YYYY.MM.DD`: the daily index suffix (`<prefix>-traces-YYYY.MM.DD`)."""
-        return time.strftime("%Y.%m.%d", time.gmtime(self.second))
+        return _spellings(self.second)[2]
 
     @property
     def hour_iso(self) -> str:
         """`YYYY-MM-DDTHH:00:00.000Z`: the trace document's `partition_hour` (same form as its other dates)."""
-        return time.strftime("%Y-%m-%dT%H:00:00.000Z", time.gmtime(self.second))
+        return _spellings(self.second)[3]
+
+
+# Hour → its spellings: every trace asks for all four, and a consumer sees few distinct hours.
+_SPELLINGS: dict[int, tuple[str, str, str, str]] = {}
+
+
+def _spellings(second: int) -> tuple[str, str, str, str]:
+    found = _SPELLINGS.get(second)
+    if found is None:
+        moment = time.gmtime(second)
+        found = (
+            time.strftime("%Y-%m-%d", moment),
+            time.strftime("%H", moment),
+            time.strftime("%Y.%m.%d", moment),
+            time.strftime("%Y-%m-%dT%H:00:00.000Z", moment),
+        )
+        if len(_SPELLINGS) >= 4096:  # ~170 days of hours
+            _SPELLINGS.clear()
+        _SPELLINGS[second] = found
+    return found
 
 
 def id_epoch(trace_id: Any) -> int | None:
@@ -89,13 +109,17 @@ def id_epoch(trace_id: Any) -> int | None:
 
 def credible_id_epoch(trace_id: Any, collected_at: datetime) -> int | None:
     """`id_epoch` when it lies within the span X-Ray could have returned it at `collected_at`."""
-    epoch = id_epoch(trace_id)
+    return _credible(id_epoch(trace_id), collected_at.timestamp())
+
+
+_BEFORE_SECONDS = ID_EPOCH_BEFORE.total_seconds()
+_AFTER_SECONDS = ID_EPOCH_AFTER.total_seconds()
+
+
+def _credible(epoch: int | None, collected: float) -> int | None:
     if epoch is None:
         return None
-    collected = collected_at.timestamp()
-    low = collected - ID_EPOCH_BEFORE.total_seconds()
-    high = collected + ID_EPOCH_AFTER.total_seconds()
-    return epoch if low <= epoch <= high else None
+    return epoch if collected - _BEFORE_SECONDS <= epoch <= collected + _AFTER_SECONDS else None
 
 
 def epoch_us(value: Any) -> int | None:
@@ -204,17 +228,17 @@ def anchor_second(
     `earliest_start_us`; `earliest_us`: what `earliest_start_us` returns for this trace, when the
     caller already walked every (sub)segment (the transform does: this spares a second walk of
     every trace whose id epoch is not credible, e.g. imported or backfilled old documents)."""
-    trace_id = trace.get("Id")
-    credible = credible_id_epoch(trace_id, collected_at)
+    epoch = id_epoch(trace.get("Id"))
+    collected_s = collected_at.timestamp()
+    credible = _credible(epoch, collected_s)
     if credible is not None:
         return credible
-    epoch = id_epoch(trace_id)
     start_us = earliest_start_us(trace, documents) if earliest_us == _UNKNOWN else earliest_us
     if start_us is not None:
         start = start_us // 1_000_000
         return epoch if epoch is not None and abs(epoch - start) <= ID_AGREES_WITHIN else start
-    collected = int(collected_at.timestamp())
-    if epoch is not None and epoch <= collected + ID_EPOCH_AFTER.total_seconds():
+    collected = int(collected_s)
+    if epoch is not None and epoch <= collected + _AFTER_SECONDS:
         return epoch
     return collected
 

@@ -1,5 +1,6 @@
 """OpenSearch setup against the in-memory server: the mixed-generation refusal, span documents of
-each generation indexed under their own template, and ISM skipped with its reason."""
+each generation indexed under their own template, ISM skipped with its reason, and the Trace
+Analytics UI's own queries answering on the legacy generation."""
 
 from __future__ import annotations
 
@@ -119,3 +120,148 @@ def test_ism_is_skipped_with_its_reason_on_the_sandbox(cluster: OpenSearch) -> N
         "otel-v1-apm-span",
         "otel-v1-apm-service-map",
     }
+
+
+# The Trace Analytics UI's own requests (dashboards-observability
+# public/components/trace_analytics/requests/queries/services_queries.ts, Data Prepper mode):
+# getServiceValidQuery and getServiceMapQuery on the service-map index, getServicesQuery and
+# getServiceMetricsQuery (bucket scripts included) on the span indices. SERVICE_MAP_MAX_NODES/EDGES
+# are 500/1000 there.
+_NODES, _EDGES = 500, 1000
+_BOOL: dict[str, list[object]] = {"must": [], "filter": [], "should": [], "must_not": []}
+
+
+def _terms(field: str, size: int, **aggs: object) -> dict[str, object]:
+    return {"terms": {"field": field, "size": size}, **({"aggs": aggs} if aggs else {})}
+
+
+SERVICE_VALID_QUERY = {"size": 0, "query": {"bool": _BOOL}, "aggs": {"service_name": _terms("serviceName", _NODES)}}
+SERVICE_MAP_QUERY = {
+    "size": 0,
+    "query": {"bool": _BOOL},
+    "aggs": {
+        "service_name": _terms(
+            "serviceName",
+            _NODES,
+            target_resource=_terms("target.resource", _EDGES),
+            target_edges=_terms(
+                "target.resource",
+                _EDGES,
+                service=_terms("target.serviceName", _EDGES),
+                domain=_terms("target.domain", _EDGES),
+            ),
+            destination_edges=_terms(
+                "destination.resource",
+                _EDGES,
+                service=_terms("destination.serviceName", _EDGES),
+                domain=_terms("destination.domain", _EDGES),
+            ),
+        )
+    },
+}
+SERVICES_QUERY = {
+    "size": 0,
+    "query": {"bool": _BOOL},
+    "aggs": {
+        "service": {
+            "terms": {"field": "serviceName", "size": 10000},
+            "aggs": {"trace_count": {"cardinality": {"field": "traceId"}}},
+        }
+    },
+}
+
+
+def _service_metrics_query(services: list[str], target_resources: list[str]) -> dict[str, object]:
+    roots = {"bool": {"must": {"term": {"parentSpanId": {"value": ""}}}}}
+    targets = {
+        "bool": {
+            "filter": [
+                {"bool": {"must_not": {"term": {"parentSpanId": {"value": ""}}}}},
+                {"terms": {"name": target_resources}},
+            ]
+        }
+    }
+    return {
+        "size": 0,
+        "query": {
+            "bool": {
+                "must": [],
+                "should": [],
+                "must_not": [],
+                "filter": [
+                    {"terms": {"serviceName": services}},
+                    {"bool": {"should": [targets, roots], "adjust_pure_negative": True, "boost": 1}},
+                ],
+            }
+        },
+        "aggregations": {
+            "service_name": {
+                "terms": {"field": "serviceName", "size": _NODES, "min_doc_count": 1},
+                "aggregations": {
+                    "average_latency_nanos": {"avg": {"field": "durationInNanos"}},
+                    "average_latency": {
+                        "bucket_script": {
+                            "buckets_path": {"count": "_count", "latency": "average_latency_nanos.value"},
+                            "script": "Math.round(params.latency / 10000) / 100.0",
+                        }
+                    },
+                    "error_count": {"filter": {"term": {"status.code": "2"}}},
+                    "error_rate": {
+                        "bucket_script": {
+                            "buckets_path": {"total": "_count", "errors": "error_count._count"},
+                            "script": "params.errors / params.total * 100",
+                        }
+                    },
+                },
+            }
+        },
+    }
+
+
+def test_trace_analytics_ui_queries_answer_on_legacy(cluster: OpenSearch) -> None:
+    """The legacy generation still serves OpenSearch Dashboards' Trace Analytics: its service
+    list, its service map (edges as the UI joins them) and its per-service metrics."""
+    ensure_templates(cluster, index_templates(generation="legacy"))
+    docs = transform_trace(load_fixture("xray/scorekeep_batch_get_traces")["Traces"][0], CTX)
+    actions = [
+        IndexAction(r.index, r.doc_id, docs.version, r.source, r.kind, versioned=r.kind != "service-map")
+        for r in docs.index_requests(generation="legacy", profile="trace-analytics")
+    ]
+    assert bulk_index(cluster, actions).ok
+    cluster.indices.refresh(index="otel-v1-apm-span-*,otel-v1-apm-service-map")
+
+    valid = cluster.search(index="otel-v1-apm-service-map", body=SERVICE_VALID_QUERY)
+    services = {b["key"] for b in valid["aggregations"]["service_name"]["buckets"]}
+    assert {"Scorekeep", "random-name", "DynamoDB", "SNS"} <= services
+
+    answer = cluster.search(index="otel-v1-apm-service-map", body=SERVICE_MAP_QUERY)
+    buckets = answer["aggregations"]["service_name"]["buckets"]
+    target_resources = {b["key"]: {t["key"] for t in b["target_resource"]["buckets"]} for b in buckets}
+    edges = set()
+    for bucket in buckets:  # the UI draws an edge to destination.domain when it lists the resource
+        for destination in bucket["destination_edges"]["buckets"]:
+            for domain in destination["domain"]["buckets"]:
+                if destination["key"] in target_resources.get(domain["key"], set()):
+                    edges.add((bucket["key"], domain["key"]))
+    assert {("Scorekeep", "random-name"), ("Scorekeep", "DynamoDB"), ("random-name", "SNS")} <= edges
+
+    listed = cluster.search(index="otel-v1-apm-span-*", body=SERVICES_QUERY)
+    trace_counts = {b["key"]: b["trace_count"]["value"] for b in listed["aggregations"]["service"]["buckets"]}
+    assert trace_counts["Scorekeep"] == 1 and trace_counts["random-name"] == 1
+
+    all_targets = sorted(set().union(*target_resources.values()))
+    metrics = cluster.search(index="otel-v1-apm-span-*", body=_service_metrics_query(sorted(services), all_targets))
+    rows = {b["key"]: b for b in metrics["aggregations"]["service_name"]["buckets"]}
+    assert rows["Scorekeep"]["doc_count"] >= 1  # its root span at least
+    assert rows["Scorekeep"]["average_latency_nanos"]["value"] > 0
+    expected_errors = sum(
+        1
+        for s in docs.spans
+        if s["serviceName"] == "Scorekeep"
+        and s["status.code"] == 2
+        and (s["parentSpanId"] == "" or s["name"] in all_targets)
+    )
+    assert rows["Scorekeep"]["error_count"]["doc_count"] == expected_errors
+    for row in rows.values():  # the UI's bucket scripts: average latency in ms, error rate in %
+        assert row["average_latency"]["value"] == round(row["average_latency_nanos"]["value"] / 10000) / 100.0
+        assert row["error_rate"]["value"] == row["error_count"]["doc_count"] / row["doc_count"] * 100

@@ -94,3 +94,18 @@ def test_deep_or_cyclic_looking_documents_stay_bounded() -> None:
     deep = {"Id": "garbage", "Segments": [{"Id": "z", "Document": node}]}
     # Past MAX_DEPTH the walk stops, like the transform's: the deepest start is not seen.
     assert tracetime.anchor_second(deep, COLLECTED) == int(START + 10)
+
+
+def test_partition_spellings_of_many_hours() -> None:
+    """Every spelling agrees with strftime, however many hours were asked before (cached)."""
+    import time
+
+    from tasks.tracetime import Partition
+
+    for second in range(1_700_000_000, 1_700_000_000 + 5000 * 3600, 3600):
+        partition = Partition.of(second + 1234)
+        moment = time.gmtime(second)
+        assert partition.dt == time.strftime("%Y-%m-%d", moment)
+        assert partition.hour == time.strftime("%H", moment)
+        assert partition.day == time.strftime("%Y.%m.%d", moment)
+        assert partition.hour_iso == time.strftime("%Y-%m-%dT%H:00:00.000Z", moment)

@@ -1317,3 +1317,26 @@ def test_partition_from_the_walk_equals_the_one_rule() -> None:
         docs = transform_trace(trace, ctx)
         expected = tracetime.trace_partition(trace, ctx.collected_at)
         assert (docs.dt, docs.hour, docs.day) == (expected.dt, expected.hour, expected.day), trace["Id"]
+
+
+def test_each_context_gets_its_own_fields_when_contexts_alternate() -> None:
+    """The per-context parts are built once per context: alternating contexts never leak fields."""
+    trace = load_fixture("xray/scorekeep_batch_get_traces")["Traces"][0]
+    other = TraceContext(
+        "098765432109", "beta", "qa", "us-west-2", datetime(2024, 9, 23, 8, tzinfo=UTC), "e2", "replay"
+    )
+    for ctx in (CTX, other, CTX, other):
+        docs = transform_trace(trace, ctx)
+        for doc in (docs.trace, *docs.segments):
+            assert (doc["account_id"], doc["account_name"], doc["environment"], doc["region"], doc["source"]) == (
+                ctx.account_id,
+                ctx.account_name,
+                ctx.environment,
+                ctx.region,
+                ctx.source,
+            )
+            assert doc["collected_at"] == ctx.collected_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert {d["trace_id"] for d in docs.segments} == {docs.trace_id}
+        assert docs.version == round(ctx.collected_at.timestamp() * 1000)
+    docs.segments[0]["account_id"] = "mutated"  # a caller editing its documents changes no later trace
+    assert transform_trace(trace, other).segments[0]["account_id"] == other.account_id
