@@ -24,7 +24,8 @@ At the start of a run the wrapper validates the values (a rule beyond the schema
 after start, raises `InvalidParameters` with one line), loads the configuration (`config_path`,
 else the `config_block` saved by `xraylake setup`, else $XRAYLAKE_CONFIG or the sandbox) with its
 roster resolved as the model's `roster_use` says (the cached Organizations roster; the sweep
-refreshes it; commit names no account and leaves it), logs the roster's source and size
+starts on it and refreshes it beside its work, or first when it names an account the cache lacks;
+commit names no account and leaves it), logs the roster's source and size
 (`flows.observe.announce_roster`) and runs
 `check` (accounts in the roster). The body gets that `RunConfig` (`run.config`, `run.roster`,
 `run.source`): the one way a run loads its configuration. Each of these failures, and any

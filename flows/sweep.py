@@ -250,14 +250,14 @@ def sweep_shards(params: SweepParameters, run: RunConfig) -> State:
 def sweep(params: SweepParameters, run: RunConfig) -> State:
     """Collect new traces of every roster account (or `accounts`) and send them to the org queue."""
     if params.fans_out:  # the shards must agree on the roster: refreshed before any child starts
-        return sweep_shards(params, _settled(run, organizations.refreshed(run)) if _cached(run) else run)
+        return sweep_shards(params, _announced(organizations.refreshed(run)) if run.roster.cached else run)
     # A cached Organizations roster is swept while it is refreshed beside the sweep (discovery is
     # paced calls, mostly waiting): accounts it adds are swept once it is in, accounts it retires
     # are not failures. Monitoring-account mode waits for it: one read per region attributes every
     # linked account's traces and drops the others, so its roster must be current.
     pending = organizations.refresh_beside(run)
     if pending is not None and run.config.roster.monitoring:
-        run, pending = _settled(run, pending.result()), None
+        run, pending = _announced(pending.result()), None
     config = run.config
     limiters = xray.LimiterRegistry(rate=params.xray_rate_per_second) if params.xray_rate_per_second else None
     collector = col.Collector.from_config(config, limiters)
@@ -285,7 +285,7 @@ def sweep(params: SweepParameters, run: RunConfig) -> State:
     ]
     retired: dict[str, str] = {}
     if pending is not None:
-        fresh = _settled(run, pending.result(), {a.account_id for a, _ in targets})
+        fresh = _announced(pending.result(), {a.account_id for a, _ in targets})
         known = {(a.account_id, r) for a, r in targets}
         added = [(a, r) for a, r in params.targets(fresh.config) if (a.account_id, r) not in known]
         if added:
@@ -309,11 +309,7 @@ def sweep(params: SweepParameters, run: RunConfig) -> State:
     return finish("sweep", results, params.fail_on_account_errors, extra=extra, config=config)
 
 
-def _cached(run: RunConfig) -> bool:
-    return run.roster.source in ("cache", "stale-cache")
-
-
-def _settled(run: RunConfig, fresh: RunConfig, swept: Collection[str] = ()) -> RunConfig:
+def _announced(fresh: RunConfig, swept: Collection[str] = ()) -> RunConfig:
     """The refreshed roster, announced (log, events, health rows) when it is not the cached one
     again; the `swept` accounts' health rows come with their results."""
     if fresh.roster.source != "cache":

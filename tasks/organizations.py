@@ -28,7 +28,8 @@ date xraylake first saw it so, until it is ACTIVE again: a run that names one is
 `load_run_config(source, roster=…)` is how every run (and every CLI command that names accounts)
 gets its configuration: loaded, with the roster resolved. Runs that only act on accounts use the
 cached roster (`cached`: no rediscovery each run; the first run without a cache discovers it); the
-sweep refreshes it within the TTL (`refresh`); a run that names no account leaves it (`none`).
+sweep starts on it too and refreshes it within the TTL beside its work (`beside`, `refresh_beside`);
+a run that names no account leaves it (`none`).
 
 Bad input: an OU that does not exist, an include-tag filter that matches no account, and an
 AccessDenied from Organizations raise `RosterError` (one line naming the problem) before any
@@ -65,10 +66,10 @@ NOT_FOUND_CODES = frozenset(
     {"ParentNotFoundException", "OrganizationalUnitNotFoundException", "TargetNotFoundException"}
 )
 ACCESS_CODES = frozenset({"AccessDenied", "AccessDeniedException", "AWSOrganizationsNotInUseException"})
-# How a run uses the roster: `refresh` it within its TTL before any work, `beside`: start on the
-# cached one and refresh it while the run works (the sweep: `refresh_beside`), the `cached` one
-# (runs that act on accounts), or `none` (runs that name no account: never an Organizations call).
-RosterUse = Literal["refresh", "beside", "cached", "none"]
+# How a run uses the roster: `beside`: start on the cached one and refresh it while the run works
+# (the sweep: `refresh_beside`), the `cached` one (runs that act on accounts), or `none` (runs that
+# name no account: never an Organizations call).
+RosterUse = Literal["beside", "cached", "none"]
 
 
 Found = tuple[dict[str, Any], str, str, tuple[str, ...]]  # account, OU id, OU name, OU path
@@ -154,6 +155,11 @@ class Resolution:
     def config(self, config: Config) -> Config:
         return config.model_copy(update={"roster": self.roster})
 
+    @property
+    def cached(self) -> bool:
+        """Read from the cache (fresh or the last good one), not discovered by this run."""
+        return self.source in ("cache", "stale-cache")
+
     def describe(self) -> str:
         """`organizations, 12 accounts (fetched 2026-12-02T04:50:00+00:00)`: a log line's and an artifact's."""
         text = f"{self.source}, {len(self.roster.accounts)} accounts"
@@ -168,7 +174,7 @@ class Resolution:
         one a cached Organizations roster does not know says when it was read and what refreshes it."""
         gone = self.all_retired.get(error.account_id)
         if gone is None:
-            if self.source in ("cache", "stale-cache") and self.fetched_at is not None:
+            if self.cached and self.fetched_at is not None:
                 return UnknownAccountError(
                     f"{error}; this is the roster AWS Organizations gave at "
                     f"{self.fetched_at:%Y-%m-%d %H:%M} UTC: an account created since joins it at the next "
@@ -610,16 +616,15 @@ class RunConfig:
 
 
 def load_run_config(source: str | None, *, roster: RosterUse = "cached") -> RunConfig:
-    """The configuration a run uses, its roster resolved (see the module docstring): `refresh`
-    rediscovers an Organizations roster older than its TTL; `cached` and `beside` use the cached
-    roster whatever its age, discovered only when there is none (`beside`: the run then calls
-    `refresh_beside`); `none` leaves it as configured.
+    """The configuration a run uses, its roster resolved (see the module docstring): `cached` and
+    `beside` use the cached roster whatever its age, discovered only when there is none (`beside`:
+    the run then calls `refresh_beside`, or `refreshed`); `none` leaves it as configured.
     Raises `ConfigError` or `RosterError` (one line) when there is no usable configuration or roster."""
     config = load_config(source)
     if roster == "none":
         left = "static" if config.roster.source == "static" else "unresolved"
         return RunConfig(source, config, Resolution(config.roster, left))
-    resolution = resolve_for_run(config, cached_only=roster in ("cached", "beside"))
+    resolution = resolve_for_run(config, cached_only=True)
     return RunConfig(source, resolution.config(config), resolution)
 
 
@@ -627,7 +632,7 @@ def refresh_beside(run: RunConfig) -> Future[RunConfig] | None:
     """The roster refreshed (within its TTL) on a thread of its own while the run works on the
     cached one: discovery is paced Organizations calls, mostly waiting, so a sweep need not wait
     for it. None when the run's roster is not a cached Organizations one (nothing to refresh)."""
-    if run.roster.source not in ("cache", "stale-cache"):
+    if not run.roster.cached:
         return None
     pool = ThreadPoolExecutor(1, thread_name_prefix="roster-refresh")
     future = pool.submit(lambda: refreshed(run))

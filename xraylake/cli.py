@@ -215,8 +215,8 @@ def _run_flow(flow_fn, params: FlowParameters, config_path: str | None):  # type
     try:
         check_run(params, run)
     except UnknownAccountError as error:
-        # A sweep refreshes an Organizations roster first and checks then: the account may be new.
-        if not (type(params).roster_use in ("refresh", "beside") and run.config.roster.source == "organizations"):
+        # A sweep naming an account its cached Organizations roster lacks refreshes it first: it may be new.
+        if not (type(params).roster_use == "beside" and run.config.roster.source == "organizations"):
             _refuse(str(error))
     except (ValueError, LookupError) as error:
         _refuse(str(error))
