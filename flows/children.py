@@ -15,6 +15,7 @@ from uuid import UUID
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 from prefect.states import State
 
 from blocks.config import BLOCK_SOURCE
@@ -33,9 +34,15 @@ def config_parameters(config_path: str | None) -> dict[str, Any]:
 
 def submit(deployment: str, parameters: dict[str, Any], tags: list[str]) -> UUID:
     """One child run of `deployment` (flow-name/deployment-name), scheduled now; not awaited."""
-    child: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call in a sync flow
-        deployment, parameters=parameters, timeout=0, tags=tags
-    )
+    try:
+        child: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call in a sync flow
+            deployment, parameters=parameters, timeout=0, tags=tags
+        )
+    except ObjectNotFound:  # Prefect's own message is "None"
+        raise LookupError(
+            f"deployment {deployment} does not exist on this Prefect server: serve it (`xraylake serve`) "
+            "or deploy it (`prefect deploy --all`) with a worker on its work pool"
+        ) from None
     return child.id
 
 

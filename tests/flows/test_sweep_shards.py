@@ -62,6 +62,12 @@ def test_each_shard_sweeps_and_advances_only_its_own_accounts(fresh_config: Conf
     assert len(sent) == len(set(sent)) and set(sent) == set().union(*expected.values())
 
 
+def test_a_sharded_sweep_without_its_shard_deployment_fails_at_once_naming_it(config_file: str) -> None:
+    state = sweep(config_path=config_file, shards=2, shard_deployment="sweep/nowhere", return_state=True)
+    assert state.is_failed()
+    assert "LookupError: deployment sweep/nowhere does not exist" in (state.message or ""), state.message
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # child flow-run processes on a 2-core machine
 def test_a_sharded_sweep_runs_its_shards_as_child_runs_on_the_workers(
