@@ -16,8 +16,9 @@ these server-side limits do, one pair per roster (account, region):
 
 Acquiring with `strict=False` is a no-op when a limit does not exist, so code that uses them
 runs unchanged without `xraylake serve` (tests, the CLI on an ephemeral server). Created and
-updated by name (idempotent) by `serve_all`, or `python -m tasks.limits`; visible and
-editable in the UI under Concurrency.
+updated by name (idempotent) by `serve_all`, or `python -m tasks.limits`; a sweep creates those
+of an account that joined the roster since, when the others exist (`limits_for`); visible and
+editable in the UI under Concurrency. A retired account's limits are left in place (harmless).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -50,24 +52,68 @@ def rate_name(account_id: str, region: str) -> str:
     return f"xray-rate-{account_id}-{region}"
 
 
-def existing_limits(names: Iterable[str], page: int = 200) -> set[str] | None:
-    """Which of `names` exist as global concurrency limits, in a few API calls rather than one
-    per account (asking for a missing limit costs a request on the server all the same: bench
-    B3b, 200 accounts); None when the Prefect API cannot say."""
-    wanted = set(names)
+def _limit_names(page: int = 200) -> set[str] | None:
+    """Every global concurrency limit's name, in a few API calls; None when the Prefect API cannot say."""
     found: set[str] = set()
     try:
         with get_client(sync_client=True) as client:
             offset = 0
             while True:
                 limits = client.read_global_concurrency_limits(limit=page, offset=offset)
-                found |= {limit.name for limit in limits} & wanted
+                found |= {limit.name for limit in limits}
                 if len(limits) < page:
                     return found
                 offset += page
     except Exception as error:  # the caller then asks per account, as without this check
         logging.getLogger(__name__).warning("could not list concurrency limits (%s)", error)
         return None
+
+
+def existing_limits(names: Iterable[str], page: int = 200) -> set[str] | None:
+    """Which of `names` exist as global concurrency limits, in a few API calls rather than one
+    per account (asking for a missing limit costs a request on the server all the same: bench
+    B3b, 200 accounts); None when the Prefect API cannot say."""
+    found = _limit_names(page)
+    return None if found is None else found & set(names)
+
+
+def limits_for(
+    targets: Sequence[tuple[str, str]],
+    collectors: int = COLLECTORS_PER_ACCOUNT,
+    calls_per_second: float = CALLS_PER_SECOND,
+    page: int = 200,
+) -> set[str] | None:
+    """The `xray-<account>-<region>` limits of `targets` (account id, region) that exist, after
+    creating those of the targets that have none while other accounts' limits exist.
+
+    `serve` creates the limits for the roster it reads at start; an account that joins the
+    organization later would otherwise be collected unbounded until the next `serve`. Where no
+    `xray-…` limit exists at all (`--no-limits`, tests, the CLI on an ephemeral server) nothing is
+    created. A failure to create is logged, never raised: the limits are a courtesy to X-Ray's quota.
+    None when the Prefect API cannot list the limits."""
+    everything = _limit_names(page)
+    if everything is None:
+        return None
+    names = {concurrency_name(account_id, region): (account_id, region) for account_id, region in targets}
+    found = everything & set(names)
+    missing = [pair for name, pair in names.items() if name not in found]
+    if not missing or not any(_OURS.match(name) for name in everything):
+        return found
+    logger = logging.getLogger(__name__)
+    try:
+        created = _upsert(_specs(missing, collectors, calls_per_second))
+    except Exception as error:
+        logger.warning("could not create the X-Ray limits of %d new account/regions (%s)", len(missing), error)
+        return found
+    logger.info(
+        "X-Ray limits created for %d account/region(s) that joined the roster: %s",
+        len(missing),
+        ", ".join(name for name in created if not name.startswith("xray-rate-"))[:300],
+    )
+    return found | {concurrency_name(account_id, region) for account_id, region in missing}
+
+
+_OURS = re.compile(r"xray-\d{12}-")  # a concurrency limit `planned_limits` names
 
 
 def _prefect_api_transient(error: BaseException) -> bool:
@@ -141,28 +187,35 @@ def planned_limits(
     roster: Roster, collectors: int = COLLECTORS_PER_ACCOUNT, calls_per_second: float = CALLS_PER_SECOND
 ) -> list[LimitSpec]:
     """The limits for every (account, region) of the roster (pure)."""
+    pairs = [(account.account_id, region) for account in roster.accounts for region in account.regions]
+    return _specs(pairs, collectors, calls_per_second)
+
+
+def _specs(pairs: Iterable[tuple[str, str]], collectors: int, calls_per_second: float) -> list[LimitSpec]:
     if collectors < 1:
         raise ValueError("collectors must be at least 1")
     if calls_per_second <= 0:
         raise ValueError("calls_per_second must be positive")
     burst = max(1, round(calls_per_second))
     specs: list[LimitSpec] = []
-    for account in roster.accounts:
-        for region in account.regions:
-            specs.append(LimitSpec(concurrency_name(account.account_id, region), collectors))
-            specs.append(LimitSpec(rate_name(account.account_id, region), burst, float(calls_per_second)))
+    for account_id, region in pairs:
+        specs.append(LimitSpec(concurrency_name(account_id, region), collectors))
+        specs.append(LimitSpec(rate_name(account_id, region), burst, float(calls_per_second)))
     return specs
+
+
+def _upsert(specs: list[LimitSpec]) -> list[str]:
+    with get_client(sync_client=True) as client:
+        for spec in specs:
+            client.upsert_global_concurrency_limit_by_name(spec.name, spec.limit, spec.slot_decay_per_second)
+    return [s.name for s in specs]
 
 
 def ensure_limits(
     roster: Roster, collectors: int = COLLECTORS_PER_ACCOUNT, calls_per_second: float = CALLS_PER_SECOND
 ) -> list[str]:
     """Create or update the limits on the current Prefect API; returns their names."""
-    specs = planned_limits(roster, collectors, calls_per_second)
-    with get_client(sync_client=True) as client:
-        for spec in specs:
-            client.upsert_global_concurrency_limit_by_name(spec.name, spec.limit, spec.slot_decay_per_second)
-    return [s.name for s in specs]
+    return _upsert(planned_limits(roster, collectors, calls_per_second))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

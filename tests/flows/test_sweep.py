@@ -140,6 +140,57 @@ def test_existing_limits_lists_only_the_limits_that_exist(fresh_config: Config) 
     assert existing_limits(names, page=1) == {names[0]}  # paged: one limit per request
 
 
+def _delete_xray_limits() -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for limit in client.read_global_concurrency_limits(limit=200):
+            if limit.name.startswith("xray-"):
+                client.delete_global_concurrency_limit_by_name(limit.name)
+
+
+def test_an_account_that_joined_after_serve_gets_its_x_ray_limits_at_the_next_sweep(
+    fresh_config: Config, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """`serve` created the limits for the roster it read; an account the roster gained since has
+    none, so its collectors would run unbounded: the sweep creates its pair before sweeping it."""
+    from prefect.client.orchestration import get_client
+
+    from blocks import MemberAccount
+    from tasks.limits import concurrency_name, ensure_limits, rate_name
+
+    _delete_xray_limits()
+    first = fresh_config.roster.accounts[0]
+    joined = MemberAccount(account_id=f"7{int(time.time() * 1000) % 10**11:011d}", name="joined", regions=["us-east-1"])
+    ensure_limits(fresh_config.roster.model_copy(update={"accounts": [first]}), collectors=3)  # what serve made
+    put_simple_traces(fresh_config, joined.account_id, 2)
+    config = fresh_config.model_copy(
+        update={"roster": fresh_config.roster.model_copy(update={"accounts": [first, joined]})}
+    )
+    path = tmp_path / "joined.json"
+    path.write_bytes(config.to_json())
+    state = sweep(config_path=str(path), return_state=True)
+    assert state.is_completed(), state.message
+    assert {r["account_id"]: r["traces"] for r in state.result()["accounts"]}[joined.account_id] == 2
+    with get_client(sync_client=True) as client:
+        slot = client.read_global_concurrency_limit_by_name(concurrency_name(joined.account_id, "us-east-1"))
+        rate = client.read_global_concurrency_limit_by_name(rate_name(joined.account_id, "us-east-1"))
+    assert (slot.limit, rate.slot_decay_per_second) == (2, 10.0)  # the defaults serve uses
+
+
+def test_a_sweep_creates_no_x_ray_limits_where_serve_created_none(config_file: str) -> None:
+    """Without any `xray-…` limit (`serve --no-limits`, the CLI on an ephemeral server) the sweep
+    leaves the Concurrency page alone."""
+    from prefect.client.orchestration import get_client
+
+    _delete_xray_limits()
+    state = sweep(config_path=config_file, return_state=True)
+    assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        names = [limit.name for limit in client.read_global_concurrency_limits(limit=200)]
+    assert not [name for name in names if name.startswith("xray-")]
+
+
 def test_an_account_whose_x_ray_slot_stays_busy_fails_alone_without_calling_x_ray(fresh_config: Config) -> None:
     """Another run holds the account's `xray-*` slot: this run's task gives up after the slot
     timeout, reports that account as failed for that reason and leaves its watermark alone."""
