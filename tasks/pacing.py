@@ -6,8 +6,8 @@
 * `LimiterRegistry`  one bucket per (account, region): X-Ray throttles per account and region.
 * `full_jitter`      THE backoff function: delay(n) = uniform(0, min(cap, base·2ⁿ)) ("Exponential
                      Backoff and Jitter", AWS Architecture Blog). `Backoff` holds its parameters and
-                     an attempt bound; `tasks.retrying` waits with it, and so does the X-Ray loop
-                     that counts and drains throttles (`tasks.xray._call`).
+                     an attempt bound; `tasks.retrying` waits with it, and so does its loop
+                     that counts and drains throttles (`throttled_call`, X-Ray and Logs).
 * `CallCounters`     the counter mechanics of what paced calls cost (thread-safe `add`, `merge`,
                      `as_dict`, copy and pickle without the lock): `tasks.xray.XRayStats` and
                      `tasks.spans_reader.SpanStats` are dataclasses of counters on top of it.

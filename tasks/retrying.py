@@ -13,16 +13,16 @@ client gets one deliberate botocore setting here (`boto_config(service)`, used b
 `tasks.aws.log_client`, `MemberSessions.client` and its STS client), so attempts never multiply
 unless this table says so:
 
-| client (built by)                          | botocore calls | our attempts               | HTTP calls at most* |
-|--------------------------------------------|---------------:|----------------------------|---------------------|
-| sqs  log_client: queue, DLQ, replay        | 1              | SendMessageBatch 6, else 3 | 6 per batch; else 3 |
-| s3   log_client: archive, watermark, lake  | 3              | 1                          | 3                   |
-| sts  MemberSessions: AssumeRole            | 3              | 1                          | 3                   |
-| xray MemberSessions via xray.xray_client   | 1              | 8, throttles only (_call)  | 8                   |
-| logs MemberSessions (spans reader)         | 1              | 8, throttles only (Caller) | 8                   |
-| organizations assumed_client: roster       | 1              | 8, transient (Pacer.call)  | 8                   |
-| stepfunctions MemberSessions: Describe…    | 3              | 1                          | 3                   |
-| any other service                          | 3              | 1                          | 3                   |
+| client (built by)                          | botocore calls | our attempts                   | HTTP calls at most* |
+|--------------------------------------------|---------------:|--------------------------------|---------------------|
+| sqs  log_client: queue, DLQ, replay        | 1              | SendMessageBatch 6, else 3     | 6 per batch; else 3 |
+| s3   log_client: archive, watermark, lake  | 3              | 1                              | 3                   |
+| sts  MemberSessions: AssumeRole            | 3              | 1                              | 3                   |
+| xray MemberSessions via xray.xray_client   | 1              | 8, throttles (throttled_call)  | 8                   |
+| logs MemberSessions (spans reader)         | 1              | 8, throttles (throttled_call)  | 8                   |
+| organizations assumed_client: roster       | 1              | 8, transient (Pacer.call)      | 8                   |
+| stepfunctions MemberSessions: Describe…    | 3              | 1                              | 3                   |
+| any other service                          | 3              | 1                              | 3                   |
 
 *for one operation that keeps failing (tests/fault/test_retry_bounds.py counts them).
 
@@ -46,16 +46,18 @@ opensearch-py's own retries for OpenSearch (`tasks.index`).
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import tenacity
 from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
 
-from tasks.errors import is_transient_error
-from tasks.pacing import Backoff, Sleep
+from tasks.errors import TransientError, aws_error_code, is_transient_error
+from tasks.pacing import Backoff, CallCounters, Sleep, TokenBucket
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -179,3 +181,43 @@ __all__ = [
     "boto_config",
     "reread",
 ]
+
+
+def throttled_call(
+    method: Callable[..., dict[str, Any]],
+    params: dict[str, Any],
+    *,
+    throttle_codes: frozenset[str],
+    limiter: TokenBucket,
+    backoff: Backoff,
+    counters: CallCounters,
+    context: str,
+    sleep: Sleep = time.sleep,
+    rng: random.Random | None = None,
+) -> dict[str, Any]:
+    """One AWS call paced by the account's `limiter`, retried only when throttled (an error code of
+    `throttle_codes`, or HTTP 429): a throttle drains the bucket (the account's rate is spent, so
+    the other threads of that account slow down too) and waits `backoff`; after
+    `backoff.max_attempts` calls it raises TransientError. Any other error propagates unchanged for
+    the caller to translate. `counters` gets calls, throttles, retries and wait_seconds. The X-Ray
+    reader (`tasks.xray`) and the Transaction Search reader (`tasks.spans_reader`) both call AWS
+    through it (the table above)."""
+    for attempt in range(backoff.max_attempts):
+        counters.add(wait_seconds=limiter.acquire(), calls=1)
+        try:
+            return method(**params)
+        except ClientError as error:
+            code = aws_error_code(error)
+            status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if code not in throttle_codes and status != 429:
+                raise
+            counters.add(throttles=1)
+            limiter.drain()
+            if attempt + 1 >= backoff.max_attempts:
+                raise TransientError(
+                    f"{context}: still throttled after {backoff.max_attempts} attempts ({code})"
+                ) from error
+            delay = backoff.delay(attempt, rng)
+            counters.add(retries=1, wait_seconds=delay)
+            sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover

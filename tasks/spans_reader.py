@@ -41,6 +41,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tasks.errors import ACCESS_CODES, AccountAccessError, TransientError, aws_error_code, classify_aws_error
 from tasks.pacing import DEFAULT_BACKOFF, Backoff, CallCounters, LimiterRegistry, Sleep, TokenBucket
+from tasks.retrying import throttled_call
 from tasks.span_records import ReaderChoice, SpanGroups, choose_reader, split_range
 from tasks.windows import Window
 
@@ -88,31 +89,23 @@ class Caller:
 
     def __call__(self, client: Any, operation: str, action: str, **params: Any) -> dict[str, Any]:
         context = f"{action} account={self.account_id} region={self.region}"
-        for attempt in range(self.backoff.max_attempts):
-            self.stats.add(wait_seconds=self.limiter.acquire(), calls=1)
-            try:
-                response: dict[str, Any] = getattr(client, operation)(**params)
-                return response
-            except ClientError as error:
-                code = aws_error_code(error)
-                if code in ACCESS_CODES:
-                    raise AccountAccessError(
-                        f"{context}: the member role lacks {action} ({code}); grant it on {SPANS_LOG_GROUP}"
-                        if action.startswith("logs:")
-                        else f"{context}: the member role lacks {action} ({code})"
-                    ) from error
-                if code not in THROTTLE_CODES:
-                    raise classify_aws_error(error, context) from error
-                self.stats.add(throttles=1)
-                self.limiter.drain()
-                if attempt + 1 >= self.backoff.max_attempts:
-                    raise TransientError(f"{context}: still throttled after {attempt + 1} attempts ({code})") from error
-                delay = self.backoff.delay(attempt, self.rng)
-                self.stats.add(retries=1, wait_seconds=delay)
-                self.sleep(delay)
-            except (BotoCoreError, ConnectionError, TimeoutError) as error:
-                raise classify_aws_error(error, context) from error
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return throttled_call(
+                getattr(client, operation), params,
+                throttle_codes=THROTTLE_CODES, limiter=self.limiter, backoff=self.backoff,
+                counters=self.stats, context=context, sleep=self.sleep, rng=self.rng,
+            )  # fmt: skip
+        except ClientError as error:
+            code = aws_error_code(error)
+            if code in ACCESS_CODES:
+                raise AccountAccessError(
+                    f"{context}: the member role lacks {action} ({code}); grant it on {SPANS_LOG_GROUP}"
+                    if action.startswith("logs:")
+                    else f"{context}: the member role lacks {action} ({code})"
+                ) from error
+            raise classify_aws_error(error, context) from error
+        except (BotoCoreError, ConnectionError, TimeoutError) as error:
+            raise classify_aws_error(error, context) from error
 
 
 # --------------------------------------------------------------------------- reader selection

@@ -40,7 +40,7 @@ from tasks.pacing import (
     TokenBucket,
     limiter_for,
 )
-from tasks.retrying import boto_config
+from tasks.retrying import boto_config, throttled_call
 from tasks.windows import Window
 
 if TYPE_CHECKING:
@@ -170,30 +170,13 @@ def _call(
     sleep: Sleep,
     rng: random.Random | None = None,
 ) -> dict[str, Any]:
-    """One API call paced by the bucket; throttles back off and retry; other errors translated."""
-    method = getattr(client, operation)
-    for attempt in range(backoff.max_attempts):
-        stats.add(wait_seconds=limiter.acquire())
-        stats.add(calls=1)
-        try:
-            response: dict[str, Any] = method(**params)
-            return response
-        except ClientError as error:
-            code = aws_error_code(error)
-            status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            if code not in THROTTLE_CODES and status != 429:
-                raise
-            stats.add(throttles=1)
-            limiter.drain()
-            if attempt + 1 >= backoff.max_attempts:
-                raise TransientError(
-                    f"{context}: still throttled after {backoff.max_attempts} attempts ({code})"
-                ) from error
-            stats.add(retries=1)
-            delay = backoff.delay(attempt, rng)
-            stats.add(wait_seconds=delay)
-            sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+    """One API call paced by the bucket; throttles back off and retry (`throttled_call`); other
+    errors propagate for `_translate`."""
+    return throttled_call(
+        getattr(client, operation), params,
+        throttle_codes=THROTTLE_CODES, limiter=limiter, backoff=backoff, counters=stats,
+        context=context, sleep=sleep, rng=rng,
+    )  # fmt: skip
 
 
 def _translate(error: Exception, context: str) -> Exception:

@@ -181,3 +181,54 @@ def test_every_client_gets_its_documented_botocore_attempts(service: str, calls:
 def test_policies_of_the_table() -> None:
     assert (retrying.SQS_SEND.attempts, retrying.SQS_CALL.attempts, retrying.PREFECT_API.attempts) == (6, 3, 3)
     assert aws.DEFAULT_BOTO_CONFIG is boto_config("anything-else")
+
+
+def test_throttled_call_retries_only_throttles_and_drains_the_account_bucket() -> None:
+    """The loop the X-Ray and Logs readers share: a throttle code or a bare HTTP 429 is retried
+    (bucket drained, backoff waited, counted); any other error propagates unchanged at once; a
+    throttle that never stops ends as TransientError after `max_attempts` calls."""
+    from dataclasses import dataclass
+
+    from tasks.errors import TransientError
+    from tasks.pacing import Backoff, CallCounters, TokenBucket
+    from tasks.retrying import throttled_call
+
+    @dataclass
+    class Counters(CallCounters):
+        calls: float = 0
+        throttles: float = 0
+        retries: float = 0
+        wait_seconds: float = 0
+
+    answers: list[Exception | dict[str, str]] = [client_error("Throttling"), client_error("Slow", 429), {"ok": "yes"}]
+
+    def method(**params: str) -> dict[str, str]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return {**answer, **params}
+
+    now, slept = [0.0], []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    # 1 call/s with 5 stored: undrained, three calls would not wait at all
+    bucket = TokenBucket(rate=1, burst=5, clock=lambda: now[0], sleep=sleep)
+    counters = Counters()
+    options = {"throttle_codes": frozenset({"Throttling"}), "limiter": bucket, "counters": counters, "sleep": sleep}
+    backoff = Backoff(base=0, cap=0, max_attempts=3)  # no backoff wait: every second slept is the bucket's
+    assert throttled_call(method, {"p": "1"}, backoff=backoff, context="op", **options) == {"ok": "yes", "p": "1"}  # type: ignore[arg-type]
+    assert (counters.calls, counters.throttles, counters.retries) == (3, 2, 2)
+    assert sum(slept) == pytest.approx(2.0) and counters.wait_seconds == pytest.approx(2.0)
+
+    answers[:] = [client_error("AccessDenied", 403)]
+    with pytest.raises(ClientError) as raised:
+        throttled_call(method, {}, backoff=backoff, context="op", **options)  # type: ignore[arg-type]
+    assert raised.value.response["Error"]["Code"] == "AccessDenied" and counters.calls == 4
+
+    answers[:] = [client_error("Throttling")] * 3
+    with pytest.raises(TransientError, match="op: still throttled after 3 attempts"):
+        throttled_call(method, {}, backoff=backoff, context="op", **options)  # type: ignore[arg-type]
+    assert counters.calls == 7 and counters.throttles == 5
