@@ -230,6 +230,21 @@ def envelopes_for(
     ]
 
 
+def _sent(
+    collector: Collector, result: WindowResult, envelopes: Sequence[Envelope], traces: int, refused: int
+) -> WindowResult:
+    """Send `envelopes` and count what went into `result` (`traces` read, `refused` of them not sent)."""
+    messages, report = send_envelopes(collector, envelopes)
+    result.traces = traces - refused
+    result.traces_refused = refused
+    result.envelopes = report.sent
+    result.bytes = report.bytes
+    result.claim_checks = sum(1 for m in messages if m.claim_check)
+    result.envelope_ids = [e.envelope_id for e in envelopes]
+    result.trace_ids = [t["Id"] for e in envelopes for t in e.traces]
+    return result
+
+
 def send_envelopes(collector: Collector, envelopes: Sequence[Envelope]) -> tuple[list[WireMessage], queue.SendReport]:
     """Encode, upload claim-check payloads first, then send; raises if SQS did not take them all."""
     config = collector.config
@@ -316,15 +331,7 @@ def send_traces(
         redaction=collector.redaction,
         refused=refused,
     )
-    messages, report = send_envelopes(collector, envelopes)
-    result.traces = len(traces) - len(refused)
-    result.traces_refused = len(refused)
-    result.envelopes = report.sent
-    result.bytes = report.bytes
-    result.claim_checks = sum(1 for m in messages if m.claim_check)
-    result.envelope_ids = [e.envelope_id for e in envelopes]
-    result.trace_ids = [t["Id"] for e in envelopes for t in e.traces]
-    return result
+    return _sent(collector, result, envelopes, len(traces), len(refused))
 
 
 def collect_window(
@@ -425,15 +432,7 @@ def send_span_groups(
         refused=refused,
         schema="xraylake.spans.v1",  # SCHEMA_SPANS_V1
     )
-    messages, report = send_envelopes(collector, envelopes)
-    result.traces = len(traces) - len(refused)
-    result.traces_refused = len(refused)
-    result.envelopes = report.sent
-    result.bytes = report.bytes
-    result.claim_checks = sum(1 for m in messages if m.claim_check)
-    result.envelope_ids = [e.envelope_id for e in envelopes]
-    result.trace_ids = [t["Id"] for e in envelopes for t in e.traces]
-    return result
+    return _sent(collector, result, envelopes, len(traces), len(refused))
 
 
 class SpansAhead:
