@@ -128,7 +128,7 @@ def compact(params: CompactParameters, run: RunConfig) -> State:
                 timedelta(minutes=params.orphan_delay_minutes),
             )
         except Exception as error:
-            errors.append(f"{table} maintenance: {error}")
+            errors.append(f"{table} maintenance: {type(error).__name__}: {error}")
     summary = totals(results, planned) | {
         "snapshots_expired": sum(m["snapshots_expired"] for m in maintenance.values()),
         "orphans_removed": sum(m["orphans_removed"] for m in maintenance.values()),
@@ -160,7 +160,8 @@ def compact(params: CompactParameters, run: RunConfig) -> State:
     if errors:  # a failed partition has its own event (above)
         flow_failed("compact", "MaintenanceFailed", "; ".join(errors))
     if failed or errors:
-        return Failed(message=f"{len(failed)} of {len(results)} partitions failed; {'; '.join(errors)}", data=data)
+        message = "; ".join([f"{len(failed)} of {len(results)} partitions failed", *errors])
+        return Failed(message=" ".join(message.split())[:1000], data=data)
     return Completed(
         message=f"{summary['partitions_compacted']} partitions compacted, "
         f"{summary['duplicates_removed']} duplicates removed, "

@@ -4,7 +4,9 @@
 and writes the chosen sinks — also the way to re-index into a new index prefix after a mapping
 change. `dry_run` only counts. Resumable: each finished partition leaves a checkpoint under
 `state/replay/<replay_id>/`, and the same replay run again skips it (`partitions_skipped`);
-`force=True` replays those partitions again.
+`force=True` replays those partitions again. An envelope that fails (a sink refused it, or its
+archived object is not a readable envelope: corrupt gzip, not an envelope) is counted and named;
+the rest still run, its partition gets no checkpoint, and the run ends Failed (`ReplayIncomplete`).
 """
 
 from __future__ import annotations
@@ -126,12 +128,19 @@ def replay(params: ReplayParameters, run: RunConfig) -> State:
             continue
         keys = replay_tasks.list_partition(s3, store, part)
         partition_failed = 0
+        unreadable: list[replay_tasks.Unreadable] = []
 
-        # Chunk by chunk (tasks.replay.iter_chunks); the checkpoint only when every chunk succeeded.
-        for chunk in replay_tasks.iter_chunks(s3, store, keys):
+        # Chunk by chunk (tasks.replay.iter_chunks); the checkpoint only when every chunk succeeded
+        # and every object was a readable envelope (one that is not is counted and named, and the
+        # rest of the partition and the run go on).
+        for chunk in replay_tasks.iter_chunks(s3, store, keys, unreadable=unreadable):
             totals["objects"] += len(chunk)
             totals["traces"] += sum(len(envelope.traces) for envelope, _ in chunk)
             partition_failed += flush(chunk)
+        if unreadable:
+            totals["objects"] += len(unreadable)
+            partition_failed += len(unreadable)
+            stats.errors += [str(u) for u in unreadable]
         if partition_failed:
             totals["failed_envelopes"] += partition_failed
             logger.error("%s: %d envelopes failed: %s", part.label, partition_failed, stats.errors[-3:])
@@ -189,7 +198,12 @@ def replay(params: ReplayParameters, run: RunConfig) -> State:
     if totals["failed_envelopes"]:
         failure = f"{totals['failed_envelopes']} envelopes failed: {'; '.join(stats.errors[-3:])}"
         flow_failed("replay", "ReplayIncomplete", failure)
-        return Failed(message=f"{totals['failed_envelopes']} envelopes failed; run again to resume", data=data)
+        last = stats.errors[-1][:200] if stats.errors else "see the log"
+        return Failed(
+            message=f"{totals['failed_envelopes']} envelopes failed (last: {last}); "
+            "their partitions were not checkpointed: run again to resume",
+            data=data,
+        )
     message = headline if params.dry_run else f"{totals['sent']} envelopes replayed"
     if totals["partitions_skipped"]:
         message += (

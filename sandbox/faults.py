@@ -8,7 +8,9 @@ request that hangs: `delay_seconds`, cut short by `release()`). A rule with `for
 request and/or the upstream's answer rewritten (e.g. send SQS only some entries of a batch and
 report the others `Failed`, so what the client is told matches what really happened). Everything
 else passes through untouched, so tests prove behaviour against real servers with real failures
-in between (no mocks).
+in between (no mocks). Request bodies are read whole — by Content-Length, or de-chunked (pyarrow's
+S3 uploads, so pyiceberg's writes, are chunked: read as empty, they were once stored empty) — and
+forwarded with a Content-Length.
 """
 
 from __future__ import annotations
@@ -99,6 +101,19 @@ class FaultRule:
         self._released.set()
 
 
+def _read_chunked(stream: Any) -> bytes:
+    """A `Transfer-Encoding: chunked` request body, de-chunked (it is forwarded with a Content-Length)."""
+    parts: list[bytes] = []
+    while True:
+        size = int(stream.readline().split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            while stream.readline().strip():  # trailers, up to the empty line
+                pass
+            return b"".join(parts)
+        parts.append(stream.read(size))
+        stream.readline()  # the CRLF after each chunk
+
+
 class FaultProxy:
     def __init__(self, upstream: str, host: str = "127.0.0.1", port: int = 0) -> None:
         parts = urlsplit(upstream)
@@ -118,9 +133,12 @@ class FaultProxy:
                 return
 
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
                 headers = dict(self.headers)
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    body = _read_chunked(self.rfile)  # pyarrow's S3 uploads (pyiceberg's writes)
+                else:
+                    length = int(self.headers.get("Content-Length") or 0)
+                    body = self.rfile.read(length) if length else b""
                 rule = proxy._match(self.command, self.path, body, headers)
                 if rule is not None:
                     rule.hold()
@@ -210,7 +228,9 @@ class FaultProxy:
             clean = {k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS}
             clean["Host"] = f"{self._upstream[0]}:{self._upstream[1]}"
             for name in [k for k in clean if k.lower() == "content-length"]:
-                clean[name] = str(len(body))
+                del clean[name]
+            if body or method in ("PUT", "POST"):
+                clean["Content-Length"] = str(len(body))
             connection.request(method, path, body=body or None, headers=clean)
             response = connection.getresponse()
             return response.status, response.getheaders(), response.read()

@@ -100,9 +100,15 @@ def put_raw(s3: Any, store: ArchiveStore, envelope: Envelope, raw: bytes | bytea
     return key
 
 
+def get_stored(s3: Any, bucket: str, key: str) -> bytes:
+    """An object's bytes as stored; the request and the read of its body fail as classified S3 errors."""
+    return _s3_call(  # type: ignore[no-any-return]
+        f"get s3://{bucket}/{key}", lambda **params: s3.get_object(**params)["Body"].read(), Bucket=bucket, Key=key
+    )
+
+
 def get_raw(s3: Any, bucket: str, key: str) -> bytes:
-    obj = _s3_call(f"get s3://{bucket}/{key}", s3.get_object, Bucket=bucket, Key=key)
-    return gzip.decompress(obj["Body"].read())
+    return gzip.decompress(get_stored(s3, bucket, key))
 
 
 def put_claim_check(s3: Any, ref: PayloadRef, compressed: bytes) -> None:

@@ -7,6 +7,8 @@ A replay's rate limit is `tasks.pacing.rate_limiter` (a token bucket whose batch
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,7 +16,7 @@ from typing import Any
 
 from blocks import ArchiveStore
 from tasks import archive
-from tasks.envelope import CHUNK_BYTES, Envelope, parse_envelope
+from tasks.envelope import CHUNK_BYTES, Envelope, EnvelopeError, parse_envelope
 
 
 @dataclass(frozen=True)
@@ -65,16 +67,54 @@ def iter_raw(s3: Any, store: ArchiveStore, keys: list[str]) -> Iterator[tuple[st
         yield key, archive.get_raw(s3, store.bucket, key)
 
 
+# What an archived object that cannot be read back as an envelope raises once it is read from S3:
+# a corrupt or truncated gzip (gzip.BadGzipFile is an OSError, EOFError, zlib.error), not JSON or
+# not an envelope (EnvelopeError). S3's own errors are classified (tasks.errors) and still raise.
+UNREADABLE_ERRORS: tuple[type[BaseException], ...] = (EnvelopeError, OSError, EOFError, zlib.error)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An archived object that is not a readable envelope: the key and why (one line)."""
+
+    key: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"unreadable {self.key}: {self.error}"
+
+
+def decode_raw(stored: bytes) -> tuple[Envelope, bytes]:
+    """A raw archive object's bytes → (envelope, canonical JSON bytes)."""
+    raw = gzip.decompress(stored)
+    return parse_envelope(raw), raw
+
+
 def iter_chunks(
-    s3: Any, store: ArchiveStore, keys: list[str], chunk_bytes: int = CHUNK_BYTES
+    s3: Any,
+    store: ArchiveStore,
+    keys: list[str],
+    chunk_bytes: int = CHUNK_BYTES,
+    unreadable: list[Unreadable] | None = None,
 ) -> Iterator[list[tuple[Envelope, bytes]]]:
     """The archived envelopes under `keys`, parsed, in chunks of about `chunk_bytes` of JSON: a
-    replay's memory follows the chunk, not the partition (an hour of a busy account)."""
+    replay's memory follows the chunk, not the partition (an hour of a busy account).
+
+    With `unreadable`, an object that is not a readable envelope is skipped and recorded there (the
+    others still come); without it, it raises."""
     chunk: list[tuple[Envelope, bytes]] = []
     size = 0
-    for _key, raw in iter_raw(s3, store, keys):
-        chunk.append((parse_envelope(raw), raw))
-        size += len(raw)
+    for key in keys:
+        stored = archive.get_stored(s3, store.bucket, key)
+        try:
+            item = decode_raw(stored)
+        except UNREADABLE_ERRORS as error:
+            if unreadable is None:
+                raise
+            unreadable.append(Unreadable(key, f"{type(error).__name__}: {' '.join(str(error).split())[:100]}"))
+            continue
+        chunk.append(item)
+        size += len(item[1])
         if size >= chunk_bytes:
             yield chunk
             chunk, size = [], 0

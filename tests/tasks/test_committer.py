@@ -213,10 +213,17 @@ COMMITTER = (
 
 
 def kill_committer_at(
-    config: Config, proxy: FaultProxy, rule: FaultRule, tmp_path: Path, name: str, *, boto3_only: bool = False
+    config: Config,
+    proxy: FaultProxy,
+    rule: FaultRule,
+    tmp_path: Path,
+    name: str,
+    *,
+    boto3_only: bool = False,
+    script: str = COMMITTER,
 ) -> str:
-    """Run the committer in its own process with S3 through `proxy` (`boto3_only`: only its boto3
-    calls; pyiceberg's writes go straight to the server, as the proxy reads no chunked uploads),
+    """Run the committer (or another `script` given the config path) in its own process with S3
+    through `proxy` (`boto3_only`: only its boto3 calls; pyiceberg's go straight to the server),
     wait until `rule` holds a request, then SIGKILL it (no cleanup runs: a crash). Returns the
     process's output."""
     path = tmp_path / f"{name}.json"
@@ -230,7 +237,7 @@ def kill_committer_at(
     env["PYTHONPATH"] = str(REPO)
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-c", COMMITTER, str(path)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-c", script, str(path)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
         )
     try:
         deadline = time.monotonic() + 180  # imports and a catalog open on a loaded 2-core machine
