@@ -420,11 +420,17 @@ def measure_parts(
         got = {name: samples[(part, name)] for name in ("parse_only", "ours", "allocation_floor")}
         median = {name: sorted(values)[len(values) // 2] for name, values in got.items()}
         paired = sorted(p / o for p, o in zip(got["parse_only"], got["ours"], strict=True))
+        kilobytes = sum(len(s["Document"]) for t in traces for s in t["Segments"]) / 1000
         out[part] = {
             "traces": len(traces),
             "segments": segments,
             "segments_per_trace": round(segments / len(traces), 2),
-            "bytes_per_document": round(sum(len(s["Document"]) for t in traces for s in t["Segments"]) / documents),
+            "bytes_per_document": round(kilobytes * 1000 / documents),
+            # per byte of Document text: parse-only is cheaper per byte on the real documents (more
+            # numbers, fewer long strings), which lowers their ratio whatever the transform does
+            "document_kilobytes": round(kilobytes, 1),
+            "parse_only_microseconds_per_kb": round(min(got["parse_only"]) / kilobytes * 1e6, 3),
+            "ours_microseconds_per_kb": round(min(got["ours"]) / kilobytes * 1e6, 2),
             "repeats_per_sample": {name: repeats[(part, name)] for name in got},
             "ratio_vs_parse_only": round(min(got["parse_only"]) / min(got["ours"]), 4),
             "ratio_vs_parse_only_median": round(median["parse_only"] / median["ours"], 4),
@@ -500,6 +506,15 @@ def real_vs_generated(parts: dict[str, list[dict[str, Any]]], ctx: Any, rounds: 
         for key in ("ratio_vs_parse_only", "ratio_vs_parse_only_median", "ratio_vs_parse_only_paired_median")
     }
     ratios["median_of_round_ratios"] = per_round[len(per_round) // 2]
+    # the denominator's share of the gap: parse-only µs/KB, generated over real (> 1: parsing the
+    # real documents is cheaper per byte)
+    ratios["parse_only_per_kb_generated_over_real"] = round(
+        by_part["generated"]["parse_only_microseconds_per_kb"] / by_part["fixtures"]["parse_only_microseconds_per_kb"],
+        3,
+    )
+    ratios["ours_per_kb_generated_over_real"] = round(
+        by_part["generated"]["ours_microseconds_per_kb"] / by_part["fixtures"]["ours_microseconds_per_kb"], 3
+    )
     ratios["round_ratios"] = per_round
     common.log(f"real documents vs generated (ratio to parse-only): {ratios}")
     return {"by_workload": by_part, "real_vs_generated": ratios}

@@ -60,6 +60,21 @@ REMOTE_SERVICE = "xraylake_remote_service"
 _COPIED_PREFIXES = ("span.attributes.http@", "span.attributes.aws@", "span.attributes.db@")
 _NOT_COPIED_PREFIX = "span.attributes.aws@xray@"
 _MAX_NAME = 1024
+# Span fields seen so far that the node repeats, and that it does not (the prefix test, cached:
+# a call span has ~40 fields, most of them the same in every trace; bounded, annotations are keys)
+_COPIED: set[str] = set()
+_NOT_COPIED: set[str] = set()
+
+
+def _copied(field: str) -> bool:
+    copied = field.startswith(_COPIED_PREFIXES) and not field.startswith(_NOT_COPIED_PREFIX)
+    known = _COPIED if copied else _NOT_COPIED
+    if len(known) >= 4096:
+        known.clear()
+    known.add(field)
+    return copied
+
+
 # (account, account name, environment, region, node name, node type) → the node's resource
 # attributes (what `resource_attributes` reads of the context; read-only once built; bounded)
 _RESOURCES: dict[tuple[str, str, str, str, str, str], dict[str, Any]] = {}
@@ -133,29 +148,25 @@ def dependency_spans(
             resource = _RESOURCES[cache_key] = resource_attributes(ctx, {"origin": node_type}, name, aws, None)
         span = {**template, **resource}
         for field, value in call_span.items():
-            if field.startswith(_COPIED_PREFIXES) and not field.startswith(_NOT_COPIED_PREFIX):
+            if field in _COPIED or (field not in _NOT_COPIED and _copied(field)):
                 span[field] = value
-        span.update(
-            {
-                "spanId": inferred_span_id(doc["segment_id"]),
-                "parentSpanId": call_span["spanId"],
-                "name": name,
-                "kind": "SPAN_KIND_SERVER",
-                "serviceName": name,
-                "startTime": call_span["startTime"],
-                "endTime": call_span["endTime"],
-                "durationInNanos": call_span["durationInNanos"],
-                "events": [],
-                "links": [],
-                "status.code": call_span["status.code"],
-                "traceGroup": call_span["traceGroup"],
-                "traceGroupFields.endTime": call_span["traceGroupFields.endTime"],
-                "traceGroupFields.durationInNanos": call_span["traceGroupFields.durationInNanos"],
-                "traceGroupFields.statusCode": call_span["traceGroupFields.statusCode"],
-                "span.attributes.aws@xray@inferred": "true",
-                "span.attributes.aws@xray@origin": node_type,
-            }
-        )
+        # what span.update({...}) of these would do, key by key (new keys in this order)
+        span["spanId"] = inferred_span_id(doc["segment_id"])
+        span["parentSpanId"] = call_span["spanId"]
+        span["name"] = span["serviceName"] = name
+        span["kind"] = "SPAN_KIND_SERVER"
+        span["startTime"] = call_span["startTime"]
+        span["endTime"] = call_span["endTime"]
+        span["durationInNanos"] = call_span["durationInNanos"]
+        span["events"] = []
+        span["links"] = []
+        span["status.code"] = call_span["status.code"]
+        span["traceGroup"] = call_span["traceGroup"]
+        span["traceGroupFields.endTime"] = call_span["traceGroupFields.endTime"]
+        span["traceGroupFields.durationInNanos"] = call_span["traceGroupFields.durationInNanos"]
+        span["traceGroupFields.statusCode"] = call_span["traceGroupFields.statusCode"]
+        span["span.attributes.aws@xray@inferred"] = "true"
+        span["span.attributes.aws@xray@origin"] = node_type
         if "status.message" in call_span:
             span["status.message"] = call_span["status.message"]
         if "span.attributes.aws@xray@status" in call_span:

@@ -18,6 +18,8 @@ from tasks.trace_model import TraceContext
 
 __all__ = [
     "XRAY_TRACE_ID",
+    "add_resource_attributes",
+    "context_resource",
     "exception_stacktrace",
     "go_json",
     "otel_span_id",
@@ -138,15 +140,37 @@ def resource_attributes(
     (translator.go `populateResource`, aws.go, sdk.go), plus what xraylake knows from the envelope:
     the account (`cloud.account.id` unless the segment names its own), `cloud.region`,
     `deployment.environment`, the roster's account name and the segment's origin."""
-    resource: dict[str, Any] = {
-        "resource.attributes.service@name": name,
+    resource = context_resource(ctx)
+    resource["resource.attributes.service@name"] = name
+    if aws is not None:
         # aws.go: no `aws` block → the receiver cannot know the provider ("unknown")
-        "resource.attributes.cloud@provider": "aws" if aws is not None else "unknown",
+        resource["resource.attributes.cloud@provider"] = "aws"
+    add_resource_attributes(resource, node, aws, resource_arn, problem)
+    return resource
+
+
+def context_resource(ctx: TraceContext) -> dict[str, Any]:
+    """The first six resource attributes, in `resource_attributes`' order, as a segment without an
+    `aws` block and an empty name has them (the service name and provider are the segment's)."""
+    return {
+        "resource.attributes.service@name": "",
+        "resource.attributes.cloud@provider": "unknown",
         "resource.attributes.cloud@region": ctx.region,
         "resource.attributes.cloud@account@id": ctx.account_id,
         "resource.attributes.deployment@environment": ctx.environment,
         "resource.attributes.xraylake@account@name": ctx.account_name,
     }
+
+
+def add_resource_attributes(
+    resource: dict[str, Any],
+    node: dict[str, Any],
+    aws: dict[str, Any] | None,
+    resource_arn: str | None,
+    problem: Callable[[str], None] | None = None,
+) -> None:
+    """What `resource_attributes` adds after the context's six attributes, written into `resource`
+    (which holds those six already, e.g. a span template made with `context_resource`)."""
     if aws is not None:
         account = aws.get("account_id")
         if account is not None:
@@ -204,7 +228,6 @@ def resource_attributes(
         resource["resource.attributes.service@version"] = to_text(service.get("version"), 256) or ""
     if resource_arn is not None:
         resource["resource.attributes.aws@xray@resource_arn"] = resource_arn
-    return resource
 
 
 def exception_stacktrace(
@@ -224,10 +247,10 @@ def exception_stacktrace(
                 or (path is not None and type(path) is not str)
             ):
                 odd.append(f"stack frame {to_text(frame, 80)!r} has a line, label or path of the wrong type")
-            lines.append(
-                f"\tat {to_text(label, 256) or ''}({to_text(path, 512) or ''}: "
-                f"{line if type(line) is int else '<unknown>'})"
-            )
+            # to_text(label, 256) and to_text(path, 512), without the calls for the usual strings
+            label = (label if len(label) <= 256 else label[:256]) if type(label) is str else to_text(label, 256)
+            path = (path if len(path) <= 512 else path[:512]) if type(path) is str else to_text(path, 512)
+            lines.append(f"\tat {label or ''}({path or ''}: {line if type(line) is int else '<unknown>'})")
         elif odd is not None:
             odd.append(f"stack frame {to_text(frame, 40)!r} is not an object")
     text = "\n".join(lines) + "\n"
@@ -266,37 +289,81 @@ def split_sql_url(url: str) -> tuple[str, str | None]:
 _HASH_CACHE: dict[tuple[Any, ...], str] = {}
 
 
+def _relation_hash(
+    service: str,
+    kind: str | None,
+    group: str | None,
+    target: tuple[str, str] | None,
+    destination: tuple[str, str] | None,
+) -> str:
+    """`service_map_hash`, cached (a consumer sees the same edges over and over)."""
+    key = (service, kind, group, target, destination)
+    hash_id = _HASH_CACHE.get(key)
+    if hash_id is None:
+        hash_id = service_map_hash(service, kind, group, target, destination)
+        if len(_HASH_CACHE) > 100_000:
+            _HASH_CACHE.clear()
+        _HASH_CACHE[key] = hash_id
+    return hash_id
+
+
+# (service, trace group) → its isolated-service relationship (returned as copies; bounded)
+_ISOLATED: dict[tuple[str, str | None], dict[str, Any]] = {}
+
+
+def _isolated(service: str, group: str | None) -> dict[str, Any]:
+    """The relationship document of a service without edges (a new dict, from a cached one)."""
+    found = _ISOLATED.get((service, group))
+    if found is None:
+        found = _relation(service, None, group, None, None, _relation_hash(service, None, group, None, None))
+        if len(_ISOLATED) >= 4096:
+            _ISOLATED.clear()
+        _ISOLATED[(service, group)] = found
+    return found.copy()
+
+
+def _relation(
+    service: str,
+    kind: str | None,
+    group: str | None,
+    target: tuple[str, str] | None,
+    destination: tuple[str, str] | None,
+    hash_id: str,
+) -> dict[str, Any]:
+    """The relationship document of one service-map edge (or isolated service)."""
+    return {
+        "serviceName": service,
+        "kind": kind,
+        "destination": {"resource": destination[0], "domain": destination[1]} if destination else None,
+        "target": {"resource": target[0], "domain": target[1]} if target else None,
+        "traceGroupName": group,
+        "hashId": hash_id,
+    }
+
+
 def service_map_relations(spans: Sequence[dict[str, Any]], group: str | None) -> list[dict[str, Any]]:
     """Data Prepper service-map relationships: for each parent→child span pair crossing services a
     destination edge (parent service → child) and a target edge (child service), plus isolated
     services for services without any edge."""
-    by_span = {span["spanId"]: span for span in spans}
+    if len(spans) == 1:
+        return [_isolated(spans[0]["serviceName"], group)]
+    services = {span["serviceName"] for span in spans}
+    if len(services) < 2:  # no parent → child pair can cross services: the isolated service only
+        return [_isolated(service, group) for service in services]
     relations: dict[str, dict[str, Any]] = {}
     connected: set[str] = set()
-    services: set[str] = set()
 
     def add(
         service: str, kind: str | None, target: tuple[str, str] | None, destination: tuple[str, str] | None
     ) -> None:
-        key = (service, kind, group, target, destination)
-        hash_id = _HASH_CACHE.get(key)
+        hash_id = _HASH_CACHE.get((service, kind, group, target, destination))
         if hash_id is None:
-            hash_id = service_map_hash(service, kind, group, target, destination)
-            if len(_HASH_CACHE) > 100_000:
-                _HASH_CACHE.clear()
-            _HASH_CACHE[key] = hash_id
+            hash_id = _relation_hash(service, kind, group, target, destination)
         if hash_id not in relations:
-            relations[hash_id] = {
-                "serviceName": service,
-                "kind": kind,
-                "destination": {"resource": destination[0], "domain": destination[1]} if destination else None,
-                "target": {"resource": target[0], "domain": target[1]} if target else None,
-                "traceGroupName": group,
-                "hashId": hash_id,
-            }
+            relations[hash_id] = _relation(service, kind, group, target, destination, hash_id)
 
+    by_span = {span["spanId"]: span for span in spans}
     for child in spans:
-        services.add(child["serviceName"])
         parent_span_id = child["parentSpanId"]
         if not parent_span_id:
             continue

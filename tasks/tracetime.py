@@ -82,6 +82,12 @@ class Partition:
 _SPELLINGS: dict[int, tuple[str, str, str, str]] = {}
 
 
+def hour_spellings(second: int) -> tuple[str, str, str, str]:
+    """(`dt`, `hour`, `day`, `hour_iso`) of the partition holding epoch second `second`, as
+    `Partition.of(second)` spells them, without building the Partition (the transform's path)."""
+    return _SPELLINGS.get(second - second % 3600) or _spellings(second - second % 3600)
+
+
 def _spellings(second: int) -> tuple[str, str, str, str]:
     found = _SPELLINGS.get(second)
     if found is None:
@@ -234,6 +240,19 @@ def anchor_second(
     if credible is not None:
         return credible
     start_us = earliest_start_us(trace, documents) if earliest_us == _UNKNOWN else earliest_us
+    return anchor_without_credible_id(epoch, start_us, collected_s)
+
+
+def credible_window(collected_s: float) -> tuple[float, float]:
+    """Rule 1 as bounds: an `id_epoch` is credible when `low <= epoch <= high` for the collection
+    time `collected_s` (epoch seconds). For a caller filing many traces of one collection time (the
+    transform: two comparisons per trace instead of a regex and a datetime call)."""
+    return collected_s - _BEFORE_SECONDS, collected_s + _AFTER_SECONDS
+
+
+def anchor_without_credible_id(epoch: int | None, start_us: int | None, collected_s: float) -> int:
+    """Rules 2-5, for a trace whose `id_epoch` is `epoch` and not credible (`credible_epoch` is
+    None), whose earliest plausible start is `start_us` (`earliest_start_us`)."""
     if start_us is not None:
         start = start_us // 1_000_000
         return epoch if epoch is not None and abs(epoch - start) <= ID_AGREES_WITHIN else start
