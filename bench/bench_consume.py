@@ -39,7 +39,8 @@ a third of the backlog, the server's ~9 s); the consumer's chunks (`chunk_bytes`
 requests for the same documents and can cross one more merge point than the bound. Whether it
 does moves the ratio by ~0.2 (0.98 × on 2026-11-26, 0.78 × on 2026-12-02): `bulk_requests` and
 `slowest_bulk_requests_seconds` of ours and the bound say which happened in a run. A real
-OpenSearch cluster merges by segment size in the background, not per request.
+OpenSearch cluster makes segments at refresh and merges them in the background (not measured
+here), so this artefact is the sandbox's.
 
 Index profiles: the same backlog is consumed by each index profile of the target (`both`,
 `xray`, `trace-analytics`) in each span generation (`both/standard` included), each into an
@@ -47,7 +48,9 @@ empty server, the order rotating per round (median of 3 rounds; 2 with --quick);
 profile: documents per segment, segments/s, `vs_both` = the ratio to `both` of the SAME span
 generation (the judged value), and `vs_both_<other>_other_generation` = the ratio to `both` of
 the other generation (kept for comparison with results before 2026-12-02, which judged every
-profile against `both/legacy`). `--profiles` runs only this comparison.
+profile against `both/legacy`). The `/map-bucket-3600s` row is the opt-in hourly v2 service map
+(`OpenSearchTarget.service_map_bucket_seconds`): reported, not judged. `--profiles` runs only
+this comparison.
 
 Targets (judged on the code as it is): ours ≥ 8 × Lambda-style, ≥ 0.8 × the raw-sink bound;
 each single-family profile ≥ 1.7 × the segments/s of `both` of its own span generation.
@@ -454,13 +457,18 @@ def run_index_paths(config: Any, envelopes: list[Any], index_prefix: str) -> dic
     return out
 
 
-PROFILES = (
-    ("both", "legacy"),
-    ("xray", "legacy"),
-    ("trace-analytics", "legacy"),
-    ("both", "standard"),
-    ("trace-analytics", "standard"),
+PROFILES = (  # (index profile, span generation, v2 service-map bucket seconds)
+    ("both", "legacy", 60),
+    ("xray", "legacy", 60),
+    ("trace-analytics", "legacy", 60),
+    ("both", "standard", 60),
+    ("trace-analytics", "standard", 60),
+    ("trace-analytics", "standard", 3600),  # opt-in coarser map: not judged
 )
+
+
+def profile_name(profile: str, generation: str, bucket: int) -> str:
+    return f"{profile}/{generation}" + (f"/map-bucket-{bucket}s" if bucket != 60 else "")
 
 
 def run_profiles(config: Any, envelopes: list[Any], rounds: int) -> dict[str, Any]:
@@ -468,18 +476,23 @@ def run_profiles(config: Any, envelopes: list[Any], rounds: int) -> dict[str, An
     its own; the order rotates each round and a profile's median over the rounds is reported."""
     import flows.consume  # noqa: F401  (imported before timing: the first profile must not pay for it)
 
-    runs: dict[str, list[dict[str, Any]]] = {f"{p}/{g}": [] for p, g in PROFILES}
+    runs: dict[str, list[dict[str, Any]]] = {profile_name(*p): [] for p in PROFILES}
     for round_number in range(rounds):
         order = PROFILES[round_number % len(PROFILES) :] + PROFILES[: round_number % len(PROFILES)]
-        for profile, generation in order:
+        for profile, generation, bucket in order:
             send_backlog(config, envelopes)
             with common.fresh_opensearch(config) as target:
                 opensearch = target.opensearch.model_copy(
-                    update={"index_profile": profile, "span_generation": generation}
+                    update={
+                        "index_profile": profile,
+                        "span_generation": generation,
+                        "service_map_bucket_seconds": bucket,
+                    }
                 )
                 result = run_ours(target.model_copy(update={"opensearch": opensearch}), "xray")
-            runs[f"{profile}/{generation}"].append(result)
-            common.log(f"profile {profile}/{generation}: {result['segments_per_second']} segments/s")
+            name = profile_name(profile, generation, bucket)
+            runs[name].append(result)
+            common.log(f"profile {name}: {result['segments_per_second']} segments/s")
     out: dict[str, Any] = {}
     for name, results in runs.items():
         rates = sorted(r["segments_per_second"] for r in results)
@@ -509,6 +522,11 @@ def run_profiles(config: Any, envelopes: list[Any], rounds: int) -> dict[str, An
     return out
 
 
+def judged_singles(profiles: dict[str, Any]) -> list[float]:
+    """`vs_both` of each single-family profile at the defaults (the opt-in map bucket rows aside)."""
+    return [row["vs_both"] for name, row in profiles.items() if not name.startswith("both") and name.count("/") == 1]
+
+
 def main() -> None:
     args = common.parse_args(
         __doc__.splitlines()[0],
@@ -526,7 +544,7 @@ def main() -> None:
         common.log(f"backlog: {len(envelopes)} envelopes, {sum(len(e.traces) for e in envelopes)} traces")
         profiles = run_profiles(config, envelopes, 2 if args.quick else 3)
         if args.profiles:
-            singles = [profiles[n]["vs_both"] for n in profiles if not n.startswith("both")]
+            singles = judged_singles(profiles)
             metrics = {
                 "backlog": {"accounts": len(accounts), "envelopes": len(envelopes)},
                 "profiles": profiles,
@@ -582,9 +600,7 @@ def main() -> None:
         "segments_per_second": ours["segments_per_second"],
         "profiles": profiles,
         "targets": {
-            "single_family_vs_both": common.target(
-                min(row["vs_both"] for name, row in profiles.items() if not name.startswith("both")), 1.7
-            ),
+            "single_family_vs_both": common.target(min(judged_singles(profiles)), 1.7),
             "speedup_vs_lambda_style": common.target(vs_lambda, 8.0),
             "ratio_vs_raw_sink_bound": common.target(vs_sink, 0.8),
         },

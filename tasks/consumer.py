@@ -208,6 +208,7 @@ class Consumer:
         # which index families (and span schema) the target receives; Parquet + raw stay complete
         self.span_generation = config.opensearch.span_generation
         self.index_profile = config.opensearch.index_profile
+        self.service_map_bucket_seconds = config.opensearch.service_map_bucket_seconds
         self.service_map_written = WrittenKeys()  # per instance, never module-global (module docstring)
         self.keys = [k.get_secret_value() for k in config.signing_keys]
         self.accounts = {a.account_id: a for a in config.roster.accounts}
@@ -435,7 +436,9 @@ class Consumer:
         service_map: set[tuple[str, str]] = set()  # sent in this bulk
         for eid, result in results.items():
             version = versions[eid]
-            for action in result.index_actions(version, self.index_prefix, self.span_generation, self.index_profile):
+            for action in result.index_actions(
+                version, self.index_prefix, self.span_generation, self.index_profile, self.service_map_bucket_seconds
+            ):
                 if action.kind == "service-map":
                     key = (action.index, action.doc_id)
                     if key in service_map:  # another envelope of this bulk has it: it fails with that one

@@ -185,3 +185,21 @@ def test_written_keys_forget_the_least_recently_seen() -> None:
     assert ("i", "a") in keys  # seen: now the most recent
     keys.add(("i", "c"))
     assert ("i", "b") not in keys and ("i", "a") in keys and ("i", "c") in keys and len(keys) == 2
+
+
+def test_the_target_s_service_map_bucket_reaches_the_v2_documents(fresh_config: Config) -> None:
+    from tasks.index import target_templates
+
+    opensearch = fresh_config.opensearch.model_copy(
+        update={"span_generation": "standard", "index_profile": "trace-analytics", "service_map_bucket_seconds": 3600}
+    )
+    config = fresh_config.model_copy(update={"opensearch": opensearch})
+    consumer = Consumer(config, boto3.client("s3"), boto3.client("sqs"), describe_executions=False)
+    ensure_templates(consumer.opensearch, target_templates(opensearch))
+    envelope = _scorekeep_envelope(config.roster.accounts[0].account_id, "1-59602603-000000000000000000000021")
+    stats = BatchStats()
+    assert consumer.ingest([(envelope, envelope.to_json())], stats, frozenset({"index"})) == set()
+    client = client_for(opensearch)
+    client.indices.refresh(index="otel-v2-apm-service-map-*")
+    hits = client.search(index="otel-v2-apm-service-map-*", body={"size": 100})["hits"]["hits"]
+    assert hits and {h["_source"]["timestamp"][13:] for h in hits} == {":00:00Z"}
