@@ -107,9 +107,10 @@ class WrittenKeys:
         return len(self._keys)
 
     def __contains__(self, key: object) -> bool:
-        if key not in self._keys:
+        try:
+            self._keys.move_to_end(key)  # type: ignore[arg-type]  # seen: now the most recent
+        except KeyError:
             return False
-        self._keys.move_to_end(key)  # type: ignore[arg-type]
         return True
 
     def add(self, key: tuple[str, str]) -> None:
