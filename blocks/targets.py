@@ -56,6 +56,12 @@ class OpenSearchTarget(Block):
         description="Index families this cluster receives: 'xray' (traces + segments), 'trace-analytics' "
         "(spans + service map) or 'both'. Parquet and the raw archive are always complete.",
     )
+    service_map_bucket_seconds: Literal[60, 300, 3600] = Field(
+        default=60,
+        description="Time bucket of the 'standard' generation's otel-v2-apm-service-map documents, by span "
+        "end time: 60 (Data Prepper's finest span-time granularity, the default), 300 or 3600 (fewer map "
+        "documents, a coarser map over time). The legacy service map has no time.",
+    )
     retention_days: int | None = Field(
         default=None,
         ge=1,

@@ -38,12 +38,27 @@ inflates into one buffer, and, when the envelope came gzip'ed (gzip+base64 or cl
 wire's gzip instead of compressing again. Bench B4, one 50 MB document: 256 MB peak RSS (785 MB
 before). What remains per envelope: its decoded bytes (≤ the 64 MiB cap) while parsing, and the
 documents of at most `document_budget_bytes` of segment documents.
+
+Service-map documents are written once per consumer, not once per envelope: every trace of every
+envelope yields the relationships it shows, so the same few edges came back in almost every
+envelope (B2's backlog: 741 legacy map documents for 90 distinct ids; 4,175 v2 documents for
+3,406). `_index` sends each service-map (index, id) once per bulk, whichever envelopes carry it,
+and skips those a bulk of this `Consumer` indexed successfully before (`WrittenKeys`, an LRU of
+`SERVICE_MAP_MEMORY` keys); skipped ones are counted in `documents_deduplicated`. Safe because a
+service-map document's id is derived from its whole content — the legacy `hashId` is Data
+Prepper's hash of every field the document has (service, kind, trace group, target, destination),
+the v2 id is a hash of the document (`servicemap_v2.document_id`) — and map documents are written
+unversioned (the same id written again is the same document). Only items the bulk answered with
+success are remembered (a failed one is sent again with the next envelope that has it, and its
+envelopes stay on the queue, like any failed document's). The memory belongs to the Consumer
+instance, never the module: every consume, replay or import run makes its own, so a replay into a
+rebuilt index writes the map again, and flows sharing a process (`serve`) share nothing.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +93,31 @@ from tasks.redact import RedactionPolicy
 
 MAX_BODY_BYTES = 1_048_576
 ALL_SINKS = frozenset({"raw", "parquet", "index"})
+SERVICE_MAP_MEMORY = 100_000  # service-map (index, id) pairs a Consumer remembers as written
+
+
+class WrittenKeys:
+    """A bounded set of keys, least recently seen dropped first (an LRU without values)."""
+
+    def __init__(self, capacity: int = SERVICE_MAP_MEMORY) -> None:
+        self.capacity = capacity
+        self._keys: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self._keys.move_to_end(key)  # type: ignore[arg-type]  # seen: now the most recent
+        except KeyError:
+            return False
+        return True
+
+    def add(self, key: tuple[str, str]) -> None:
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        while len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
 
 
 @dataclass
@@ -106,6 +146,7 @@ class BatchStats:
     documents_indexed: int = 0
     documents_stale: int = 0
     documents_failed: int = 0
+    documents_deduplicated: int = 0  # service-map documents not sent again (module docstring)
     raw_objects: int = 0
     parquet_files: int = 0
     parquet_bytes: int = 0
@@ -168,6 +209,8 @@ class Consumer:
         # which index families (and span schema) the target receives; Parquet + raw stay complete
         self.span_generation = config.opensearch.span_generation
         self.index_profile = config.opensearch.index_profile
+        self.service_map_bucket_seconds = config.opensearch.service_map_bucket_seconds
+        self.service_map_written = WrittenKeys()  # per instance, never module-global (module docstring)
         self.keys = [k.get_secret_value() for k in config.signing_keys]
         self.accounts = {a.account_id: a for a in config.roster.accounts}
         self.executions = (
@@ -390,12 +433,25 @@ class Consumer:
 
     def _index(self, results: dict[str, EnvelopeDocuments], versions: dict[str, int], stats: BatchStats) -> set[str]:
         actions: list[IndexAction] = []
-        owner: dict[str, str] = {}
+        owners: dict[str, list[str]] = {}  # document id → the envelopes that carry it
+        service_map: set[tuple[str, str]] = set()  # sent in this bulk
         for eid, result in results.items():
             version = versions[eid]
-            for action in result.index_actions(version, self.index_prefix, self.span_generation, self.index_profile):
+            for action in result.index_actions(
+                version, self.index_prefix, self.span_generation, self.index_profile, self.service_map_bucket_seconds
+            ):
+                if action.kind == "service-map":
+                    key = (action.index, action.doc_id)
+                    if key in service_map:  # another envelope of this bulk has it: it fails with that one
+                        owners[action.doc_id].append(eid)
+                        stats.documents_deduplicated += 1
+                        continue
+                    if key in self.service_map_written:
+                        stats.documents_deduplicated += 1
+                        continue
+                    service_map.add(key)
                 actions.append(action)
-                owner[action.doc_id] = eid
+                owners.setdefault(action.doc_id, []).append(eid)
         if not actions:
             return set()
         try:
@@ -408,4 +464,8 @@ class Consumer:
         stats.documents_stale += report.stale
         stats.documents_failed += report.failed
         stats.errors += [str(e) for e in report.errors[:5]]
-        return {owner[doc_id] for doc_id in report.failed_ids if doc_id in owner}
+        if report.indexed + report.stale + report.failed == len(actions):  # every item answered
+            for key in service_map:
+                if key[1] not in report.failed_ids:
+                    self.service_map_written.add(key)
+        return {eid for doc_id in report.failed_ids for eid in owners.get(doc_id, ())}

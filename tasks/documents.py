@@ -67,12 +67,17 @@ class EnvelopeDocuments:
         return traces if table == "traces" else segments
 
     def index_actions(
-        self, version: int, prefix: str = "xray", generation: str = "legacy", profile: str = "both"
+        self,
+        version: int,
+        prefix: str = "xray",
+        generation: str = "legacy",
+        profile: str = "both",
+        service_map_bucket_seconds: int = 60,
     ) -> list[IndexAction]:
         actions = []
         service_map: set[tuple[str, str]] = set()
         for docs in self.documents:
-            for request in docs.index_requests(prefix, generation, profile):
+            for request in docs.index_requests(prefix, generation, profile, service_map_bucket_seconds):
                 kind = request.kind
                 if kind == "service-map":
                     # ids come from the content (hashId, or the v2 document's hash): the same

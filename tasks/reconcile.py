@@ -690,7 +690,11 @@ class Repairer(Consumer):
                 actions = [
                     replace(action, op_type="create")
                     for action in documents.index_actions(
-                        version, self.index_prefix, self.span_generation, self.index_profile
+                        version,
+                        self.index_prefix,
+                        self.span_generation,
+                        self.index_profile,
+                        self.service_map_bucket_seconds,
                     )
                 ]
                 report = bulk_index(self.opensearch, actions)

@@ -31,8 +31,8 @@ Where xraylake differs, on purpose:
   Prepper's `metric_timestamp_source: span_end_time` with `metric_timestamp_granularity:
   minutes`), never arrival time: a backfill draws the map of its own time range. Documents are
   deduplicated per trace and given an id derived from their content, so the same edge in the same
-  minute is one document however often it is written (the consumer also writes it once per
-  envelope).
+  minute is one document however often it is written (the consumer writes it once per run:
+  `tasks.consumer`).
 
 How many documents that makes, against Data Prepper (`OTelApmServiceMapProcessorConfig`,
 `processCurrentWindowSpans`): by default it evaluates a `window_duration` of 60 s, keeps one

@@ -74,10 +74,15 @@ class TraceDocuments:
         return f"{self.account_id}:{span['traceId']}{span['spanId']}"
 
     def index_requests(
-        self, prefix: str = "xray", generation: str = "legacy", profile: str = "both"
+        self,
+        prefix: str = "xray",
+        generation: str = "legacy",
+        profile: str = "both",
+        service_map_bucket_seconds: int = 60,
     ) -> Iterator[IndexRequest]:
         """Every document with its index and id (version them all with `self.version`), for the
-        index families of `profile` and the span schema `generation` (`tasks.mappings`)."""
+        index families of `profile` and the span schema `generation` (`tasks.mappings`); v2
+        service-map documents in buckets of `service_map_bucket_seconds` of span time."""
         families = mappings.profile_families(profile)
         if "xray" in families:
             yield IndexRequest(mappings.traces_index(self.day, prefix), self.trace_doc_id, self.trace, "traces")
@@ -93,7 +98,7 @@ class TraceDocuments:
             spans = standard_spans(self.spans)
             for span in spans:
                 yield IndexRequest(span_index, f"{span_prefix}{span['traceId']}{span['spanId']}", span, "spans")
-            for doc_id, doc in service_map_v2(spans):
+            for doc_id, doc in service_map_v2(spans, granularity_seconds=service_map_bucket_seconds):
                 day = doc["timestamp"][:10].replace("-", ".")  # span time, not the trace's day
                 yield IndexRequest(mappings.service_map_v2_index(day), doc_id, doc, "service-map")
             return

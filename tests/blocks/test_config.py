@@ -95,3 +95,16 @@ def test_an_unknown_account_in_a_large_roster_is_one_short_line() -> None:
     message = str(refused.value)
     assert message.startswith("account '999999999999' is not in the roster (known: 000000000001, ")
     assert message.endswith("000000000010 and 990 more)") and len(message) < 250
+
+
+def test_a_service_map_bucket_outside_the_choices_is_refused_by_name() -> None:
+    from pydantic import ValidationError
+
+    from blocks import OpenSearchTarget
+    from blocks.config import problems
+
+    with pytest.raises(ValidationError) as error:
+        OpenSearchTarget(service_map_bucket_seconds=120)  # type: ignore[arg-type]
+    assert problems(error.value) == "service_map_bucket_seconds: Input should be 60, 300 or 3600"
+    assert OpenSearchTarget.model_validate({"service_map_bucket_seconds": 300}).service_map_bucket_seconds == 300
+    assert OpenSearchTarget().service_map_bucket_seconds == 60

@@ -32,3 +32,19 @@ def test_profiles_choose_the_kinds_of_actions() -> None:
     assert {a.kind for a in docs.index_actions(1)} == {"traces", "segments", "spans", "service-map"}
     v2 = [a for a in docs.index_actions(1, generation="standard") if a.kind == "service-map"]
     assert {a.index for a in v2} == {"otel-v2-apm-service-map-2024.09.22"} and not any(a.versioned for a in v2)
+
+
+def test_a_coarser_service_map_bucket_stamps_fewer_v2_documents_on_the_bucket() -> None:
+    docs = EnvelopeDocuments("e", [transform_trace(load_fixture("xray/synthesized_stepfunctions_trace"), CTX)])
+
+    def v2(bucket: int) -> list[dict[str, object]]:
+        actions = docs.index_actions(1, generation="standard", service_map_bucket_seconds=bucket)
+        return [a.source for a in actions if a.kind == "service-map"]
+
+    minute, hour = v2(60), v2(3600)
+    assert minute == v2(60) and 0 < len(hour) <= len(minute)
+    assert {str(d["timestamp"])[14:] for d in hour} == {"00:00Z"}
+    assert len({str(d["timestamp"]) for d in minute}) >= len({str(d["timestamp"]) for d in hour})
+    # the legacy map has no time: the bucket does not change it
+    legacy = [a.doc_id for a in docs.index_actions(1, service_map_bucket_seconds=3600) if a.kind == "service-map"]
+    assert legacy == [a.doc_id for a in docs.index_actions(1) if a.kind == "service-map"]
