@@ -49,17 +49,19 @@ def swept(config: Config, config_file: str, per_account: int, tag: str) -> dict[
 
 def test_opensearch_down_mid_run_then_back(fresh_config: Config, config_file: str, opensearch_proxy) -> None:  # type: ignore[no-untyped-def]
     expected = swept(fresh_config, config_file, 6, "os-down")
+    sent = h.queue_depth(fresh_config)["visible"]
     opensearch_proxy.add(FaultRule(path=r"/_bulk", method="POST", drop_connection=True))  # every bulk: no answer
     down = run_consumer(through(fresh_config, opensearch_proxy), wait_seconds=1, visibility_timeout=2, use_tasks=False)
-    assert down.deleted == 0 and down.left_for_retry == down.received > 0, down.as_dict()
+    # a slow machine's bulk retries outlast the 2 s visibility: a message may be received twice
+    assert down.deleted == 0 and down.left_for_retry == down.received >= sent > 0, down.as_dict()
     assert down.raw_objects == down.envelopes  # the archive took them; only the index failed
     depth = h.queue_depth(fresh_config)  # in flight, or visible again once the 2 s visibility ran out
-    assert depth["in_flight"] + depth["visible"] == down.received, depth  # nothing deleted, nothing lost
+    assert depth["in_flight"] + depth["visible"] == sent, depth  # nothing deleted, nothing lost
 
     opensearch_proxy.clear()
-    h.wait_for(lambda: h.queue_depth(fresh_config)["visible"] == down.received, 30, "the visibility timeout")
+    h.wait_for(lambda: h.queue_depth(fresh_config)["visible"] == sent, 30, "the visibility timeout")
     back = run_consumer(through(fresh_config, opensearch_proxy), wait_seconds=1, use_tasks=False)
-    assert back.deleted == down.received and back.documents_failed == 0, back.as_dict()
+    assert back.deleted == sent and back.documents_failed == 0, back.as_dict()
     h.assert_exactly_once(fresh_config, expected)
     h.reconcile_ok(config_file, expected)
 
