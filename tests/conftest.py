@@ -18,23 +18,28 @@ from blocks.config import Config
 from sandbox import seed
 from sandbox.stack import SandboxStack
 
-# Modules that take longest, longest first (seconds in a clean-clone `make test`, 2026-12-02).
+# Modules that take longest, longest first (seconds in a clean-clone `make test`, 2026-12-02 13:12).
 # `--dist loadfile` hands whole modules to the workers in collection order, so starting these first
 # lets the four workers finish together instead of one running a long module at the end.
 LONGEST_MODULES = (
-    "tests/deployments/test_deployments.py",  # 386: a served Prefect server, runs, the UI
-    "tests/test_cli.py",  # 238
-    "tests/flows/test_collect_paths.py",  # 204
-    "tests/fault/test_sinks.py",  # 204
-    "tests/tasks/test_report.py",  # 171
-    "tests/fault/test_delivery.py",  # 171
-    "tests/flows/test_consume.py",  # 167
-    "tests/sandbox/test_demo.py",  # 126: make demo in a subprocess
-    "tests/deployments/test_definitions.py",  # 123: prefect deploy, forms refused by the server
-    "tests/fault/test_collect.py",  # 120
-    "tests/sandbox/test_stack.py",  # 117
-    "tests/flows/test_backfill_fan_out.py",  # 116: two process workers
-    "tests/tasks/test_transform.py",  # 81
+    "tests/deployments/test_deployments.py",  # 506: a served Prefect server, runs, the UI
+    "tests/flows/test_sweep_shards.py",  # 292: two process workers
+    "tests/deployments/test_definitions.py",  # 276: prefect deploy, forms refused by the server
+    "tests/flows/test_collect_paths.py",  # 258
+    "tests/test_cli.py",  # 257
+    "tests/flows/test_backfill_fan_out.py",  # 246: two process workers
+    "tests/fault/test_sinks.py",  # 234
+    "tests/fault/test_delivery.py",  # 227
+    "tests/tasks/test_report.py",  # 223
+    "tests/sandbox/test_demo.py",  # 216: make demo in a subprocess
+    "tests/fault/test_collect.py",  # 169
+    "tests/sandbox/test_stack.py",  # 144
+    "tests/flows/test_replay.py",  # 123
+    "tests/tasks/test_lake.py",  # 103
+    "tests/flows/test_sweep.py",  # 99
+    "tests/fault/test_security.py",  # 98
+    "tests/tasks/test_committer.py",  # 96
+    "tests/flows/test_consume.py",  # 95
 )
 
 
