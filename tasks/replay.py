@@ -62,11 +62,6 @@ def list_partition(s3: Any, store: ArchiveStore, partition: RawPartition) -> lis
     ]
 
 
-def iter_raw(s3: Any, store: ArchiveStore, keys: list[str]) -> Iterator[tuple[str, bytes]]:
-    for key in keys:
-        yield key, archive.get_raw(s3, store.bucket, key)
-
-
 # What an archived object that cannot be read back as an envelope raises once it is read from S3:
 # a corrupt or truncated gzip (gzip.BadGzipFile is an OSError, EOFError, zlib.error), not JSON or
 # not an envelope (EnvelopeError). S3's own errors are classified (tasks.errors) and still raise.
