@@ -209,11 +209,13 @@ def test_an_account_whose_x_ray_slot_stays_busy_fails_alone_without_calling_x_ra
     collector = col.Collector.from_config(fresh_config)
 
     @flow
-    def sweep_one() -> col.AccountResult:  # the task logs through its run's logger
-        return sweep_account_task.fn(collector, account, "us-east-1", datetime.now(UTC), {}, slot_timeout_seconds=1.0)
+    def sweep_one(slot_timeout_seconds: float) -> col.AccountResult:  # the task logs through its run's logger
+        return sweep_account_task.fn(
+            collector, account, "us-east-1", datetime.now(UTC), {}, slot_timeout_seconds=slot_timeout_seconds
+        )
 
     with concurrency(concurrency_name(account.account_id, "us-east-1"), occupy=1):  # the other run
-        result = sweep_one()
+        result = sweep_one(1.0)
     assert result.status == "failed" and result.error_kind == "TimeoutError"
     assert "slot not free within 1 s" in (result.error or "")
     assert result.traces == 0
@@ -221,7 +223,8 @@ def test_an_account_whose_x_ray_slot_stays_busy_fails_alone_without_calling_x_ra
     assert mark.high_water is None
     assert drain(fresh_config) == []
 
-    freed = sweep_one()
+    # the release reaches the server asynchronously: on a loaded machine 1 s can pass before it does
+    freed = sweep_one(60.0)
     assert freed.status != "failed", freed.error
     assert freed.traces == 3
 

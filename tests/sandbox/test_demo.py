@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(660)  # the subprocess's own limit (600 s) is the one that should fire
 def test_make_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     env = dict(os.environ, XRAYLAKE_HOME=str(tmp_path / "home"))
     env.pop("AWS_ENDPOINT_URL", None)
