@@ -43,6 +43,12 @@ LONGEST_MODULES = (
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    from tests import cpu_accounting
+
+    cpu_accounting.register(config)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {module: position for position, module in enumerate(LONGEST_MODULES)}
     root = config.rootpath
