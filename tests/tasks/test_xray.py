@@ -316,9 +316,12 @@ def test_throttling_raw_client_fails_but_reader_misses_nothing(
 
 def test_client_bucket_paces_below_the_front_limit(client: Any, account: str, front: StrictXRayFront) -> None:
     put = put_traces(client, 9, time.time() - 1000)
-    front.configure(rate_per_second=20, burst=2)
+    # a bucket at half the front's rate: calls leave >= 0.5 s apart, so the bucket waits unless a call
+    # itself takes 0.5 s (at 15/s a loaded machine's slow calls never had to wait), and the front
+    # (one call per 0.25 s) would throttle calls that were not paced
+    front.configure(rate_per_second=4, burst=1)
     stats = XRayStats()
-    limiter = TokenBucket(rate=15, burst=1)
+    limiter = TokenBucket(rate=2, burst=1)
     listing = list_trace_ids(client, last_hour(), account_id=account, limiter=limiter, stats=stats, backoff=FAST)
     batch = batch_get_traces(client, listing.trace_ids, account_id=account, limiter=limiter, stats=stats, backoff=FAST)
     assert len(batch.traces) == len(put)
