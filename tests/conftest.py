@@ -10,7 +10,6 @@ import os
 import uuid
 from collections.abc import Iterator
 
-import boto3
 import httpx
 import pytest
 
@@ -18,6 +17,7 @@ from blocks import MemberAccount, OpenSearchTarget, Roster
 from blocks.config import Config
 from sandbox import seed
 from sandbox.stack import SandboxStack
+from tasks.aws import shared_session
 
 # Modules that take longest, longest first (seconds in a clean-clone `make test`, 2026-12-02 13:12).
 # `--dist loadfile` hands whole modules to the workers in collection order, so starting these first
@@ -90,7 +90,8 @@ def fresh_roster(stack: SandboxStack) -> Roster:
 def fresh_config(stack: SandboxStack, fresh_roster: Roster) -> Iterator[Config]:
     """The sandbox config with this test's own accounts, queue + DLQ, bucket and OpenSearch clone."""
     suffix = uuid.uuid4().hex[:10]
-    session = boto3.Session(region_name=stack.config.region)
+    # on the process-wide botocore loader: a new plain session parses endpoints and models again
+    session = shared_session(region_name=stack.config.region)
     queue = seed.seed_queue(session, "o-sandbox", name=f"xraylake-{suffix}")
     archive = seed.seed_bucket(session, bucket=f"xraylake-{suffix}")
     clone = stack.opensearch.clone()
