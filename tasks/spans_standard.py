@@ -15,7 +15,17 @@ Data Prepper's `otel_traces` processor writes with `index_type: trace-analytics-
 - `status` {code, message}, `resource` {attributes, droppedAttributesCount, schemaUrl},
   `instrumentationScope` {droppedAttributesCount} (X-Ray segments carry no instrumentation
   scope), `traceGroupFields` as an object;
-- `@timestamp` = the span's start time (span time, never arrival time).
+- no `@timestamp`: the template maps one, but Data Prepper's codec never writes it (its span
+  documents carry `startTime`/`endTime`, which is what its readers query), and on the sandbox
+  OpenSearch it cost ~8-14 % of a span document's indexing (a fourth `date_nanos` per span).
+
+Left as the transform writes them although Data Prepper differs: `serviceName`, `traceGroup` and
+`traceGroupFields` are written on every span (Data Prepper's codec keeps them in event metadata;
+its `otel_traces` processor copies `traceGroup`/`traceGroupFields` into child span documents, and
+`serviceName` only into spans it flushes late: read in `OTelProtoStandardCodec.parseSpan`,
+`JacksonStandardSpan`, `OTelTraceRawProcessor`); Data Prepper's `flags` and top-level scope
+`schemaUrl` (0 and "" for X-Ray, which has neither) and the `derived.*` attributes its
+`otel_traces` processor adds to SERVER spans are not written.
 
 Being a conversion of the legacy documents, whatever the transform adds to them flows through:
 an unknown `a.b` key of the legacy document becomes the nested object `a: {b: …}`.
@@ -85,8 +95,7 @@ def _attributes(raw: Any) -> dict[str, Any]:
     return out
 
 
-def _put(target: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
+def _put(target: dict[str, Any], parts: tuple[str, ...], value: Any) -> None:
     node = target
     for part in parts[:-1]:
         child = node.get(part)
@@ -96,21 +105,51 @@ def _put(target: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# What to do with a legacy key: (how, name or path). Keys repeat across spans (the same resource and
+# span attributes in every span of a service), so each key is classified once and remembered, up to
+# _PLAN_LIMIT keys (annotation names are the customers' and need not be few).
+_ATTRIBUTE, _NUMERIC_ATTRIBUTE, _RESOURCE, _NUMERIC_RESOURCE, _LIST, _PATH, _PLAIN = range(7)
+_PLAN: dict[str, tuple[int, Any]] = {}
+_PLAN_LIMIT = 20_000
+
+
+def _plan(key: str) -> tuple[int, Any]:
+    if key.startswith(_SPAN_ATTRIBUTES):
+        name = _attribute_name(key[len(_SPAN_ATTRIBUTES) :])
+        plan: tuple[int, Any] = (_NUMERIC_ATTRIBUTE if name in NUMERIC_ATTRIBUTES else _ATTRIBUTE, name)
+    elif key.startswith(_RESOURCE_ATTRIBUTES):
+        name = _attribute_name(key[len(_RESOURCE_ATTRIBUTES) :])
+        plan = (_NUMERIC_RESOURCE if name in NUMERIC_ATTRIBUTES else _RESOURCE, name)
+    elif key in ("events", "links"):
+        plan = (_LIST, key)
+    elif "." in key:  # status.code, traceGroupFields.endTime, or what the transform adds
+        plan = (_PATH, tuple(key.split(".")))
+    else:
+        plan = (_PLAIN, key)
+    if len(_PLAN) < _PLAN_LIMIT:
+        _PLAN[key] = plan
+    return plan
+
+
 def standard_span(span: dict[str, Any]) -> dict[str, Any]:
     """One legacy span document → its standard (plain-raw) document."""
     out: dict[str, Any] = {key: span[key] for key in _COPIED if key in span}
     attributes: dict[str, Any] = {}
     resource_attributes: dict[str, Any] = {}
+    plans = _PLAN
     for key, value in span.items():
         if key in out:
             continue
-        if key.startswith(_SPAN_ATTRIBUTES):
-            name = _attribute_name(key[len(_SPAN_ATTRIBUTES) :])
+        how, name = plans.get(key) or _plan(key)
+        if how == _ATTRIBUTE:
+            attributes[name] = value
+        elif how == _RESOURCE:
+            resource_attributes[name] = value
+        elif how == _NUMERIC_ATTRIBUTE:
             attributes[name] = _typed(name, value)
-        elif key.startswith(_RESOURCE_ATTRIBUTES):
-            name = _attribute_name(key[len(_RESOURCE_ATTRIBUTES) :])
+        elif how == _NUMERIC_RESOURCE:
             resource_attributes[name] = _typed(name, value)
-        elif key in ("events", "links"):
+        elif how == _LIST:
             items = []
             for item in value or []:
                 if isinstance(item, dict):
@@ -119,8 +158,8 @@ def standard_span(span: dict[str, Any]) -> dict[str, Any]:
                         converted["attributes"] = _attributes(converted["attributes"])
                     items.append(converted)
             out[key] = items
-        elif "." in key:  # status.code, traceGroupFields.endTime, or what the transform adds
-            _put(out, key, value)
+        elif how == _PATH:
+            _put(out, name, value)
         else:
             out[key] = value
     out["attributes"] = attributes
@@ -141,8 +180,6 @@ def standard_span(span: dict[str, Any]) -> dict[str, Any]:
     status.setdefault("message", "")
     out.setdefault("events", [])
     out.setdefault("links", [])
-    if "startTime" in out:
-        out["@timestamp"] = out["startTime"]
     return out
 
 

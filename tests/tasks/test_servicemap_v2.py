@@ -68,7 +68,8 @@ def test_edges_of_a_trace_with_typed_dependency_nodes() -> None:
         ("checkout", "checkout", "aws_resource", "AWS::Lambda", "Invoke"),
         # the DynamoDB call has an inferred SERVER span: still a typed node, never a service
         ("validate-order", "validate-order", "aws_resource", "AWS::DynamoDB", "GetItem"),
-        ("validate-order", "validate-order", None, None, None),  # the server span without a call
+        # no leaf node for the outer Lambda server span (AWS::Lambda): the DynamoDB call under its
+        # function segment (a nested SERVER span of the same service) is its descendant too
     }
     by_target = {d.get("targetNode", {}).get("keyAttributes", {}).get("name"): d for _, d in docs}
     assert by_target["validate-order"]["targetNode"]["keyAttributes"]["environment"] == "lambda:default"
@@ -114,6 +115,25 @@ def test_databases_and_remote_hosts_without_a_server_span_are_typed_nodes() -> N
     }
     assert {d["sourceNode"]["keyAttributes"]["environment"] for _, d in docs} == {"ec2:default"}
     assert {d["timestamp"] for _, d in docs} == {"2026-01-05T09:00:00Z"}  # the end time's minute
+
+
+def test_leaf_nodes_only_for_server_spans_without_a_client_descendant_in_their_service() -> None:
+    """Data Prepper's `findClientDescendantsForServerThreeWindow` walks through every child of the
+    same service, nested SERVER spans included (an X-Ray Lambda service segment over its function
+    segment): neither server of such a chain is a leaf once a CLIENT lies below both."""
+    outer, inner, call, lone = "a" * 16, "b" * 16, "c" * 16, "d" * 16
+    spans = [
+        _span(outer, "SPAN_KIND_SERVER", "fn", **{"aws.xray.origin": "AWS::Lambda"}),
+        _span(inner, "SPAN_KIND_SERVER", "fn", outer),
+        _span(call, "SPAN_KIND_CLIENT", "fn", inner, **{"db.system": "postgresql", "db.statement": "select 1"}),
+        _span(lone, "SPAN_KIND_SERVER", "other", call, name="other"),  # another service, no call: a leaf
+    ]
+    assert _edges(service_map_v2(spans)) == {
+        ("fn", "fn", "service", "other", "other"),
+        ("other", "other", None, None, None),
+    }
+    spans[2]["kind"] = "SPAN_KIND_INTERNAL"  # no call at all: both servers of fn are leaves
+    assert _edges(service_map_v2(spans)) == {("fn", "fn", None, None, None), ("other", "other", None, None, None)}
 
 
 def test_operation_names_and_environments_as_data_prepper_derives_them() -> None:

@@ -45,10 +45,11 @@ def test_attributes_become_objects_keyed_by_otel_names_with_numbers_typed() -> N
         "statusCode": 2,
     }
     assert root["instrumentationScope"] == {"droppedAttributesCount": 0}
-    assert root["@timestamp"] == root["startTime"] == "2024-09-22T10:13:20.120000000Z"
+    assert root["startTime"] == "2024-09-22T10:13:20.120000000Z"
+    assert "@timestamp" not in root  # Data Prepper's codec writes none (the template maps one)
     for key in ("traceId", "spanId", "parentSpanId", "name", "kind", "serviceName", "durationInNanos", "traceState"):
         assert root[key] == legacy[0][key]
-    assert not [key for span in standard for key in span if "@" in key and key != "@timestamp"]
+    assert not [key for span in standard for key in span if "@" in key]
     assert not [key for span in standard for key in span if key.startswith(("span.", "resource.", "status."))]
 
 
