@@ -54,7 +54,6 @@ would be 0.11, hourly ones 0.012.
 
 from __future__ import annotations
 
-import calendar
 import functools
 import hashlib
 from collections.abc import Mapping
@@ -276,20 +275,10 @@ def _timestamp(span: dict[str, Any], granularity_seconds: int) -> str | None:
 def _bucket(second: str, granularity_seconds: int) -> str | None:
     """`YYYY-MM-DDTHH:MM:SS` → the start of its bucket, `YYYY-MM-DDTHH:MM:SSZ`."""
     try:
-        if second[4] != "-" or second[7] != "-" or second[10] != "T" or second[13] != ":" or second[16] != ":":
-            return None
-        moment = datetime(
-            int(second[0:4]),
-            int(second[5:7]),
-            int(second[8:10]),
-            int(second[11:13]),
-            int(second[14:16]),
-            int(second[17:19]),
-            tzinfo=UTC,
-        )
+        moment = datetime.strptime(second, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
     except ValueError:
         return None
-    epoch = calendar.timegm(moment.utctimetuple())
+    epoch = int(moment.timestamp())
     epoch -= epoch % granularity_seconds
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

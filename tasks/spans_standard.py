@@ -33,6 +33,7 @@ an unknown `a.b` key of the legacy document becomes the nested object `a: {b: â€
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 __all__ = ["NUMERIC_ATTRIBUTES", "standard_span", "standard_spans"]
@@ -106,13 +107,12 @@ def _put(target: dict[str, Any], parts: tuple[str, ...], value: Any) -> None:
 
 
 # What to do with a legacy key: (how, name or path). Keys repeat across spans (the same resource and
-# span attributes in every span of a service), so each key is classified once and remembered, up to
-# _PLAN_LIMIT keys (annotation names are the customers' and need not be few).
+# span attributes in every span of a service), so each key is classified once and remembered (a
+# bounded cache: annotation names are the customers' and need not be few).
 _ATTRIBUTE, _NUMERIC_ATTRIBUTE, _RESOURCE, _NUMERIC_RESOURCE, _LIST, _PATH, _PLAIN = range(7)
-_PLAN: dict[str, tuple[int, Any]] = {}
-_PLAN_LIMIT = 20_000
 
 
+@functools.lru_cache(maxsize=20_000)
 def _plan(key: str) -> tuple[int, Any]:
     if key.startswith(_SPAN_ATTRIBUTES):
         name = _attribute_name(key[len(_SPAN_ATTRIBUTES) :])
@@ -126,8 +126,6 @@ def _plan(key: str) -> tuple[int, Any]:
         plan = (_PATH, tuple(key.split(".")))
     else:
         plan = (_PLAIN, key)
-    if len(_PLAN) < _PLAN_LIMIT:
-        _PLAN[key] = plan
     return plan
 
 
@@ -136,11 +134,10 @@ def standard_span(span: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {key: span[key] for key in _COPIED if key in span}
     attributes: dict[str, Any] = {}
     resource_attributes: dict[str, Any] = {}
-    plans = _PLAN
     for key, value in span.items():
         if key in out:
             continue
-        how, name = plans.get(key) or _plan(key)
+        how, name = _plan(key)
         if how == _ATTRIBUTE:
             attributes[name] = value
         elif how == _RESOURCE:

@@ -80,7 +80,6 @@ class Partition:
 
 # Hour → its spellings: every trace asks for all four, and a consumer sees few distinct hours.
 _SPELLINGS: dict[int, tuple[str, str, str, str]] = {}
-SPELLINGS = _SPELLINGS  # read-only for callers (the transform looks an hour up without a call); cleared in place
 
 
 def hour_spellings(second: int) -> tuple[str, str, str, str]:

@@ -79,7 +79,6 @@ _text = coerce.to_text
 _safe_json = coerce.safe_json
 _digest_hex = coerce.digest_hex
 _epoch_us = tracetime.epoch_us
-_SPELLINGS = tracetime.SPELLINGS  # hour → its spellings (`tracetime.hour_spellings`' cache, read in place)
 _INT64 = coerce.INT64
 
 # X-Ray `aws` keys naming the resource a subsegment called, in order of preference.
@@ -1031,7 +1030,7 @@ class _TraceBuilder:
     def finish(self, trace: dict[str, Any]) -> TraceDocuments:
         ctx = self.ctx
         nodes = self.nodes
-        ids = {nodes[0][0]["segment_id"]} if len(nodes) == 1 else {walked[0]["segment_id"] for walked in nodes}
+        ids = {walked[0]["segment_id"] for walked in nodes}
         tops = self.tops
         if len(ids) != len(nodes):
             nodes, tops = self._dedupe()
@@ -1107,7 +1106,7 @@ class _TraceBuilder:
         if anchor is None or not low <= anchor <= high:
             earliest = self.earliest_us if self.walked_all else tracetime.earliest_start_us(trace, self.documents)
             anchor = tracetime.anchor_without_credible_id(self.id_epoch, earliest, self.collected_at_s)
-        dt, hour, day, hour_iso = _SPELLINGS.get(anchor - anchor % 3600) or tracetime.hour_spellings(anchor)
+        dt, hour, day, hour_iso = tracetime.hour_spellings(anchor)
         measured_start = start_us
         if start_us is None and nodes:
             # No (sub)segment has a usable start: the trace is placed at its anchor (never a null
@@ -1144,10 +1143,7 @@ class _TraceBuilder:
             if numbers:
                 annotations_num[key] = numbers[0] if len(numbers) == 1 else numbers
 
-        if len(tops) == 1:
-            tops_services = tops if not tops[0].is_subsegment else []
-        else:
-            tops_services = [top for top in tops if not top.is_subsegment]
+        tops_services = [top for top in tops if not top.is_subsegment]
         trace_doc = self.trace_template.copy()  # every key, in document order (see _TRACE_KEYS)
         trace_doc["trace_id"] = self.trace_id
         trace_doc["partition_hour"] = hour_iso
