@@ -9,7 +9,6 @@ import base64
 import hashlib
 import re
 from collections.abc import Callable, Sequence
-from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -231,9 +230,6 @@ def add_resource_attributes(
         resource["resource.attributes.aws@xray@resource_arn"] = resource_arn
 
 
-_FRAME_FIELDS = itemgetter("label", "path", "line")
-
-
 def exception_stacktrace(
     ex_type: str | None, message: str | None, stack: list[Any], odd: list[str] | None = None
 ) -> str:
@@ -242,20 +238,6 @@ def exception_stacktrace(
     Frames the receiver could not read (not an object, a `line` that is not an integer, a `label`
     or `path` that is not a string) are still rendered; `odd` receives what was wrong with them."""
     frames = stack[:64]
-    try:  # the usual stack: every frame an object with a string label and path and an integer line
-        fields = list(map(_FRAME_FIELDS, frames))
-    except (KeyError, TypeError):
-        fields = None
-    if fields is not None:
-        rendered = [
-            f"\tat {label}({path}: {line})"
-            if type(line) is int and type(label) is str and type(path) is str and len(label) <= 256 and len(path) <= 512
-            else ""  # not the usual frame (a rendered one is never empty): the loop below renders them all
-            for label, path, line in fields
-        ]
-        if "" not in rendered:
-            text = "\n".join([f"{ex_type or ''}: {message or ''}", *rendered]) + "\n"
-            return text if len(text) <= MAX_TEXT else text[:MAX_TEXT]
     lines = [f"{ex_type or ''}: {message or ''}"]
     for frame in frames:
         if type(frame) is dict:
