@@ -22,7 +22,7 @@ from flows.observe import emit, flow_failed, run_logger, summary_artifact
 from flows.parameters import CompactParameters, takes
 from tasks import catalog, compaction
 from tasks.aws import log_client
-from tasks.errors import is_transient
+from tasks.errors import is_transient, is_transient_or_commit_conflict
 from tasks.health import run_row, write_health
 from tasks.organizations import RunConfig
 
@@ -52,7 +52,14 @@ def compact_task(
     return [compaction.compact_partition(tbl, p) for p in plans]
 
 
-@task(name="compact-maintenance", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+# expiring snapshots commits to the table: a consumer's commit in between is worth one more try
+@task(
+    name="compact-maintenance",
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=is_transient_or_commit_conflict,
+    cache_policy=NO_CACHE,
+)
 def maintenance_task(config: Config, table: str, retention: timedelta, orphan_delay: timedelta) -> dict[str, int]:
     tbl = catalog.open_table(config, table)
     expired = compaction.expire_snapshots(tbl, retention)

@@ -6,6 +6,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from pyiceberg.exceptions import CommitFailedException
 
 
 class XraylakeError(Exception):
@@ -87,6 +88,19 @@ def is_transient(_task: Any, _run: Any, state: Any) -> bool:
     """Prefect `retry_condition_fn`: retry a task run only when it failed with a transient error."""
     try:
         state.result()
+    except Exception as error:
+        return is_transient_error(error)
+    return False
+
+
+def is_transient_or_commit_conflict(_task: Any, _run: Any, state: Any) -> bool:
+    """Prefect `retry_condition_fn` for a task that opens its Iceberg table afresh on each try: a
+    transient error, or a commit that lost the race to another writer (the next try starts from
+    the newer metadata)."""
+    try:
+        state.result()
+    except CommitFailedException:
+        return True
     except Exception as error:
         return is_transient_error(error)
     return False

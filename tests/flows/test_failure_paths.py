@@ -42,14 +42,22 @@ def one_line(message: str | None) -> str:
     return message
 
 
+def maintenance_runs(flow_run_id: Any) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="compact-maintenance")),
+        )
+
+
 def test_a_compaction_partition_and_a_maintenance_failure_fail_the_run_with_their_events(
-    fresh_config: Config, config_file: str, captured_events: EventsWorker, monkeypatch: pytest.MonkeyPatch
+    fresh_config: Config, config_file: str, captured_events: EventsWorker
 ) -> None:
-    from flows import compact as compact_module
     from flows.compact import compact
 
-    # a missing key is not transient: no retry would help (the task's own retry waits 5 s for nothing)
-    monkeypatch.setattr(compact_module, "maintenance_task", compact_module.maintenance_task.with_options(retries=0))
     a0, a1 = (a.account_id for a in fresh_config.roster.accounts[:2])
     t0 = [make_trace(a0, f"t{i}", HOUR_START + timedelta(minutes=i), segments=2) for i in range(6)]
     t1 = [make_trace(a1, f"u{i}", HOUR_START + timedelta(hours=1, minutes=i)) for i in range(4)]
@@ -95,6 +103,9 @@ def test_a_compaction_partition_and_a_maintenance_failure_fail_the_run_with_thei
     assert len(maintenance) == 1, maintenance
     assert maintenance[0]["flow"] == "compact" and maintenance[0]["error_kind"] == "MaintenanceFailed"
     assert maintenance[0]["error"].startswith("segments maintenance: ")
+    # a missing object is not transient: the maintenance task ran once, no retry waited for nothing
+    runs = maintenance_runs(state.state_details.flow_run_id)
+    assert sorted((run.state_name, run.run_count) for run in runs) == [("Completed", 1), ("Failed", 1)], runs
     assert automation_for("xraylake.compaction.failed") and automation_for("xraylake.flow.failed")
 
 

@@ -151,6 +151,23 @@ def test_is_transient_error_and_the_prefect_retry_condition_agree() -> None:
     assert is_transient(None, None, Completed(data=1)) is False
 
 
+def test_a_lost_iceberg_commit_race_is_retried_only_where_the_table_is_opened_again() -> None:
+    from pyiceberg.exceptions import CommitFailedException
+
+    from tasks.errors import is_transient_or_commit_conflict
+
+    conflict = Failed(data=CommitFailedException("Requirement failed: branch main has changed"))
+    assert is_transient_or_commit_conflict(None, None, conflict) is True
+    assert is_transient(None, None, conflict) is False
+    for error, expected in [
+        (TransientError("x"), True),
+        (FileNotFoundError("gone"), False),
+        (TerminalError("x"), False),
+    ]:
+        assert is_transient_or_commit_conflict(None, None, Failed(data=error)) is expected
+    assert is_transient_or_commit_conflict(None, None, Completed(data=1)) is False
+
+
 def test_the_x_ray_slot_retries_only_an_unavailable_prefect_api() -> None:
     def wrapped(status: int) -> ConcurrencySlotAcquisitionError:
         request = httpx.Request("POST", "http://prefect/api/v2/concurrency_limits/increment-with-lease")
