@@ -134,6 +134,8 @@ def test_service_map_documents_are_written_once_per_consumer(fresh_config: Confi
     assert consumer.ingest([(first, first.to_json()), (second, second.to_json())], stats, index_only) == set()
     assert (stats.documents_indexed, stats.documents_deduplicated) == (2 * others + len(map_ids), len(map_ids))
     assert _map_ids(fresh_config) == map_ids
+    # building the documents and the cluster's bulk are timed apart, and only the sinks asked for
+    assert set(stats.stage_seconds) == {"transform", "index_documents", "index"}, stats.stage_seconds
 
     later = BatchStats()
     assert consumer.ingest([(third, third.to_json())], later, index_only) == set()
