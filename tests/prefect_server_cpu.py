@@ -14,8 +14,10 @@ The template's build (one server start and stop on an empty file) is reported on
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -60,6 +62,7 @@ def main() -> None:
     from tests import prefect_db
 
     workdir = Path(tempfile.mkdtemp(prefix="prefect-server-cpu-"))
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     before, start = cpu(), time.monotonic()
     template = prefect_db.migrated_template(workdir)
     print(
