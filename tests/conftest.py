@@ -9,6 +9,7 @@ import itertools
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -108,21 +109,31 @@ def fresh_config(stack: SandboxStack, fresh_roster: Roster) -> Iterator[Config]:
 
 
 @pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
+def prefect_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Prefect database migrated once per test session (by the first xdist worker that asks); every
+    Prefect server the tests start gets a copy instead of migrating an empty file (tests/prefect_db.py)."""
+    from tests import prefect_db
+
+    return prefect_db.migrated_template(prefect_db.shared_directory(tmp_path_factory))
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(prefect_db_template: Path) -> Iterator[None]:
     """A real temporary Prefect server for the session (flows, tasks, artifacts, events)."""
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.testing.utilities import prefect_test_harness
+
+    from tests import prefect_db
 
     # generous: on a loaded 2-core machine the server alone can take minutes to start
     timeout = int(os.environ.get("XRAYLAKE_PREFECT_STARTUP_SECONDS", "300"))
     for attempt in range(1, 4):
-        harness = prefect_test_harness(server_startup_timeout=timeout)
+        harness = prefect_db.prefect_harness(prefect_db_template, server_startup_timeout=timeout)
         try:
             harness.__enter__()
             break
         except httpx.ReadTimeout:
             # The harness's start probe waits out a refused connection but not a /health that takes
-            # over 5 s to answer (its migrations, on a machine under load 12): start another.
+            # over 5 s to answer (on a machine under load 12): start another.
             failed = SubprocessASGIServer._instances.pop(None, None)
             if failed is not None:
                 failed.stop()

@@ -22,6 +22,7 @@ from deployments import serve
 from tasks import health, limits
 from tasks.index import client_for
 from tasks.mappings import HEALTH_INDEX
+from tests import prefect_db
 from tests.deployments.helpers import EXPECTED, PROJECT, WEBHOOK, flow_name, free_port, webhook_events
 
 # ============================================================================ no server needed
@@ -76,7 +77,7 @@ def test_prefect_yaml_deployments_are_valid_for_their_flows() -> None:
 
 
 @pytest.mark.slow
-def test_prefect_deploy_registers_every_deployment(tmp_path: Path) -> None:
+def test_prefect_deploy_registers_every_deployment(tmp_path: Path, prefect_db_template: Path) -> None:
     """`prefect work-pool create` + `prefect deploy --all` on a server of its own (the module's
     server serves the same deployment names), read back through the API."""
     from prefect.client.orchestration import get_client
@@ -85,7 +86,8 @@ def test_prefect_deploy_registers_every_deployment(tmp_path: Path) -> None:
     server = serve.start_local_server(
         free_port(),
         prefect_home=tmp_path / "prefect-home",
-        extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"},
+        extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
+        | prefect_db.local_server_env(prefect_db_template, tmp_path / "prefect-home"),
     )
     try:
         env = os.environ | {"PREFECT_API_URL": server.api_url, "PREFECT_HOME": str(tmp_path / "client")}

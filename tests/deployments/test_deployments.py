@@ -30,19 +30,22 @@ from deployments.serve import LocalServer
 from tasks import envelope as env
 from tasks import limits, queue
 from tasks.index import client_for
+from tests import prefect_db
 from tests.deployments.helpers import EXPECTED, PROJECT, WEBHOOK, flow_name, free_port, webhook_events
 
 # ============================================================================ real Prefect server
 
 
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    """`prefect server start` on a free loopback port (UI included), its own PREFECT_HOME."""
+def prefect_server(tmp_path_factory: pytest.TempPathFactory, prefect_db_template: Path) -> Iterator[LocalServer]:
+    """`prefect server start` on a free loopback port (UI included), its own PREFECT_HOME (its
+    database a copy of the session's migrated one)."""
     home = tmp_path_factory.mktemp("prefect-home")
     server = serve.start_local_server(
         free_port(),
         prefect_home=home,
-        extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"},
+        extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
+        | prefect_db.local_server_env(prefect_db_template, home),
     )
     try:
         with serve.api_url(server.api_url):
