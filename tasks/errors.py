@@ -84,23 +84,24 @@ def is_transient_error(error: BaseException) -> bool:
     return isinstance(classify_aws_error(error), TransientError)
 
 
-def is_transient(_task: Any, _run: Any, state: Any) -> bool:
-    """Prefect `retry_condition_fn`: retry a task run only when it failed with a transient error."""
+def _failure(state: Any) -> Exception | None:
+    """The exception a Prefect task run's final state holds, if it failed."""
     try:
         state.result()
     except Exception as error:
-        return is_transient_error(error)
-    return False
+        return error
+    return None
+
+
+def is_transient(_task: Any, _run: Any, state: Any) -> bool:
+    """Prefect `retry_condition_fn`: retry a task run only when it failed with a transient error."""
+    error = _failure(state)
+    return error is not None and is_transient_error(error)
 
 
 def is_transient_or_commit_conflict(_task: Any, _run: Any, state: Any) -> bool:
     """Prefect `retry_condition_fn` for a task that opens its Iceberg table afresh on each try: a
     transient error, or a commit that lost the race to another writer (the next try starts from
     the newer metadata)."""
-    try:
-        state.result()
-    except CommitFailedException:
-        return True
-    except Exception as error:
-        return is_transient_error(error)
-    return False
+    error = _failure(state)
+    return error is not None and (isinstance(error, CommitFailedException) or is_transient_error(error))

@@ -41,6 +41,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def remove_database(path: Path) -> None:
+    """Delete an SQLite database's file and its write-ahead log files, where they exist."""
+    for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        stale.unlink(missing_ok=True)
+
+
 def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
@@ -59,8 +65,7 @@ def build_template(path: Path, server_startup_timeout: int = 300) -> None:
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_MEMO_STORE_PATH, PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
 
-    for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        stale.unlink(missing_ok=True)
+    remove_database(path)
     updates = {
         PREFECT_SERVER_DATABASE_CONNECTION_URL: sqlite_url(path),
         # the registration's memo of its own (not $PREFECT_HOME's, which other servers use)
@@ -100,8 +105,7 @@ def migrated_template(directory: Path) -> Path:
 def copy_template(template: Path, database: Path) -> Path:
     """A server's own database: a copy of the template at `database` (its directory created)."""
     database.parent.mkdir(parents=True, exist_ok=True)
-    for stale in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
-        stale.unlink(missing_ok=True)
+    remove_database(database)
     shutil.copyfile(template, database)
     return database
 

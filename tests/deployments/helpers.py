@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +52,3 @@ def webhook_events(event: dict[str, Any]) -> tuple[Event, list[Event]]:
     transformer = WEBHOOK["prefect_server_api_destination"]["InputTransformer"]
     body = _transform(transformer["InputTemplate"], transformer["InputPathsMap"], event)
     return cloud, [Event.model_validate(e) for e in json.loads(body)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

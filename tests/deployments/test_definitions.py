@@ -23,7 +23,7 @@ from tasks import health, limits
 from tasks.index import client_for
 from tasks.mappings import HEALTH_INDEX
 from tests import prefect_db
-from tests.deployments.helpers import EXPECTED, PROJECT, WEBHOOK, flow_name, free_port, webhook_events
+from tests.deployments.helpers import EXPECTED, PROJECT, WEBHOOK, flow_name, webhook_events
 
 # ============================================================================ no server needed
 
@@ -84,7 +84,7 @@ def test_prefect_deploy_registers_every_deployment(tmp_path: Path, prefect_db_te
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     server = serve.start_local_server(
-        free_port(),
+        prefect_db.free_port(),
         prefect_home=tmp_path / "prefect-home",
         extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
         | prefect_db.local_server_env(prefect_db_template, tmp_path / "prefect-home"),

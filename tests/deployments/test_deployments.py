@@ -31,7 +31,7 @@ from tasks import envelope as env
 from tasks import limits, queue
 from tasks.index import client_for
 from tests import prefect_db
-from tests.deployments.helpers import EXPECTED, PROJECT, WEBHOOK, flow_name, free_port, webhook_events
+from tests.deployments.helpers import EXPECTED, PROJECT, WEBHOOK, flow_name, webhook_events
 
 # ============================================================================ real Prefect server
 
@@ -42,7 +42,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory, prefect_db_template
     database a copy of the session's migrated one)."""
     home = tmp_path_factory.mktemp("prefect-home")
     server = serve.start_local_server(
-        free_port(),
+        prefect_db.free_port(),
         prefect_home=home,
         extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
         | prefect_db.local_server_env(prefect_db_template, home),
